@@ -1,0 +1,50 @@
+"""One exception family for everything bonescan refuses.
+
+Every message names the input (file, row, setting) and the reason, so the CLI can print it as one line
+and a batch can record it beside the study that failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BoneScanError(Exception):
+    """Base class: `source` names the offending input, `reason` says what is wrong with it."""
+
+    def __init__(self, source: str | Path | None, reason: str):
+        self.source = str(source) if source is not None else None
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}" if self.source else reason)
+
+
+class UnreadableInputError(BoneScanError):
+    """Not a DICOM or image file, truncated, or pixel data that cannot be decoded."""
+
+
+class MissingDecoderError(UnreadableInputError):
+    """A compressed transfer syntax whose decoder package is not installed."""
+
+
+class NotABoneScanError(BoneScanError):
+    """Readable, but not a whole-body bone scan (wrong modality, wrong geometry, empty counts)."""
+
+
+class ViewError(BoneScanError):
+    """Views missing, ambiguous, or inconsistent (e.g. a single view where two are needed)."""
+
+
+class ManifestError(BoneScanError):
+    """A cohort manifest that fails validation; the message lists every bad row."""
+
+
+class ConfigError(BoneScanError):
+    """An impossible setting: unknown preset, negative count, an output folder holding other files."""
+
+
+class RunError(BoneScanError):
+    """A training run folder or checkpoint that cannot be used as asked."""
+
+
+class PredictionsError(BoneScanError):
+    """A predictions table that cannot be evaluated: missing columns, bad probabilities or labels, too few cases."""

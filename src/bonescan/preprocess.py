@@ -1,0 +1,81 @@
+"""Study -> network input: mirror the posterior view, resize, normalise to [0, 1]; a 2 x H x W float32 array."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .study import Study
+
+Normalization = Literal["minmax", "counts"]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a study becomes network input.
+
+    height x width: the paper resizes 1024 x 256 to 768 x 256 (rows x columns).
+    mirror_posterior: flip the posterior view left-right so both views share the patient's left-right layout,
+        which element-wise max aggregation of the two feature maps assumes.
+    normalization: "minmax" (the paper: each view scaled to [0, 1] by its own min and max) or "counts"
+        (both views divided by one factor, the 99.5th percentile of the pair, then clipped to [0, 1]; keeps the
+        anterior/posterior count ratio and is robust to a single hot bladder or injection-site pixel).
+    """
+
+    height: int = 768
+    width: int = 256
+    mirror_posterior: bool = True
+    normalization: Normalization = "minmax"
+    counts_percentile: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise ConfigError("preprocess", f"input size {self.height} x {self.width} is too small (minimum 8 x 8)")
+        if self.normalization not in ("minmax", "counts"):
+            raise ConfigError("preprocess", f"unknown normalization {self.normalization!r}; use 'minmax' or 'counts'")
+        if not 50.0 < self.counts_percentile <= 100.0:
+            raise ConfigError("preprocess", f"counts_percentile {self.counts_percentile} must lie in (50, 100]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preprocess_views(anterior: np.ndarray, posterior: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Turn two count images of equal shape into a normalised 2 x H x W float32 array."""
+    pair = np.stack([anterior, posterior]).astype(np.float32, copy=False)
+    if config.mirror_posterior:
+        pair[1] = pair[1, :, ::-1]
+    resized = _resize(pair, config.height, config.width)
+    return _normalise(resized, config)
+
+
+def preprocess_study(study: Study, config: PreprocessConfig) -> np.ndarray:
+    """Preprocess a two-view study; refuses a study without both views."""
+    anterior, posterior = study.both_views()
+    return preprocess_views(anterior, posterior, config)
+
+
+def _resize(pair: np.ndarray, height: int, width: int) -> np.ndarray:
+    if pair.shape[1:] == (height, width):
+        return np.ascontiguousarray(pair)
+    # Antialiased bilinear keeps small hot spots' counts when shrinking, instead of skipping rows.
+    tensor = torch.from_numpy(np.ascontiguousarray(pair))[None]
+    out = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].numpy()
+
+
+def _normalise(pair: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    pair = np.clip(pair, 0.0, None)
+    if config.normalization == "minmax":
+        low = pair.min(axis=(1, 2), keepdims=True)
+        span = pair.max(axis=(1, 2), keepdims=True) - low
+        return ((pair - low) / np.where(span > 0, span, 1.0)).astype(np.float32)
+    scale = float(np.percentile(pair, config.counts_percentile))
+    if scale <= 0:
+        scale = float(pair.max()) or 1.0
+    return np.clip(pair / scale, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,26 @@
+"""Atomic writes: the old file survives a failed write, and no temp file is left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from bonescan.fileio import atomic_path, write_text_atomic
+
+
+def test_write_replaces_content(tmp_path):
+    target = tmp_path / "sub" / "report.json"
+    write_text_atomic(target, "first")
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "metrics.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
