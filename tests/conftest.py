@@ -1,0 +1,18 @@
+"""Fixtures shared by the test modules (keep generic: files on disk, the real NM1 scan)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def nm1_path() -> Path:
+    """NM1: a real GE whole-body bone scan (one anterior view, JPEG lossless) from the pydicom-data package."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-LL.dcm")
+    if path is None:
+        pytest.fail("pydicom-data is not installed: pip install pydicom-data (a dev dependency)")
+    return Path(path)
