@@ -30,7 +30,9 @@ class Study:
 
     Arrays are float32 counts, rows running head to feet as acquired. The posterior view is kept as stored
     (seen from behind); mirroring is a preprocessing choice. `view_rule` records how the views were told apart:
-    "view-code", "text", "detector-vector", "file-pair", "image-pair" or "single-view".
+    "view-code", "text", "detector-vector", "file-pair" (two files given in anterior, posterior order),
+    "file-pair:<rule>" (two files found in a folder, ordered by their own view information), "image-pair" or
+    "single-view".
     """
 
     source: str
