@@ -24,3 +24,14 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def test_written_file_has_umask_permissions_not_private_temp_ones(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = write_text_atomic(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -1,9 +1,69 @@
-"""CLI commands for this job (filled in as the job lands)."""
+"""`bonescan evaluate`: metrics with confidence intervals, frozen operating points and the HTML report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from ..errors import ConfigError
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this job's commands to the bonescan app."""
+    """Add the `evaluate` command to the bonescan app."""
+
+    @app.command("evaluate")
+    def evaluate(
+        out: Path = typer.Option(..., "--out", help="Folder for predictions.csv, metrics.json, "
+                                                    "operating_points.json and report.html."),
+        predictions: Path | None = typer.Option(None, "--predictions", help="CSV of case_id, probability "
+                                                "(and label, clinical columns, split if no manifest)."),
+        run: Path | None = typer.Option(None, "--run", help="Trained run folder: predict the val and evaluated "
+                                        "splits, and save the val-chosen operating points into it."),
+        manifest: Path | None = typer.Option(None, "--manifest", help="Cohort manifest for labels, cancer type, "
+                                             "sex, age, split and image paths."),
+        split: str = typer.Option("test", "--split", help="Split to evaluate (test, val, train, or all)."),
+        operating_points: Path | None = typer.Option(None, "--operating-points", help="Use the thresholds of "
+                                                     "this operating_points.json instead of choosing on val."),
+        bootstrap: int = typer.Option(0, "--bootstrap", help="Also give patient-level bootstrap AUC CIs with "
+                                      "this many resamples (0: off)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+        temperature_scaling: bool = typer.Option(False, "--temperature-scaling", help="Fit a temperature on the "
+                                                 "val split and report calibration after scaling."),
+        heatmaps: Path | None = typer.Option(None, "--heatmaps", help="Folder of <case_id>.png heat maps to "
+                                             "show in the error analysis."),
+        max_errors: int = typer.Option(12, "--max-errors", help="False negatives and false positives shown "
+                                       "(each)."),
+        report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (figures take a few "
+                                    "seconds); metrics.json and the rest are always written."),
+    ) -> None:
+        """Evaluate predictions: AUCs with DeLong CIs by subgroup, operating points, calibration, HTML report."""
+        if (predictions is None) == (run is None):
+            raise ConfigError("bonescan evaluate", "give exactly one of --predictions or --run")
+        if bootstrap < 0 or max_errors < 0:
+            raise ConfigError("--bootstrap/--max-errors", "must not be negative")
+        from .. import evaluate as ev  # heavy imports only when the command runs
+
+        options = dict(bootstrap=bootstrap, seed=seed, temperature_scaling=temperature_scaling,
+                       heatmaps_dir=heatmaps, max_error_cases=max_errors, report=report)
+        if operating_points is not None:
+            options["operating_points"] = ev.load_operating_points(operating_points)
+        if run is not None:
+            if manifest is None:
+                raise ConfigError("--run", "needs --manifest to know the cases and their splits")
+            result = ev.evaluate_run(run, manifest, out, split=split, **options)
+        else:
+            frame = ev.load_predictions(predictions, manifest)
+            inputs = {"predictions": str(predictions), "manifest": str(manifest) if manifest else None}
+            result = ev.evaluate_predictions(frame, out, split=split, inputs=inputs, **options)
+        overall = result.metrics["auc"][0]
+        points = result.operating_points
+        auc = "n/a" if overall["auc"] is None else f"{overall['auc']:.3f}"
+        ci = "" if overall["ci_low"] is None else f" (95% CI {overall['ci_low']:.3f}-{overall['ci_high']:.3f})"
+        typer.echo(f"{split}: {overall['n']} cases, AUC {auc}{ci}; operating points chosen on {points.chosen_on}")
+        for warning in result.metrics["warnings"]:
+            typer.echo(f"warning: {warning}", err=True)
+        for name, path in result.files.items():
+            typer.echo(f"wrote {path}")
+        if run is not None and "run_operating_points" not in result.files:
+            typer.echo("note: operating points not saved into the run (no validation split)", err=True)
