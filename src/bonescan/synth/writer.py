@@ -1,0 +1,208 @@
+"""Write a synthetic cohort: one NM DICOM and one findings JSON per study, and a manifest CSV.
+
+Layout of the output folder:
+    synth.json               the settings the cohort was made with (a rerun must match them)
+    studies/<case>.dcm       two-frame NM DICOM (frame 1 anterior, frame 2 posterior seen from behind)
+    studies/<case>.json      ground truth: demographics, grade, findings with centres in both views
+    manifest.csv             one row per study, split 8:1:1 stratified by cancer type and label
+
+Each case has its own seed derived from (cohort seed, index), so pixels do not depend on the number of workers
+or of cases. A study is complete when its .dcm exists (the JSON is written first, each file atomically), so an
+interrupted run can be rerun: complete studies are kept and skipped, the rest are generated again.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .. import __version__
+from ..cohort import split_manifest, write_manifest
+from ..errors import ConfigError
+from ..fileio import write_text_atomic
+from .case import SyntheticCase, case_seed, generate_case
+from .dicom import write_case_dicom
+from .findings import difficulty_profile
+
+SETTINGS_FILE = "synth.json"
+MANIFEST_FILE = "manifest.csv"
+STUDIES_DIR = "studies"
+MANIFEST_COLUMNS = ["case_id", "path", "cancer_type", "sex", "age", "grade", "label", "split", "n_metastases",
+                    "findings", "difficulty", "seed"]
+PIXEL_SPACING_RANGE = (2.0, 3.0)  # mm; whole-body cameras use 2.2-2.5, and the body must fit 1024 rows
+_STUDY_FILE = re.compile(r"^syn\d+\.(dcm|json)$")
+_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by an interrupted atomic write
+_TOP_FILES = re.compile(r"^(synth\.json|manifest\.csv|preview.*\.png)$")
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """What determines a cohort's content: the same settings give the same pixels."""
+
+    seed: int
+    difficulty: str
+    pixel_spacing: float = 2.4
+
+    def to_json(self) -> dict:
+        return {"seed": self.seed, "difficulty": self.difficulty, "pixel_spacing": self.pixel_spacing}
+
+
+@dataclass
+class CohortResult:
+    """What a run did: manifest path, studies written and skipped (already complete), wall seconds."""
+
+    manifest: Path
+    written: int
+    skipped: int
+    seconds: float
+
+
+def case_id_for(index: int, cases: int) -> str:
+    """Case id 'syn00042': zero-padded to at least five digits so ids sort in order."""
+    return f"syn{index:0{max(5, len(str(max(cases - 1, 0))))}d}"
+
+
+def check_settings(cases: int, settings: SynthSettings, workers: int = 1) -> None:
+    """Refuse impossible settings with a ConfigError that names the option."""
+    if cases < 1:
+        raise ConfigError("--cases", f"must be at least 1, got {cases}")
+    difficulty_profile(settings.difficulty)
+    lo, hi = PIXEL_SPACING_RANGE
+    if not lo <= settings.pixel_spacing <= hi:
+        raise ConfigError("--pixel-spacing", f"must be between {lo} and {hi} mm, got {settings.pixel_spacing}")
+    if workers < 1:
+        raise ConfigError("--workers", f"must be at least 1, got {workers}")
+
+
+def prepare_folder(out: Path, settings: SynthSettings) -> None:
+    """Create `out`, or accept it if it is empty or holds a cohort made with the same settings."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(out, "exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    foreign = [p.name for p in out.iterdir() if not (_TOP_FILES.match(p.name) or _TEMP_FILE.match(p.name)
+                                                      or (p.name == STUDIES_DIR and p.is_dir()))]
+    studies = out / STUDIES_DIR
+    if studies.is_dir():
+        foreign += [f"{STUDIES_DIR}/{p.name}" for p in studies.iterdir()
+                    if not (_STUDY_FILE.match(p.name) or _TEMP_FILE.match(p.name))]
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise ConfigError(out, f"the output folder holds files that bonescan synth did not write ({shown}); "
+                               "choose an empty or new folder")
+    settings_path = out / SETTINGS_FILE
+    if settings_path.exists():
+        saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        wanted = settings.to_json()
+        if {k: saved.get(k) for k in wanted} != wanted:
+            raise ConfigError(out, f"holds a cohort made with {({k: saved.get(k) for k in wanted})}, not {wanted}; "
+                                   "use the same settings to resume, or a new folder")
+    elif studies.is_dir() and any(studies.iterdir()):
+        raise ConfigError(out, f"has a {STUDIES_DIR}/ folder but no {SETTINGS_FILE}; choose an empty or new folder")
+    # Temp files of an interrupted run are never complete studies: remove them.
+    for folder in (out, studies):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if _TEMP_FILE.match(p.name) and p.is_file():
+                    p.unlink()
+    write_text_atomic(settings_path, json.dumps({**settings.to_json(), "bonescan": __version__}, indent=2) + "\n")
+
+
+def case_record(case: SyntheticCase) -> dict:
+    """The findings JSON of a case: manifest fields, patient parameters and every finding."""
+    demo, patient = case.demographics, case.patient
+    return {
+        "case_id": case.case_id, "seed": case.seed, "difficulty": case.difficulty,
+        "cancer_type": demo.cancer_type, "sex": demo.sex, "age": demo.age, "grade": demo.grade, "label": demo.label,
+        "superscan": demo.superscan, "n_metastases": case.n_metastases, "findings_summary": case.findings_summary(),
+        "patient": {"height_mm": round(patient.height_mm, 1), "build": round(patient.build, 3),
+                    "pixel_spacing": patient.pixel_spacing, "counts_anterior": int(case.anterior.sum()),
+                    "counts_posterior": int(case.posterior.sum())},
+        "image": {"rows": int(case.anterior.shape[0]), "columns": int(case.anterior.shape[1]),
+                  "posterior_stored": "as seen from behind (patient's left on the image left)"},
+        "findings": [f.to_json() for f in case.findings],
+    }
+
+
+def write_case(case: SyntheticCase, studies: Path) -> dict:
+    """Write a case's findings JSON, then its DICOM (the completion marker); return its record."""
+    record = case_record(case)
+    write_text_atomic(studies / f"{case.case_id}.json", json.dumps(record, indent=1) + "\n")
+    write_case_dicom(case, studies / f"{case.case_id}.dcm")
+    return record
+
+
+def _make_one(job: tuple[str, int, str, float, str]) -> tuple[dict, bool]:
+    """Worker: generate and write one case unless it is already complete. Returns (record, written)."""
+    case_id, seed, difficulty, spacing, studies = job
+    folder = Path(studies)
+    dcm, sidecar = folder / f"{case_id}.dcm", folder / f"{case_id}.json"
+    if dcm.exists() and sidecar.exists():
+        try:
+            record = json.loads(sidecar.read_text(encoding="utf-8"))
+            if record.get("seed") == seed:
+                return record, False
+        except (OSError, ValueError):
+            pass  # unreadable sidecar: regenerate the study
+    return write_case(generate_case(case_id, seed, difficulty, spacing), folder), True
+
+
+def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str = "paper", workers: int = 1,
+                    pixel_spacing: float = 2.4, progress: Callable[[int, int], None] | None = None) -> CohortResult:
+    """Generate (or resume) a cohort of `cases` synthetic studies in `out` and write its manifest."""
+    settings = SynthSettings(int(seed), difficulty, float(pixel_spacing))
+    check_settings(cases, settings, workers)
+    out = Path(out)
+    prepare_folder(out, settings)
+    studies = out / STUDIES_DIR
+    studies.mkdir(exist_ok=True)
+    jobs = [(case_id_for(i, cases), case_seed(settings.seed, i), difficulty, settings.pixel_spacing, str(studies))
+            for i in range(cases)]
+    start = time.perf_counter()
+    records: list[dict] = []
+    written = 0
+    if workers == 1:
+        results = map(_make_one, jobs)
+        executor = None
+    else:
+        # spawn: workers never inherit threads or state of the parent process (torch may be imported there).
+        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        results = executor.map(_make_one, jobs, chunksize=max(1, min(16, cases // (4 * workers))))
+    try:
+        for record, was_written in results:
+            records.append(record)
+            written += was_written
+            if progress:
+                progress(len(records), cases)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    manifest = write_cohort_manifest(out, records, settings.seed)
+    return CohortResult(manifest, written, cases - written, time.perf_counter() - start)
+
+
+def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
+    """Build the manifest from case records, split it 8:1:1 by cancer type x label, write it atomically."""
+    studies = (out / STUDIES_DIR).resolve()
+    df = pd.DataFrame({
+        "case_id": [r["case_id"] for r in records],
+        "path": [str(studies / f"{r['case_id']}.dcm") for r in records],
+        "cancer_type": [r["cancer_type"] for r in records],
+        "sex": [r["sex"] for r in records],
+        "age": [r["age"] for r in records],
+        "grade": [r["grade"] for r in records],
+        "label": [r["label"] for r in records],
+        "n_metastases": [r["n_metastases"] for r in records],
+        "findings": [r["findings_summary"] for r in records],
+        "difficulty": [r["difficulty"] for r in records],
+        "seed": [r["seed"] for r in records],
+    })
+    df = split_manifest(df, seed=seed)
+    return write_manifest(df[MANIFEST_COLUMNS], out / MANIFEST_FILE)
