@@ -51,6 +51,40 @@ def test_poisson_counts_have_poisson_mean_and_variance():
         assert counts.var() == pytest.approx(lam, rel=0.03)
 
 
+@pytest.mark.parametrize("lam", [0.07, 0.1, 0.85, 4.33, 12.0, 24.95, 31.7, 260.0])
+def test_poisson_counts_follow_the_poisson_distribution(lam):
+    # Means below one grid step, on and between grid values, at the table's end and split into pieces.
+    stats = pytest.importorskip("scipy.stats")
+    n = 200_000
+    counts = poisson_counts(np.random.default_rng(int(lam * 100)), np.full(n, lam, np.float32))
+    assert counts.dtype == np.int32 and counts.shape == (n,)
+    # Chi-square goodness of fit over the counts expected at least 20 times (tails pooled into the end bins).
+    ks = np.arange(int(lam + 8 * np.sqrt(lam) + 8))
+    pmf = stats.poisson.pmf(ks, lam)
+    keep = ks[pmf * n >= 20]
+    lo, hi = int(keep[0]), int(keep[-1])
+    observed = np.bincount(np.clip(counts, lo, hi) - lo, minlength=hi - lo + 1)
+    expected = pmf[lo:hi + 1] * n
+    expected[0] = stats.poisson.cdf(lo, lam) * n
+    expected[-1] = stats.poisson.sf(hi - 1, lam) * n
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    # A sampler whose mean is 1 % off, or a rounded normal approximation, gives p < 1e-14 at these means; an exact
+    # one fails 1 time in 10,000 (and the seeds are fixed).
+    assert stats.chi2.sf(chi2, len(observed) - 1) > 1e-4, (lam, chi2)
+
+
+def test_poisson_counts_keep_the_shape_and_mean_of_an_image():
+    rng = np.random.default_rng(3)
+    expected = np.linspace(0.0, 60.0, 2 * 64 * 32, dtype=np.float32).reshape(2, 64, 32)
+    counts = np.stack([poisson_counts(rng, expected) for _ in range(200)])
+    assert counts.shape == (200, 2, 64, 32)
+    assert counts[:, 0, 0, 0].max() == 0  # a mean of 0 gives no counts
+    # Per-pixel means over 200 draws: SE = sqrt(lambda / 200) <= 0.55; the brightest rows must not be biased.
+    means = counts.mean(axis=0)
+    assert np.abs(means - expected).max() < 2.5
+    assert abs(means.sum() / expected.sum() - 1.0) < 0.002
+
+
 def test_views_differ_by_depth_as_real_ones_do():
     case = _first_case(lambda c: c.demographics.grade == 0 and not c.findings)
     a, p = case.anterior.astype(float), case.posterior.astype(float)

@@ -76,10 +76,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..synth import generate_case
         from ..synth.case import case_seed
         from ..synth.dicom import write_case_dicom
-        from ..synth.writer import SynthSettings, check_settings, generate_cohort
+        from ..synth.writer import SynthSettings, check_settings, generate_cohort, keep_freed_memory
 
         for w in workers:
             check_settings(cases, SynthSettings(seed, difficulty), w)
+        keep_freed_memory()  # as generate_cohort does in every generating process
         # Stage breakdown, in this process: rendering + noise, then DICOM writing.
         n = min(cases, 30)
         with tempfile.TemporaryDirectory() as tmp:

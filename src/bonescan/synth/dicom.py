@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -40,26 +43,46 @@ def study_uids(case: SyntheticCase) -> dict[str, str]:
 
 def build_dataset(case: SyntheticCase) -> Dataset:
     """The NM dataset of a case: frame 1 anterior, frame 2 posterior (seen from behind), uint16 counts."""
+    static = _static_dataset()
+    # The elements shared by every study are kept encoded (as read back from bytes) and written as they are.
+    ds = Dataset(dict(static.items()))
+    ds.set_original_encoding(False, True, static.original_character_set)
     uids = study_uids(case)
     date = (dt.date(2016, 1, 1) + dt.timedelta(days=case.seed % 1500)).strftime("%Y%m%d")
-    ds = Dataset()
-    ds.SOPClassUID = NuclearMedicineImageStorage
     ds.SOPInstanceUID = uids["instance"]
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = uids["series"]
     ds.FrameOfReferenceUID = uids["frame"]
-    ds.Modality = "NM"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
     ds.PatientName = f"Synthetic^{case.case_id}"
     ds.PatientID = case.case_id
-    ds.PatientBirthDate = ""
     ds.PatientSex = case.demographics.sex
     ds.PatientAge = f"{case.demographics.age:03d}Y"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
+    ds.StudyID = case.case_id
+    ds.ImageComments = f"synthetic phantom, difficulty {case.difficulty}; ground truth in {case.case_id}.json"
+    anterior, posterior = case.anterior, case.posterior
+    ds.Rows, ds.Columns = anterior.shape
+    ds.PixelSpacing = [f"{case.patient.pixel_spacing:.4g}"] * 2
+    ds.PixelData = np.stack([anterior, posterior]).astype("<u2", copy=False).tobytes()
+    ds["PixelData"].VR = "OW"
+
+    meta = FileMetaDataset(dict(static.file_meta.items()))
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta = meta
+    return ds
+
+
+@lru_cache(maxsize=1)
+def _static_dataset() -> Dataset:
+    """The elements every synthetic study shares, encoded once per process (Explicit VR Little Endian)."""
+    ds = Dataset()
+    ds.SOPClassUID = NuclearMedicineImageStorage
+    ds.Modality = "NM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
+    ds.PatientBirthDate = ""
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "093000"
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
-    ds.StudyID = case.case_id
     ds.StudyDescription = "Whole-body bone scintigraphy"
     ds.SeriesDescription = "WB ANT/POST"
     ds.SeriesNumber = 1
@@ -68,18 +91,14 @@ def build_dataset(case: SyntheticCase) -> Dataset:
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "phantom"
     ds.SoftwareVersions = __version__
-    ds.ImageComments = f"synthetic phantom, difficulty {case.difficulty}; ground truth in {case.case_id}.json"
     ds.PatientOrientation = ""
 
     # Image pixel and multi-frame: two frames selected by the detector (the two heads of the camera).
-    anterior, posterior = case.anterior, case.posterior
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = anterior.shape
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelSpacing = [f"{case.patient.pixel_spacing:.4g}"] * 2
     ds.NumberOfFrames = 2
     ds.FrameIncrementPointer = 0x00540020  # DetectorVector
     ds.DetectorVector = [1, 2]
@@ -103,14 +122,16 @@ def build_dataset(case: SyntheticCase) -> Dataset:
     pharm.Radiopharmaceutical = "Tc-99m MDP"
     pharm.RadiopharmaceuticalCodeSequence = Sequence([_code_item(MDP_CODE)])
     ds.RadiopharmaceuticalInformationSequence = Sequence([pharm])
-    ds.PixelData = np.stack([anterior, posterior]).astype("<u2", copy=False).tobytes()
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.MediaStorageSOPInstanceUID = generate_uid()  # replaced per study
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    return ds
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer)
 
 
 def write_case_dicom(case: SyntheticCase, target: str | Path) -> Path:

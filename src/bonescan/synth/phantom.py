@@ -111,7 +111,7 @@ class Anatomy:
 
 
 class _Body:
-    """Maps body fractions to pixels and draws bones as registered sites."""
+    """Maps body fractions to pixels and draws bones as registered sites (queued, then placed by `draw`)."""
 
     def __init__(self, patient: Patient, canvas: ViewCanvas, skeleton_scale: float, res: float):
         self.p = patient
@@ -123,48 +123,90 @@ class _Body:
         self.scale = skeleton_scale
         tilt = np.deg2rad(patient.tilt_deg)
         self.cos, self.sin = np.cos(tilt), np.sin(tilt)
+        self.rotation = np.array([[self.cos, self.sin], [-self.sin, self.cos]])
         self.pivot = np.array([self.top + 0.5 * self.h, self.centre])
         self.sites: list[BoneSite] = []
         self.warp = True  # trunk and legs are laid out on the drawing scale; arms are placed in body fractions
+        self._pending: list[_PendingBone] = []
 
-    def px(self, xy, x_scale: float | None = None) -> np.ndarray:
-        """(x, y) body fractions -> (row, col) pixels, tilted about the pelvis."""
+    def px(self, xy, x_scale: float | None = None, warp: np.ndarray | bool | None = None) -> np.ndarray:
+        """(x, y) body fractions -> (row, col) pixels, tilted about the pelvis.
+
+        `warp` (one flag, or one per point) says whether y is on the drawing scale; by default `self.warp`.
+        """
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         xs = self.bone_x if x_scale is None else x_scale
-        out = np.empty_like(xy)
-        y = np.interp(xy[:, 1], _DRAWN_Y, _BODY_Y) if self.warp else xy[:, 1]
-        rows = self.top - self.pivot[0] + self.h * y
-        cols = self.centre - self.pivot[1] + (xs * self.h) * xy[:, 0]
-        out[:, 0] = self.pivot[0] + rows * self.cos - cols * self.sin
-        out[:, 1] = self.pivot[1] + rows * self.sin + cols * self.cos
+        warp = self.warp if warp is None else warp
+        y = xy[:, 1]
+        if np.all(warp):
+            y = np.interp(y, _DRAWN_Y, _BODY_Y)
+        elif np.any(warp):
+            y = np.where(warp, np.interp(y, _DRAWN_Y, _BODY_Y), y)
+        # Offsets from the pivot (rows, cols), turned by the tilt: [rows, cols] @ [[cos, sin], [-sin, cos]].
+        offsets = np.empty_like(xy)
+        np.multiply(y, self.h, out=offsets[:, 0])
+        offsets[:, 0] += self.top - self.pivot[0]
+        np.multiply(xy[:, 0], xs * self.h, out=offsets[:, 1])
+        offsets[:, 1] += self.centre - self.pivot[1]
+        out = offsets @ self.rotation
+        out += self.pivot
         return out
 
-    def bone(self, name: str, region: str, xy, sigma: float, amp: float, depth: float, thickness: float) -> BoneSite:
-        """Draw a bone as a Gaussian tube (or a blob for a single point) and register it."""
-        pts = self.px(xy)
-        sig = max(sigma * self.h, 0.8)
-        weights = depth_weights(depth, thickness)
-        amplitude = amp * self.scale
-        if len(pts) == 1:
-            self.canvas.blob((pts[0, 0], pts[0, 1]), sig, sig, 0.0, amplitude, weights)
-        else:
-            self.canvas.tube(pts, sig, amplitude, weights)
-        site = BoneSite(name, region, pts, sig, amplitude, weights)
-        self.sites.append(site)
-        return site
+    def bone(self, name: str, region: str, xy, sigma: float, amp: float, depth: float, thickness: float) -> None:
+        """Queue a bone drawn as a Gaussian tube (or a blob for a single point); `draw` places and registers it."""
+        self._pending.append(_PendingBone("tube", name, region, np.asarray(xy, np.float64).reshape(-1, 2), self.warp,
+                                          (sigma, sigma), amp, depth, thickness))
 
     def ellipse(self, name: str, region: str, xy, sx: float, sy: float, amp: float, depth: float, thickness: float,
-                angle_deg: float = 0.0) -> BoneSite:
-        """Draw an elliptical Gaussian bone (vertebral body, iliac wing) and register it."""
-        pt = self.px(xy)[0]
-        weights = depth_weights(depth, thickness)
-        amplitude = amp * self.scale
-        sig_y, sig_x = max(sy * self.h, 0.8), max(sx * self.h * self.bone_x, 0.8)
-        self.canvas.blob((pt[0], pt[1]), sig_y, sig_x, np.deg2rad(angle_deg) + np.deg2rad(self.p.tilt_deg), amplitude,
-                         weights)
-        site = BoneSite(name, region, pt[None, :], float(np.sqrt(sig_x * sig_y)), amplitude, weights)
-        self.sites.append(site)
-        return site
+                angle_deg: float = 0.0) -> None:
+        """Queue an elliptical Gaussian bone (vertebral body, iliac wing); `draw` places and registers it."""
+        self._pending.append(_PendingBone("ellipse", name, region, np.asarray(xy, np.float64).reshape(1, 2),
+                                          self.warp, (sx, sy), amp, depth, thickness, angle_deg))
+
+    def draw(self) -> None:
+        """Map every queued bone to pixels at once (one transform instead of one per bone), draw and register it."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        lengths = [len(bone.xy) for bone in pending]
+        warp = np.repeat(np.array([bone.warp for bone in pending]), lengths)
+        all_pts = self.px(np.concatenate([bone.xy for bone in pending]), warp=warp)
+        tilt = np.deg2rad(self.p.tilt_deg)
+        start = 0
+        for bone, n in zip(pending, lengths):
+            pts = all_pts[start:start + n]
+            start += n
+            weights = depth_weights(bone.depth, bone.thickness)
+            amplitude = bone.amp * self.scale
+            if bone.kind == "ellipse":
+                sx, sy = bone.sigma
+                sig_y, sig_x = max(sy * self.h, 0.8), max(sx * self.h * self.bone_x, 0.8)
+                self.canvas.blob((pts[0, 0], pts[0, 1]), sig_y, sig_x, np.deg2rad(bone.angle_deg) + tilt, amplitude,
+                                 weights)
+                sigma = float(np.sqrt(sig_x * sig_y))
+            else:
+                sigma = max(bone.sigma[0] * self.h, 0.8)
+                if n == 1:
+                    self.canvas.blob((pts[0, 0], pts[0, 1]), sigma, sigma, 0.0, amplitude, weights)
+                else:
+                    self.canvas.tube(pts, sigma, amplitude, weights)
+            self.sites.append(BoneSite(bone.name, bone.region, pts, sigma, amplitude, weights))
+
+
+@dataclass
+class _PendingBone:
+    """A bone described in body fractions, waiting to be placed in pixels."""
+
+    kind: str  # tube | ellipse
+    name: str
+    region: str
+    xy: np.ndarray
+    warp: bool
+    sigma: tuple[float, float]  # tube: (sigma, sigma); ellipse: (sx, sy) in body fractions
+    amp: float
+    depth: float
+    thickness: float
+    angle_deg: float = 0.0
 
 
 # Landmarks are drawn on a convenient scale and mapped to anthropometric heights from the vertex (fractions of
@@ -341,8 +383,7 @@ def render_anatomy(patient: Patient, rng: np.random.Generator, res: float = 0.5,
         soft.solid(sb.px(path[:2]), 0.026 * build * sb.h, level * 0.6, w, combine_max=True)
         soft.solid(sb.px(path[1:]), 0.019 * build * sb.h, level * 0.5, w, combine_max=True)
         sb.warp = True
-    canvas.anterior += soft.anterior
-    canvas.posterior += soft.posterior
+    canvas.add_canvas(soft)
 
     # Kidneys (posterior, the left one higher) and the bladder (anterior, often the hottest spot).
     for side_name, side, y in (("right", -1.0, 0.39), ("left", 1.0, 0.38)):
@@ -355,4 +396,5 @@ def render_anatomy(patient: Patient, rng: np.random.Generator, res: float = 0.5,
     canvas.solid(bladder[None, :], radius, patient.bladder_activity * bladder_scale, depth_weights(0.3, trunk))
     landmarks["bladder"] = bladder
 
+    b.draw()
     return Anatomy(canvas=canvas, sites=b.sites, landmarks=landmarks)
