@@ -1,9 +1,99 @@
-"""CLI commands for this job (filled in as the job lands)."""
+"""`bonescan train`: train the two-view network; `bonescan bench train`: training-step speed and memory."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this job's commands to the bonescan app."""
+    """Add `train` and `bench train` to the bonescan app."""
+
+    @app.command("train")
+    def train_command(
+        manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV with a split column (train / val)."),
+        out: Path = typer.Option(..., "--out", help="RUN folder: config.json, metrics.csv, checkpoints/."),
+        preset: str = typer.Option("paper", "--preset", help="paper | cpu-small | tiny."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw (cosine decay) | sgd."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+        patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping: epochs without a better val AUC."),
+        class_weighting: Optional[bool] = typer.Option(
+            None, "--class-weighting/--no-class-weighting", help="Weight positives by negatives / positives."
+        ),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18 | resnet34 | resnet50 | resnet101."),
+        trunk_width: Optional[int] = typer.Option(None, "--trunk-width", help="First-stage channels (64 = torchvision)."),
+        aggregation: Optional[str] = typer.Option(None, "--aggregation", help="max | mean | concat."),
+        pooling: Optional[str] = typer.Option(None, "--pooling", help="pyramid | gap."),
+        views: Optional[str] = typer.Option(None, "--views", help="both | anterior | posterior."),
+        norm: Optional[str] = typer.Option(None, "--norm", help="batch | group."),
+        dropout: Optional[float] = typer.Option(None, "--dropout"),
+        height: Optional[int] = typer.Option(None, "--height", help="Input rows (paper: 768)."),
+        width: Optional[int] = typer.Option(None, "--width", help="Input columns (paper: 256)."),
+        normalization: Optional[str] = typer.Option(None, "--normalization", help="minmax | counts."),
+        no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
+        pretrained: Optional[str] = typer.Option(
+            None, "--pretrained", help="'imagenet' (local torch hub cache) or a torchvision state-dict file."
+        ),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Array cache folder."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        force: bool = typer.Option(False, "--force", help="Replace a previous run's files in --out."),
+        fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unreadable study."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    ) -> None:
+        """Train MultiViewNet on a manifest's train split, selecting the best epoch by validation AUC."""
+        from ..cohort import load_manifest
+        from ..presets import preset_config
+        from ..train import train
+
+        config = preset_config(
+            preset,
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+            patience=patience, class_weighting=class_weighting, pretrained=pretrained, seed=seed,
+            precision=precision, device=device, workers=workers,
+            model={"backbone": backbone, "trunk_width": trunk_width, "aggregation": aggregation, "pooling": pooling,
+                   "views": views, "norm": norm, "dropout": dropout},
+            preprocess={"height": height, "width": width, "normalization": normalization},
+            augment={"enabled": False} if no_augment else {},
+        )
+        table = load_manifest(manifest)
+        result = train(table, out, config, resume=resume, force=force, cache_dir=cache_dir, fail_fast=fail_fast,
+                       manifest_path=manifest, progress=not quiet)
+        if result.rank != 0:  # under torchrun only rank 0 reports
+            return
+        for failure in result.failures:
+            typer.echo(f"skipped {failure['case_id']}: {failure['reason']}", err=True)
+        ending = "stopped early" if result.stopped_early else "finished"
+        typer.echo(
+            f"{ending} after {result.epochs_run} epochs; best validation AUC {result.best_val_auc:.4f} "
+            f"at epoch {result.best_epoch}; run: {out}"
+        )
+
+    @bench.command("train")
+    def bench_train(
+        presets: str = typer.Option("paper,cpu-small", "--presets", help="Comma-separated presets."),
+        precisions: str = typer.Option("fp32,bf16", "--precisions", help="Comma-separated: fp32, bf16."),
+        steps: int = typer.Option(2, "--steps", help="Timed steps per setting (after one warm-up step)."),
+        batch_size: int = typer.Option(2, "--batch-size", help="Cases per step."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: all cores)."),
+        emulated_bf16: bool = typer.Option(
+            False, "--emulated-bf16", help="Time bf16 even on a CPU without bf16 kernels (very slow)."
+        ),
+    ) -> None:
+        """Seconds per case of a training step, fraction of the measured matmul roofline, peak RSS."""
+        from ..train import bench_training
+
+        for line in bench_training(
+            [p.strip() for p in presets.split(",") if p.strip()],
+            [p.strip() for p in precisions.split(",") if p.strip()],
+            steps=steps, batch_size=batch_size, threads=threads, emulated_bf16=emulated_bf16,
+        ):
+            typer.echo(line)

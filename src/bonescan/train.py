@@ -1,0 +1,699 @@
+"""Training loop: cache -> DataLoader -> MultiViewNet, validation AUC per epoch, checkpoints, exact resume, DDP.
+
+RUN folder:
+    RUN/config.json              settings, seed, package versions, manifest hash, cache key, device, precision
+    RUN/metrics.csv              one row per epoch (rewritten atomically after each epoch)
+    RUN/checkpoints/last.pt      everything needed to continue: model, optimizer, scheduler, RNG, history
+    RUN/checkpoints/best.pt      the model of the best validation AUC, with its config (loadable alone)
+
+Under `torchrun --nproc_per_node=N` (RANK / WORLD_SIZE set) the same code runs DistributedDataParallel with a
+DistributedSampler (gloo on CPU, nccl on GPU); only rank 0 writes. The batch size is global and is split across
+processes, so a run's optimisation does not depend on N (up to BatchNorm statistics, which are per process).
+
+Exact resume: the random streams depend only on (seed, epoch, rank) -- torch's global RNG is reseeded at every
+epoch start, the sampler's order is a function of (seed, epoch), augmentation draws from a per-sample generator
+-- and a checkpoint at each epoch end holds the model, optimizer and scheduler states, so continuing from
+last.pt repeats the computations of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import __version__
+from .data import ArrayCache, CachedScans, build_cache
+from .device import Precision, choose_precision, select_device
+from .errors import ConfigError, ManifestError, RunError
+from .fileio import atomic_path, write_text_atomic
+from .model import MultiViewNet, build_model
+from .presets import TrainConfig
+
+CHECKPOINT_FORMAT = 1
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "best_val_auc", "seconds"]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one RUN folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training call produced."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val_auc: float
+    epochs_run: int
+    stopped_early: bool
+    metrics: pd.DataFrame
+    failures: list[dict] = field(default_factory=list)
+    rank: int = 0  # this process's rank under torchrun
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def train(
+    manifest: pd.DataFrame,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    cache_dir: str | Path | None = None,
+    fail_fast: bool = False,
+    manifest_path: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train MultiViewNet on the manifest's train split, selecting by validation AUC; write the RUN folder.
+
+    resume: continue from RUN/checkpoints/last.pt with the run's stored settings (`config` is then ignored).
+    force: replace the training files of a previous run in RUN. stop_after_epochs: end this call after that
+    many epochs in total (the run stays resumable), e.g. to train in slices.
+    """
+    paths = RunPaths(Path(run_dir))
+    checkpoint = _prepare_run_dir(paths, resume, force)
+    if checkpoint is not None:
+        config = TrainConfig.from_dict(checkpoint["config"])
+    manifest_digest = manifest_hash(manifest)
+    if checkpoint is not None and checkpoint["manifest_hash"] != manifest_digest:
+        raise RunError(paths.root, "the manifest differs from the one this run was trained on; cannot resume")
+    _check_splits(manifest, source=str(manifest_path or "manifest"))
+
+    ctx = _init_distributed(config)
+    try:
+        return _train(manifest, paths, config, ctx, checkpoint, manifest_digest, cache_dir, fail_fast,
+                      manifest_path, progress, stop_after_epochs, force)
+    finally:
+        if ctx.initialised_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    manifest: pd.DataFrame,
+    paths: RunPaths,
+    config: TrainConfig,
+    ctx: DistContext,
+    checkpoint: dict | None,
+    manifest_digest: str,
+    cache_dir: str | Path | None,
+    fail_fast: bool,
+    manifest_path: str | Path | None,
+    progress: bool,
+    stop_after_epochs: int | None,
+    force: bool,
+) -> TrainResult:
+    device = select_device(config.device, ctx.local_rank)
+    precision = choose_precision(device, config.precision)
+    if config.batch_size % ctx.world_size:
+        raise ConfigError("--batch-size", f"{config.batch_size} does not split evenly over {ctx.world_size} processes")
+
+    # Only the train and val studies are cached (and read); rank 0 builds the cache, the others open it after.
+    manifest = manifest[manifest["split"].isin(["train", "val"])].reset_index(drop=True)
+    cache = None
+    if ctx.is_main:
+        cache = build_cache(manifest, config.preprocess, cache_dir, fail_fast=fail_fast, progress=progress)
+    ctx.barrier()
+    if cache is None:
+        cache = build_cache(manifest, config.preprocess, cache_dir, fail_fast=fail_fast, progress=False)
+    train_rows, val_rows = _split_rows(cache, str(manifest_path or "manifest"))
+
+    if ctx.is_main and force and checkpoint is None:
+        _clear_run(paths)
+    ctx.barrier()
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, None if checkpoint is not None else config.pretrained).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if ctx.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    train_set = CachedScans(cache, train_rows, config.augment, seed=config.seed)
+    sampler = DistributedSampler(
+        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=False
+    )
+    per_process_batch = config.batch_size // ctx.world_size
+    loader = DataLoader(
+        train_set,
+        batch_size=per_process_batch,
+        sampler=sampler,
+        num_workers=config.workers,
+        drop_last=len(train_rows) > config.batch_size,  # no tiny last batch for BatchNorm
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = max(len(loader), 1)
+    optimizer = _make_optimizer(model, config)
+    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
+    pos_weight = _pos_weight(cache, train_rows) if config.class_weighting else None
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=device))
+
+    state = _TrainingState()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = _TrainingState.from_dict(checkpoint["state"])
+    elif ctx.is_main:
+        write_text_atomic(
+            paths.config,
+            json.dumps(
+                _run_record(config, cache, manifest, manifest_digest, manifest_path, ctx, precision, train_rows,
+                            val_rows, pos_weight),
+                indent=2,
+            ),
+        )
+
+    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
+    while state.epoch < last_epoch and not state.finished:
+        epoch = state.epoch
+        started = time.perf_counter()
+        torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        bar = _epoch_bar(epoch, config.epochs, steps_per_epoch, progress and ctx.is_main)
+        train_loss = _train_epoch(net, loader, optimizer, scheduler, scaler, loss_fn, precision, bar)
+        train_loss = _mean_over_processes(train_loss, ctx, device)
+        probabilities, labels = predict_rows(model, cache, val_rows, config.eval_batch_size, precision, ctx)
+        val_auc = _auc(labels, probabilities, "validation split")
+        val_loss = _bce(labels, probabilities)
+        improved = val_auc > state.best_val_auc
+        if improved:
+            state.best_val_auc, state.best_epoch, state.bad_epochs = val_auc, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        state.finished = state.bad_epochs >= config.patience or state.epoch >= config.epochs
+        state.stopped_early = state.bad_epochs >= config.patience and state.epoch < config.epochs
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "lr": lr,
+                "best_val_auc": state.best_val_auc,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{val_auc:.4f}")
+        bar.close()
+        if ctx.is_main:
+            if improved:
+                _save(paths.best, _best_checkpoint(model, config, state, manifest_digest, val_auc))
+            _save(paths.last, _last_checkpoint(model, optimizer, scheduler, scaler, config, state, manifest_digest))
+            write_text_atomic(paths.metrics, metrics_frame(state.history).to_csv(index=False))
+        ctx.barrier()
+
+    return TrainResult(
+        run_dir=paths.root,
+        best_epoch=state.best_epoch,
+        best_val_auc=state.best_val_auc,
+        epochs_run=state.epoch,
+        stopped_early=state.stopped_early,
+        metrics=metrics_frame(state.history),
+        failures=cache.failures,
+        rank=ctx.rank,
+    )
+
+
+@dataclass
+class _TrainingState:
+    epoch: int = 0  # epochs completed
+    best_val_auc: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "_TrainingState":
+        return cls(**data)
+
+
+def metrics_frame(history: list[dict]) -> pd.DataFrame:
+    """Per-epoch metrics as a DataFrame with the metrics.csv columns."""
+    return pd.DataFrame(history, columns=METRIC_COLUMNS)
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """SHA-256 of the manifest's case ids, study files, labels and splits: which data a run was trained on."""
+    columns = [c for c in ("case_id", "path", "anterior", "posterior", "label", "split") if c in manifest.columns]
+    table = manifest[columns].reset_index(drop=True).astype(object).where(manifest[columns].notna().values, "")
+    table = table.astype(str)
+    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
+
+
+def predict_rows(
+    model: MultiViewNet,
+    cache: ArrayCache,
+    rows: np.ndarray,
+    batch_size: int,
+    precision: Precision,
+    ctx: DistContext | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels of cache rows, in row order; under DDP each process scores a share."""
+    ctx = ctx or DistContext()
+    mine = rows[ctx.rank :: ctx.world_size]
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            batch = torch.from_numpy(np.asarray(cache.arrays[mine[start : start + batch_size]], np.float32))
+            with precision.autocast():
+                logits = model(batch.to(precision.device, non_blocking=True))
+            outputs.append(torch.sigmoid(logits.float()).cpu().numpy())
+    probabilities = np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+    if ctx.active:
+        gathered: list = [None] * ctx.world_size
+        dist.all_gather_object(gathered, (mine.tolist(), probabilities.tolist()))
+        by_row = {row: p for part_rows, part_probs in gathered for row, p in zip(part_rows, part_probs)}
+        probabilities = np.array([by_row[int(r)] for r in rows], dtype=np.float64)
+    return probabilities.astype(np.float64), cache.labels[rows]
+
+
+def _train_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    precision: Precision,
+    bar,
+) -> float:
+    net.train()
+    total, count = 0.0, 0
+    for images, labels in loader:
+        images = images.to(precision.device, non_blocking=True)
+        labels = labels.to(precision.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = net(images)
+        loss = loss_fn(logits.float(), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norm layers and biases: decaying them only fights the normalisation.
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero over the remaining steps (stepped once per batch)."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _pos_weight(cache: ArrayCache, rows: np.ndarray) -> float:
+    labels = cache.labels[rows]
+    positives = int((labels == 1).sum())
+    return float((labels == 0).sum()) / max(positives, 1)
+
+
+def _auc(labels: np.ndarray, probabilities: np.ndarray, what: str) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        raise ManifestError(what, "has only one class, so the AUC is undefined; it needs positive and negative cases")
+    return float(roc_auc_score(labels, probabilities))
+
+
+def _bce(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def _mean_over_processes(value: float, ctx: DistContext, device: torch.device) -> float:
+    if not ctx.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / ctx.world_size
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    digest = hashlib.blake2b(f"train:{seed}:{epoch}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not enabled, leave=True,
+                file=sys.stderr)
+
+
+def _check_splits(manifest: pd.DataFrame, source: str) -> None:
+    if "split" not in manifest.columns:
+        raise ManifestError(source, "no `split` column; training needs train and val rows (see `bonescan cohort split`)")
+    if "label" not in manifest.columns:
+        raise ManifestError(source, "no `label` (or `grade`) column")
+    splits = manifest["split"].fillna("").astype(str)
+    for name in ("train", "val"):
+        if not (splits == name).any():
+            raise ManifestError(source, f"no rows with split = {name!r}; training needs both train and val rows")
+    val_labels = manifest.loc[splits == "val", "label"].unique()
+    if len(val_labels) < 2:
+        raise ManifestError(
+            source, f"the val split has only label {val_labels[0]}, so the validation AUC is undefined; "
+            "it needs positive and negative cases"
+        )
+
+
+def _split_rows(cache: ArrayCache, source: str) -> tuple[np.ndarray, np.ndarray]:
+    train_rows, val_rows = cache.rows("train"), cache.rows("val")
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ManifestError(source, f"after skipping {len(cache.failures)} unreadable studies, no train or no val rows are left")
+    if len(np.unique(cache.labels[val_rows])) < 2:
+        raise ManifestError(source, "after skipping unreadable studies, the val split has one class: AUC undefined")
+    return train_rows, val_rows
+
+
+def _prepare_run_dir(paths: RunPaths, resume: bool, force: bool) -> dict | None:
+    """Check the RUN folder against --resume / --force; return the checkpoint to resume from, if any."""
+    holds_run = paths.config.exists() or paths.checkpoints.exists() or paths.metrics.exists()
+    if resume:
+        if not paths.last.is_file():
+            raise RunError(paths.root, "nothing to resume: no checkpoints/last.pt")
+        return load_checkpoint(paths.last)
+    if holds_run and not force:
+        raise RunError(paths.root, "already holds a training run; use --resume to continue it or --force to replace it")
+    return None
+
+
+def _clear_run(paths: RunPaths) -> None:
+    for path in (paths.config, paths.metrics):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by train(); RunError when missing, corrupt or of another format."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(path, "checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        raise RunError(path, f"cannot read the checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT or "model" not in checkpoint:
+        raise RunError(path, "not a bonescan checkpoint (or written by an incompatible version)")
+    return checkpoint
+
+
+def _save(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _best_checkpoint(model: nn.Module, config: TrainConfig, state: _TrainingState, digest: str, auc: float) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "best",
+        "config": config.to_dict(),
+        "epoch": state.epoch,
+        "val_auc": auc,
+        "manifest_hash": digest,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def _last_checkpoint(model, optimizer, scheduler, scaler, config: TrainConfig, state: _TrainingState, digest: str) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "last",
+        "config": config.to_dict(),
+        "epoch": state.epoch,
+        "manifest_hash": digest,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": state.to_dict(),
+        # For the record; resume reseeds from (seed, epoch, rank) and does not need them.
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+    }
+
+
+def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, train_rows, val_rows, pos_weight) -> dict:
+    import sklearn
+    import torchvision
+
+    return {
+        "bonescan_version": __version__,
+        "seed": config.seed,
+        "settings": config.to_dict(),
+        "manifest": {
+            "path": str(Path(manifest_path).resolve()) if manifest_path else None,
+            "sha256": digest,
+            "rows": len(manifest),
+            "train_cases": int(len(train_rows)),
+            "val_cases": int(len(val_rows)),
+            "val_positives": int(cache.labels[val_rows].sum()),
+            "train_positives": int(cache.labels[train_rows].sum()),
+        },
+        "preprocess": config.preprocess.to_dict(),
+        "cache": {"key": cache.key, "folder": str(cache.folder), "skipped_studies": cache.failures},
+        "pos_weight": pos_weight,
+        "world_size": ctx.world_size,
+        "device": str(precision.device),
+        "precision": precision.name,
+        "channels_last": precision.channels_last,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
+        "command": sys.argv,
+    }
+
+
+def _init_distributed(config: TrainConfig) -> DistContext:
+    """Join the torchrun job described by RANK / WORLD_SIZE, if any (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = config.device != "cpu" and torch.cuda.is_available()
+    if not use_cuda:
+        # Share the cores among the processes on this node instead of oversubscribing them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    initialised_here = False
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        initialised_here = True
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, initialised_here=initialised_here)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmark of one training step
+
+
+def measure_matmul_peak(dtype: torch.dtype, max_size: int = 2048, min_seconds: float = 0.3) -> float:
+    """FLOP/s of a large square torch.matmul in `dtype` (best of a few): the roofline a training step is held to.
+
+    The size grows from 256 until one product takes `min_seconds`, so a CPU that only emulates bf16 is not
+    kept busy for minutes.
+    """
+    size, best = 256, 0.0
+    while True:
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        torch.matmul(a, b)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - started)
+        best = max(best, 2.0 * size**3 / min(times))
+        if size >= max_size or min(times) >= min_seconds:
+            return best
+        size *= 2
+
+
+def count_training_flops(model: nn.Module, batch: torch.Tensor, precision: Precision) -> tuple[float, float]:
+    """(forward FLOPs, forward + backward FLOPs) of one step, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as forward_counter:
+        with precision.autocast():
+            model(batch)
+    with FlopCounterMode(display=False) as step_counter:
+        with precision.autocast():
+            loss = model(batch).float().sum()
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(forward_counter.get_total_flops()), float(step_counter.get_total_flops())
+
+
+def bench_training(
+    presets: list[str],
+    precisions: list[str],
+    steps: int = 2,
+    batch_size: int = 2,
+    threads: int | None = None,
+    emulated_bf16: bool = False,
+) -> list[str]:
+    """Time training steps (forward + backward + AdamW) on random inputs; return printable lines."""
+    import resource
+
+    from .device import allocator_tuned, cpu_supports_bf16
+    from .presets import preset_config
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    for precision_name in precisions:
+        if precision_name not in ("fp32", "bf16"):
+            raise ConfigError("--precisions", f"unknown precision {precision_name!r}; use fp32 or bf16")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: measure_matmul_peak(dtypes[name]) for name in dict.fromkeys(precisions)}
+    lines = [
+        f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"oneDNN bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, "
+        f"allocator {'tuned' if allocator_tuned() else 'glibc default'}",
+        "matmul roofline: " + ", ".join(f"{name} {peak / 1e9:.1f} GFLOP/s" for name, peak in peaks.items()),
+        f"{'preset':<10} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
+        f"{'roofline':>9} {'peak RSS':>9}",
+    ]
+    for name in presets:
+        config = preset_config(name)
+        for precision_name in precisions:
+            if precision_name == "bf16" and not cpu_supports_bf16() and not emulated_bf16:
+                lines.append(f"{name:<10} {precision_name:<5} skipped: this CPU has no bf16 kernels "
+                             "(emulated bf16 is far slower than fp32; --emulated-bf16 times it anyway)")
+                continue
+            precision = choose_precision(device, precision_name)
+            torch.manual_seed(0)
+            model = build_model(config.model)
+            if precision.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            model.train()
+            optimizer = _make_optimizer(model, config)
+            images = torch.rand(batch_size, 2, config.preprocess.height, config.preprocess.width)
+            labels = (torch.rand(batch_size) > 0.5).float()
+            _, step_flops = count_training_flops(model, images, precision)
+
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with precision.autocast():
+                    logits = model(images)
+                nn.functional.binary_cross_entropy_with_logits(logits.float(), labels).backward()
+                optimizer.step()
+
+            step()  # warm-up: allocations, oneDNN kernel selection
+            times = []
+            for _ in range(steps):
+                started = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - started)
+            seconds_per_case = float(np.median(times)) / batch_size
+            achieved = step_flops / batch_size / seconds_per_case
+            rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            lines.append(
+                f"{name:<10} {precision_name:<5} {config.preprocess.height:>4}x{config.preprocess.width:<4} "
+                f"{step_flops / batch_size / 1e9:>11.1f} {seconds_per_case:>8.3f} {1 / seconds_per_case:>8.2f} "
+                f"{achieved / peaks[precision_name]:>8.1%} {rss_mib:>6.0f} MiB"
+            )
+            del model, optimizer
+    lines.append("GFLOP/case: forward + backward as counted by FlopCounterMode (about 3x the forward); s/case: "
+                 "median step / batch; roofline: achieved FLOP/s / matmul FLOP/s; peak RSS: process maximum so far")
+    return lines
