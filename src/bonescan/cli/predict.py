@@ -1,9 +1,95 @@
-"""CLI commands for this job (filled in as the job lands)."""
+"""`bonescan predict`: probabilities, decisions, heat maps and DICOM results; `bonescan bench predict`: speed."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this job's commands to the bonescan app."""
+    """Add `predict` and `bench predict` to the bonescan app."""
+
+    @app.command("predict")
+    def predict(
+        paths: list[Path] = typer.Argument(..., help="DICOM or image files, or folders (searched recursively)."),
+        run: Path = typer.Option(..., "--run", help="Training run folder (config.json, checkpoints/best.pt)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write the results as .csv or .json."),
+        operating_point: str = typer.Option(
+            "youden", "--operating-point", help="Frozen threshold: youden | rule-out | rule-in | 0.5."),
+        heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for Grad-CAM overlay PNGs."),
+        dicom_out: Optional[Path] = typer.Option(
+            None, "--dicom-out", help="Folder for DICOM results: heat-map Secondary Capture + Comprehensive SR."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
+        compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
+        checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint of the run: best | last."),
+    ) -> None:
+        """Predict bone metastasis for every study found; failed studies are listed with their reasons.
+
+        Exit code 0 when every study was predicted, 2 when any study failed (all others are still reported).
+        """
+        from ..predict import predict_studies
+
+        def progress(done: int, total: int) -> None:
+            print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        report = predict_studies(
+            run, paths, operating_point=operating_point, batch_size=batch_size, workers=workers,
+            heatmap_dir=heatmaps, dicom_dir=dicom_out, device=device, precision=precision, compile=compile,
+            checkpoint=checkpoint, progress=progress,
+        )
+        point = report.operating_point
+        if point.warning:
+            _stderr(f"bonescan: warning: {point.warning}")
+        if out is not None:
+            report.write(out)
+            typer.echo(f"wrote {len(report.studies)} studies ({len(report.failures)} failed) to {out}")
+        else:
+            for study in report.studies:
+                if study.status == "ok":
+                    typer.echo(f"{study.study_id}\t{study.probability:.4f}\t{study.decision}")
+        typer.echo(f"operating point {point.name} (threshold {point.threshold:.4f}); {report.engine}; "
+                   f"{len(report.studies)} studies in {report.seconds:.1f} s")
+        for failure in report.failures:
+            _stderr(f"bonescan: failed: {failure.study_id}: {failure.error}")
+        if report.failures:
+            raise typer.Exit(code=2)
+
+    @bench.command("predict")
+    def bench_predict(
+        cases: int = typer.Option(400, "--cases", help="Studies to predict end to end."),
+        data: Optional[Path] = typer.Option(
+            None, "--data", help="Folder of studies to read; an empty or synthetic-cohort folder is filled with "
+                                 "synthetic studies (kept for the next run). Default: a temporary synthetic cohort."),
+        preset: str = typer.Option("paper", "--preset", help="Network of this preset, untrained (without --run)."),
+        run: Optional[Path] = typer.Option(None, "--run", help="Use this run's trained network instead."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: cores / 2)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
+        compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
+        parity_cases: int = typer.Option(16, "--parity-cases", help="Studies compared against fp32."),
+        model_cases: Optional[int] = typer.Option(
+            None, "--model-cases", help="Studies for the model-only timing (default: 4 batches)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and the untrained weights."),
+    ) -> None:
+        """Seconds and studies/s end to end and model-only, matmul peaks, roofline fraction, peak RSS, parity."""
+        from ..predict import benchmark_prediction
+
+        result = benchmark_prediction(
+            cases=cases, data=data, preset=preset, run_dir=run, batch_size=batch_size, workers=workers,
+            device=device, precision=precision, compile=compile, parity_cases=parity_cases,
+            model_cases=model_cases, seed=seed, progress=lambda message: _stderr(f"bench predict: {message}"),
+        )
+        for line in result.lines():
+            typer.echo(line)

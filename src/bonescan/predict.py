@@ -1,0 +1,521 @@
+"""Batch prediction: files and folders of bone scans -> probability and decision per study, heat maps, DICOM results.
+
+Reading and preprocessing run in DataLoader worker processes while the main process runs the network, so
+decoding overlaps with compute. A study that cannot be read (any refusal of the reading layer), or whose heat
+map or DICOM result cannot be written, is listed with its reason and the batch goes on.
+
+Decisions use a frozen operating point from RUN/operating_points.json (written by `bonescan evaluate --run`):
+positive when probability >= threshold. A run without that file falls back to 0.5, with a warning on every study.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .errors import BoneScanError, ConfigError, PredictionsError, RunError
+from .fileio import write_text_atomic
+from .io import StudySource, find_studies, read_study
+from .preprocess import PreprocessConfig, preprocess_study
+from .study import StudyMeta
+
+if TYPE_CHECKING:
+    from .fastpath import InferenceEngine
+
+OPERATING_POINTS_FILE = "operating_points.json"
+OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
+GRAD_CAM_CHUNK = 2
+FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named decision threshold: positive when probability >= threshold."""
+
+    name: str
+    threshold: float
+    warning: str | None = None
+
+
+def resolve_operating_point(run_dir: str | Path, name: str = "youden") -> OperatingPoint:
+    """The threshold frozen for `name` in RUN/operating_points.json; 0.5 with a warning when the file is absent."""
+    if name not in OPERATING_POINT_NAMES:
+        raise ConfigError("--operating-point", f"unknown operating point {name!r}; use {', '.join(OPERATING_POINT_NAMES)}")
+    path = Path(run_dir) / OPERATING_POINTS_FILE
+    if not path.is_file():
+        return OperatingPoint(name="0.5", threshold=0.5, warning=FALLBACK_WARNING)
+    from .evaluate.operating_points import load_operating_points
+
+    try:
+        points = load_operating_points(path)
+    except PredictionsError as error:
+        raise RunError(path, error.reason) from error
+    threshold = float(points[name])
+    if not 0.0 <= threshold <= 1.0:
+        raise RunError(path, f"threshold {threshold} for {name!r} is not a probability")
+    return OperatingPoint(name=name, threshold=threshold)
+
+
+@dataclass
+class StudyOutcome:
+    """One study's row in the output: a prediction, or the reason it failed."""
+
+    study_id: str
+    source: str
+    status: str  # "ok" or "failed"
+    probability: float | None = None
+    decision: str | None = None  # "metastasis" / "no metastasis"
+    operating_point: str | None = None
+    threshold: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None  # "<ErrorType>: message" when failed
+    heatmap: str | None = None
+    dicom_sc: str | None = None
+    dicom_sr: str | None = None
+
+
+@dataclass
+class PredictionReport:
+    """Every study's outcome plus what produced them and how long it took."""
+
+    run: str
+    operating_point: OperatingPoint
+    engine: str
+    studies: list[StudyOutcome]
+    seconds: float
+
+    @property
+    def failures(self) -> list[StudyOutcome]:
+        return [s for s in self.studies if s.status != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per study (failed ones included, with their error)."""
+        rows = [{**asdict(s), "warnings": "; ".join(s.warnings)} for s in self.studies]
+        columns = list(StudyOutcome.__dataclass_fields__)
+        return pd.DataFrame(rows, columns=columns)
+
+    def to_json_dict(self) -> dict:
+        """The JSON layout: provenance, then studies and failures."""
+        return {
+            "run": self.run,
+            "bonescan_version": __version__,
+            "operating_point": self.operating_point.name,
+            "threshold": self.operating_point.threshold,
+            "decision_rule": "metastasis when probability >= threshold",
+            "engine": self.engine,
+            "n_studies": len(self.studies),
+            "n_failed": len(self.failures),
+            "seconds": round(self.seconds, 3),
+            "studies": [asdict(s) for s in self.studies if s.status == "ok"],
+            "failures": [{"study_id": s.study_id, "source": s.source, "error": s.error} for s in self.failures],
+        }
+
+    def write(self, path: str | Path) -> Path:
+        """Write the report as .csv or .json (chosen by the suffix), atomically."""
+        path = Path(path)
+        if path.suffix.lower() == ".json":
+            return write_text_atomic(path, json.dumps(self.to_json_dict(), indent=2) + "\n")
+        if path.suffix.lower() == ".csv":
+            return write_text_atomic(path, self.to_frame().to_csv(index=False))
+        raise ConfigError(path, "output must end in .csv or .json")
+
+
+@dataclass
+class _Item:
+    """What a worker hands back for one study (plain data: it crosses a process boundary)."""
+
+    index: int
+    inputs: np.ndarray | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    views: tuple[np.ndarray, np.ndarray] | None = None  # original grids, kept for heat maps / DICOM results
+    meta: StudyMeta | None = None
+    mirror_posterior: bool = True
+
+
+class StudyReader(Dataset):
+    """Reads and preprocesses study i; a refusal becomes an `_Item` carrying the error instead of an exception."""
+
+    def __init__(self, sources: Sequence[StudySource], config: PreprocessConfig, keep_views: bool = False):
+        self.sources = list(sources)
+        self.config = config
+        self.keep_views = keep_views
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> _Item:
+        source = self.sources[index]
+        try:
+            study = read_study(source)
+            inputs = preprocess_study(study, self.config)
+        except BoneScanError as error:
+            return _Item(index, error=f"{type(error).__name__}: {error}")
+        except Exception as error:  # an unexpected failure of one study must not stop the batch
+            return _Item(index, error=f"{type(error).__name__}: {source.source}: {error}")
+        item = _Item(index, inputs=inputs, warnings=list(study.warnings),
+                     mirror_posterior=self.config.mirror_posterior)
+        if self.keep_views:
+            item.views = study.both_views()
+            item.meta = study.meta
+        return item
+
+
+def _as_list(items: list[_Item]) -> list[_Item]:
+    return items
+
+
+def iterate_batches(sources: Sequence[StudySource], config: PreprocessConfig, batch_size: int, workers: int,
+                    keep_views: bool = False) -> Iterable[list[_Item]]:
+    """Batches of read studies, produced by `workers` processes ahead of the consumer (0: in this process)."""
+    loader = DataLoader(
+        StudyReader(sources, config, keep_views),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def default_workers() -> int:
+    """Reader processes: enough to keep the network fed without taking its cores (1 on a 2-core machine)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(4, cores // 2))
+
+
+def predict_studies(
+    run_dir: str | Path,
+    paths: Sequence[str | Path],
+    operating_point: str = "youden",
+    batch_size: int = 8,
+    workers: int | None = None,
+    heatmap_dir: str | Path | None = None,
+    dicom_dir: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: str = "auto",
+    checkpoint: str = "best",
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictionReport:
+    """Predict every study under `paths` with the run's network; see the module docstring for what is written."""
+    from .fastpath import InferenceEngine, tune_allocator
+    from .inference import load_run
+
+    tune_allocator()
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir, checkpoint=checkpoint)
+    point = resolve_operating_point(run_dir, operating_point)
+    engine = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
+                             batch_size=batch_size)
+    sources = find_studies(paths)
+    if not sources:
+        raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
+    return predict_sources(
+        sources, loaded.model, loaded.preprocess_cfg, engine, point,
+        run_label=f"{run_dir} ({checkpoint})", workers=default_workers() if workers is None else workers,
+        heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress,
+    )
+
+
+def predict_sources(
+    sources: Sequence[StudySource],
+    model: torch.nn.Module,
+    preprocess_cfg: PreprocessConfig,
+    engine: InferenceEngine,
+    point: OperatingPoint,
+    run_label: str = "",
+    workers: int = 1,
+    heatmap_dir: str | Path | None = None,
+    dicom_dir: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictionReport:
+    """The batch loop over already-found sources with an already-built engine (also used by the benchmark)."""
+    start = time.perf_counter()
+    outputs = None
+    if heatmap_dir or dicom_dir:
+        # Grad-CAM needs gradients, so it runs an fp32 eager copy of the network, on the GPU when there is one.
+        cam_model = model if engine.device.type == "cpu" else copy.deepcopy(model).float().to(engine.device)
+        outputs = OutputWriter(cam_model, heatmap_dir, dicom_dir, run_label)
+    outcomes: dict[int, StudyOutcome] = {}
+    done = 0
+    for items in iterate_batches(sources, preprocess_cfg, engine.batch_size, workers, keep_views=outputs is not None):
+        good = [item for item in items if item.error is None]
+        for item in items:
+            if item.error is not None:
+                source = sources[item.index]
+                outcomes[item.index] = StudyOutcome(source.id, source.source, "failed", error=item.error)
+        if good:
+            probabilities = engine.probabilities(np.stack([item.inputs for item in good]))
+            for item, probability in zip(good, probabilities):
+                outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point)
+            if outputs is not None:
+                outputs.write(good, [outcomes[item.index] for item in good], sources)
+        done += len(items)
+        if progress:
+            progress(done, len(sources))
+    studies = [outcomes[i] for i in range(len(sources))]
+    return PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
+
+
+def _outcome(source: StudySource, item: _Item, probability: float, point: OperatingPoint) -> StudyOutcome:
+    warnings = list(item.warnings) + ([point.warning] if point.warning else [])
+    return StudyOutcome(
+        study_id=source.id,
+        source=source.source,
+        status="ok",
+        probability=probability,
+        decision="metastasis" if probability >= point.threshold else "no metastasis",
+        operating_point=point.name,
+        threshold=point.threshold,
+        warnings=warnings,
+    )
+
+
+class OutputWriter:
+    """Heat-map PNGs and DICOM results for a batch of predicted studies; a failure marks only that study."""
+
+    def __init__(self, model: torch.nn.Module, heatmap_dir: str | Path | None, dicom_dir: str | Path | None,
+                 run_label: str):
+        from .dicom_out import AlgorithmInfo
+
+        self.model = model
+        self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
+        self.dicom_dir = Path(dicom_dir) if dicom_dir else None
+        self.algorithm = AlgorithmInfo(parameters=(f"run={run_label}",))
+
+    def write(self, items: list[_Item], outcomes: list[StudyOutcome], sources: Sequence[StudySource]) -> None:
+        from .heatmap import grad_cam
+
+        maps = []
+        # Small chunks: a backward pass through the trunk at 768 x 256 holds about 0.4 GB of activations per view.
+        for start in range(0, len(items), GRAD_CAM_CHUNK):
+            chunk = items[start:start + GRAD_CAM_CHUNK]
+            try:
+                maps += grad_cam(self.model, torch.from_numpy(np.stack([item.inputs for item in chunk])),
+                                 [item.views[0].shape for item in chunk], chunk[0].mirror_posterior)
+            except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
+                maps += [None] * len(chunk)
+                for outcome in outcomes[start:start + GRAD_CAM_CHUNK]:
+                    _mark_failed(outcome, f"heat map: {type(error).__name__}: {error}")
+        for item, outcome, heat in zip(items, outcomes, maps):
+            if heat is None:
+                continue
+            try:
+                self._write_one(item, outcome, heat, sources[item.index])
+            except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
+                _mark_failed(outcome, f"writing results: {type(error).__name__}: {error}")
+
+    def _write_one(self, item: _Item, outcome: StudyOutcome, heat, source: StudySource) -> None:
+        from .dicom_out import ReadingResult, safe_file_stem, write_dicom_results
+        from .heatmap import caption_text, render_overlay, write_png
+        from .study import Study
+
+        positive = outcome.decision == "metastasis"
+        caption = caption_text(outcome.probability, positive, outcome.operating_point, outcome.threshold)
+        anterior, posterior = item.views
+        overlay = render_overlay(anterior, posterior, heat, caption, title=f"{outcome.study_id} - bonescan {__version__}")
+        if self.heatmap_dir:
+            outcome.heatmap = str(write_png(self.heatmap_dir / f"{safe_file_stem(outcome.study_id)}.png", overlay))
+        if self.dicom_dir:
+            study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
+            result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
+            written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
+                                          file_stem=safe_file_stem(outcome.study_id))
+            outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
+            outcome.warnings += written.warnings
+
+
+def _mark_failed(outcome: StudyOutcome, reason: str) -> None:
+    outcome.status = "failed"
+    outcome.error = reason
+
+
+@dataclass
+class PredictBenchmark:
+    """Figures of `bonescan bench predict`."""
+
+    cases: int
+    failed: int
+    end_to_end_seconds: float
+    model_cases: int
+    model_seconds: float
+    warm_up_seconds: float
+    gflop_per_case: float
+    peak_gflops: dict[str, float]
+    precision: str
+    peak_rss_mib: float
+    parity: object  # fastpath.ParityReport
+    engine: str
+    allocator: str
+    weights: str
+    workers: int
+    threads: int
+
+    @property
+    def end_to_end_cases_per_s(self) -> float:
+        return self.cases / self.end_to_end_seconds
+
+    @property
+    def model_cases_per_s(self) -> float:
+        return self.model_cases / self.model_seconds
+
+    @property
+    def roofline_precision(self) -> str:
+        """The dtype with the highest measured matmul peak: what this machine can do at best."""
+        return max(self.peak_gflops, key=self.peak_gflops.get)
+
+    @property
+    def roofline_cases_per_s(self) -> float:
+        return self.peak_gflops[self.roofline_precision] / self.gflop_per_case
+
+    def lines(self) -> list[str]:
+        """The printed report."""
+        peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.peak_gflops.items())
+        return [
+            f"engine: {self.engine}; {self.threads} threads; {self.workers} reader processes; allocator {self.allocator}",
+            f"weights: {self.weights}",
+            f"warm-up (first batch{', incl. compile' if 'compile' in self.engine else ''}): {self.warm_up_seconds:.1f} s",
+            f"end to end: {self.cases} studies in {self.end_to_end_seconds:.1f} s = "
+            f"{self.end_to_end_cases_per_s:.2f} studies/s ({self.failed} failed)",
+            f"model only: {self.model_cases_per_s:.2f} studies/s ({self.model_cases} studies in {self.model_seconds:.1f} s)",
+            f"matmul peaks: {peaks}",
+            f"network: {self.gflop_per_case:.3g} GFLOP per study -> roofline {self.roofline_cases_per_s:.2f} studies/s "
+            f"(at the {self.roofline_precision} peak; engine runs {self.precision}); model-only reaches {self.model_cases_per_s / self.roofline_cases_per_s:.0%} of it, "
+            f"end to end {self.end_to_end_cases_per_s / self.roofline_cases_per_s:.0%}",
+            f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
+            self.parity.describe(),
+        ]
+
+
+def benchmark_prediction(
+    cases: int = 400,
+    data: str | Path | None = None,
+    preset: str = "paper",
+    run_dir: str | Path | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: str = "auto",
+    parity_cases: int = 16,
+    model_cases: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> PredictBenchmark:
+    """Time prediction of `cases` studies end to end and the network alone; measure peaks, memory and parity.
+
+    Studies come from `data` (read as they are; an empty folder or a synthetic-cohort folder is filled or
+    completed with `bonescan synth` studies of difficulty "paper"), else from a temporary synthetic cohort.
+    Without `run_dir` the network of `preset` is untrained (seeded): speed does not depend on the weights.
+    """
+    from .fastpath import (InferenceEngine, matmul_peak_gflops, model_gflop_per_case, parity,
+                           reference_probabilities, tune_allocator)
+
+    if cases < 1 or parity_cases < 1:
+        raise ConfigError("--cases", "cases and parity cases must be at least 1")
+    say = progress or (lambda message: None)
+    allocator = tune_allocator()
+    model, preprocess_cfg, weights = _benchmark_model(run_dir, preset, seed)
+    temporary = None
+    if data is None:
+        temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-predict-"))
+        data = temporary
+    try:
+        sources = _benchmark_sources(Path(data), cases, seed, say)
+        engine = InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size)
+        workers = default_workers() if workers is None else workers
+        say(f"warming up {engine.settings.describe()}")
+        warm_up = engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
+
+        say(f"end to end: {len(sources)} studies")
+        report = predict_sources(sources, model, preprocess_cfg, engine, OperatingPoint("0.5", 0.5), workers=workers)
+        engine.synchronize()
+
+        loaded = [item for batch in iterate_batches(sources[:max(batch_size, parity_cases)], preprocess_cfg,
+                                                    batch_size, 0) for item in batch if item.error is None]
+        if not loaded:
+            raise ConfigError(data, "none of the studies could be read; see `bonescan predict` for the reasons")
+        batch = np.stack([item.inputs for item in loaded[:batch_size]])
+        model_cases = model_cases or min(len(sources), 4 * batch_size)
+        say(f"model only: {model_cases} studies")
+        start = time.perf_counter()
+        done = 0
+        while done < model_cases:
+            engine.probabilities(batch)
+            done += len(batch)
+        engine.synchronize()
+        model_seconds = time.perf_counter() - start
+
+        say(f"parity: {min(parity_cases, len(loaded))} studies against fp32")
+        cohort = np.stack([item.inputs for item in loaded[:parity_cases]])
+        parity_report = parity(reference_probabilities(model, [cohort]), engine.probabilities(cohort), 0.5)
+
+        say("matmul peaks")
+        peak_device = engine.device
+        peaks = {"fp32": matmul_peak_gflops(torch.float32, peak_device),
+                 "bf16": matmul_peak_gflops(torch.bfloat16, peak_device)}
+        if peak_device.type == "cuda":
+            peaks["fp16"] = matmul_peak_gflops(torch.float16, peak_device)
+        rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+               + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
+        return PredictBenchmark(
+            cases=len(sources), failed=len(report.failures), end_to_end_seconds=report.seconds,
+            model_cases=done, model_seconds=model_seconds, warm_up_seconds=warm_up,
+            gflop_per_case=model_gflop_per_case(model, preprocess_cfg.height, preprocess_cfg.width),
+            peak_gflops=peaks, precision=engine.settings.precision, peak_rss_mib=rss, parity=parity_report,
+            engine=engine.settings.describe(), allocator=allocator, weights=weights, workers=workers,
+            threads=torch.get_num_threads(),
+        )
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _benchmark_model(run_dir, preset: str, seed: int):
+    if run_dir is not None:
+        from .inference import load_run
+
+        loaded = load_run(run_dir)
+        return loaded.model, loaded.preprocess_cfg, f"trained, from {run_dir}"
+    from .model import MultiViewNet
+    from .presets import preset_config
+
+    config = preset_config(preset)
+    torch.manual_seed(seed)
+    model = MultiViewNet(config.model).eval()
+    return model, config.preprocess, f"untrained {preset} network (seed {seed}); speed does not depend on weights"
+
+
+def _benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:
+    synthetic = not data.exists() or not any(data.iterdir()) or (data / "synth.json").exists()
+    have = len(list((data / "studies").glob("*.dcm"))) if synthetic and (data / "studies").is_dir() else 0
+    if synthetic and have < cases:  # fill an empty folder, or complete a synthetic cohort that is too small
+        from .synth import generate_cohort
+
+        say(f"generating {cases - have} synthetic studies (difficulty paper) in {data}")
+        generate_cohort(data, cases, seed=seed, difficulty="paper", workers=default_workers() + 1)
+    sources = find_studies([data / "studies"] if synthetic else [data])
+    if not sources:
+        raise ConfigError(data, "no DICOM or image files found")
+    return sources[:cases]

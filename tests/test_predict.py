@@ -1,0 +1,157 @@
+"""Batch prediction: every study gets a row, failures carry their reason, outputs match the network."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from dicom_factory import body_views, nm_dataset, save
+
+from bonescan.errors import ConfigError, RunError
+from bonescan.fastpath import InferenceEngine, reference_probabilities
+from bonescan.io import find_studies, read_study
+from bonescan.model import MultiViewNet
+from bonescan.predict import (
+    FALLBACK_WARNING,
+    OperatingPoint,
+    predict_sources,
+    resolve_operating_point,
+)
+from bonescan.preprocess import PreprocessConfig, preprocess_study
+
+CONFIG = PreprocessConfig(height=64, width=32)
+
+
+@pytest.fixture(scope="module")
+def model() -> MultiViewNet:
+    torch.manual_seed(0)
+    net = MultiViewNet(backbone="resnet10", trunk_width=8, hidden=16, dropout=0.0).eval()
+    with torch.no_grad():
+        net.head[-1].weight.mul_(30.0)  # spread the probabilities so thresholds separate the studies
+    return net
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, nm1_path: Path) -> Path:
+    """Three readable two-view studies, one file that is not DICOM, one real single-view scan (NM1)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for k in range(3):
+        views = body_views(seed=k)
+        views[:, 200 + 30 * k : 220 + 30 * k, 30:50] += 60 * k  # different hot spots -> different probabilities
+        save(nm_dataset(views), root / f"study{k}.dcm")
+    (root / "broken.dcm").write_bytes(b"DICM? no, just text")
+    shutil.copy(nm1_path, root / "nm1_single_view.dcm")
+    return root
+
+
+def engine_for(model, batch_size=2) -> InferenceEngine:
+    return InferenceEngine(model, device="cpu", precision="fp32", compile="off", batch_size=batch_size)
+
+
+def test_every_study_gets_a_row_and_failures_do_not_stop_the_batch(folder, model):
+    sources = find_studies([folder])
+    report = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5), workers=1)
+
+    assert len(report.studies) == len(sources) == 5
+    by_file = {Path(s.source.split(" + ")[0]).name: s for s in report.studies}
+    failed = {name for name, s in by_file.items() if s.status == "failed"}
+    assert failed == {"broken.dcm", "nm1_single_view.dcm"}
+    assert by_file["broken.dcm"].error.startswith("UnreadableInputError")
+    assert by_file["nm1_single_view.dcm"].error.startswith("ViewError")
+    assert "broken.dcm" in by_file["broken.dcm"].error  # the message names the input
+    assert not report.ok and len(report.failures) == 2
+
+    # Each row's probability is the fp32 reference for that very study (no mix-up across workers or batches).
+    for k in range(3):
+        row = by_file[f"study{k}.dcm"]
+        inputs = preprocess_study(read_study(folder / f"study{k}.dcm"), CONFIG)[None]
+        expected = reference_probabilities(model, [inputs])[0]
+        assert row.status == "ok" and row.probability == pytest.approx(expected, abs=1e-5)
+        assert row.decision == ("metastasis" if expected >= 0.5 else "no metastasis")
+
+
+def test_decisions_follow_the_frozen_threshold_and_carry_its_warning(folder, model):
+    sources = [s for s in find_studies([folder]) if "study" in s.source]
+    first = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5), workers=0)
+    probabilities = sorted(s.probability for s in first.studies)
+    assert probabilities[0] < probabilities[-1]
+    threshold = (probabilities[0] + probabilities[1]) / 2  # one study below, two above
+    point = OperatingPoint("0.5", threshold, warning=FALLBACK_WARNING)
+    report = predict_sources(sources, model, CONFIG, engine_for(model), point, workers=0)
+    decisions = sorted((s.probability, s.decision) for s in report.studies)
+    assert [d for _, d in decisions] == ["no metastasis", "metastasis", "metastasis"]
+    assert all(FALLBACK_WARNING in s.warnings and s.threshold == threshold for s in report.studies)
+
+
+def test_report_writes_csv_and_json_with_failures(folder, model, tmp_path):
+    report = predict_sources(find_studies([folder]), model, CONFIG, engine_for(model), OperatingPoint("youden", 0.4))
+    table = pd.read_csv(report.write(tmp_path / "preds.csv"))
+    assert len(table) == 5 and set(table["status"]) == {"ok", "failed"}
+    assert table.loc[table["status"] == "failed", "error"].notna().all()
+    assert (table.loc[table["status"] == "ok", "operating_point"] == "youden").all()
+
+    data = json.loads(report.write(tmp_path / "preds.json").read_text())
+    assert data["threshold"] == 0.4 and data["n_failed"] == 2
+    assert len(data["studies"]) == 3 and len(data["failures"]) == 2
+    assert all({"study_id", "source", "error"} <= set(f) for f in data["failures"])
+    with pytest.raises(ConfigError):
+        report.write(tmp_path / "preds.txt")
+
+
+def test_heat_maps_and_dicom_results_for_each_predicted_study(folder, model, tmp_path):
+    sources = find_studies([folder])
+    report = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("youden", 0.5),
+                             workers=1, heatmap_dir=tmp_path / "maps", dicom_dir=tmp_path / "dicom")
+    ok = [s for s in report.studies if s.status == "ok"]
+    assert len(ok) == 3 and len(list((tmp_path / "maps").glob("*.png"))) == 3
+    for study in ok:
+        assert Path(study.heatmap).is_file()
+        sr = pydicom.dcmread(study.dicom_sr)
+        source = pydicom.dcmread(study.source, stop_before_pixels=True)
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
+        numbers = [item for item in _items(sr) if item.ValueType == "NUM"
+                   and item.ConceptNameCodeSequence[0].CodeValue == "122157"]
+        assert float(numbers[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(study.probability, abs=1e-6)
+        assert pydicom.dcmread(study.dicom_sc).Modality == "OT"
+
+
+def test_an_output_that_cannot_be_written_fails_only_those_studies(folder, model, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the DICOM folder should be")
+    sources = [s for s in find_studies([folder]) if "study" in s.source]
+    report = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5),
+                             dicom_dir=blocker)
+    assert len(report.studies) == 3
+    assert all(s.status == "failed" and "writing results" in s.error for s in report.studies)
+    assert all(s.probability is not None for s in report.studies)  # the prediction itself is kept
+
+
+def test_operating_points_from_the_run_or_fallback(tmp_path):
+    point = resolve_operating_point(tmp_path, "youden")
+    assert (point.name, point.threshold) == ("0.5", 0.5) and point.warning == FALLBACK_WARNING
+
+    thresholds = {"youden": 0.31, "rule-out": 0.12, "rule-in": 0.83, "0.5": 0.5}
+    (tmp_path / "operating_points.json").write_text(json.dumps({**thresholds, "main": "youden"}))
+    for name, value in thresholds.items():
+        point = resolve_operating_point(tmp_path, name)
+        assert (point.name, point.threshold, point.warning) == (name, value, None)
+    with pytest.raises(ConfigError, match="unknown operating point"):
+        resolve_operating_point(tmp_path, "best")
+
+    (tmp_path / "operating_points.json").write_text("{not json")
+    with pytest.raises(RunError, match="operating_points.json"):
+        resolve_operating_point(tmp_path, "youden")
+
+
+def _items(dataset) -> list:
+    items = []
+    for item in getattr(dataset, "ContentSequence", []):
+        items.append(item)
+        items += _items(item)
+    return items

@@ -1,0 +1,106 @@
+"""`bonescan predict` and `bonescan bench predict` end to end, on a tiny trained run and synthetic studies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from bonescan.cli import main
+from bonescan.predict import FALLBACK_WARNING
+
+pytestmark = pytest.mark.slow  # trains a tiny run once (about 20 s on 2 cores)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(RUN folder of a one-epoch tiny network, folder of its synthetic studies)."""
+    root = tmp_path_factory.mktemp("predict_cli")
+    assert main(["synth", "--cases", "30", "--out", str(root / "syn"), "--seed", "1"]) == 0
+    assert main(["train", "--manifest", str(root / "syn" / "manifest.csv"), "--out", str(root / "run"),
+                 "--preset", "tiny", "--epochs", "1"]) == 0
+    return root / "run", root / "syn" / "studies"
+
+
+@pytest.fixture()
+def inputs(tmp_path, tiny_run) -> Path:
+    """Three synthetic studies and one file that is not a scan."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(tiny_run[1].glob("*.dcm"))[:3]:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.dcm").write_text("not a DICOM file")
+    return folder
+
+
+def test_predict_lists_every_study_and_exits_2_when_one_failed(tiny_run, inputs, tmp_path, capsys):
+    run, _ = tiny_run
+    (run / "operating_points.json").unlink(missing_ok=True)
+    code = main(["predict", "--run", str(run), str(inputs), "--out", str(tmp_path / "preds.csv"), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 2
+    table = pd.read_csv(tmp_path / "preds.csv")
+    assert len(table) == 4
+    failed = table[table["status"] == "failed"]
+    assert len(failed) == 1 and "notes.dcm" in failed["error"].iloc[0]
+    ok = table[table["status"] == "ok"]
+    assert ok["probability"].between(0, 1).all()
+    assert (ok["threshold"] == 0.5).all() and ok["warnings"].str.contains(FALLBACK_WARNING, regex=False).all()
+    assert "notes.dcm" in captured.err and FALLBACK_WARNING in captured.err
+
+
+def test_predict_uses_the_frozen_operating_point_and_writes_results(tiny_run, inputs, tmp_path):
+    run, _ = tiny_run
+    (inputs / "notes.dcm").unlink()
+    thresholds = {"youden": 0.41, "rule-out": 0.07, "rule-in": 0.93, "0.5": 0.5}
+    (run / "operating_points.json").write_text(json.dumps(thresholds))
+    try:
+        code = main(["predict", "--run", str(run), str(inputs), "--out", str(tmp_path / "preds.json"),
+                     "--operating-point", "rule-out", "--heatmaps", str(tmp_path / "maps"),
+                     "--dicom-out", str(tmp_path / "dicom"), "--workers", "0"])
+    finally:
+        (run / "operating_points.json").unlink()
+    assert code == 0
+    data = json.loads((tmp_path / "preds.json").read_text())
+    assert data["operating_point"] == "rule-out" and data["threshold"] == 0.07 and data["failures"] == []
+    assert len(data["studies"]) == 3
+    for study in data["studies"]:
+        assert study["decision"] == ("metastasis" if study["probability"] >= 0.07 else "no metastasis")
+        assert Path(study["heatmap"]).is_file()
+        source = pydicom.dcmread(study["source"], stop_before_pixels=True)
+        assert pydicom.dcmread(study["dicom_sr"]).StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_unusable_runs_are_refused_with_one_clear_line(tiny_run, inputs, tmp_path, capsys):
+    assert main(["predict", "--run", str(tmp_path / "nowhere"), str(inputs)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+    broken = tmp_path / "broken_run"
+    shutil.copytree(tiny_run[0], broken)
+    (broken / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    assert main(["predict", "--run", str(broken), str(inputs)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and err.count("\n") == 1
+
+    # A checkpoint whose stored settings describe another network than its weights.
+    payload = torch.load(tiny_run[0] / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    payload["config"]["model"]["backbone"] = "resnet18"
+    torch.save(payload, broken / "checkpoints" / "best.pt")
+    assert main(["predict", "--run", str(broken), str(inputs)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and "do not fit" in err
+
+
+def test_bench_predict_prints_every_figure(tmp_path, capsys):
+    code = main(["bench", "predict", "--cases", "4", "--preset", "tiny", "--data", str(tmp_path / "bench"),
+                 "--batch-size", "2", "--parity-cases", "4", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for figure in ("end to end: 4 studies", "model only:", "matmul peaks: fp32", "bf16", "roofline",
+                   "peak RSS", "parity vs fp32 over 4 studies"):
+        assert figure in out, figure
