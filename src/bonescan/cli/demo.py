@@ -1,9 +1,32 @@
-"""CLI commands for this job (filled in as the job lands)."""
+"""`bonescan demo`: the whole pipeline on a synthetic cohort."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this job's commands to the bonescan app."""
+    """Add `demo` to the bonescan app."""
+
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the cohort, run, report and results."),
+        cases: int = typer.Option(600, "--cases", help="Synthetic studies to generate (paper-sized: 12222)."),
+        preset: str = typer.Option("cpu-small", "--preset", help="Training preset: cpu-small, paper or tiny."),
+        difficulty: str = typer.Option("easy", "--difficulty", help="Synthetic cohort difficulty: easy, paper, hard."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the preset's number of epochs."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the cohort, split and training."),
+        workers: int = typer.Option(0, "--workers", help="Processes generating studies (0: one per core)."),
+        pretrained: Optional[str] = typer.Option(None, "--pretrained", help="ImageNet weights: a file or 'imagenet'."),
+        fresh: bool = typer.Option(False, "--fresh", help="Start over instead of reusing finished stages."),
+    ) -> None:
+        """Generate a synthetic cohort, train, evaluate, predict with heat maps and DICOM results, summarise."""
+        from ..demo import DemoSettings, run_demo
+
+        settings = DemoSettings(cases=cases, seed=seed, difficulty=difficulty, preset=preset, epochs=epochs,
+                                workers=workers, pretrained=pretrained)
+        result = run_demo(out, settings, fresh=fresh, say=typer.echo)
+        typer.echo(f"Open the report: {result.report.resolve()}")

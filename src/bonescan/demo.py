@@ -1,0 +1,221 @@
+"""The whole system on a synthetic cohort: generate, split, Table 1, train, evaluate, predict, summarise.
+
+Each stage leaves its outputs in one folder under `out` and is skipped on a rerun when they are complete
+(`fresh=True` starts over). The demo drives the same library functions as the individual commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .errors import ConfigError
+from .fileio import write_text_atomic
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo generates and trains. The defaults run in minutes on a 2-core laptop CPU."""
+
+    cases: int = 600
+    seed: int = 0
+    difficulty: str = "easy"
+    preset: str = "cpu-small"
+    epochs: int | None = None  # None: the preset's
+    workers: int = 0  # 0: one per CPU core
+    predict_examples: int = 4  # studies written with heat maps and DICOM results besides the error cases
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cases < 20:
+            raise ConfigError("--cases", f"the demo needs at least 20 studies to split 8:1:1, got {self.cases}")
+
+
+@dataclass
+class DemoResult:
+    """Where everything went and how long each stage took."""
+
+    out: Path
+    report: Path
+    summary: dict
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+Say = Callable[[str], None]
+
+
+def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), fresh: bool = False,
+             say: Say = print, progress: bool = True) -> DemoResult:
+    """Run every stage on a synthetic cohort in `out`; reuse finished stages unless `fresh`."""
+    out = Path(out)
+    if fresh and out.exists():
+        _remove_demo_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timer = _StageTimer(say)
+
+    with timer("cohort"):
+        manifest_path = _make_cohort(out / "cohort", settings, say)
+    with timer("table 1"):
+        manifest = _table1(manifest_path, out, say)
+    with timer("training"):
+        train_result = _train(manifest, manifest_path, out / "run", settings, progress)
+        say(f"best validation AUC {train_result.best_val_auc:.3f} at epoch {train_result.best_epoch} "
+            f"of {train_result.epochs_run}")
+    with timer("evaluation"):
+        evaluation, frame = _evaluate(out / "run", manifest, out / "evaluation")
+    with timer("heat maps and DICOM"):
+        prediction = _predict_examples(out / "run", manifest, evaluation, out / "predict", settings)
+        # Re-render the report now that heat maps of the error cases exist.
+        evaluation = _final_report(frame, evaluation, out / "evaluation", out / "predict" / "heatmaps-by-case")
+
+    summary = _summary(out, settings, train_result, evaluation, prediction, timer.seconds)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, say)
+    return DemoResult(out, evaluation.files["report"], summary, dict(timer.seconds))
+
+
+class _StageTimer:
+    def __init__(self, say: Say):
+        self.say = say
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                timer.say(f"== {name}")
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = round(time.perf_counter() - self.start, 1)
+                if exc[0] is None:
+                    timer.say(f"   {name}: {timer.seconds[name]:.1f} s")
+
+        return _Stage()
+
+
+def _remove_demo_folder(out: Path) -> None:
+    # Only a folder that looks like a demo is removed, never an arbitrary one named by mistake.
+    known = {"cohort", "run", "evaluation", "predict", "summary.json", "table1.csv", "cache"}
+    unknown = [p.name for p in out.iterdir() if p.name not in known]
+    if unknown:
+        raise ConfigError(out, f"--fresh would delete files that the demo did not write: {', '.join(sorted(unknown)[:5])}")
+    shutil.rmtree(out)
+
+
+def _make_cohort(folder: Path, settings: DemoSettings, say: Say) -> Path:
+    from .synth import generate_cohort
+
+    workers = settings.workers or os.cpu_count() or 1
+    result = generate_cohort(folder, settings.cases, settings.seed, settings.difficulty, workers)
+    say(f"{settings.cases} synthetic studies ({settings.difficulty}) in {folder}: {result.written} written, "
+        f"{result.skipped} reused")
+    return result.manifest
+
+
+def _table1(manifest_path: Path, out: Path, say: Say) -> pd.DataFrame:
+    from .cohort import load_manifest, table1_markdown, write_table1_csv
+
+    manifest = load_manifest(manifest_path)
+    say(table1_markdown(manifest))
+    write_table1_csv(manifest, out / "table1.csv")
+    return manifest
+
+
+def _train(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, settings: DemoSettings, progress: bool):
+    from .presets import preset_config
+    from .train import RunPaths, train
+
+    overrides = {"seed": settings.seed}
+    if settings.epochs is not None:
+        overrides["epochs"] = settings.epochs
+    if settings.pretrained is not None:
+        overrides["pretrained"] = settings.pretrained
+    config = preset_config(settings.preset, **overrides)
+    resume = RunPaths(run_dir).last.is_file()  # a finished run resumes to itself without training again
+    return train(manifest, run_dir, config, resume=resume, cache_dir=run_dir.parent / "cache",
+                 manifest_path=manifest_path, progress=progress)
+
+
+def _evaluate(run_dir: Path, manifest: pd.DataFrame, out: Path):
+    from .evaluate import evaluate_predictions, predictions_from_run
+
+    frame = predictions_from_run(run_dir, manifest, "test")
+    result = evaluate_predictions(frame, out, split="test", report=False,
+                                  inputs={"run": str(run_dir), "predictions": f"computed from {run_dir}"})
+    # Frozen on the validation split, so `bonescan predict --run` uses the same thresholds.
+    if result.operating_points.chosen_on == "val":
+        result.operating_points.save(run_dir / "operating_points.json")
+    return result, frame
+
+
+def _predict_examples(run_dir: Path, manifest: pd.DataFrame, evaluation, out: Path, settings: DemoSettings):
+    """Heat maps and DICOM results for the test split's errors plus a few correct studies."""
+    from .predict import predict_studies
+
+    table = evaluation.predictions
+    test = table[table["split"] == "test"] if "split" in table.columns else table
+    wrong = test[test["label"] != (test["probability"] >= evaluation.operating_points.thresholds["youden"])]
+    right = test.drop(wrong.index).sort_values("probability", ascending=False)
+    chosen = list(wrong["case_id"]) + list(right["case_id"].head(settings.predict_examples // 2)) + \
+        list(right["case_id"].tail(settings.predict_examples - settings.predict_examples // 2))
+    chosen = list(dict.fromkeys(chosen))
+    paths = manifest.set_index("case_id").loc[chosen, "path"]
+    report = predict_studies(run_dir, list(paths), heatmap_dir=out / "heatmaps", dicom_dir=out / "dicom",
+                             workers=0)
+    report.write(out / "predictions.csv")
+    # The evaluation report finds heat maps by case id.
+    by_case = out / "heatmaps-by-case"
+    by_case.mkdir(parents=True, exist_ok=True)
+    case_of_path = {str(Path(p).resolve()): case for case, p in paths.items()}
+    for outcome in report.studies:
+        case = case_of_path.get(str(Path(outcome.source).resolve()))
+        if case and outcome.heatmap:
+            shutil.copyfile(outcome.heatmap, by_case / f"{case}.png")
+    return report
+
+
+def _final_report(frame: pd.DataFrame, evaluation, out: Path, heatmaps: Path):
+    from .evaluate import evaluate_predictions
+
+    return evaluate_predictions(frame, out, split="test", heatmaps_dir=heatmaps,
+                                operating_points=dict(evaluation.operating_points.thresholds),
+                                inputs=evaluation.metrics.get("inputs"))
+
+
+def _summary(out: Path, settings: DemoSettings, train_result, evaluation, prediction, seconds: dict) -> dict:
+    overall = next((row for row in evaluation.metrics.get("auc", []) if row["dimension"] == "overall"), {})
+    return {
+        "settings": settings.__dict__,
+        "best_val_auc": train_result.best_val_auc,
+        "best_epoch": train_result.best_epoch,
+        "test_auc": overall,
+        "report": str(evaluation.files["report"]),
+        "predictions_with_heatmaps": str(out / "predict" / "predictions.csv"),
+        "dicom_results": str(out / "predict" / "dicom"),
+        "studies_predicted": len(prediction.studies),
+        "studies_failed": len(prediction.failures),
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 1),
+    }
+
+
+def _print_summary(summary: dict, say: Say) -> None:
+    auc = summary["test_auc"]
+    if auc.get("auc") is not None:
+        ci = (f"95 % CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f}, DeLong" if auc.get("ci_low") is not None
+              else f"no CI: {auc.get('reason') or 'too few cases'}")
+        say(f"test AUC {auc['auc']:.3f} ({ci}; n = {auc['n']}, {auc['n_pos']} with metastasis)")
+    else:
+        say(f"test AUC undefined: {auc.get('reason', 'no evaluated cases')}")
+    stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in summary["stage_seconds"].items())
+    say(f"time: {stages}; total {summary['total_seconds']:.0f} s")
+    say(f"report: {summary['report']}")

@@ -1,0 +1,62 @@
+"""The demo end to end at a tiny size: every stage writes its outputs, and a rerun reuses them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from bonescan import cli
+from bonescan.demo import DemoSettings, run_demo
+from bonescan.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    result = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2),
+                      say=lines.append, progress=False)
+    return out, result, lines
+
+
+def test_demo_writes_report_summary_and_results(demo_run):
+    out, result, lines = demo_run
+    assert result.report == out / "evaluation" / "report.html"
+    html = result.report.read_text()
+    assert "<img" in html and "data:image/png;base64," in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) == {"cohort", "table 1", "training", "evaluation", "heat maps and DICOM"}
+    manifest = pd.read_csv(out / "cohort" / "manifest.csv")
+    assert summary["test_auc"]["n"] == (manifest["split"] == "test").sum() > 0
+    assert summary["studies_predicted"] >= 2 and summary["studies_failed"] == 0
+    assert list((out / "predict" / "heatmaps").glob("*.png"))
+    assert len(list((out / "predict" / "dicom").rglob("*.dcm"))) >= 2  # SC + SR per study
+    assert (out / "run" / "operating_points.json").is_file()
+    assert any(line.startswith("report: ") for line in lines)
+
+
+def test_demo_rerun_reuses_finished_stages(demo_run):
+    out, first, _ = demo_run
+    lines: list[str] = []
+    again = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2),
+                     say=lines.append, progress=False)
+    assert any("0 written, 40 reused" in line for line in lines)
+    # The finished run is resumed, not retrained: same best epoch and validation AUC.
+    assert again.summary["best_val_auc"] == first.summary["best_val_auc"]
+    assert again.summary["best_epoch"] == first.summary["best_epoch"]
+
+
+def test_fresh_refuses_to_delete_a_folder_the_demo_did_not_write(tmp_path):
+    (tmp_path / "thesis.docx").write_text("precious")
+    with pytest.raises(ConfigError, match="thesis.docx"):
+        run_demo(tmp_path, DemoSettings(cases=40, preset="tiny"), fresh=True, say=lambda _: None)
+    assert (tmp_path / "thesis.docx").read_text() == "precious"
+
+
+def test_demo_cli_refuses_too_few_cases(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--cases", "5"]) == 2
+    assert "--cases" in capsys.readouterr().err
