@@ -16,3 +16,14 @@ def nm1_path() -> Path:
     if path is None:
         pytest.fail("pydicom-data is not installed: pip install pydicom-data (a dev dependency)")
     return Path(path)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: tiny models are faster so, and results don't depend on the core count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

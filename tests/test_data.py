@@ -17,12 +17,7 @@ from trainkit import write_cohort
 SMALL = PreprocessConfig(height=64, width=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cache_holds_the_preprocessed_studies(tmp_path):

@@ -22,12 +22,7 @@ from bonescan.model import (
 TINY = dict(backbone="resnet10", trunk_width=8, hidden=8, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> MultiViewNet:

@@ -15,12 +15,7 @@ from bonescan.train import load_checkpoint, train
 from trainkit import write_cohort, write_manifest_csv
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

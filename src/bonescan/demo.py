@@ -187,7 +187,7 @@ def _final_report(frame: pd.DataFrame, evaluation, out: Path, heatmaps: Path):
     from .evaluate import evaluate_predictions
 
     return evaluate_predictions(frame, out, split="test", heatmaps_dir=heatmaps,
-                                operating_points=dict(evaluation.operating_points.thresholds),
+                                operating_points=evaluation.operating_points,
                                 inputs=evaluation.metrics.get("inputs"))
 
 
