@@ -16,10 +16,13 @@ from bonescan.errors import ConfigError, RunError
 from bonescan.fastpath import InferenceEngine, reference_probabilities
 from bonescan.io import find_studies, read_study
 from bonescan.model import MultiViewNet
+from bonescan.cli import main
 from bonescan.predict import (
     FALLBACK_WARNING,
     OperatingPoint,
+    manifest_studies,
     predict_sources,
+    predict_studies,
     resolve_operating_point,
 )
 from bonescan.preprocess import PreprocessConfig, preprocess_study
@@ -147,6 +150,84 @@ def test_operating_points_from_the_run_or_fallback(tmp_path):
     (tmp_path / "operating_points.json").write_text("{not json")
     with pytest.raises(RunError, match="operating_points.json"):
         resolve_operating_point(tmp_path, "youden")
+
+
+def _manifest(folder: Path, rows: list[dict]) -> Path:
+    """A cohort manifest in `folder` with the clinical columns filled in; rows give case_id, files and the rest."""
+    clinical = {"cancer_type": "lung", "sex": "F", "age": 64, "label": 0}
+    path = folder / "manifest.csv"
+    pd.DataFrame([{**clinical, **row} for row in rows]).to_csv(path, index=False)
+    return path
+
+
+def test_manifest_rows_become_sources_keyed_by_case_id(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"")
+    manifest = _manifest(tmp_path, [
+        {"case_id": "c1", "path": "a.dcm", "anterior": "", "posterior": "", "split": "test", "exclude_reason": ""},
+        {"case_id": "c2", "path": "", "anterior": "ant.png", "posterior": "post.png", "split": "test",
+         "exclude_reason": ""},
+        {"case_id": "c3", "path": "a.dcm", "anterior": "", "posterior": "", "split": "test",
+         "exclude_reason": "prior surgery"},
+        {"case_id": "c4", "path": "a.dcm", "anterior": "", "posterior": "", "split": "val", "exclude_reason": ""},
+    ])
+    every = manifest_studies(manifest)
+    assert every.case_ids == ["c1", "c2", "c4"]  # the excluded row is skipped, manifest order kept
+    assert every.sources[1].files == ((tmp_path / "ant.png").resolve(), (tmp_path / "post.png").resolve())
+    test = manifest_studies(manifest, "test")
+    assert test.case_ids == ["c1", "c2"] and test.sources[0].files == ((tmp_path / "a.dcm").resolve(),)
+    with pytest.raises(ConfigError, match="unknown split"):
+        manifest_studies(manifest, "tests")
+    only_excluded = _manifest(tmp_path, [{"case_id": "x", "path": "a.dcm", "exclude_reason": "motion"}])
+    with pytest.raises(ConfigError, match="no studies to predict"):
+        manifest_studies(only_excluded)
+    with pytest.raises(ConfigError, match="no split column"):
+        manifest_studies(only_excluded, "test")
+
+
+def test_paths_and_manifest_are_either_or(tmp_path, folder, capsys):
+    manifest = _manifest(tmp_path, [{"case_id": "c1", "path": str(folder / "study0.dcm")}])
+    # Refused before the run is loaded, so a run that does not exist is not what the message is about.
+    for args in ([str(folder), "--manifest", str(manifest)], [], [str(folder), "--split", "test"]):
+        assert main(["predict", "--run", str(tmp_path / "no_run"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no_run" not in err
+        assert "--manifest" in err
+    with pytest.raises(ConfigError, match="not both or neither"):
+        predict_studies(tmp_path / "no_run", [folder], manifest=manifest)
+
+
+def test_manifest_studies_carry_case_id_uid_and_heat_maps_named_by_case(tmp_path, folder, model, monkeypatch):
+    manifest = _manifest(tmp_path, [
+        {"case_id": "case-b", "path": str(folder / "study1.dcm")},
+        {"case_id": "case-a", "path": str(folder / "study0.dcm")},
+        {"case_id": "case-gone", "path": str(folder / "missing.dcm")},
+    ])
+    studies = manifest_studies(manifest)
+    monkeypatch.chdir(tmp_path)  # a relative heat-map folder must still give paths usable from anywhere
+    report = predict_sources(studies.sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5),
+                             workers=0, heatmap_dir=Path("maps"), case_ids=studies.case_ids)
+    by_case = {s.case_id: s for s in report.studies}
+    assert list(by_case) == ["case-b", "case-a", "case-gone"]
+    for case_id, name in (("case-b", "study1.dcm"), ("case-a", "study0.dcm")):
+        outcome = by_case[case_id]
+        uid = pydicom.dcmread(folder / name, stop_before_pixels=True).StudyInstanceUID
+        assert outcome.status == "ok" and outcome.study_id == uid
+        assert Path(outcome.heatmap) == (tmp_path / "maps" / f"{case_id}.png").resolve()
+        assert Path(outcome.heatmap).is_absolute() and Path(outcome.heatmap).is_file()
+    gone = by_case["case-gone"]
+    assert gone.status == "failed" and "missing.dcm" in gone.error and gone.study_id == "missing"
+
+    table = pd.read_csv(report.write(tmp_path / "out" / "preds.csv"), dtype=str, keep_default_na=False)
+    assert list(table.columns[:2]) == ["case_id", "study_id"]
+    assert list(table["case_id"]) == ["case-b", "case-a", "case-gone"]
+    data = json.loads(report.write(tmp_path / "preds.json").read_text())
+    assert [s["case_id"] for s in data["studies"]] == ["case-b", "case-a"]
+    assert data["failures"][0]["case_id"] == "case-gone"
+
+    # Without a manifest nothing changes: no case_id column.
+    plain = predict_sources(find_studies([folder / "study0.dcm"]), model, CONFIG, engine_for(model),
+                            OperatingPoint("0.5", 0.5), workers=0)
+    assert "case_id" not in plain.to_frame().columns
 
 
 def _items(dataset) -> list:

@@ -6,10 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 import torch
+from PIL import Image
 
 from bonescan.cli import main
 from bonescan.predict import FALLBACK_WARNING
@@ -74,6 +76,67 @@ def test_predict_uses_the_frozen_operating_point_and_writes_results(tiny_run, in
         assert Path(study["heatmap"]).is_file()
         source = pydicom.dcmread(study["source"], stop_before_pixels=True)
         assert pydicom.dcmread(study["dicom_sr"]).StudyInstanceUID == source.StudyInstanceUID
+
+
+@pytest.fixture()
+def small_manifest(tmp_path, tiny_run) -> Path:
+    """Four test-split rows of the synthetic cohort's manifest (absolute paths), the third one excluded."""
+    synth_dir = tiny_run[1].parent
+    table = pd.read_csv(synth_dir / "manifest.csv", dtype=str, keep_default_na=False).head(4).copy()
+    table["path"] = [str(synth_dir / p) for p in table["path"]]
+    table["split"] = "test"
+    table["exclude_reason"] = ["", "", "motion artefact", ""]
+    path = tmp_path / "cases" / "manifest.csv"
+    path.parent.mkdir()
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_predict_manifest_output_opens_an_ai_consulted_reader_study(tiny_run, small_manifest, tmp_path,
+                                                                    monkeypatch, capsys):
+    from bonescan.reader.store import ReaderStore
+
+    run, _ = tiny_run
+    monkeypatch.chdir(tmp_path)  # relative --heatmaps / --out, as typed at a prompt
+    code = main(["predict", "--run", str(run), "--manifest", str(small_manifest), "--split", "test",
+                 "--heatmaps", "maps", "--out", "out/preds.csv", "--workers", "0"])
+    assert code == 0, capsys.readouterr().err
+    manifest = pd.read_csv(small_manifest, dtype=str, keep_default_na=False)
+    kept = manifest[manifest["exclude_reason"] == ""]
+    table = pd.read_csv(tmp_path / "out" / "preds.csv", dtype=str, keep_default_na=False)
+    assert table.columns[0] == "case_id" and list(table["case_id"]) == list(kept["case_id"])
+    for row, path in zip(table.itertuples(), kept["path"]):
+        assert row.study_id == pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+        assert Path(row.heatmap).name == f"{row.case_id}.png"
+
+    code = main(["reader", "create", "--study", str(tmp_path / "study"), "--mode", "ai-consulted",
+                 "--cases", str(small_manifest), "--split", "test", "--readers", "r1",
+                 "--predictions", str(tmp_path / "out" / "preds.csv")])
+    assert code == 0, capsys.readouterr().err
+    store = ReaderStore.open(tmp_path / "study")
+    ai = store.ai_records()
+    assert sorted(ai) == sorted(kept["case_id"])
+    for row in table.itertuples():
+        record = ai[row.case_id]
+        assert record.probability == pytest.approx(float(row.probability))
+        assert record.decision == int(row.decision == "metastasis")
+        with Image.open(store.images_dir / record.heatmap) as shown, Image.open(row.heatmap) as written:
+            assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(written.convert("RGB")))
+
+
+def test_predict_manifest_reports_a_missing_study_and_goes_on(tiny_run, small_manifest, tmp_path, capsys):
+    table = pd.read_csv(small_manifest, dtype=str, keep_default_na=False)
+    table.loc[1, "path"] = str(tmp_path / "moved_away.dcm")
+    table.to_csv(small_manifest, index=False)
+    code = main(["predict", "--run", str(tiny_run[0]), "--manifest", str(small_manifest),
+                 "--out", str(tmp_path / "preds.json"), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    missing = table.loc[1, "case_id"]
+    assert f"failed: {missing}:" in err and "moved_away.dcm" in err
+    data = json.loads((tmp_path / "preds.json").read_text())
+    assert [s["case_id"] for s in data["studies"]] == [table.loc[0, "case_id"], table.loc[3, "case_id"]]
+    assert [f["case_id"] for f in data["failures"]] == [missing]
 
 
 def test_unusable_runs_are_refused_with_one_clear_line(tiny_run, inputs, tmp_path, capsys):

@@ -6,6 +6,10 @@ map or DICOM result cannot be written, is listed with its reason and the batch g
 
 Decisions use a frozen operating point from RUN/operating_points.json (written by `bonescan evaluate --run`):
 positive when probability >= threshold. A run without that file falls back to 0.5, with a warning on every study.
+
+Studies come from files and folders (`find_studies`), or from a cohort manifest: then every row is keyed by its
+`case_id` (the first column of the CSV, beside the study's Study Instance UID) and heat maps are named
+<case_id>.png, so the output feeds `bonescan reader create --predictions` and `bonescan evaluate --heatmaps`.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def resolve_operating_point(run_dir: str | Path, name: str = "youden") -> Operat
 class StudyOutcome:
     """One study's row in the output: a prediction, or the reason it failed."""
 
-    study_id: str
+    study_id: str  # Study Instance UID (DICOM), else the id taken from the file names
     source: str
     status: str  # "ok" or "failed"
     probability: float | None = None
@@ -86,6 +90,12 @@ class StudyOutcome:
     heatmap: str | None = None
     dicom_sc: str | None = None
     dicom_sr: str | None = None
+    case_id: str | None = None  # the manifest's case_id when studies came from a manifest
+
+    @property
+    def name(self) -> str:
+        """The id shown to users and used for file names: case_id when known, else study_id."""
+        return self.case_id if self.case_id is not None else self.study_id
 
 
 @dataclass
@@ -106,14 +116,24 @@ class PredictionReport:
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def keyed_by_case(self) -> bool:
+        """True when the studies came from a manifest and carry its case_id."""
+        return any(s.case_id is not None for s in self.studies)
+
+    def _columns(self) -> list[str]:
+        # case_id first (what `bonescan reader create --predictions` joins on); absent without a manifest.
+        fields = [name for name in StudyOutcome.__dataclass_fields__ if name != "case_id"]
+        return ["case_id", *fields] if self.keyed_by_case else fields
+
     def to_frame(self) -> pd.DataFrame:
         """One row per study (failed ones included, with their error)."""
         rows = [{**asdict(s), "warnings": "; ".join(s.warnings)} for s in self.studies]
-        columns = list(StudyOutcome.__dataclass_fields__)
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=self._columns())
 
     def to_json_dict(self) -> dict:
         """The JSON layout: provenance, then studies and failures."""
+        failure_keys = (["case_id"] if self.keyed_by_case else []) + ["study_id", "source", "error"]
         return {
             "run": self.run,
             "bonescan_version": __version__,
@@ -124,8 +144,8 @@ class PredictionReport:
             "n_studies": len(self.studies),
             "n_failed": len(self.failures),
             "seconds": round(self.seconds, 3),
-            "studies": [asdict(s) for s in self.studies if s.status == "ok"],
-            "failures": [{"study_id": s.study_id, "source": s.source, "error": s.error} for s in self.failures],
+            "studies": [{name: asdict(s)[name] for name in self._columns()} for s in self.studies if s.status == "ok"],
+            "failures": [{key: getattr(s, key) for key in failure_keys} for s in self.failures],
         }
 
     def write(self, path: str | Path) -> Path:
@@ -147,7 +167,7 @@ class _Item:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     views: tuple[np.ndarray, np.ndarray] | None = None  # original grids, kept for heat maps / DICOM results
-    meta: StudyMeta | None = None
+    meta: StudyMeta | None = None  # header facts (Study Instance UID...), small enough to keep for every study
     mirror_posterior: bool = True
 
 
@@ -171,11 +191,10 @@ class StudyReader(Dataset):
             return _Item(index, error=f"{type(error).__name__}: {error}")
         except Exception as error:  # an unexpected failure of one study must not stop the batch
             return _Item(index, error=f"{type(error).__name__}: {source.source}: {error}")
-        item = _Item(index, inputs=inputs, warnings=list(study.warnings),
+        item = _Item(index, inputs=inputs, warnings=list(study.warnings), meta=study.meta,
                      mirror_posterior=self.config.mirror_posterior)
         if self.keep_views:
             item.views = study.both_views()
-            item.meta = study.meta
         return item
 
 
@@ -204,9 +223,44 @@ def default_workers() -> int:
     return max(1, min(4, cores // 2))
 
 
+@dataclass(frozen=True)
+class ManifestStudies:
+    """The studies of a manifest to predict: one source per row kept, and each row's case_id."""
+
+    sources: list[StudySource]
+    case_ids: list[str]
+
+
+def manifest_studies(manifest: str | Path, split: str | None = None) -> ManifestStudies:
+    """The manifest's rows not excluded (of one split, if given) as study sources, in manifest order.
+
+    Files are not checked here: a missing or unreadable file fails only its own study in the batch.
+    """
+    from .cohort import SPLITS, load_manifest
+    from .data import study_source
+
+    if split is not None and split not in SPLITS:
+        raise ConfigError("--split", f"unknown split {split!r}; use {', '.join(SPLITS)}")
+    table = load_manifest(manifest, check_files=False)
+    table = table[table["exclude_reason"] == ""]
+    if split is not None:
+        if not (table["split"] != "").any():
+            raise ConfigError(manifest, f"--split {split} asked for, but the manifest has no split column")
+        table = table[table["split"] == split]
+    if table.empty:
+        raise ConfigError(manifest, "no studies to predict" + (f" in split {split!r}" if split else "")
+                          + " (excluded rows are skipped)")
+    sources = []
+    for _, row in table.iterrows():
+        files = study_source(row)
+        files = [files] if isinstance(files, str) else files
+        sources.append(StudySource(str(row["case_id"]), tuple(Path(f) for f in files)))
+    return ManifestStudies(sources, [str(case_id) for case_id in table["case_id"]])
+
+
 def predict_studies(
     run_dir: str | Path,
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path] = (),
     operating_point: str = "youden",
     batch_size: int = 8,
     workers: int | None = None,
@@ -217,24 +271,39 @@ def predict_studies(
     compile: str = "auto",
     checkpoint: str = "best",
     progress: Callable[[int, int], None] | None = None,
+    manifest: str | Path | None = None,
+    split: str | None = None,
 ) -> PredictionReport:
-    """Predict every study under `paths` with the run's network; see the module docstring for what is written."""
+    """Predict every study under `paths`, or of `manifest` (one `split` if given), with the run's network.
+
+    Give either paths or a manifest. See the module docstring for what is written.
+    """
     from .fastpath import InferenceEngine, tune_allocator
     from .inference import load_run
 
+    paths = list(paths or ())
+    if (manifest is None) == (not paths):
+        raise ConfigError("bonescan predict", "give either study files/folders or --manifest, not both or neither")
+    if split is not None and manifest is None:
+        raise ConfigError("--split", "selects manifest rows; it needs --manifest")
+    case_ids = None
+    if manifest is not None:  # checked before the network loads: a bad manifest is refused at once
+        studies = manifest_studies(manifest, split)
+        sources, case_ids = studies.sources, studies.case_ids
+    else:
+        sources = find_studies(paths)
+        if not sources:
+            raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
     tune_allocator()
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint=checkpoint)
     point = resolve_operating_point(run_dir, operating_point)
     engine = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
                              batch_size=batch_size)
-    sources = find_studies(paths)
-    if not sources:
-        raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
     return predict_sources(
         sources, loaded.model, loaded.preprocess_cfg, engine, point,
         run_label=f"{run_dir} ({checkpoint})", workers=default_workers() if workers is None else workers,
-        heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress,
+        heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids,
     )
 
 
@@ -249,8 +318,15 @@ def predict_sources(
     heatmap_dir: str | Path | None = None,
     dicom_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    case_ids: Sequence[str] | None = None,
 ) -> PredictionReport:
-    """The batch loop over already-found sources with an already-built engine (also used by the benchmark)."""
+    """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
+
+    With `case_ids` (one per source, from a manifest) each outcome carries its case_id, its study_id is the
+    Study Instance UID read from the study (else the file name), and output files are named by case_id.
+    """
+    if case_ids is not None and len(case_ids) != len(sources):
+        raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
     start = time.perf_counter()
     outputs = None
     if heatmap_dir or dicom_dir:
@@ -264,11 +340,12 @@ def predict_sources(
         for item in items:
             if item.error is not None:
                 source = sources[item.index]
-                outcomes[item.index] = StudyOutcome(source.id, source.source, "failed", error=item.error)
+                outcomes[item.index] = StudyOutcome(_study_id(source, None, case_ids), source.source, "failed",
+                                                    error=item.error, case_id=_case_id(item.index, case_ids))
         if good:
             probabilities = engine.probabilities(np.stack([item.inputs for item in good]))
             for item, probability in zip(good, probabilities):
-                outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point)
+                outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids)
             if outputs is not None:
                 outputs.write(good, [outcomes[item.index] for item in good], sources)
         done += len(items)
@@ -278,10 +355,23 @@ def predict_sources(
     return PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
 
 
-def _outcome(source: StudySource, item: _Item, probability: float, point: OperatingPoint) -> StudyOutcome:
+def _case_id(index: int, case_ids: Sequence[str] | None) -> str | None:
+    return None if case_ids is None else case_ids[index]
+
+
+def _study_id(source: StudySource, meta: StudyMeta | None, case_ids: Sequence[str] | None) -> str:
+    """find_studies already named the study; a manifest row's study is named by its UID, else its file name."""
+    if case_ids is None:
+        return source.id
+    return (meta.study_uid if meta is not None else None) or source.files[0].stem
+
+
+def _outcome(source: StudySource, item: _Item, probability: float, point: OperatingPoint,
+             case_ids: Sequence[str] | None = None) -> StudyOutcome:
     warnings = list(item.warnings) + ([point.warning] if point.warning else [])
     return StudyOutcome(
-        study_id=source.id,
+        case_id=_case_id(item.index, case_ids),
+        study_id=_study_id(source, item.meta, case_ids),
         source=source.source,
         status="ok",
         probability=probability,
@@ -334,14 +424,16 @@ class OutputWriter:
         positive = outcome.decision == "metastasis"
         caption = caption_text(outcome.probability, positive, outcome.operating_point, outcome.threshold)
         anterior, posterior = item.views
-        overlay = render_overlay(anterior, posterior, heat, caption, title=f"{outcome.study_id} - bonescan {__version__}")
+        overlay = render_overlay(anterior, posterior, heat, caption, title=f"{outcome.name} - bonescan {__version__}")
+        stem = safe_file_stem(outcome.name)
         if self.heatmap_dir:
-            outcome.heatmap = str(write_png(self.heatmap_dir / f"{safe_file_stem(outcome.study_id)}.png", overlay))
+            # Absolute: readers of the CSV (reader study, evaluation) resolve relative paths from its own folder.
+            outcome.heatmap = str(write_png(self.heatmap_dir / f"{stem}.png", overlay).resolve())
         if self.dicom_dir:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
-                                          file_stem=safe_file_stem(outcome.study_id))
+                                          file_stem=stem)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
             outcome.warnings += written.warnings
 

@@ -1,4 +1,5 @@
-"""`bonescan evaluate`: metrics with confidence intervals, frozen operating points and the HTML report."""
+"""`bonescan evaluate`: metrics with confidence intervals, frozen operating points and the HTML report;
+`bonescan compare`: two models' predictions on the same cases, paired DeLong and McNemar tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ..errors import ConfigError
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add the `evaluate` command to the bonescan app."""
+    """Add the `evaluate` and `compare` commands to the bonescan app."""
 
     @app.command("evaluate")
     def evaluate(
@@ -67,3 +68,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.echo(f"wrote {path}")
         if run is not None and "run_operating_points" not in result.files:
             typer.echo("note: operating points not saved into the run (no validation split)", err=True)
+
+    @app.command("compare")
+    def compare(
+        a: Path = typer.Option(..., "--a", help="Predictions CSV of model A (case_id, probability[, label, split])."),
+        b: Path = typer.Option(..., "--b", help="Predictions CSV of model B, on the same cases."),
+        manifest: Path | None = typer.Option(None, "--manifest", help="Cohort manifest for labels and splits."),
+        split: str = typer.Option("test", "--split", help="Split to compare (test, val, train, or all)."),
+        threshold: float | None = typer.Option(None, "--threshold", help="Also compare decisions at this "
+                                               "probability threshold (McNemar's test on correct/incorrect)."),
+        out: Path | None = typer.Option(None, "--out", help="Write the result as JSON."),
+    ) -> None:
+        """Compare two models' AUCs on the same cases (paired DeLong test): AUC A, AUC B, A - B with 95% CI, z, p."""
+        from ..evaluate.compare import compare_prediction_files
+
+        report = compare_prediction_files(a, b, manifest, split=split, threshold=threshold)
+        for line in report.lines():
+            typer.echo(line)
+        if out is not None:
+            typer.echo(f"wrote {report.write(out)}")

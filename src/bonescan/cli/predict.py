@@ -18,8 +18,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command("predict")
     def predict(
-        paths: list[Path] = typer.Argument(..., help="DICOM or image files, or folders (searched recursively)."),
+        paths: Optional[list[Path]] = typer.Argument(
+            None, help="DICOM or image files, or folders (searched recursively); or use --manifest."),
         run: Path = typer.Option(..., "--run", help="Training run folder (config.json, checkpoints/best.pt)."),
+        manifest: Optional[Path] = typer.Option(
+            None, "--manifest", help="Predict this cohort manifest's studies (excluded rows skipped); rows are "
+                                     "keyed by case_id, ready for `bonescan reader create --predictions`."),
+        split: Optional[str] = typer.Option(
+            None, "--split", help="With --manifest: only this split (train, val, test). Default: every row."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write the results as .csv or .json."),
         operating_point: str = typer.Option(
             "youden", "--operating-point", help="Frozen threshold: youden | rule-out | rule-in | 0.5."),
@@ -34,7 +40,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
         checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint of the run: best | last."),
     ) -> None:
-        """Predict bone metastasis for every study found; failed studies are listed with their reasons.
+        """Predict bone metastasis for every study found, or every study of a manifest; failures are listed.
 
         Exit code 0 when every study was predicted, 2 when any study failed (all others are still reported).
         """
@@ -46,7 +52,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         report = predict_studies(
             run, paths, operating_point=operating_point, batch_size=batch_size, workers=workers,
             heatmap_dir=heatmaps, dicom_dir=dicom_out, device=device, precision=precision, compile=compile,
-            checkpoint=checkpoint, progress=progress,
+            checkpoint=checkpoint, progress=progress, manifest=manifest, split=split,
         )
         point = report.operating_point
         if point.warning:
@@ -57,11 +63,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         else:
             for study in report.studies:
                 if study.status == "ok":
-                    typer.echo(f"{study.study_id}\t{study.probability:.4f}\t{study.decision}")
+                    typer.echo(f"{study.name}\t{study.probability:.4f}\t{study.decision}")
         typer.echo(f"operating point {point.name} (threshold {point.threshold:.4f}); {report.engine}; "
                    f"{len(report.studies)} studies in {report.seconds:.1f} s")
         for failure in report.failures:
-            _stderr(f"bonescan: failed: {failure.study_id}: {failure.error}")
+            _stderr(f"bonescan: failed: {failure.name}: {failure.error}")
         if report.failures:
             raise typer.Exit(code=2)
 
