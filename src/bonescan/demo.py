@@ -73,7 +73,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), fresh: bo
     with timer("heat maps and DICOM"):
         prediction = _predict_examples(out / "run", manifest, evaluation, out / "predict", settings)
         # Re-render the report now that heat maps of the error cases exist.
-        evaluation = _final_report(frame, evaluation, out / "evaluation", out / "predict" / "heatmaps-by-case")
+        evaluation = _final_report(frame, evaluation, out / "evaluation", out / "predict" / "heatmaps")
 
     summary = _summary(out, settings, train_result, evaluation, prediction, timer.seconds)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -159,27 +159,21 @@ def _evaluate(run_dir: Path, manifest: pd.DataFrame, out: Path):
 
 def _predict_examples(run_dir: Path, manifest: pd.DataFrame, evaluation, out: Path, settings: DemoSettings):
     """Heat maps and DICOM results for the test split's errors plus a few correct studies."""
+    from .cohort import write_manifest
     from .predict import predict_studies
 
     table = evaluation.predictions
     test = table[table["split"] == "test"] if "split" in table.columns else table
     wrong = test[test["label"] != (test["probability"] >= evaluation.operating_points.thresholds["youden"])]
     right = test.drop(wrong.index).sort_values("probability", ascending=False)
-    chosen = list(wrong["case_id"]) + list(right["case_id"].head(settings.predict_examples // 2)) + \
-        list(right["case_id"].tail(settings.predict_examples - settings.predict_examples // 2))
-    chosen = list(dict.fromkeys(chosen))
-    paths = manifest.set_index("case_id").loc[chosen, "path"]
-    report = predict_studies(run_dir, list(paths), heatmap_dir=out / "heatmaps", dicom_dir=out / "dicom",
+    half = settings.predict_examples // 2
+    chosen = set(wrong["case_id"]) | set(right["case_id"].head(half)) | \
+        set(right["case_id"].tail(settings.predict_examples - half))
+    # The chosen studies as a manifest of their own: results are then named by case id, which the report uses.
+    examples = write_manifest(manifest[manifest["case_id"].isin(chosen)], out / "examples.csv")
+    report = predict_studies(run_dir, manifest=examples, heatmap_dir=out / "heatmaps", dicom_dir=out / "dicom",
                              workers=0)
     report.write(out / "predictions.csv")
-    # The evaluation report finds heat maps by case id.
-    by_case = out / "heatmaps-by-case"
-    by_case.mkdir(parents=True, exist_ok=True)
-    case_of_path = {str(Path(p).resolve()): case for case, p in paths.items()}
-    for outcome in report.studies:
-        case = case_of_path.get(str(Path(outcome.source).resolve()))
-        if case and outcome.heatmap:
-            shutil.copyfile(outcome.heatmap, by_case / f"{case}.png")
     return report
 
 
