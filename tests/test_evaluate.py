@@ -273,3 +273,12 @@ def test_run_mode_predicts_val_and_test_and_freezes_points_into_the_run(tmp_path
     frozen = json.loads((run / "operating_points.json").read_text())
     written = json.loads((tmp_path / "o" / "operating_points.json").read_text())
     assert frozen["youden"] == written["youden"] and frozen["chosen_on"] == "val"
+
+
+def test_cli_refuses_predictions_with_no_rows(tmp_path, capsys):
+    path = tmp_path / "p.csv"
+    path.write_text("case_id,label,probability\n")
+    assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "p.csv" in err and "no cases" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

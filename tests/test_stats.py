@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as sstats
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from bonescan.errors import PredictionsError
@@ -298,6 +299,14 @@ def test_mcnemar_matches_hand_computed_continuity_corrected_statistic():
     assert (result.only_first_correct, result.only_second_correct) == (150, 86)
     assert result.statistic == pytest.approx((abs(150 - 86) - 1) ** 2 / (150 + 86), rel=1e-12)
     assert not result.exact
+
+
+def test_mcnemar_can_be_forced_exact_with_many_discordant_pairs():
+    # 30 + 10 discordant pairs would get the chi-square form; exact=True gives the two-sided binomial p instead.
+    first = [True] * 5 + [True] * 30 + [False] * 10 + [False] * 3
+    second = [True] * 5 + [False] * 30 + [True] * 10 + [False] * 3
+    result = mcnemar_test(first, second, exact=True)
+    assert result.exact and result.p_value == pytest.approx(sstats.binomtest(10, 40, 0.5).pvalue, rel=1e-9)
 
 
 def test_compare_models_combines_paired_delong_and_mcnemar():

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import PredictionsError
 from ..fileio import write_text_atomic
-from .pipeline import join_manifest, read_predictions_csv
+from .pipeline import check_values, join_manifest, normalise_cases, read_predictions_csv
 from .stats import ModelComparison, clean_for_json, compare_models
 
 SCHEMA = "bonescan.compare/1"
@@ -106,13 +106,7 @@ def _read_side(path: Path, manifest: pd.DataFrame | None, split: str) -> pd.Data
         raise PredictionsError(path, f"missing column(s): {', '.join(missing)}")
     if manifest is not None:
         frame = join_manifest(frame, manifest, str(path))  # refuses unknown cases and labels differing from it
-    frame = frame.copy()
-    frame["case_id"] = frame["case_id"].astype(str).str.strip()
-    duplicated = frame["case_id"][frame["case_id"].duplicated()].unique().tolist()
-    if duplicated:
-        raise PredictionsError(path, f"duplicate case_id: {', '.join(duplicated[:5])}")
-    if "split" in frame.columns:
-        frame["split"] = frame["split"].fillna("").astype(str).str.strip().str.lower()
+    frame = normalise_cases(frame, path)
     if split != "all":
         has_split = "split" in frame.columns and (frame["split"] != "").any()
         if has_split:
@@ -121,19 +115,8 @@ def _read_side(path: Path, manifest: pd.DataFrame | None, split: str) -> pd.Data
             raise PredictionsError(path, f"--split {split} asked for, but it has no split column (give --manifest)")
         if frame.empty:
             raise PredictionsError(path, f"no cases in split {split!r}")
-    probability = pd.to_numeric(frame["probability"], errors="coerce")
-    bad = frame["case_id"][~probability.between(0.0, 1.0)].tolist()  # NaN (a failed prediction) fails too
-    if bad:
-        raise PredictionsError(path, f"probability missing or outside [0, 1] for {len(bad)} case(s): "
-                                     f"{', '.join(bad[:5])}")
-    frame["probability"] = probability.astype(np.float64)
-    if "label" in frame.columns:
-        label = pd.to_numeric(frame["label"], errors="coerce")
-        bad = frame["case_id"][~label.isin([0, 1])].tolist()
-        if bad:
-            raise PredictionsError(path, f"label missing or not 0/1 for {len(bad)} case(s): {', '.join(bad[:5])}")
-        frame["label"] = label.astype(np.int64)
-    return frame.set_index("case_id")
+    # Values are checked on the chosen split only: a failed prediction elsewhere does not block the comparison.
+    return check_values(frame, path).set_index("case_id")
 
 
 def _listed(case_ids: set[str]) -> str:

@@ -21,6 +21,7 @@ from ..fileio import atomic_path, write_text_atomic
 from . import metrics as M
 from .calibration import apply_temperature, calibration_summary, fit_temperature
 from .operating_points import (
+    DECISION_RULE,
     MAIN_POINT,
     POINT_NAMES,
     OperatingPoints,
@@ -64,31 +65,45 @@ def read_predictions_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def normalise_cases(frame: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """A copy with case_id as stripped text and split in lower case; refuses duplicate case ids."""
+    out = frame.copy()
+    out["case_id"] = out["case_id"].astype(str).str.strip()
+    duplicated = out["case_id"][out["case_id"].duplicated()].unique().tolist()
+    if duplicated:
+        raise PredictionsError(source, f"duplicate case_id: {', '.join(duplicated[:5])}")
+    if "split" in out:
+        out["split"] = out["split"].fillna("").astype(str).str.strip().str.lower()
+    return out
+
+
+def check_values(frame: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """A copy with probability as float in [0, 1] and label (where present) as int 0/1; refuses any other value."""
+    out = frame.copy()
+    probability = pd.to_numeric(out["probability"], errors="coerce")
+    bad = out["case_id"][~probability.between(0.0, 1.0)].tolist()  # NaN (a failed prediction) fails too
+    if bad:
+        raise PredictionsError(source, f"probability missing or outside [0, 1] for {len(bad)} case(s): "
+                                       f"{', '.join(bad[:5])}")
+    out["probability"] = probability.astype(np.float64)
+    if "label" in out:
+        label = pd.to_numeric(out["label"], errors="coerce")
+        bad = out["case_id"][~label.isin([0, 1])].tolist()
+        if bad:
+            raise PredictionsError(source, f"label missing or not 0/1 for {len(bad)} case(s): {', '.join(bad[:5])}")
+        out["label"] = label.astype(np.int64)
+    return out
+
+
 def _check_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Validate case_id / label / probability and normalise their types."""
     missing = [c for c in ("case_id", "label", "probability") if c not in frame.columns]
     if missing:
         raise PredictionsError(source, f"missing column(s): {', '.join(missing)} "
                                        "(labels can come from a manifest via --manifest)")
-    out = frame.copy()
-    out["case_id"] = out["case_id"].astype(str).str.strip()
-    duplicated = out["case_id"][out["case_id"].duplicated()].unique().tolist()
-    if duplicated:
-        raise PredictionsError(source, f"duplicate case_id: {', '.join(duplicated[:5])}")
-    probability = pd.to_numeric(out["probability"], errors="coerce")
-    bad = out["case_id"][~probability.between(0.0, 1.0)].tolist()  # NaN fails between() too
-    if bad:
-        raise PredictionsError(source, f"probability missing or outside [0, 1] for {len(bad)} case(s): "
-                                       f"{', '.join(bad[:5])}")
-    label = pd.to_numeric(out["label"], errors="coerce")
-    bad = out["case_id"][~label.isin([0, 1])].tolist()
-    if bad:
-        raise PredictionsError(source, f"label missing or not 0/1 for {len(bad)} case(s): {', '.join(bad[:5])}")
-    out["probability"] = probability.astype(np.float64)
-    out["label"] = label.astype(np.int64)
-    if "split" in out:
-        out["split"] = out["split"].fillna("").astype(str).str.strip().str.lower()
-    return out
+    if frame.empty:
+        raise PredictionsError(source, "no cases: the table has a header but no rows")
+    return check_values(normalise_cases(frame, source), source)
 
 
 def join_manifest(predictions: pd.DataFrame, manifest: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
@@ -261,7 +276,7 @@ def _metrics_json(evaluated: pd.DataFrame, split: str, points: OperatingPoints, 
             "chi_square": "Pearson chi-square without continuity correction across cancer types",
             "subgroup_test": "unpaired DeLong: D = (A1 - A2) / sqrt(V1 + V2), t reference with "
                              "Welch-Satterthwaite df as in pROC",
-            "decision_rule": "positive when probability >= threshold",
+            "decision_rule": DECISION_RULE,
             "age_groups": "< 60 and >= 60 years",
         },
         "warnings": warnings,

@@ -13,7 +13,7 @@ from ..errors import BoneScanError
 from . import figures as F
 from . import metrics as M
 from . import published as P
-from .operating_points import MAIN_POINT, POINT_NAMES, confusion_counts
+from .operating_points import MAIN_POINT, POINT_NAMES, ConfusionCounts
 from .stats import AucEstimate
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -104,8 +104,8 @@ def roc_figures(evaluated: pd.DataFrame) -> list[dict[str, str]]:
 # Tables
 
 
-def table1_html_rows(frame: pd.DataFrame) -> dict[str, Any] | None:
-    """Table 1 of the evaluated cohort from bonescan.cohort.table1, laid out as in the paper; None if impossible."""
+def table1_html_rows(frame: pd.DataFrame) -> dict[str, Any]:
+    """Table 1 of the evaluated cohort from bonescan.cohort.table1, laid out as in the paper; a note if impossible."""
     needed = {"cancer_type", "sex", "age", "label"}
     if not needed <= set(frame.columns):
         return {"note": "Table 1 needs cancer_type, sex and age columns (give --manifest).", "blocks": []}
@@ -219,11 +219,10 @@ def render_report(
 ) -> str:
     """Render report.html from the computed sections."""
     heatmaps = Path(heatmaps_dir) if heatmaps_dir else None
+    overall = {name: sec["rows"][0] for name, sec in thresholds.items()}  # threshold_table puts overall first
     counts = {
-        POINT_TITLES[name]: (points.thresholds[name],
-                             confusion_counts(evaluated["label"].to_numpy(), evaluated["probability"].to_numpy(),
-                                              points.thresholds[name]))
-        for name in POINT_NAMES
+        POINT_TITLES[name]: (row.threshold, ConfusionCounts(row.tp, row.fp, row.tn, row.fn))
+        for name, row in overall.items()
     }
     calibration_curves = [("model", calibration["raw"])]
     if calibration["calibrated"] is not None:

@@ -344,8 +344,8 @@ class McNemarResult:
         return clean_for_json(asdict(self))
 
 
-def mcnemar_test(correct1: Sequence[bool], correct2: Sequence[bool]) -> McNemarResult:
-    """McNemar's test (statsmodels): exact binomial when fewer than 25 discordant pairs, else chi-square."""
+def mcnemar_test(correct1: Sequence[bool], correct2: Sequence[bool], exact: bool | None = None) -> McNemarResult:
+    """McNemar's test (statsmodels): exact binomial when fewer than 25 discordant pairs (or `exact`), else chi-square."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     a = np.asarray(correct1, dtype=bool)
@@ -353,7 +353,8 @@ def mcnemar_test(correct1: Sequence[bool], correct2: Sequence[bool]) -> McNemarR
     if a.shape != b.shape:
         raise PredictionsError("mcnemar", f"paired decisions differ in length: {a.size} vs {b.size}")
     table = np.array([[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]])
-    exact = int(table[0, 1] + table[1, 0]) < 25
+    if exact is None:
+        exact = int(table[0, 1] + table[1, 0]) < 25
     result = mcnemar(table, exact=exact, correction=True)
     return McNemarResult(int(table[0, 0]), int(table[0, 1]), int(table[1, 0]), int(table[1, 1]),
                          float(result.statistic), float(result.pvalue), exact)

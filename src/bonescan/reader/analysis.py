@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from statsmodels.stats.contingency_tables import mcnemar
 
 from ..errors import ConfigError
+from ..evaluate.stats import mcnemar_test
 from ..fileio import atomic_path, write_text_atomic
 from .render import thumbnail
 from .store import ReaderStore
@@ -84,12 +84,10 @@ class McNemarTest:
 
 def mcnemar_correctness(truth: np.ndarray, first: np.ndarray, second: np.ndarray) -> McNemarTest:
     """Exact McNemar test of whether two readers (or reader and AI) are correct equally often on the same cases."""
-    right_1 = np.asarray(first, dtype=int) == np.asarray(truth, dtype=int)
-    right_2 = np.asarray(second, dtype=int) == np.asarray(truth, dtype=int)
-    table = [[int(np.sum(right_1 & right_2)), int(np.sum(right_1 & ~right_2))],
-             [int(np.sum(~right_1 & right_2)), int(np.sum(~right_1 & ~right_2))]]
-    p_value = float(mcnemar(table, exact=True).pvalue) if table[0][1] + table[1][0] else 1.0
-    return McNemarTest(table[0][0], table[0][1], table[1][0], table[1][1], p_value)
+    truth = np.asarray(truth, dtype=int)
+    result = mcnemar_test(np.asarray(first, dtype=int) == truth, np.asarray(second, dtype=int) == truth, exact=True)
+    return McNemarTest(result.both_correct, result.only_first_correct, result.only_second_correct, result.both_wrong,
+                       result.p_value)
 
 
 @dataclass

@@ -41,6 +41,14 @@ class FormProblem(Exception):
         self.message = message
 
 
+class Refused(Exception):
+    """A request turned down with a ready page (401 or 403), raised from the checks that every handler shares."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def parse_answer(answer: str | None, confidence: str | None) -> tuple[int, int | None]:
     """Validate the answer form: answer metastasis | no-metastasis, optional confidence 1-5."""
     if answer is None or not answer.strip():
@@ -75,6 +83,10 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
         detail = [{"loc": ["body", problem.field], "msg": problem.message, "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, refusal: Refused) -> Response:
+        return refusal.response
+
     def signed_in(request: Request) -> str | None:
         token = request.cookies.get(COOKIE)
         return store.session_reader(hash_token(token)) if token else None
@@ -97,6 +109,16 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
         if read is None or read.reader != reader or read.phase != store.active_phase():
             return None
         return read
+
+    def signed_in_own_read(request: Request, read_key: str) -> tuple[str, ReadState]:
+        """The signed-in reader and their read; refused with 401 when signed out, 403 when not their case."""
+        reader = signed_in(request)
+        if reader is None:
+            raise Refused(unauthorized(request))
+        read = own_read(read_key, reader)
+        if read is None:
+            raise Refused(forbidden(request, reader))
+        return reader, read
 
     @app.get("/")
     def index(request: Request) -> Response:
@@ -167,11 +189,8 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
 
     @app.get("/image/{read_key}/{view}")
     def image(request: Request, read_key: str, view: str) -> Response:
-        reader = signed_in(request)
-        if reader is None:
-            return unauthorized(request)
-        read = own_read(read_key, reader)
-        if read is None or view not in VIEWS:
+        reader, read = signed_in_own_read(request, read_key)
+        if view not in VIEWS:
             return forbidden(request, reader)
         if view == "heatmap":
             # The AI's output stays hidden until the reader's own answer is on record.
@@ -185,12 +204,7 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
     @app.post("/read/{read_key}/answer")
     def answer(request: Request, read_key: str, answer: str | None = Form(None),
                confidence: str | None = Form(None)) -> Response:
-        reader = signed_in(request)
-        if reader is None:
-            return unauthorized(request)
-        read = own_read(read_key, reader)
-        if read is None:
-            return forbidden(request, reader)
+        _, read = signed_in_own_read(request, read_key)
         value, level = parse_answer(answer, confidence)
         store.record_own(read_key, value, level)  # a repeated answer changes nothing: the first one stands
         target = f"/read/{read_key}" if read.phase == "ai-consulted" else "/read"
@@ -199,12 +213,7 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
     @app.post("/read/{read_key}/final")
     def final_answer(request: Request, read_key: str, answer: str | None = Form(None),
                      confidence: str | None = Form(None)) -> Response:
-        reader = signed_in(request)
-        if reader is None:
-            return unauthorized(request)
-        read = own_read(read_key, reader)
-        if read is None:
-            return forbidden(request, reader)
+        reader, read = signed_in_own_read(request, read_key)
         value, level = parse_answer(answer, confidence)
         if read.phase != "ai-consulted":
             return message(request, 409, "No final answer here", "Blinded reading has no AI-consulted answer.", reader)
