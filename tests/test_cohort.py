@@ -275,3 +275,29 @@ def test_cli_bad_ratios_exit_2(tmp_path, capsys):
         assert cli.main(["cohort", "split", "--manifest", str(manifest), "--out", str(out), "--ratios", ratios]) == 2
         assert "--ratios" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_extra_column_names_are_stripped_like_the_others(tmp_path):
+    header = "case_id,path,cancer_type,sex,age,grade, site \n"
+    df = load_manifest(write_manifest(tmp_path, "c1,c1.dcm,lung,M,63,2,7\n", header=header))
+    assert df.loc[0, "path"] == str(tmp_path / "c1.dcm")
+    assert list(df["site"]) == [7]  # pandas' own type inference, under the stripped name
+
+
+def test_rows_marked_excluded_stay_excluded_without_a_reason(tmp_path):
+    rows = "".join(f"c{i},c{i}.dcm,lung,M,{50 + i},{2 * (i % 2)},,,,\n" for i in range(10))
+    rows += "x1,gone.dcm,lung,M,80,3,,,excluded,\n"  # marked by hand, no reason, no file
+    df = load_manifest(_touched(tmp_path, rows))
+    assert df.set_index("case_id").loc["x1", "split"] == "excluded"
+    result = split_manifest(df, seed=0)
+    assert result.set_index("case_id").loc["x1", "split"] == "excluded"
+    assert (result["split"] != "excluded").sum() == 10
+    totals = table1(result).set_index(["cohort", "cancer_type"])
+    assert sum(totals.loc[(split, "total"), "n"] for split in ("train", "val", "test")) == 10
+
+
+def _touched(folder, rows):
+    """A manifest whose files exist, except gone.dcm."""
+    path = write_manifest(folder, rows)
+    (folder / "gone.dcm").unlink()
+    return path

@@ -283,3 +283,14 @@ def test_jpeg_lossless_nm1_matches_its_uncompressed_copy(tmp_path, nm1_path):
     plain = tmp_path / "nm1_plain.dcm"
     ds.save_as(plain, enforce_file_format=True)
     np.testing.assert_array_equal(read_study(nm1_path).anterior, read_study(plain).anterior)
+
+
+def test_single_view_file_is_decoded_once(tmp_path, monkeypatch):
+    from bonescan.io import read as read_module
+
+    calls = []
+    real = read_module.read_dicom
+    monkeypatch.setattr(read_module, "read_dicom", lambda path: calls.append(path) or real(path))
+    path = save(nm_dataset(body_views()[0], detector_vector=(1,)), tmp_path / "one.dcm")
+    assert read_study(path).views == ["anterior"]
+    assert calls == [path]

@@ -132,10 +132,40 @@ def test_cli_writes_a_cohort_and_refuses_bad_input(tmp_path, capsys):
     assert "nightmare" in capsys.readouterr().err
 
 
-def test_preview_sheet_is_a_png(tmp_path):
+def test_a_smaller_cohort_holds_the_same_first_studies(cohort, tmp_path):
+    generate_cohort(tmp_path / "two", 2, seed=5, difficulty="paper")
+    first_two = dict(list(_pixel_hashes(cohort).items())[:2])
+    assert _pixel_hashes(tmp_path / "two") == first_two
+
+
+def test_preview_sheet_circles_metastases_in_red_only_when_asked(tmp_path):
     from PIL import Image
 
-    cases = [generate_case(f"p{i}", 40 + i, "paper") for i in range(2)]
-    target = write_preview(cases, tmp_path / "sheet.png")
-    with Image.open(target) as image:
-        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 300
+    from bonescan.synth import case_seed
+
+    def red_pixels(path):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 300
+            rgb = np.asarray(image.convert("RGB")).astype(int)
+        return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)).sum())
+
+    cases = [c for c in (generate_case(f"p{i}", case_seed(40, i), "easy") for i in range(40))
+             if c.demographics.grade == 3 and not c.demographics.superscan][:1]
+    assert cases, "no grade-3 case among the first 40"
+    marked = write_preview(cases, tmp_path / "marked.png")
+    plain = write_preview(cases, tmp_path / "plain.png", mark_findings=False)
+    assert red_pixels(marked) > 50 and red_pixels(plain) == 0
+
+
+def test_baseline_refuses_too_few_cases(capsys):
+    assert main(["synth", "--baseline", "--cases", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few" in err[0]
+
+
+def test_unreadable_settings_file_is_a_config_error(tmp_path):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "synth.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="synth.json.*cannot be read"):
+        generate_cohort(out, 1, seed=1)

@@ -7,7 +7,8 @@ A manifest is a CSV with one row per study:
   relative to the manifest's folder;
 - `grade` 0-3 (label = grade >= 2, as in the paper) and/or `label` 0/1; when both are given they must agree;
 - optional `exclude_reason` (non-empty = excluded from the split and from Table 1) and `split`
-  in {train, val, test, excluded}. Any other column is kept as it is.
+  in {train, val, test, excluded} (a row marked "excluded" is excluded too, with or without a reason).
+  Any other column is kept as it is.
 
 `load_manifest` returns a DataFrame with the paths made absolute (None where absent), `cancer_type` lower case,
 `sex` upper case, `age` float, an integer `label`, `exclude_reason` and `split` as strings ("" where empty).
@@ -56,7 +57,7 @@ def load_manifest(path: str | Path, check_files: bool = True) -> pd.DataFrame:
         grade, label, label_problems = _parse_label(row, where, columns)
         problems += label_problems
         grades[i], labels[i] = grade, label
-        excluded = bool(str(row.get("exclude_reason", "")).strip())
+        excluded = bool(str(row.get("exclude_reason", "")).strip()) or _is_excluded_split(row.get("split", ""))
         if check_files and not excluded:
             problems += _file_problems(resolved, i, where)
 
@@ -76,7 +77,8 @@ def load_manifest(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     table["split"] = raw["split"].str.strip().str.lower() if "split" in columns else ""
     extras = [col for col in raw.columns if col not in table.columns]
     if extras:
-        typed = pd.read_csv(path, usecols=extras)  # extra columns keep pandas' own type inference
+        typed = pd.read_csv(path)  # extra columns keep pandas' own type inference
+        typed.columns = raw.columns  # the same header, with names stripped as in `raw`
         for col in extras:
             table[col] = typed[col].to_numpy()
     return table
@@ -303,9 +305,17 @@ def _round_half_up(x: float) -> int:
 
 
 def _excluded_mask(df: pd.DataFrame) -> pd.Series:
-    if "exclude_reason" not in df.columns:
-        return pd.Series(False, index=df.index)
-    return df["exclude_reason"].fillna("").astype(str).str.strip() != ""
+    """Rows with an exclude_reason, or already marked split "excluded"."""
+    excluded = pd.Series(False, index=df.index)
+    if "exclude_reason" in df.columns:
+        excluded |= df["exclude_reason"].fillna("").astype(str).str.strip() != ""
+    if "split" in df.columns:
+        excluded |= df["split"].map(_is_excluded_split).astype(bool)
+    return excluded
+
+
+def _is_excluded_split(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() == EXCLUDED
 
 
 def _characteristics(group: pd.DataFrame) -> dict:

@@ -39,13 +39,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Generate a synthetic cohort (NM DICOM, findings JSON, manifest), a preview sheet, or a difficulty check."""
         from ..synth import generate_cohort, measure_baseline, preview_cases, write_preview
-        from ..synth.findings import difficulty_profile
         from ..synth.writer import SynthSettings, check_settings
 
         if out is None and preview is None and not baseline:
             raise ConfigError("bonescan synth", "nothing to do: give --out DIR, --preview PNG or --baseline")
         check_settings(cases, SynthSettings(seed, difficulty, pixel_spacing), workers)
-        difficulty_profile(difficulty)
         if out is not None:
             step = max(cases // 20, 1)
 
@@ -76,7 +74,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..synth import generate_case
         from ..synth.case import case_seed
         from ..synth.dicom import write_case_dicom
-        from ..synth.writer import SynthSettings, check_settings, generate_cohort, keep_freed_memory
+        from ..synth.writer import SynthSettings, case_id_for, check_settings, generate_cohort, keep_freed_memory
 
         for w in workers:
             check_settings(cases, SynthSettings(seed, difficulty), w)
@@ -85,7 +83,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         n = min(cases, 30)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            made = [generate_case(f"syn{i:05d}", case_seed(seed, i), difficulty) for i in range(n)]
+            made = [generate_case(case_id_for(i, cases), case_seed(seed, i), difficulty) for i in range(n)]
             t1 = time.perf_counter()
             for case in made:
                 write_case_dicom(case, Path(tmp) / f"{case.case_id}.dcm")

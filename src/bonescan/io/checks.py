@@ -35,8 +35,9 @@ def check_whole_body(image: np.ndarray, source: str | Path, view: str) -> None:
 
 def check_counts(image: np.ndarray, source: str | Path, view: str) -> list[str]:
     """Refuse non-finite or all-zero counts; return warnings for suspicious but usable values."""
-    if not np.isfinite(image).all():
-        bad = int(np.size(image) - np.isfinite(image).sum())
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(np.size(image) - finite.sum())
         raise NotABoneScanError(source, f"{view} view has {bad} non-finite pixel values (NaN or infinity)")
     if not (image > 0).any():
         raise NotABoneScanError(source, f"{view} view holds no counts (every pixel is zero or below)")

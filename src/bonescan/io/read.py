@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import UnreadableInputError, ViewError
 from ..study import Study, StudyMeta
 from .checks import check_counts, check_whole_body
-from .dicom import ANTERIOR, POSTERIOR, read_dicom, views_or_refuse
+from .dicom import ANTERIOR, POSTERIOR, DicomContent, read_dicom, views_or_refuse
 from .images import read_image, view_from_name
 from .sniff import FileKind, sniff
 from .sources import StudySource
@@ -71,23 +71,23 @@ def _kind(path: Path) -> FileKind:
 
 
 def _read_one_file(path: Path) -> Study:
-    if _kind(path) == "dicom":
-        content = read_dicom(path)
-        if len(content.frames) == 2:
-            views = views_or_refuse(content.decision, path)
-            images = dict(zip(views, content.frames))
-            warnings = content.warnings + content.decision.warnings
-            warnings += _check_views(images, str(path))
-            return Study(
-                source=str(path),
-                anterior=images[ANTERIOR],
-                posterior=images[POSTERIOR],
-                pixel_spacing=content.pixel_spacing,
-                meta=content.meta,
-                view_rule=content.decision.rule or "unknown",
-                warnings=warnings,
-            )
-    view = _load_one_view(path)
+    kind = _kind(path)
+    content = read_dicom(path) if kind == "dicom" else None
+    if content is not None and len(content.frames) == 2:
+        views = views_or_refuse(content.decision, path)
+        images = dict(zip(views, content.frames))
+        warnings = content.warnings + content.decision.warnings
+        warnings += _check_views(images, str(path))
+        return Study(
+            source=str(path),
+            anterior=images[ANTERIOR],
+            posterior=images[POSTERIOR],
+            pixel_spacing=content.pixel_spacing,
+            meta=content.meta,
+            view_rule=content.decision.rule or "unknown",
+            warnings=warnings,
+        )
+    view = _one_view(path, kind, content)
     name = view.view or ANTERIOR
     note = f"{name} (decided by {view.rule})" if view.rule else "no view information, taken as anterior"
     warnings = view.warnings + [f"single view: {note}"]
@@ -105,12 +105,16 @@ def _read_one_file(path: Path) -> Study:
 
 def _load_one_view(path: Path) -> _OneView:
     kind = _kind(path)
-    if kind != "dicom":
+    return _one_view(path, kind, read_dicom(path) if kind == "dicom" else None)
+
+
+def _one_view(path: Path, kind: FileKind, content: DicomContent | None) -> _OneView:
+    """The single view of an image file, or of a DICOM file already read into `content`."""
+    if content is None:
         image, warnings = read_image(path, kind)
         parsed = view_from_name(path)
         view, rule = (parsed[1], "file name") if parsed else (None, None)
         return _OneView(path, image, view, rule, False, warnings=warnings)
-    content = read_dicom(path)
     if len(content.frames) != 1:
         raise ViewError(path, "holds both views as two frames; read it on its own, not as one file of a pair")
     decision = content.decision

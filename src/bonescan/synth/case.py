@@ -11,12 +11,11 @@ from scipy.special import pdtr
 
 from .cohort import Demographics, sample_demographics
 from .findings import DifficultyProfile, Finding, FindingPainter, difficulty_profile, paint_findings
-from .phantom import Patient, render_anatomy, sample_patient
+from .phantom import MAX_COUNTS, MIN_COUNTS, Patient, render_anatomy, sample_patient
 
 RES = 0.5  # anatomy canvas scale; upsampled to full size before the camera blur
 COLLIMATOR_SIGMA_MM = 3.2  # extra Gaussian blur (system FWHM ~ 9-10 mm with the drawn bone widths)
 BACKGROUND_COUNTS = 0.08  # room and scatter background per pixel outside the body
-MIN_COUNTS, MAX_COUNTS = 0.3e6, 3.0e6  # mean counts per view, the clinical range of whole-body scans
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 from .raster import ViewCanvas, depth_weights
 
 ROWS, COLS = 1024, 256
+MIN_COUNTS, MAX_COUNTS = 0.3e6, 3.0e6  # mean counts per view, the clinical range of whole-body scans
 SIDES = {"right": -1.0, "left": 1.0}  # x sign: the patient's right lies on the viewer's left of an anterior view
 
 
@@ -69,7 +70,7 @@ def sample_patient(rng: np.random.Generator, sex: str, age: int, pixel_spacing: 
         kidney_activity=float(rng.lognormal(np.log(0.35), 0.35)),
         bladder_activity=float(rng.lognormal(np.log(3.0), 0.6)),
         bladder_radius=float(rng.uniform(0.012, 0.026)),
-        counts_per_view=float(np.clip(rng.lognormal(np.log(0.9e6), 0.5), 0.3e6, 3.0e6)),
+        counts_per_view=float(np.clip(rng.lognormal(np.log(0.9e6), 0.5), MIN_COUNTS, MAX_COUNTS)),
     )
 
 

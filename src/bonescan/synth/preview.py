@@ -9,6 +9,7 @@ import numpy as np
 
 from ..fileio import atomic_path
 from .case import SyntheticCase, case_seed, generate_case
+from .writer import case_id_for
 
 CATEGORY_COLOURS = {"metastasis": "red", "benign": "orange", "artifact": "deepskyblue"}
 
@@ -18,7 +19,7 @@ def preview_cases(seed: int = 0, difficulty: str = "paper", per_grade: int = 2, 
     """The first `per_grade` cases of each grade 0-3 of the cohort `seed` (same cases a cohort run writes)."""
     chosen: dict[int, list[SyntheticCase]] = {g: [] for g in range(4)}
     for index in range(max_tries):
-        case = generate_case(f"syn{index:05d}", case_seed(seed, index), difficulty, pixel_spacing)
+        case = generate_case(case_id_for(index, max_tries), case_seed(seed, index), difficulty, pixel_spacing)
         if len(chosen[case.demographics.grade]) < per_grade:
             chosen[case.demographics.grade].append(case)
         if all(len(v) >= per_grade for v in chosen.values()):

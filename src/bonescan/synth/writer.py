@@ -101,7 +101,12 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
                                "choose an empty or new folder")
     settings_path = out / SETTINGS_FILE
     if settings_path.exists():
-        saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(settings_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ConfigError(settings_path, f"cannot be read ({error}); choose an empty or new folder") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(settings_path, "is not a bonescan synth settings file; choose an empty or new folder")
         wanted = settings.to_json()
         if {k: saved.get(k) for k in wanted} != wanted:
             raise ConfigError(out, f"holds a cohort made with {({k: saved.get(k) for k in wanted})}, not {wanted}; "
