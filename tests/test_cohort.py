@@ -258,6 +258,11 @@ def test_cli_split_then_table1(tmp_path, capsys):
     assert list(written.loc[written["cancer_type"] == "total", "n"]) == [64, 8, 8]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
 
+    # Without --out the CSV goes beside the manifest.
+    assert cli.main(["cohort", "table1", "--manifest", str(out)]) == 0
+    beside = pd.read_csv(out.with_name("split_table1.csv"))
+    assert beside.equals(written)
+
 
 def test_cli_bad_manifest_exits_2_and_writes_nothing(tmp_path, capsys):
     manifest = write_manifest(tmp_path, "c1,c1.dcm,kidney,M,63,2,,,,\n")

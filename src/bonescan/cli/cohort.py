@@ -44,11 +44,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @group.command("table1")
     def table1(
         manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV (with a split column)."),
-        out: Path | None = typer.Option(None, "--out", help="Also write Table 1 as CSV here."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Where to write Table 1 as CSV (default: <manifest>_table1.csv beside the manifest)."
+        ),
     ) -> None:
-        """Print the paper's Table 1 (per cohort x cancer type) as markdown; optionally write it as CSV."""
+        """Print the paper's Table 1 (per cohort x cancer type) as markdown and write it as CSV."""
         table = cohort.load_manifest(manifest, check_files=False)  # demographics need no image files
         typer.echo(cohort.table1_markdown(table), nl=False)
-        if out is not None:
-            cohort.write_table1_csv(table, out)
-            typer.echo(f"wrote {out}", err=True)
+        out = out if out is not None else manifest.with_name(f"{manifest.stem}_table1.csv")
+        cohort.write_table1_csv(table, out)
+        typer.echo(f"wrote {out}", err=True)
