@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bonescan.heatmap import ViewHeatMaps, caption_text, grad_cam, render_overlay, write_png
+from bonescan.heatmap import ViewHeatMaps, caption_text, grad_cam, panel_title, render_overlay, write_png
 from bonescan.model import MultiViewNet
 from bonescan.preprocess import PreprocessConfig, preprocess_views
 
@@ -16,14 +16,14 @@ ANTERIOR_SPOT = (160, 200)  # (row, column) centre, patient's left side of the a
 POSTERIOR_SPOT = (352, 48)  # as stored (seen from behind)
 
 
-def monotone_net() -> MultiViewNet:
+def monotone_net(aggregation: str = "max") -> MultiViewNet:
     """A tiny network whose logit rises with local brightness: all weights positive, biases zero.
 
     Its Grad-CAM must therefore peak where the bright spot of each view is, which makes localisation testable
-    without training.
+    without training. A black image gives all-zero activations (no biases, BatchNorm at identity).
     """
     torch.manual_seed(0)
-    model = MultiViewNet(backbone="resnet10", trunk_width=8, hidden=8, dropout=0.0).eval()
+    model = MultiViewNet(backbone="resnet10", trunk_width=8, hidden=8, dropout=0.0, aggregation=aggregation).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -40,12 +40,12 @@ def spot_views() -> tuple[np.ndarray, np.ndarray]:
     return (100 * anterior).astype(np.float32), (100 * posterior).astype(np.float32)
 
 
-@pytest.mark.parametrize("mirror", [True, False])
-def test_maps_peak_at_each_views_spot_on_the_original_grid(mirror):
+@pytest.mark.parametrize("mirror, aggregation", [(True, "max"), (False, "max"), (True, "mean"), (True, "concat")])
+def test_maps_peak_at_each_views_spot_on_the_original_grid(mirror, aggregation):
     anterior, posterior = spot_views()
     config = PreprocessConfig(height=256, width=128, mirror_posterior=mirror)
     inputs = torch.from_numpy(preprocess_views(anterior, posterior, config))[None]
-    [maps] = grad_cam(monotone_net(), inputs, [ORIGINAL], mirror_posterior=mirror)
+    [maps] = grad_cam(monotone_net(aggregation), inputs, [ORIGINAL], mirror_posterior=mirror)
 
     for heat in (maps.anterior, maps.posterior):
         assert heat.shape == ORIGINAL
@@ -69,6 +69,27 @@ def test_batch_gives_one_map_pair_per_case_in_order():
     assert not np.allclose(maps[0].anterior, maps[0].posterior, atol=0.05)
     assert np.allclose(maps[0].anterior, maps[1].posterior, atol=1e-4)
     assert np.allclose(maps[0].posterior, maps[1].anterior, atol=1e-4)
+
+
+def test_max_aggregation_gives_a_view_that_supplied_nothing_no_heat_and_says_so():
+    # Only the anterior view has counts: through the max, every feature the head saw came from the anterior.
+    anterior, _ = spot_views()
+    config = PreprocessConfig(height=256, width=128, normalization="counts")
+    inputs = torch.from_numpy(preprocess_views(anterior, np.zeros_like(anterior), config))[None]
+    [maps] = grad_cam(monotone_net("max"), inputs, [ORIGINAL])
+    assert maps.anterior.max() == pytest.approx(1.0) and maps.posterior.max() == 0.0
+    assert maps.anterior_share == pytest.approx(1.0) and maps.posterior_share == 0.0
+    assert panel_title("Posterior", maps.posterior_share).startswith("Posterior: no heat")
+    assert panel_title("Anterior", maps.anterior_share) == "Anterior: 100% of the heat"
+
+
+def test_shares_split_the_heat_between_views_with_evidence():
+    anterior, posterior = spot_views()
+    config = PreprocessConfig(height=256, width=128)
+    inputs = torch.from_numpy(preprocess_views(anterior, 0.5 * posterior, config))[None]
+    [maps] = grad_cam(monotone_net("max"), inputs, [ORIGINAL])
+    assert maps.anterior_share + maps.posterior_share == pytest.approx(1.0)
+    assert 0.0 < maps.anterior_share < 1.0 and 0.0 < maps.posterior_share < 1.0
 
 
 def test_grad_cam_refuses_shapes_that_do_not_match_the_batch():

@@ -95,15 +95,6 @@ def test_group_norm_variant_does_not_depend_on_the_batch():
         assert torch.allclose(model(x)[:2], model(x[:2]), atol=1e-5)
 
 
-def test_trunk_last_layer_is_the_final_conv_stage():
-    model = tiny()
-    seen = []
-    handle = model.trunk_last_layer().register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    model(torch.rand(3, 2, 64, 32))
-    handle.remove()
-    assert seen == [torch.Size([6, 64, 2, 1])]  # 2 views x 3 cases
-
-
 @pytest.mark.parametrize(
     "setting", [dict(backbone="resnet200"), dict(aggregation="sum"), dict(pooling="avg"), dict(views="lateral")]
 )
@@ -170,3 +161,29 @@ def test_weights_of_another_backbone_are_refused(tmp_path):
         build_model(ModelConfig(backbone="resnet18"), tmp_path / "junk.pth")
     with pytest.raises(RunError, match="not found"):
         build_model(ModelConfig(backbone="resnet18"), tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("mode", ["max", "mean", "concat"])
+def test_view_weights_split_each_aggregated_value_into_what_each_view_supplied(mode):
+    from bonescan.model import ViewAggregation
+
+    aggregate = ViewAggregation(mode)
+    per_view = torch.rand(3, 2, 4, 5, 6).relu_()
+    per_view[0, :, 0] = 0.0  # a channel where both views are silent
+    per_view[1, 1, 1] = per_view[1, 0, 1]  # a channel where the views tie
+    weights = aggregate.view_weights(per_view)
+    fused = aggregate(per_view)
+    assert weights.shape == (3, 2, *fused.shape[1:])
+    assert torch.allclose(weights.sum(dim=1), torch.ones_like(fused))
+    parts = weights * fused[:, None]  # each view's part of the aggregated map
+    anterior, posterior = per_view[:, 0], per_view[:, 1]
+    if mode == "max":
+        won = anterior > posterior
+        assert torch.equal(parts[:, 0][won], anterior[won]) and torch.all(parts[:, 1][won] == 0)
+        tie = anterior == posterior
+        assert torch.allclose(parts[:, 0][tie], anterior[tie] / 2)
+    elif mode == "mean":
+        assert torch.allclose(parts[:, 0], anterior / 2) and torch.allclose(parts[:, 1], posterior / 2)
+    else:
+        assert torch.equal(parts[:, 0, :4], anterior) and torch.all(parts[:, 0, 4:] == 0)
+        assert torch.equal(parts[:, 1, 4:], posterior) and torch.all(parts[:, 1, :4] == 0)

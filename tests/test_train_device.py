@@ -1,15 +1,14 @@
-"""Device and precision choice, the allocator re-exec, and the training benchmark's report."""
+"""Device and precision choice, and the in-process allocator setting."""
 
 from __future__ import annotations
 
-import sys
+import os
 
 import pytest
 import torch
 
 from bonescan import device
 from bonescan.errors import ConfigError
-from bonescan.train import bench_training
 
 
 def test_auto_precision_follows_the_cpu_bf16_capability(monkeypatch):
@@ -42,38 +41,20 @@ def test_cuda_request_without_a_gpu_is_refused():
     assert device.select_device("auto").type == "cpu"
 
 
-def test_reexec_sets_glibc_tunables_once(monkeypatch):
-    calls = []
-    monkeypatch.setattr(device.os, "execve", lambda path, args, env: calls.append((path, args, env)))
-    monkeypatch.setattr(device.sys, "platform", "linux")
-    for name in ("GLIBC_TUNABLES", "LD_PRELOAD", "BONESCAN_KEEP_ALLOCATOR"):
-        monkeypatch.delenv(name, raising=False)
-    device.reexec_with_tuned_allocator(["bonescan", "train", "--preset", "tiny"])
-    assert len(calls) == 1
-    path, args, env = calls[0]
-    assert path == sys.executable and args == [sys.executable, "bonescan", "train", "--preset", "tiny"]
-    assert env["GLIBC_TUNABLES"] == device.GLIBC_TUNABLES_VALUE
-    monkeypatch.setenv("GLIBC_TUNABLES", device.GLIBC_TUNABLES_VALUE)  # the restarted process: no second exec
-    device.reexec_with_tuned_allocator(["bonescan"])
-    monkeypatch.delenv("GLIBC_TUNABLES")
-    monkeypatch.setenv("BONESCAN_KEEP_ALLOCATOR", "1")
-    device.reexec_with_tuned_allocator(["bonescan"])
-    assert len(calls) == 1
+def test_allocator_is_tuned_in_process_and_exported(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert not device.allocator_tuned()
+    assert device.tune_allocator() == "tuned in-process (mallopt: no mmap, no trim)"
+    assert os.environ["GLIBC_TUNABLES"] == device.GLIBC_TUNABLES_VALUE  # for processes started from here
+    assert device.tune_allocator().startswith("tuned (GLIBC_TUNABLES")  # second call sees the exported setting
 
 
-def test_bench_training_reports_every_setting(monkeypatch):
-    import bonescan.train
-
-    # The roofline itself is measured by a large matmul; a fixed figure keeps this test short.
-    monkeypatch.setattr(bonescan.train, "measure_matmul_peak", lambda dtype: 1e9)
-    previous = torch.get_num_threads()
-    try:
-        lines = bench_training(["tiny"], ["fp32", "bf16"], steps=1, batch_size=2, threads=1, emulated_bf16=True)
-    finally:
-        torch.set_num_threads(previous)
-    rows = [line for line in lines if line.startswith("tiny")]
-    assert len(rows) == 2 and "fp32" in rows[0] and "bf16" in rows[1]
-    assert all("MiB" in row and "%" in row for row in rows)
-    assert any(line.startswith("matmul roofline: fp32 1.0 GFLOP/s, bf16 1.0") for line in lines)
-    with pytest.raises(ConfigError, match="unknown precision"):
-        bench_training(["tiny"], ["fp8"], steps=1)
+def test_unrelated_glibc_tunables_do_not_count_as_a_tuned_allocator(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=2048")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert not device.allocator_tuned()
+    assert device.tune_allocator().startswith("tuned in-process")
+    assert os.environ["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=2048"  # the user's setting is kept
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert device.allocator_tuned()

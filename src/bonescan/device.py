@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 # glibc malloc returns freed activation buffers to the OS and maps fresh ones every step, which on CPU training
 # and inference costs a large share of the time. These settings keep freed memory in the process.
 GLIBC_TUNABLES_VALUE = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+# mallopt parameter numbers from glibc's malloc.h (the in-process equivalent of the tunables above).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
 
 
 def cpu_supports_bf16() -> bool:
@@ -63,8 +67,8 @@ class Precision:
 def choose_precision(device: torch.device, requested: PrecisionName = "auto") -> Precision:
     """Pick the fastest safe precision: bf16 autocast on bf16-capable CPUs and GPUs, fp16 + scaling on older GPUs.
 
-    channels_last goes with reduced precision: oneDNN's bf16 convolutions and tensor-core kernels want NHWC,
-    while fp32 on a CPU without bf16 gains nothing from it.
+    channels_last goes with reduced precision here (training): oneDNN's bf16 convolutions and tensor-core
+    kernels want NHWC. The inference engine sets its own layout (see `bonescan.fastpath`).
     """
     if requested not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError("--precision", f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
@@ -74,7 +78,7 @@ def choose_precision(device: torch.device, requested: PrecisionName = "auto") ->
         else:
             requested = "bf16" if cpu_supports_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16", "fp16 training is only supported on a CUDA GPU; use bf16 or fp32")
+        raise ConfigError("--precision fp16", "fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
     return Precision(
         device=device,
@@ -85,24 +89,32 @@ def choose_precision(device: torch.device, requested: PrecisionName = "auto") ->
 
 
 def allocator_tuned() -> bool:
-    """True when the process runs with a tuned allocator (GLIBC_TUNABLES set, or tcmalloc/jemalloc preloaded)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    return "GLIBC_TUNABLES" in os.environ or "tcmalloc" in preload or "jemalloc" in preload
+    """True when the process runs with a tuned allocator (glibc malloc tunables set, or tcmalloc/jemalloc preloaded)."""
+    tunables, preload = os.environ.get("GLIBC_TUNABLES", ""), os.environ.get("LD_PRELOAD", "")
+    return ("glibc.malloc.mmap_max" in tunables or "glibc.malloc.trim_threshold" in tunables
+            or "tcmalloc" in preload or "jemalloc" in preload)
 
 
-def reexec_with_tuned_allocator(argv: list[str] | None = None) -> None:
-    """Restart this process with GLIBC_TUNABLES set, unless an allocator setting is already in place.
+def tune_allocator() -> str:
+    """Keep freed memory in the process (glibc mallopt), unless an allocator setting is already in place.
 
-    glibc reads its tunables only at start-up, so the setting cannot be applied from inside Python. Does nothing
-    off Linux, when BONESCAN_KEEP_ALLOCATOR=1, or when the allocator is already tuned; otherwise never returns.
+    mallopt applies the settings of GLIBC_TUNABLES_VALUE from inside the running process, so library callers get
+    them without a restart; GLIBC_TUNABLES is also exported for processes started from here. Forked
+    DataLoader workers inherit the setting. Returns a short description of the allocator for benchmark output.
     """
-    if not sys.platform.startswith("linux") or allocator_tuned() or os.environ.get("BONESCAN_KEEP_ALLOCATOR") == "1":
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES_VALUE)
-    args = list(sys.argv if argv is None else argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *args], env)
+    if allocator_tuned():
+        return "tuned (GLIBC_TUNABLES or preloaded allocator)"
+    if not sys.platform.startswith("linux"):
+        return "system default (not glibc)"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        return "system default (glibc mallopt unavailable)"
+    if not ok:
+        return "system default (mallopt refused)"
+    os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES_VALUE)
+    return "tuned in-process (mallopt: no mmap, no trim)"
 
 
 @contextlib.contextmanager

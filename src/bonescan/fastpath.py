@@ -11,17 +11,12 @@ Choices (measured on the 2-core development CPU, AMD EPYC with AVX2 only; see `b
   compile of about 100 s, and off on GPU, where the compile would cost more than a batch of 400 studies takes.
   A compiled engine pads every batch to one fixed size so the graph is compiled once.
 - Allocator: glibc's malloc gives freed activation buffers back to the OS and faults fresh pages in on every
-  forward pass (about 2.4 vs 2.0 s per study here); `tune_allocator` applies the same settings as GLIBC_TUNABLES
-  from inside the process (mallopt), so library callers get them too without a restart, and exports
-  GLIBC_TUNABLES for child processes.
+  forward pass (about 2.4 vs 2.0 s per study here); prediction and training call `device.tune_allocator` first.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Literal
@@ -29,35 +24,11 @@ from typing import Iterable, Literal
 import numpy as np
 import torch
 
-from .device import GLIBC_TUNABLES_VALUE, allocator_tuned, choose_precision, select_device
+from .device import choose_precision, select_device
 from .errors import ConfigError
 from .model import MultiViewNet
 
 CompileMode = Literal["auto", "on", "off"]
-
-# mallopt parameter numbers from glibc's malloc.h.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
-
-def tune_allocator() -> str:
-    """Keep freed memory in the process (glibc mallopt), unless an allocator setting is already in place.
-
-    Returns a short description of the allocator state for benchmark output.
-    """
-    if allocator_tuned():
-        return "tuned (GLIBC_TUNABLES or preloaded allocator)"
-    if not sys.platform.startswith("linux"):
-        return "system default (not glibc)"
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        return "system default (glibc mallopt unavailable)"
-    if not ok:
-        return "system default (mallopt refused)"
-    os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES_VALUE)  # for processes started from here
-    return "tuned in-process (mallopt: no mmap, no trim)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +57,7 @@ class InferenceEngine:
         if compile not in ("auto", "on", "off"):
             raise ConfigError("--compile", f"unknown value {compile!r}; use auto, on or off")
         self.device = select_device(device)
-        self.precision = _inference_precision(self.device, precision)
+        self.precision = choose_precision(self.device, precision)
         use_compile = compile == "on" or (
             compile == "auto" and self.device.type == "cpu" and self.precision.autocast_dtype is torch.bfloat16
         )
@@ -137,12 +108,6 @@ class InferenceEngine:
             torch.cuda.synchronize(self.device)
 
 
-def _inference_precision(device: torch.device, requested: str):
-    if requested == "fp16" and device.type == "cpu":
-        raise ConfigError("--precision fp16", "fp16 inference needs a CUDA GPU; on a CPU use bf16 or fp32")
-    return choose_precision(device, requested)
-
-
 def reference_probabilities(model: MultiViewNet, batches: Iterable[torch.Tensor | np.ndarray]) -> np.ndarray:
     """fp32 eager probabilities on the CPU: the reference every fast path is compared with."""
     model = copy.deepcopy(model).float().cpu().eval()
@@ -178,47 +143,3 @@ def parity(reference: np.ndarray, fast: np.ndarray, threshold: float) -> ParityR
     diff = np.abs(reference - fast)
     agree = np.mean((reference >= threshold) == (fast >= threshold))
     return ParityReport(int(reference.size), float(diff.max()), float(diff.mean()), float(agree), float(threshold))
-
-
-def matmul_peak_gflops(dtype: torch.dtype, device: str | torch.device = "cpu", seconds: float = 1.0,
-                       max_size: int = 2048) -> float:
-    """Measured matrix-multiply throughput in GFLOP/s: the machine's practical compute ceiling for `dtype`.
-
-    The matrix size grows from 256 until one product takes a noticeable time (or reaches `max_size`), so an
-    emulated dtype (bf16 on an AVX2 CPU) is measured quickly instead of running for minutes.
-    """
-    device = torch.device(device)
-    size = 256
-    while True:
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
-        elapsed = _time_matmuls(a, b, repeats=1, device=device)
-        if elapsed > 0.05 or size >= max_size:
-            break
-        size *= 2
-    repeats = max(1, int(seconds / max(elapsed, 1e-6)))
-    elapsed = _time_matmuls(a, b, repeats, device)
-    return 2.0 * size**3 * repeats / elapsed / 1e9
-
-
-def _time_matmuls(a: torch.Tensor, b: torch.Tensor, repeats: int, device: torch.device) -> float:
-    torch.matmul(a, b)  # warm-up: kernel selection, page faults
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.matmul(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def model_gflop_per_case(model: MultiViewNet, height: int, width: int) -> float:
-    """Forward-pass GFLOP of one study (2 views), counted by torch's FLOP counter on meta tensors."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta_model = copy.deepcopy(model).to("meta").eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        meta_model(torch.empty(1, 2, height, width, device="meta"))
-    return counter.get_total_flops() / 1e9

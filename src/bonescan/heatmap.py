@@ -1,11 +1,21 @@
 """Heat maps: where in each view the network saw evidence of metastasis, drawn over the scan.
 
-Method: Grad-CAM (captum's `LayerGradCam`) on the last convolutional stage of the shared trunk. Both views pass
-through the trunk as one batch, so the hooked stage yields one map per view; Grad-CAM weights each view's channels
-by the mean gradient of the metastasis logit and keeps the positive part. Why Grad-CAM: the head pools with
-spatial-pyramid max pools and two FC layers, so plain CAM (which needs global average pooling straight into one
-linear layer) does not apply; Grad-CAM needs one backward pass per batch, whereas Score-CAM-style methods need one
-forward pass per channel (2048 for ResNet-50), far too slow for a CPU reading workflow.
+Method: Grad-CAM (captum's `LayerGradCam`) on the aggregated feature map, the one map the pooling layers see
+(`MultiViewNet.aggregate`): each channel is weighted by the mean gradient of the metastasis logit, giving one
+term per channel and cell. Each term is then split among the views by which view supplied that value
+(`ViewAggregation.view_weights`). With the paper's max aggregation a cell's value comes from one view only, so
+the whole term goes to the view that won the max there; the other view's features did not reach the output at
+that cell and get no heat. The per-view maps add up exactly to the Grad-CAM of the aggregated map, so nothing
+is invented. A view can therefore show no heat while the other carries it all; the overlay states each view's
+share of the heat so a reader sees which view drove the decision.
+
+Why this and not Grad-CAM on the trunk's last stage per view: through the max, each view's gradient is zero
+wherever it lost, so per-view channel weights are averaged over the cells it happened to win and the two views'
+maps are not on one footing (a view winning few cells can be zeroed by the ReLU even where it supplied the
+evidence). Why Grad-CAM at all: the head pools with spatial-pyramid max pools and two FC layers, so plain CAM
+(global average pooling straight into one linear layer) does not apply; Grad-CAM needs one backward pass per
+batch, whereas Score-CAM-style methods need one forward pass per channel (2048 for ResNet-50), far too slow for
+a CPU reading workflow.
 
 Each map is upsampled from the trunk's grid (24 x 8 cells at 768 x 256 input) straight to the original acquisition
 grid (e.g. 1024 x 256): preprocessing resizes without cropping, so both grids span the same field of view. The
@@ -34,10 +44,16 @@ from .model import MultiViewNet
 
 @dataclass
 class ViewHeatMaps:
-    """Grad-CAM maps of one study on the original grid, in [0, 1]; posterior in stored orientation."""
+    """Grad-CAM maps of one study on the original grid, in [0, 1]; posterior in stored orientation.
+
+    The shares are each view's fraction of the study's positive Grad-CAM mass (0 and 0 when there is none);
+    None when unknown.
+    """
 
     anterior: np.ndarray
     posterior: np.ndarray
+    anterior_share: float | None = None
+    posterior_share: float | None = None
 
 
 def grad_cam(
@@ -56,14 +72,22 @@ def grad_cam(
     model.eval()
     parameter = next(model.parameters())
     inputs = inputs.to(device=parameter.device, dtype=parameter.dtype)
-    cam = LayerGradCam(model, model.trunk_last_layer())
-    with torch.enable_grad():
-        maps = cam.attribute(inputs, relu_attributions=True).detach().float()
-    batch = inputs.shape[0]
-    per_view = maps.reshape(batch, maps.shape[0] // batch, *maps.shape[2:])  # B x V x h x w, case-major
+    seen: list[torch.Tensor] = []  # the per-view maps entering the aggregation, B x V x C x h x w
+    hook = model.aggregate.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+    try:
+        with torch.enable_grad():
+            # B x C' x h x w: channel weight (mean gradient) times aggregated activation, not yet summed.
+            terms = LayerGradCam(model, model.aggregate).attribute(inputs, attr_dim_summation=False).detach()
+    finally:
+        hook.remove()
+    per_view = seen[-1]
+    parts = (model.aggregate.view_weights(per_view) * terms[:, None]).sum(dim=2).float()  # B x V x h x w
+    parts = parts.clamp_min(0)  # positive evidence only, as Grad-CAM's ReLU
     results = []
     for case, shape in enumerate(original_shapes):
-        views = _view_maps(per_view[case], model.config.views)
+        views = _view_maps(parts[case], model.config.views)
+        total = float(views.sum())
+        shares = (views.sum(dim=(1, 2)) / total).tolist() if total > 0 else [0.0, 0.0]
         grid = F.interpolate(views[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
         grid = grid.clamp_min(0).cpu().numpy()
         peak = float(grid.max())
@@ -72,7 +96,8 @@ def grad_cam(
         anterior, posterior = grid[0], grid[1]
         if mirror_posterior:
             posterior = posterior[:, ::-1]
-        results.append(ViewHeatMaps(anterior=np.ascontiguousarray(anterior), posterior=np.ascontiguousarray(posterior)))
+        results.append(ViewHeatMaps(anterior=np.ascontiguousarray(anterior), posterior=np.ascontiguousarray(posterior),
+                                    anterior_share=shares[0], posterior_share=shares[1]))
     return results
 
 
@@ -82,6 +107,15 @@ def _view_maps(maps: torch.Tensor, views: str) -> torch.Tensor:
         return maps
     empty = torch.zeros_like(maps[0])
     return torch.stack([maps[0], empty]) if views == "anterior" else torch.stack([empty, maps[0]])
+
+
+def panel_title(view: str, share: float | None) -> str:
+    """A view's panel title with its share of the heat, so a view without heat is not mistaken for a blank map."""
+    if share is None:
+        return view
+    if share <= 0.0:
+        return f"{view}: no heat\n(none of its features raised the score)"
+    return f"{view}: {share:.0%} of the heat"
 
 
 def caption_text(probability: float, positive: bool, operating_point: str, threshold: float) -> str:
@@ -106,13 +140,14 @@ def render_overlay(
     width_px, height_px = 2 * cols + 60, rows + 170
     figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
     canvas = FigureCanvasAgg(figure)
-    panels = (("Anterior", anterior, heat.anterior, ("R", "L")), ("Posterior", posterior, heat.posterior, ("L", "R")))
-    for index, (name, counts, cam, sides) in enumerate(panels):
+    panels = (("Anterior", anterior, heat.anterior, heat.anterior_share, ("R", "L")),
+              ("Posterior", posterior, heat.posterior, heat.posterior_share, ("L", "R")))
+    for index, (name, counts, cam, share, sides) in enumerate(panels):
         axes = figure.add_axes((0.02 + index * 0.49, 130 / height_px, 0.47, rows / height_px))
         ceiling = float(np.percentile(counts, 99.5)) or float(counts.max()) or 1.0
         axes.imshow(counts, cmap="gray_r", vmin=0.0, vmax=ceiling, interpolation="nearest")
         axes.imshow(_heat_rgba(cam), interpolation="bilinear")
-        axes.set_title(name, fontsize=10)
+        axes.set_title(panel_title(name, share), fontsize=9)
         for x, side in zip((0.03, 0.97), sides):  # the patient's right / left as displayed
             axes.text(x, 0.99, side, transform=axes.transAxes, ha="center", va="top", fontsize=9, color="tab:blue")
         axes.set_axis_off()

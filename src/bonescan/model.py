@@ -145,6 +145,47 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
 
 
+class ViewAggregation(nn.Module):
+    """Combines the per-view trunk maps (B x V x C x h x w) into the one map the pooling layers see.
+
+    A module (without parameters) so that heat maps can hook the aggregated map; `view_weights` says how much
+    of each aggregated value came from each view.
+    """
+
+    def __init__(self, mode: Aggregation):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, per_view: torch.Tensor) -> torch.Tensor:
+        if per_view.shape[1] == 1:
+            return per_view[:, 0]
+        if self.mode == "max":
+            return per_view.amax(dim=1)
+        if self.mode == "mean":
+            return per_view.mean(dim=1)
+        return per_view.flatten(1, 2)  # concat along channels
+
+    def view_weights(self, per_view: torch.Tensor) -> torch.Tensor:
+        """B x V x C' x h x w weights, summing to 1 over V, that split each aggregated value among the views.
+
+        max: the view that supplied the value (ties split evenly), since only it affects the output there;
+        mean: each view in proportion to its (non-negative) activation; concat: each channel block to its view.
+        """
+        batch, n_views = per_view.shape[:2]
+        if n_views == 1:
+            return torch.ones_like(per_view)
+        if self.mode == "concat":
+            blocks = torch.eye(n_views, dtype=per_view.dtype, device=per_view.device)
+            weights = blocks[None, :, :, None, None, None].expand(batch, n_views, n_views, *per_view.shape[2:])
+            return weights.flatten(2, 3)
+        if self.mode == "max":
+            winners = (per_view == per_view.amax(dim=1, keepdim=True)).to(per_view.dtype)
+            return winners / winners.sum(dim=1, keepdim=True)
+        total = per_view.sum(dim=1, keepdim=True)
+        even = torch.full_like(per_view, 1.0 / n_views)
+        return torch.where(total > 0, per_view / total.clamp_min(torch.finfo(per_view.dtype).tiny), even)
+
+
 class MultiViewNet(nn.Module):
     """Shared trunk over the views -> aggregation -> pooling -> FC -> ReLU -> dropout -> FC -> one logit."""
 
@@ -156,6 +197,7 @@ class MultiViewNet(nn.Module):
         self.config = config
         block, layers, _, _ = BACKBONES[config.backbone]
         self.trunk = ResNetTrunk(block, layers, config.trunk_width, config.norm)
+        self.aggregate = ViewAggregation(config.aggregation)
         channels = self.trunk.out_channels * (2 if config.aggregation == "concat" and config.views == "both" else 1)
         cells = sum(r * c for r, c in PYRAMID_GRIDS) if config.pooling == "pyramid" else 1
         self.head = nn.Sequential(
@@ -164,14 +206,6 @@ class MultiViewNet(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, 1),
         )
-
-    def trunk_last_layer(self) -> nn.Module:
-        """The last convolutional stage (layer4), for Grad-CAM hooks.
-
-        For a two-view batch of B its activations hold 2B maps in case-major order: index 2i is case i's
-        anterior, 2i + 1 its posterior. `view_features` returns them shaped B x 2 x C x h x w.
-        """
-        return self.trunk.layer4
 
     def view_features(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk maps per view: B x V x C x h x w (V = 2 for both views, else 1)."""
@@ -190,14 +224,7 @@ class MultiViewNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Aggregated final feature map B x C x h x w (the map the pooling layers see; for heat maps)."""
-        per_view = self.view_features(x)
-        if per_view.shape[1] == 1:
-            return per_view[:, 0]
-        if self.config.aggregation == "max":
-            return per_view.amax(dim=1)
-        if self.config.aggregation == "mean":
-            return per_view.mean(dim=1)
-        return per_view.flatten(1, 2)  # concat along channels
+        return self.aggregate(self.view_features(x))
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         """Pooled feature vector B x F of an aggregated map."""

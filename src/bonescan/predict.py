@@ -17,9 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import resource
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -278,7 +275,8 @@ def predict_studies(
 
     Give either paths or a manifest. See the module docstring for what is written.
     """
-    from .fastpath import InferenceEngine, tune_allocator
+    from .device import tune_allocator
+    from .fastpath import InferenceEngine
     from .inference import load_run
 
     paths = list(paths or ())
@@ -441,173 +439,3 @@ class OutputWriter:
 def _mark_failed(outcome: StudyOutcome, reason: str) -> None:
     outcome.status = "failed"
     outcome.error = reason
-
-
-@dataclass
-class PredictBenchmark:
-    """Figures of `bonescan bench predict`."""
-
-    cases: int
-    failed: int
-    end_to_end_seconds: float
-    model_cases: int
-    model_seconds: float
-    warm_up_seconds: float
-    gflop_per_case: float
-    peak_gflops: dict[str, float]
-    precision: str
-    peak_rss_mib: float
-    parity: object  # fastpath.ParityReport
-    engine: str
-    allocator: str
-    weights: str
-    workers: int
-    threads: int
-
-    @property
-    def end_to_end_cases_per_s(self) -> float:
-        return self.cases / self.end_to_end_seconds
-
-    @property
-    def model_cases_per_s(self) -> float:
-        return self.model_cases / self.model_seconds
-
-    @property
-    def roofline_precision(self) -> str:
-        """The dtype with the highest measured matmul peak: what this machine can do at best."""
-        return max(self.peak_gflops, key=self.peak_gflops.get)
-
-    @property
-    def roofline_cases_per_s(self) -> float:
-        return self.peak_gflops[self.roofline_precision] / self.gflop_per_case
-
-    def lines(self) -> list[str]:
-        """The printed report."""
-        peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.peak_gflops.items())
-        return [
-            f"engine: {self.engine}; {self.threads} threads; {self.workers} reader processes; allocator {self.allocator}",
-            f"weights: {self.weights}",
-            f"warm-up (first batch{', incl. compile' if 'compile' in self.engine else ''}): {self.warm_up_seconds:.1f} s",
-            f"end to end: {self.cases} studies in {self.end_to_end_seconds:.1f} s = "
-            f"{self.end_to_end_cases_per_s:.2f} studies/s ({self.failed} failed)",
-            f"model only: {self.model_cases_per_s:.2f} studies/s ({self.model_cases} studies in {self.model_seconds:.1f} s)",
-            f"matmul peaks: {peaks}",
-            f"network: {self.gflop_per_case:.3g} GFLOP per study -> roofline {self.roofline_cases_per_s:.2f} studies/s "
-            f"(at the {self.roofline_precision} peak; engine runs {self.precision}); model-only reaches {self.model_cases_per_s / self.roofline_cases_per_s:.0%} of it, "
-            f"end to end {self.end_to_end_cases_per_s / self.roofline_cases_per_s:.0%}",
-            f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
-            self.parity.describe(),
-        ]
-
-
-def benchmark_prediction(
-    cases: int = 400,
-    data: str | Path | None = None,
-    preset: str = "paper",
-    run_dir: str | Path | None = None,
-    batch_size: int = 8,
-    workers: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    compile: str = "auto",
-    parity_cases: int = 16,
-    model_cases: int | None = None,
-    seed: int = 0,
-    progress: Callable[[str], None] | None = None,
-) -> PredictBenchmark:
-    """Time prediction of `cases` studies end to end and the network alone; measure peaks, memory and parity.
-
-    Studies come from `data` (read as they are; an empty folder or a synthetic-cohort folder is filled or
-    completed with `bonescan synth` studies of difficulty "paper"), else from a temporary synthetic cohort.
-    Without `run_dir` the network of `preset` is untrained (seeded): speed does not depend on the weights.
-    """
-    from .fastpath import (InferenceEngine, matmul_peak_gflops, model_gflop_per_case, parity,
-                           reference_probabilities, tune_allocator)
-
-    if cases < 1 or parity_cases < 1:
-        raise ConfigError("--cases", "cases and parity cases must be at least 1")
-    say = progress or (lambda message: None)
-    allocator = tune_allocator()
-    model, preprocess_cfg, weights = _benchmark_model(run_dir, preset, seed)
-    temporary = None
-    if data is None:
-        temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-predict-"))
-        data = temporary
-    try:
-        sources = _benchmark_sources(Path(data), cases, seed, say)
-        engine = InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size)
-        workers = default_workers() if workers is None else workers
-        say(f"warming up {engine.settings.describe()}")
-        warm_up = engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
-
-        say(f"end to end: {len(sources)} studies")
-        report = predict_sources(sources, model, preprocess_cfg, engine, OperatingPoint("0.5", 0.5), workers=workers)
-        engine.synchronize()
-
-        loaded = [item for batch in iterate_batches(sources[:max(batch_size, parity_cases)], preprocess_cfg,
-                                                    batch_size, 0) for item in batch if item.error is None]
-        if not loaded:
-            raise ConfigError(data, "none of the studies could be read; see `bonescan predict` for the reasons")
-        batch = np.stack([item.inputs for item in loaded[:batch_size]])
-        model_cases = model_cases or min(len(sources), 4 * batch_size)
-        say(f"model only: {model_cases} studies")
-        start = time.perf_counter()
-        done = 0
-        while done < model_cases:
-            engine.probabilities(batch)
-            done += len(batch)
-        engine.synchronize()
-        model_seconds = time.perf_counter() - start
-
-        say(f"parity: {min(parity_cases, len(loaded))} studies against fp32")
-        cohort = np.stack([item.inputs for item in loaded[:parity_cases]])
-        parity_report = parity(reference_probabilities(model, [cohort]), engine.probabilities(cohort), 0.5)
-
-        say("matmul peaks")
-        peak_device = engine.device
-        peaks = {"fp32": matmul_peak_gflops(torch.float32, peak_device),
-                 "bf16": matmul_peak_gflops(torch.bfloat16, peak_device)}
-        if peak_device.type == "cuda":
-            peaks["fp16"] = matmul_peak_gflops(torch.float16, peak_device)
-        rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-               + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
-        return PredictBenchmark(
-            cases=len(sources), failed=len(report.failures), end_to_end_seconds=report.seconds,
-            model_cases=done, model_seconds=model_seconds, warm_up_seconds=warm_up,
-            gflop_per_case=model_gflop_per_case(model, preprocess_cfg.height, preprocess_cfg.width),
-            peak_gflops=peaks, precision=engine.settings.precision, peak_rss_mib=rss, parity=parity_report,
-            engine=engine.settings.describe(), allocator=allocator, weights=weights, workers=workers,
-            threads=torch.get_num_threads(),
-        )
-    finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _benchmark_model(run_dir, preset: str, seed: int):
-    if run_dir is not None:
-        from .inference import load_run
-
-        loaded = load_run(run_dir)
-        return loaded.model, loaded.preprocess_cfg, f"trained, from {run_dir}"
-    from .model import MultiViewNet
-    from .presets import preset_config
-
-    config = preset_config(preset)
-    torch.manual_seed(seed)
-    model = MultiViewNet(config.model).eval()
-    return model, config.preprocess, f"untrained {preset} network (seed {seed}); speed does not depend on weights"
-
-
-def _benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:
-    synthetic = not data.exists() or not any(data.iterdir()) or (data / "synth.json").exists()
-    have = len(list((data / "studies").glob("*.dcm"))) if synthetic and (data / "studies").is_dir() else 0
-    if synthetic and have < cases:  # fill an empty folder, or complete a synthetic cohort that is too small
-        from .synth import generate_cohort
-
-        say(f"generating {cases - have} synthetic studies (difficulty paper) in {data}")
-        generate_cohort(data, cases, seed=seed, difficulty="paper", workers=default_workers() + 1)
-    sources = find_studies([data / "studies"] if synthetic else [data])
-    if not sources:
-        raise ConfigError(data, "no DICOM or image files found")
-    return sources[:cases]

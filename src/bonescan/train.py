@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .data import ArrayCache, CachedScans, build_cache
-from .device import Precision, choose_precision, select_device
+from .device import Precision, choose_precision, select_device, tune_allocator
 from .errors import ConfigError, ManifestError, RunError
 from .fileio import atomic_path, write_text_atomic
 from .model import MultiViewNet, build_model
@@ -139,6 +139,7 @@ def train(
         raise RunError(paths.root, "the manifest differs from the one this run was trained on; cannot resume")
     _check_splits(manifest, source=str(manifest_path or "manifest"))
 
+    tune_allocator()  # before DataLoader workers start, so they inherit it
     ctx = _init_distributed(config)
     try:
         return _train(manifest, paths, config, ctx, checkpoint, manifest_digest, cache_dir, fail_fast,
@@ -205,7 +206,7 @@ def _train(
         pin_memory=device.type == "cuda",
     )
     steps_per_epoch = max(len(loader), 1)
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
     pos_weight = _pos_weight(cache, train_rows) if config.class_weighting else None
@@ -371,7 +372,8 @@ def _train_epoch(
     return total / max(count, 1)
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD with Nesterov momentum) with weight decay on weights only."""
     # No weight decay on norm layers and biases: decaying them only fights the normalisation.
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -581,119 +583,3 @@ def _init_distributed(config: TrainConfig) -> DistContext:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         initialised_here = True
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, initialised_here=initialised_here)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Benchmark of one training step
-
-
-def measure_matmul_peak(dtype: torch.dtype, max_size: int = 2048, min_seconds: float = 0.3) -> float:
-    """FLOP/s of a large square torch.matmul in `dtype` (best of a few): the roofline a training step is held to.
-
-    The size grows from 256 until one product takes `min_seconds`, so a CPU that only emulates bf16 is not
-    kept busy for minutes.
-    """
-    size, best = 256, 0.0
-    while True:
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        torch.matmul(a, b)
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - started)
-        best = max(best, 2.0 * size**3 / min(times))
-        if size >= max_size or min(times) >= min_seconds:
-            return best
-        size *= 2
-
-
-def count_training_flops(model: nn.Module, batch: torch.Tensor, precision: Precision) -> tuple[float, float]:
-    """(forward FLOPs, forward + backward FLOPs) of one step, counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as forward_counter:
-        with precision.autocast():
-            model(batch)
-    with FlopCounterMode(display=False) as step_counter:
-        with precision.autocast():
-            loss = model(batch).float().sum()
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return float(forward_counter.get_total_flops()), float(step_counter.get_total_flops())
-
-
-def bench_training(
-    presets: list[str],
-    precisions: list[str],
-    steps: int = 2,
-    batch_size: int = 2,
-    threads: int | None = None,
-    emulated_bf16: bool = False,
-) -> list[str]:
-    """Time training steps (forward + backward + AdamW) on random inputs; return printable lines."""
-    import resource
-
-    from .device import allocator_tuned, cpu_supports_bf16
-    from .presets import preset_config
-
-    if threads:
-        torch.set_num_threads(threads)
-    device = torch.device("cpu")
-    for precision_name in precisions:
-        if precision_name not in ("fp32", "bf16"):
-            raise ConfigError("--precisions", f"unknown precision {precision_name!r}; use fp32 or bf16")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {name: measure_matmul_peak(dtypes[name]) for name in dict.fromkeys(precisions)}
-    lines = [
-        f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"oneDNN bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, "
-        f"allocator {'tuned' if allocator_tuned() else 'glibc default'}",
-        "matmul roofline: " + ", ".join(f"{name} {peak / 1e9:.1f} GFLOP/s" for name, peak in peaks.items()),
-        f"{'preset':<10} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
-        f"{'roofline':>9} {'peak RSS':>9}",
-    ]
-    for name in presets:
-        config = preset_config(name)
-        for precision_name in precisions:
-            if precision_name == "bf16" and not cpu_supports_bf16() and not emulated_bf16:
-                lines.append(f"{name:<10} {precision_name:<5} skipped: this CPU has no bf16 kernels "
-                             "(emulated bf16 is far slower than fp32; --emulated-bf16 times it anyway)")
-                continue
-            precision = choose_precision(device, precision_name)
-            torch.manual_seed(0)
-            model = build_model(config.model)
-            if precision.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            model.train()
-            optimizer = _make_optimizer(model, config)
-            images = torch.rand(batch_size, 2, config.preprocess.height, config.preprocess.width)
-            labels = (torch.rand(batch_size) > 0.5).float()
-            _, step_flops = count_training_flops(model, images, precision)
-
-            def step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                with precision.autocast():
-                    logits = model(images)
-                nn.functional.binary_cross_entropy_with_logits(logits.float(), labels).backward()
-                optimizer.step()
-
-            step()  # warm-up: allocations, oneDNN kernel selection
-            times = []
-            for _ in range(steps):
-                started = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - started)
-            seconds_per_case = float(np.median(times)) / batch_size
-            achieved = step_flops / batch_size / seconds_per_case
-            rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            lines.append(
-                f"{name:<10} {precision_name:<5} {config.preprocess.height:>4}x{config.preprocess.width:<4} "
-                f"{step_flops / batch_size / 1e9:>11.1f} {seconds_per_case:>8.3f} {1 / seconds_per_case:>8.2f} "
-                f"{achieved / peaks[precision_name]:>8.1%} {rss_mib:>6.0f} MiB"
-            )
-            del model, optimizer
-    lines.append("GFLOP/case: forward + backward as counted by FlopCounterMode (about 3x the forward); s/case: "
-                 "median step / batch; roofline: achieved FLOP/s / matmul FLOP/s; peak RSS: process maximum so far")
-    return lines

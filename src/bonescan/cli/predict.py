@@ -90,7 +90,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and the untrained weights."),
     ) -> None:
         """Seconds and studies/s end to end and model-only, matmul peaks, roofline fraction, peak RSS, parity."""
-        from ..predict import benchmark_prediction
+        from ..bench import benchmark_prediction
 
         result = benchmark_prediction(
             cases=cases, data=data, preset=preset, run_dir=run, batch_size=batch_size, workers=workers,

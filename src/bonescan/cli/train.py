@@ -89,7 +89,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ),
     ) -> None:
         """Seconds per case of a training step, fraction of the measured matmul roofline, peak RSS."""
-        from ..train import bench_training
+        from ..bench import bench_training
 
         for line in bench_training(
             [p.strip() for p in presets.split(",") if p.strip()],
