@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from ..errors import ConfigError
 from ..evaluate.stats import mcnemar_test
 from ..fileio import atomic_path, write_text_atomic
+from .mrmc import MrmcResult, study_mrmc
 from .render import thumbnail
 from .store import ReaderStore
 from .study import label_from_row, read_csv_table, load_predictions
@@ -99,12 +100,22 @@ class AnalysisResult:
     mcnemar: pd.DataFrame
     discordant: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    mrmc: MrmcResult | None = None
+    mrmc_note: str = ""  # why the MRMC analysis was not computed
 
     def summary(self) -> str:
-        """A few lines for the terminal: accuracy per reader and reading."""
+        """A few lines for the terminal: accuracy per reader and reading, and the MRMC result."""
         rows = self.fig3[self.fig3["metric"] == "accuracy"]
-        return "\n".join(f"{r.reader:>12}  {READINGS[r.reading]:<36} accuracy {Rate(r.x, r.n).text()}"
-                         for r in rows.itertuples())
+        lines = [f"{r.reader:>12}  {READINGS[r.reading]:<36} accuracy {Rate(r.x, r.n).text()}"
+                 for r in rows.itertuples()]
+        if self.mrmc is not None:
+            m = self.mrmc
+            lines.append(f"MRMC (Obuchowski-Rockette): AUC {m.mean_aucs[0]:.4f} vs {m.mean_aucs[1]:.4f}, difference "
+                         f"{m.difference:+.4f} (95% CI {m.ci_low:+.4f} to {m.ci_high:+.4f}), F = {m.f_statistic:.3f}, "
+                         f"ddf = {m.ddf:.2f}, p = {m.p_value:.4f}")
+        else:
+            lines.append(f"MRMC (Obuchowski-Rockette): not computed: {self.mrmc_note}")
+        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -302,10 +313,20 @@ def analyze_study(
     tests = _mcnemar_rows(decisions, ai, truth)
     discordant = _discordant(decisions, ai, truth)
     result = AnalysisResult(fig3, times, tests, discordant)
+    mrmc = study_mrmc(reads, truth)
+    if isinstance(mrmc, MrmcResult):
+        result.mrmc = mrmc
+        mrmc_summary, mrmc_readers = mrmc.summary_frame(), mrmc.reader_frame()
+    else:
+        result.mrmc_note = mrmc
+        # Written even when not computed, so that no earlier result is left behind looking current.
+        mrmc_summary = pd.DataFrame([("not computed", mrmc)], columns=["quantity", "value"])
+        mrmc_readers = pd.DataFrame(columns=["reader", "auc_human", "auc_ai-consulted", "difference"])
 
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "analysis"
     for name, table in (("fig3.csv", fig3), ("times.csv", times), ("mcnemar.csv", tests),
-                        ("discordant.csv", discordant)):
+                        ("discordant.csv", discordant), ("mrmc.csv", mrmc_summary),
+                        ("mrmc_readers.csv", mrmc_readers)):
         with atomic_path(out / name) as tmp:
             table.to_csv(tmp, index=False)
         result.files.append(out / name)
@@ -322,6 +343,8 @@ def analyze_study(
         times=times.to_dict("records"), tests=tests.to_dict("records"), readings=READINGS,
         discordant=discordant.to_dict("records"), thumbs=thumbs, n_truth=len(truth), n_cases=len(cases),
         human_phase="blinded" if "blinded" in set(reads["phase"]) else "ai-consulted",
+        mrmc=result.mrmc, mrmc_note=result.mrmc_note,
+        mrmc_readers=mrmc_readers.to_dict("records") if result.mrmc is not None else [],
     )
     result.files.append(write_text_atomic(out / "report.html", html))
     return result
