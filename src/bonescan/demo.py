@@ -6,13 +6,14 @@ Each stage leaves its outputs in one folder under `out` and is skipped on a reru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -82,24 +83,19 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), fresh: bo
 
 
 class _StageTimer:
+    """Announces each stage and records its wall time."""
+
     def __init__(self, say: Say):
         self.say = say
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                timer.say(f"== {name}")
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[name] = round(time.perf_counter() - self.start, 1)
-                if exc[0] is None:
-                    timer.say(f"   {name}: {timer.seconds[name]:.1f} s")
-
-        return _Stage()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.say(f"== {name}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        self.say(f"   {name}: {self.seconds[name]:.1f} s")
 
 
 def _remove_demo_folder(out: Path) -> None:
@@ -188,7 +184,7 @@ def _final_report(frame: pd.DataFrame, evaluation, out: Path, heatmaps: Path):
 def _summary(out: Path, settings: DemoSettings, train_result, evaluation, prediction, seconds: dict) -> dict:
     overall = next((row for row in evaluation.metrics.get("auc", []) if row["dimension"] == "overall"), {})
     return {
-        "settings": settings.__dict__,
+        "settings": asdict(settings),
         "best_val_auc": train_result.best_val_auc,
         "best_epoch": train_result.best_epoch,
         "test_auc": overall,
