@@ -126,7 +126,7 @@ def test_pretrained_file_loads_and_folds_conv1(tmp_path):
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     rgb = F.conv2d((grey.repeat(1, 3, 1, 1) - mean) / std, state["conv1.weight"], stride=2, padding=3)
-    folded = model.trunk.conv1(grey) + model.trunk.stem_offset
+    folded = model.trunk.conv1(grey) + model.trunk.stem_offset.view(1, -1, 1, 1)
     assert torch.allclose(folded[..., 2:-2, 2:-2], rgb[..., 2:-2, 2:-2], atol=1e-4)
     assert not torch.allclose(folded[..., 0, :], rgb[..., 0, :], atol=1e-4)  # the border does differ
 

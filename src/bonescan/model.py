@@ -100,6 +100,9 @@ class ResNetTrunk(nn.Module):
     Parameter names match torchvision's (conv1, bn1, layer1..layer4), so its ImageNet state dicts load directly
     once conv1 is folded to one input channel (see `load_imagenet_state_dict`).
     `stem_offset` is a per-filter constant added after conv1; it stays zero unless ImageNet weights are loaded.
+    It is kept 1-D: a 1 x C x 1 x 1 buffer takes channels_last strides from `model.to(memory_format=...)`, and
+    DistributedDataParallel's coalesced buffer broadcast cannot write into such a tensor (it crashed every
+    bf16 / channels_last run under torchrun).
     """
 
     def __init__(self, block: type[nn.Module], layers: list[int], width: int = 64, norm: Norm = "batch"):
@@ -115,13 +118,20 @@ class ResNetTrunk(nn.Module):
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.out_channels = width * 8 * block.expansion
-        self.register_buffer("stem_offset", torch.zeros(1, width, 1, 1))
+        self.register_buffer("stem_offset", torch.zeros(width))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the buffer became 1-D hold it as 1 x C x 1 x 1.
+        key = prefix + "stem_offset"
+        if key in state_dict and state_dict[key].dim() == 4:
+            state_dict[key] = state_dict[key].flatten()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -136,7 +146,7 @@ class ResNetTrunk(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x) + self.stem_offset.to(x.dtype)
+        x = self.conv1(x) + self.stem_offset.to(x.dtype).view(1, -1, 1, 1)
         x = self.maxpool(self.relu(self.bn1(x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -292,14 +302,14 @@ def fold_rgb_conv(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     A grey image g repeated to RGB and normalised per channel gives conv output
         sum_c W_c * (g - mean_c) / std_c  =  (sum_c W_c / std_c) * g  -  sum_c (mean_c / std_c) * sum(W_c).
     So the grey convolution weight is sum_c W_c / std_c and the second term is a per-filter constant (the
-    returned offset, shape 1 x F x 1 x 1). The result equals the RGB computation exactly away from the image
+    returned offset, shape F). The result equals the RGB computation exactly away from the image
     border; in the 3-pixel zero-padding margin it differs (RGB pads the normalised image, we pad g), which only
     touches the background at the edge of a bone scan.
     """
     std = torch.tensor(IMAGENET_STD, dtype=weight.dtype).view(1, 3, 1, 1)
     mean = torch.tensor(IMAGENET_MEAN, dtype=weight.dtype).view(1, 3, 1, 1)
     grey_weight = (weight / std).sum(dim=1, keepdim=True)
-    offset = -((mean / std) * weight).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
+    offset = -((mean / std) * weight).sum(dim=(1, 2, 3))
     return grey_weight, offset
 
 
