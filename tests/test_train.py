@@ -27,9 +27,12 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight_run(cohort):
+    # fp32: bit-identical repeats in-process on every CPU kind. bf16 exactness needs the oneDNN setting to be in
+    # place before a process's first convolution, so it is checked in fresh processes (test_train_kill.py).
     folder, manifest = cohort
     torch.set_num_threads(1)
-    result = train(manifest, folder / "straight", preset_config("tiny"), cache_dir=folder / "cache", progress=False)
+    result = train(manifest, folder / "straight", preset_config("tiny", precision="fp32"), cache_dir=folder / "cache",
+                   progress=False)
     return folder / "straight", result
 
 
@@ -49,18 +52,20 @@ def test_tiny_run_writes_its_folder_and_learns_the_spots(straight_run, cohort):
     assert len(record["manifest"]["sha256"]) == 64
     assert record["manifest"]["train_cases"] == 24 and record["manifest"]["val_cases"] == 12
     assert {"torch", "torchvision", "numpy"} <= set(record["versions"])
+    assert record["precision"] == "fp32" and record["exact"] is True
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["preprocess"]["height"] == 64
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["epoch"] == result.best_epoch and best["config"]["model"]["backbone"] == "resnet10"
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 3
 
 
-def test_resume_ends_exactly_like_the_uninterrupted_run(straight_run, cohort):
+def test_fp32_resume_ends_exactly_like_the_uninterrupted_run(straight_run, cohort):
     folder, manifest = cohort
     run_dir, _ = straight_run
     sliced = folder / "sliced"
-    first = train(manifest, sliced, preset_config("tiny"), cache_dir=folder / "cache", progress=False,
-                  stop_after_epochs=2)
+    first = train(manifest, sliced, preset_config("tiny", precision="fp32"), cache_dir=folder / "cache",
+                  progress=False, stop_after_epochs=2)
     assert first.epochs_run == 2
     # The resumed call takes the run's stored settings, whatever config it is given.
     train(manifest, sliced, preset_config("paper"), resume=True, cache_dir=folder / "cache", progress=False)
@@ -129,7 +134,7 @@ def test_cli_trains_with_sgd_class_weighting_and_bf16(cohort, tmp_path, capsys):
     unbalanced = manifest[~((manifest["split"] == "train") & (manifest["label"] == 1) & (manifest.index % 4 == 1))]
     csv = write_manifest_csv(tmp_path, unbalanced)
     code = main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run"), "--preset", "tiny",
-                 "--epochs", "1", "--optimizer", "sgd", "--class-weighting", "--precision", "bf16",
+                 "--epochs", "1", "--optimizer", "sgd", "--class-weighting", "--precision", "bf16", "--no-exact",
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert code == 0
     assert "best validation AUC" in capsys.readouterr().out
@@ -137,7 +142,7 @@ def test_cli_trains_with_sgd_class_weighting_and_bf16(cohort, tmp_path, capsys):
     train_labels = unbalanced.loc[unbalanced["split"] == "train", "label"]
     assert record["pos_weight"] == pytest.approx((train_labels == 0).sum() / (train_labels == 1).sum())
     assert record["settings"]["optimizer"] == "sgd"
-    assert record["precision"] == "bf16" and record["channels_last"] is True
+    assert record["precision"] == "bf16" and record["channels_last"] is True and record["exact"] is False
     assert main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run2"), "--preset", "huge"]) == 2
     assert main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run"), "--preset", "tiny"]) == 2
     assert "already holds a training run" in capsys.readouterr().err

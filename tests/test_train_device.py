@@ -58,3 +58,14 @@ def test_unrelated_glibc_tunables_do_not_count_as_a_tuned_allocator(monkeypatch)
     assert os.environ["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=2048"  # the user's setting is kept
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
     assert device.allocator_tuned()
+
+
+def test_exact_runs_cap_onednn_below_amx_only_on_amx_cpus_and_keep_a_user_setting(monkeypatch):
+    monkeypatch.delenv(device.ONEDNN_ISA_VARIABLE, raising=False)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
+    assert device.cap_onednn_for_exact_runs() is None
+    assert device.ONEDNN_ISA_VARIABLE not in os.environ
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    assert device.cap_onednn_for_exact_runs() == "AVX512_CORE_BF16" == os.environ[device.ONEDNN_ISA_VARIABLE]
+    monkeypatch.setenv(device.ONEDNN_ISA_VARIABLE, "AVX2")
+    assert device.cap_onednn_for_exact_runs() == "AVX2"

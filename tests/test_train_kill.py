@@ -1,7 +1,13 @@
-"""A training run killed with SIGKILL during epoch 2 and resumed ends with the uninterrupted run's results."""
+"""A training run killed with SIGKILL during epoch 2 and resumed ends with the uninterrupted run's results.
+
+Both precisions are forced, so both code paths run on every CPU kind (bf16 is emulated, and slow, on AVX2-only
+CPUs). Every run is a fresh process: on CPUs with AMX the exact mode must reach oneDNN before its first
+convolution, which an in-process reference (after other tests' convolutions) could not guarantee.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,25 +18,29 @@ import pandas as pd
 import pytest
 import torch
 
-from bonescan.presets import preset_config
-from bonescan.train import load_checkpoint, train
+from bonescan.device import EXACT_ONEDNN_ISA, cpu_has_amx
+from bonescan.train import load_checkpoint
 from trainkit import write_cohort, write_manifest_csv
 
 EPOCHS = 4
 
 
+def _train_command(csv, out, cache, precision, *extra):
+    return [sys.executable, "-m", "bonescan", "train", "--manifest", str(csv), "--out", str(out), "--preset", "tiny",
+            "--epochs", str(EPOCHS), "--precision", precision, "--cache-dir", str(cache), "--quiet", *extra]
+
+
 @pytest.mark.slow
-def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path, precision):
     manifest = write_cohort(tmp_path / "data", n_train=48, n_val=12)
     csv = write_manifest_csv(tmp_path, manifest)
     cache = tmp_path / "cache"
-    killed = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count as the in-process reference below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bonescan", "train", "--manifest", str(csv), "--out", str(killed), "--preset", "tiny",
-         "--epochs", str(EPOCHS), "--cache-dir", str(cache), "--quiet"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: the same summation order in every process
+    env.pop("ONEDNN_MAX_CPU_ISA", None)  # exact mode decides
+    process = subprocess.Popen(_train_command(csv, killed, cache, precision), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = killed / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -40,15 +50,15 @@ def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path):
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
     assert load_checkpoint(last)["epoch"] == 1
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = preset_config("tiny", epochs=EPOCHS)
-        train(manifest.assign(), killed, config, resume=True, cache_dir=cache, progress=False)
-        reference = tmp_path / "reference"
-        train(manifest, reference, config, cache_dir=cache, progress=False)
-    finally:
-        torch.set_num_threads(previous)
+    for command in (_train_command(csv, killed, cache, precision, "--resume"),
+                    _train_command(csv, reference, cache, precision)):
+        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+
+    record = json.loads((reference / "config.json").read_text())
+    assert record["precision"] == precision and record["exact"] is True
+    if cpu_has_amx():
+        assert record["onednn_max_cpu_isa"] == EXACT_ONEDNN_ISA
 
     def metrics(run):
         return pd.read_csv(run / "metrics.csv").drop(columns=["seconds"])

@@ -22,6 +22,13 @@ GLIBC_TUNABLES_VALUE = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=6871
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
+# Exact (bit-reproducible) training on CPUs with AMX: oneDNN's AMX bf16 kernels do not repeat bit for bit from
+# run to run (on a Xeon with AMX two identical one-thread bf16 training runs diverged from epoch 1), while capped
+# at AVX512-BF16 -- still native bf16 -- the same runs repeat exactly. oneDNN reads the cap once, when it first
+# dispatches (a convolution, or torch's bf16-support query), so it must be in the environment before that.
+ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+EXACT_ONEDNN_ISA = "AVX512_CORE_BF16"
+
 
 def cpu_supports_bf16() -> bool:
     """True when oneDNN has fast bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
@@ -29,6 +36,26 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX tiles (Sapphire Rapids and later Xeons); asks cpuinfo, not oneDNN."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cap_onednn_for_exact_runs() -> str | None:
+    """Keep oneDNN off its AMX kernels so that runs repeat bit for bit; returns the cap in force (None: no cap).
+
+    Acts only on CPUs with AMX and only when the user has not set ONEDNN_MAX_CPU_ISA. It takes effect only if
+    nothing in this process has used oneDNN yet: the CLI calls it before any computation; a Python caller who
+    has already run a convolution must set the variable before starting Python instead.
+    """
+    if ONEDNN_ISA_VARIABLE not in os.environ and cpu_has_amx():
+        os.environ[ONEDNN_ISA_VARIABLE] = EXACT_ONEDNN_ISA
+    return os.environ.get(ONEDNN_ISA_VARIABLE)
 
 
 def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:

@@ -61,6 +61,9 @@ class TrainConfig:
     patience: int = 8  # early stopping: epochs without a better validation AUC
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Bit-reproducible runs: on CPUs with AMX, keep oneDNN on its deterministic AVX512-BF16 kernels (see
+    # `bonescan.device.cap_onednn_for_exact_runs`); no effect elsewhere. False trades that for AMX speed.
+    exact: bool = True
     device: str = "auto"
     workers: int = 0  # DataLoader worker processes
 

@@ -13,7 +13,9 @@ processes, so a run's optimisation does not depend on N (up to BatchNorm statist
 Exact resume: the random streams depend only on (seed, epoch, rank) -- torch's global RNG is reseeded at every
 epoch start, the sampler's order is a function of (seed, epoch), augmentation draws from a per-sample generator
 -- and a checkpoint at each epoch end holds the model, optimizer and scheduler states, so continuing from
-last.pt repeats the computations of an uninterrupted run.
+last.pt repeats the computations of an uninterrupted run. Repeating computations gives identical bits only where
+the kernels are deterministic: fp32 everywhere, bf16 on AVX2 and AVX512-BF16 CPUs, and on AMX CPUs only with
+`exact` (the default), which keeps oneDNN off its AMX kernels (see `bonescan.device`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
 from .data import ArrayCache, CachedScans, build_cache
-from .device import Precision, choose_precision, select_device, tune_allocator
+from .device import (
+    ONEDNN_ISA_VARIABLE, Precision, cap_onednn_for_exact_runs, choose_precision, select_device, tune_allocator,
+)
 from .errors import ConfigError, ManifestError, RunError
 from .fileio import atomic_path, write_text_atomic
 from .model import MultiViewNet, build_model
@@ -139,6 +143,8 @@ def train(
         raise RunError(paths.root, "the manifest differs from the one this run was trained on; cannot resume")
     _check_splits(manifest, source=str(manifest_path or "manifest"))
 
+    if config.exact:
+        cap_onednn_for_exact_runs()  # before the first convolution of this process
     tune_allocator()  # before DataLoader workers start, so they inherit it
     ctx = _init_distributed(config)
     try:
@@ -552,6 +558,9 @@ def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, 
         "device": str(precision.device),
         "precision": precision.name,
         "channels_last": precision.channels_last,
+        "exact": config.exact,
+        "onednn_max_cpu_isa": os.environ.get(ONEDNN_ISA_VARIABLE),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
