@@ -61,6 +61,9 @@ class TrainConfig:
     patience: int = 8  # early stopping: epochs without a better validation AUC
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # BatchNorm statistics recomputed over this many training studies before each validation (0 = keep the
+    # running averages); see `bonescan.norm_stats`.
+    bn_recalibration_cases: int = 256
     # Bit-reproducible runs: on CPUs with AMX, keep oneDNN on its deterministic AVX512-BF16 kernels (see
     # `bonescan.device.cap_onednn_for_exact_runs`); no effect elsewhere. False trades that for AMX speed.
     exact: bool = True
@@ -73,8 +76,9 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.patience < 1 or self.warmup_epochs < 0:
-            raise ConfigError("training settings", "lr must be > 0, patience >= 1 and warmup_epochs >= 0")
+        if self.lr <= 0 or self.patience < 1 or self.warmup_epochs < 0 or self.bn_recalibration_cases < 0:
+            raise ConfigError("training settings",
+                              "lr must be > 0, patience >= 1, warmup_epochs >= 0 and bn_recalibration_cases >= 0")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -84,6 +88,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        # Runs stored before these settings existed trained without them: resuming one must not change it.
+        data = {"bn_recalibration_cases": 0, "exact": False, **data}
         flat = {k: v for k, v in data.items() if k in known and k not in ("model", "preprocess", "augment")}
         preprocess_keys = {f.name for f in fields(PreprocessConfig)}
         return cls(

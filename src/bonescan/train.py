@@ -46,6 +46,7 @@ from .device import (
 from .errors import ConfigError, ManifestError, RunError
 from .fileio import atomic_path, write_text_atomic
 from .model import MultiViewNet, build_model
+from .norm_stats import recalibrate_batch_norm, recalibration_rows
 from .presets import TrainConfig
 
 CHECKPOINT_FORMAT = 1
@@ -212,6 +213,7 @@ def _train(
         pin_memory=device.type == "cuda",
     )
     steps_per_epoch = max(len(loader), 1)
+    norm_rows = recalibration_rows(train_rows, config.bn_recalibration_cases)
     optimizer = make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
@@ -246,6 +248,7 @@ def _train(
         bar = _epoch_bar(epoch, config.epochs, steps_per_epoch, progress and ctx.is_main)
         train_loss = _train_epoch(net, loader, optimizer, scheduler, scaler, loss_fn, precision, bar)
         train_loss = _mean_over_processes(train_loss, ctx, device)
+        recalibrate_batch_norm(model, cache, norm_rows, per_process_batch, precision)
         probabilities, labels = predict_rows(model, cache, val_rows, config.eval_batch_size, precision, ctx)
         val_auc = _auc(labels, probabilities, "validation split")
         val_loss = _bce(labels, probabilities)

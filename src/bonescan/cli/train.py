@@ -42,6 +42,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed"),
         precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+        bn_recalibration: Optional[int] = typer.Option(
+            None, "--bn-recalibration", help="Training studies for BatchNorm statistics before validation (0: off).",
+        ),
         exact: Optional[bool] = typer.Option(
             None, "--exact/--no-exact",
             help="Bit-reproducible (default). --no-exact lets oneDNN use its faster, run-to-run varying AMX kernels.",
@@ -63,6 +66,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
             patience=patience, class_weighting=class_weighting, pretrained=pretrained, seed=seed,
             precision=precision, device=device, workers=workers, exact=exact,
+            bn_recalibration_cases=bn_recalibration,
             model={"backbone": backbone, "trunk_width": trunk_width, "aggregation": aggregation, "pooling": pooling,
                    "views": views, "norm": norm, "dropout": dropout},
             preprocess={"height": height, "width": width, "normalization": normalization},
