@@ -146,3 +146,16 @@ def test_cli_trains_with_sgd_class_weighting_and_bf16(cohort, tmp_path, capsys):
     assert main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run2"), "--preset", "huge"]) == 2
     assert main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run"), "--preset", "tiny"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_settings_added_later_keep_their_old_behaviour_when_an_old_run_resumes():
+    from bonescan.presets import TrainConfig
+
+    current = preset_config("tiny")
+    assert current.bn_recalibration_cases == 256 and current.exact is True
+    assert TrainConfig.from_dict(current.to_dict()) == current
+    stored_before = {k: v for k, v in current.to_dict().items() if k not in ("bn_recalibration_cases", "exact")}
+    old = TrainConfig.from_dict(stored_before)
+    assert old.bn_recalibration_cases == 0 and old.exact is False
+    with pytest.raises(ConfigError, match="bn_recalibration_cases"):
+        preset_config("tiny", bn_recalibration_cases=-1)
