@@ -68,12 +68,14 @@ def test_merge_refuses_a_missing_or_doubled_study():
 # --- the job protocol, with 2-3 real gloo processes and a stand-in for predict_studies (no network) ------------
 
 def _fake_predict(studies: list[StudySource], failing_rank: int | None, shard=None, progress=None, workers=None):
-    """Like predict_studies: lists the studies through `shard`; a study named *bad* fails, as unreadable ones do."""
-    sources, case_ids = shard(lambda: (studies, None))
+    """Like predict_studies on a manifest: lists the studies through `shard`; a study named *bad* fails."""
+    sources, case_ids = shard(lambda: (studies, [f"case-{s.id}" for s in studies]))
     if int(os.environ["RANK"]) == failing_rank:
         raise RuntimeError("out of memory (simulated)")
-    outcomes = [StudyOutcome(s.id, s.source, "failed", error="UnreadableInputError: bad") if "bad" in s.id else
-                StudyOutcome(s.id, s.source, "ok", probability=0.25, decision="no metastasis") for s in sources]
+    outcomes = [StudyOutcome(s.id, s.source, "failed", error="UnreadableInputError: bad", case_id=case_id)
+                if "bad" in s.id else
+                StudyOutcome(s.id, s.source, "ok", probability=0.25, decision="no metastasis", case_id=case_id)
+                for s, case_id in zip(sources, case_ids)]
     return PredictionReport("run", OperatingPoint("0.5", 0.5), "cpu fp32", outcomes, 0.0)
 
 
@@ -83,7 +85,7 @@ def _rank_main(rank: int, world: int, port: int, out: str, studies, failing_rank
     job = join_predict_job(out, device="cpu")
     try:
         report = job.sharded(_fake_predict)(studies, failing_rank)
-        results.put((rank, "ok", None if report is None else [s.study_id for s in report.studies]))
+        results.put((rank, "ok", None if report is None else [s.case_id for s in report.studies]))
     except ShardError as error:
         results.put((rank, "ShardError", str(error)))
 
@@ -109,8 +111,8 @@ def test_job_merges_shares_on_rank_0_and_fails_clearly_when_a_rank_fails(tmp_pat
     out = tmp_path / "out" / "preds.csv"
 
     found = _run_job(3, out, studies)
-    assert found[0] == ("ok", [s.id for s in studies])  # rank 0: every study once, in the listed order
-    assert found[1] == ("ok", ["s1", "s4bad"]) and found[2] == ("ok", ["s2", "s5"])  # the others: their share
+    assert found[0] == ("ok", [f"case-{s.id}" for s in studies])  # rank 0: every study once, in the listed order
+    assert found[1] == ("ok", ["case-s1", "case-s4bad"]) and found[2] == ("ok", ["case-s2", "case-s5"])  # shares
     assert list(out.parent.iterdir()) == []  # partial files removed after the merge
 
     found = _run_job(2, out, studies, failing_rank=1)

@@ -42,7 +42,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -50,9 +50,6 @@ import torch.distributed as dist
 from .errors import BoneScanError
 from .fileio import write_text_atomic
 from .predict import FoundStudies, PredictionReport, StudyOutcome
-
-if TYPE_CHECKING:
-    from .train import DistContext
 
 PARTIAL_FORMAT = 1
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -103,16 +100,22 @@ class _Status:
 class PredictJob:
     """This process's place in a torchrun prediction job (a job of one process without torchrun)."""
 
-    ctx: DistContext
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1  # processes on this node
+    initialised_here: bool = False  # this job started the process group (and ends it)
     out: Path | None = None
-    local_world_size: int = 1
     job_id: str = "job"
     n_studies: int | None = None  # the whole job's, once listed
     indices: list[int] = field(default_factory=list)  # this rank's share
 
     @property
     def is_main(self) -> bool:
-        return self.ctx.is_main
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
 
     def sharded(self, predict: Callable[..., PredictionReport]) -> Callable[..., PredictionReport | None]:
         """Wrap `predict_studies`: each rank predicts its share; rank 0 returns the merged report of the job.
@@ -120,7 +123,7 @@ class PredictJob:
         Without torchrun, `predict` itself. Under torchrun the other ranks return their own share's report
         (None if it failed); rank 0 raises ShardError when any rank failed.
         """
-        if not self.ctx.active:
+        if not self.active:
             return predict
 
         @functools.wraps(predict)
@@ -134,7 +137,7 @@ class PredictJob:
             try:
                 return self._run(predict, args, kwargs, start)
             finally:
-                if self.ctx.initialised_here and dist.is_initialized():
+                if self.initialised_here and dist.is_initialized():
                     dist.destroy_process_group()
 
         return run
@@ -153,11 +156,11 @@ class PredictJob:
             raise ShardError("rank 0", f"could not list the studies: {payload[0]}")
         sources, case_ids = payload[0]
         self.n_studies = len(sources)
-        self.indices = shard_sources(len(sources), self.ctx.world_size, self.ctx.rank)
+        self.indices = shard_sources(len(sources), self.world_size, self.rank)
         return [sources[i] for i in self.indices], None if case_ids is None else [case_ids[i] for i in self.indices]
 
     def _run(self, predict, args, kwargs, start: float) -> PredictionReport | None:
-        report, error, status = None, None, _Status(self.ctx.rank)
+        report, error, status = None, None, _Status(self.rank)
         try:
             report = predict(*args, **kwargs)
             status.partial = str(self._write_partial(report))
@@ -178,44 +181,44 @@ class PredictJob:
                 return None if error is not None else report
             if error is not None:
                 raise error
-            reasons = "; ".join(f"rank {s.rank} of {self.ctx.world_size} failed: {s.error}" for s in failed)
+            reasons = "; ".join(f"rank {s.rank} of {self.world_size} failed: {s.error}" for s in failed)
             raise ShardError("torchrun", f"{reasons}; no results were merged")
         if not self.is_main:
             return report
         return self._merge(report, [Path(s.partial) for s in statuses], start)
 
     def _gather(self, status: _Status) -> list[_Status]:
-        gathered: list = [None] * self.ctx.world_size
+        gathered: list = [None] * self.world_size
         try:
             dist.all_gather_object(gathered, status)
         except RuntimeError as error:  # a rank died or hung past the process group's timeout
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ShardError("torchrun", f"rank {self.ctx.rank} lost the other ranks while gathering results "
+            raise ShardError("torchrun", f"rank {self.rank} lost the other ranks while gathering results "
                                          f"({first}); torchrun's report names the rank that failed") from error
         return gathered
 
     def _partial_path(self, rank: int) -> Path:
         folder, name = (self.out.parent, self.out.name) if self.out is not None else (Path.cwd(), "bonescan-predict")
-        return folder / f".{name}.{self.job_id}.rank{rank}of{self.ctx.world_size}.json"
+        return folder / f".{name}.{self.job_id}.rank{rank}of{self.world_size}.json"
 
     def _write_partial(self, report: PredictionReport) -> Path:
         payload = {
             "format": PARTIAL_FORMAT,
-            "rank": self.ctx.rank,
-            "world_size": self.ctx.world_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
             "n_studies": self.n_studies,
             "indices": self.indices,
             "engine": report.engine,
             "studies": [asdict(outcome) for outcome in report.studies],
         }
-        return write_text_atomic(self._partial_path(self.ctx.rank), json.dumps(payload) + "\n")
+        return write_text_atomic(self._partial_path(self.rank), json.dumps(payload) + "\n")
 
     def _merge(self, own: PredictionReport, partials: list[Path], start: float) -> PredictionReport:
         parts, engines = [], []
         try:
             for rank, path in enumerate(partials):
                 data = _read_partial(path)
-                if (data["rank"], data["world_size"], data["n_studies"]) != (rank, self.ctx.world_size,
+                if (data["rank"], data["world_size"], data["n_studies"]) != (rank, self.world_size,
                                                                              self.n_studies):
                     raise ShardError(path, "partial results of another job or rank")
                 parts.append((data["indices"], [StudyOutcome(**study) for study in data["studies"]]))
@@ -261,14 +264,11 @@ def _cores() -> int:
 def join_predict_job(out: str | Path | None = None, device: str = "auto",
                      timeout: timedelta = DEFAULT_TIMEOUT) -> PredictJob:
     """Join the torchrun job described by RANK / WORLD_SIZE, if any; `out` decides where partial files go."""
-    from .train import DistContext  # imported here: it brings the network's modules (seconds to import)
-
     out = Path(out) if out is not None else None
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return PredictJob(DistContext(), out=out)
+        return PredictJob(out=out)
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if device == "cpu" or not torch.cuda.is_available():
         # Share the cores among the processes on this node instead of oversubscribing them.
@@ -277,6 +277,6 @@ def join_predict_job(out: str | Path | None = None, device: str = "auto",
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo", timeout=timeout)
         initialised_here = True
-    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, initialised_here=initialised_here)
     job_id = re.sub(r"[^A-Za-z0-9_.-]", "_", os.environ.get("TORCHELASTIC_RUN_ID", "job"))
-    return PredictJob(ctx=ctx, out=out, local_world_size=local_world, job_id=job_id)
+    return PredictJob(rank=rank, world_size=world, local_world_size=local_world, initialised_here=initialised_here,
+                      out=out, job_id=job_id)
