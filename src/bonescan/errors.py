@@ -17,6 +17,10 @@ class BoneScanError(Exception):
         self.reason = reason
         super().__init__(f"{self.source}: {reason}" if self.source else reason)
 
+    def __reduce__(self):
+        # Rebuilt from (source, reason), so an error crosses a process boundary (worker processes, torchrun ranks).
+        return type(self), (self.source, self.reason)
+
 
 class UnreadableInputError(BoneScanError):
     """Not a DICOM or image file, truncated, or pixel data that cannot be decoded."""

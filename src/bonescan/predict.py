@@ -15,6 +15,7 @@ Studies come from files and folders (`find_studies`), or from a cohort manifest:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -255,6 +256,26 @@ def manifest_studies(manifest: str | Path, split: str | None = None) -> Manifest
     return ManifestStudies(sources, [str(case_id) for case_id in table["case_id"]])
 
 
+FoundStudies = tuple[list[StudySource], list[str] | None]  # the sources, and their case_ids from a manifest
+
+
+def studies_to_predict(paths: Sequence[str | Path] = (), manifest: str | Path | None = None,
+                       split: str | None = None) -> FoundStudies:
+    """The studies under `paths`, or the manifest's (one `split` if given), checked before any network loads."""
+    paths = list(paths or ())
+    if (manifest is None) == (not paths):
+        raise ConfigError("bonescan predict", "give either study files/folders or --manifest, not both or neither")
+    if split is not None and manifest is None:
+        raise ConfigError("--split", "selects manifest rows; it needs --manifest")
+    if manifest is not None:
+        studies = manifest_studies(manifest, split)
+        return studies.sources, studies.case_ids
+    sources = find_studies(paths)
+    if not sources:
+        raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
+    return sources, None
+
+
 def predict_studies(
     run_dir: str | Path,
     paths: Sequence[str | Path] = (),
@@ -270,28 +291,19 @@ def predict_studies(
     progress: Callable[[int, int], None] | None = None,
     manifest: str | Path | None = None,
     split: str | None = None,
+    shard: Callable[[Callable[[], FoundStudies]], FoundStudies] | None = None,
 ) -> PredictionReport:
     """Predict every study under `paths`, or of `manifest` (one `split` if given), with the run's network.
 
-    Give either paths or a manifest. See the module docstring for what is written.
+    Give either paths or a manifest. See the module docstring for what is written. `shard`, given a function
+    that lists the studies, returns the share this process predicts (a torchrun job; see `predict_sharded`).
     """
     from .device import tune_allocator
     from .fastpath import InferenceEngine
     from .inference import load_run
 
-    paths = list(paths or ())
-    if (manifest is None) == (not paths):
-        raise ConfigError("bonescan predict", "give either study files/folders or --manifest, not both or neither")
-    if split is not None and manifest is None:
-        raise ConfigError("--split", "selects manifest rows; it needs --manifest")
-    case_ids = None
-    if manifest is not None:  # checked before the network loads: a bad manifest is refused at once
-        studies = manifest_studies(manifest, split)
-        sources, case_ids = studies.sources, studies.case_ids
-    else:
-        sources = find_studies(paths)
-        if not sources:
-            raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
+    find = functools.partial(studies_to_predict, paths, manifest, split)
+    sources, case_ids = shard(find) if shard is not None else find()
     tune_allocator()
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, checkpoint=checkpoint)

@@ -45,15 +45,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         Exit code 0 when every study was predicted, 2 when any study failed (all others are still reported).
         """
         from ..predict import predict_studies
+        from ..predict_sharded import join_predict_job
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
+        job = join_predict_job(out, device)  # under torchrun: each rank predicts a share, rank 0 merges them
+        predict_studies = job.sharded(predict_studies)
         report = predict_studies(
             run, paths, operating_point=operating_point, batch_size=batch_size, workers=workers,
             heatmap_dir=heatmaps, dicom_dir=dicom_out, device=device, precision=precision, compile=compile,
             checkpoint=checkpoint, progress=progress, manifest=manifest, split=split,
         )
+        if not job.is_main:
+            return  # rank 0 writes the merged output and reports for the whole job
         point = report.operating_point
         if point.warning:
             _stderr(f"bonescan: warning: {point.warning}")
