@@ -10,6 +10,11 @@ positive when probability >= threshold. A run without that file falls back to 0.
 Studies come from files and folders (`find_studies`), or from a cohort manifest: then every row is keyed by its
 `case_id` (the first column of the CSV, beside the study's Study Instance UID) and heat maps are named
 <case_id>.png, so the output feeds `bonescan reader create --predictions` and `bonescan evaluate --heatmaps`.
+
+The network runs in the engine `engine_select` picks for the run on this machine (a stored exported engine, int8
+or fp32, where it was measured faster; else torch's); the report names it. Torch is imported only when needed
+(heat maps, DICOM results, building an engine, the torch engine, reader processes), since importing it costs
+more than predicting one study with an exported engine.
 """
 
 from __future__ import annotations
@@ -23,9 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .errors import BoneScanError, ConfigError, PredictionsError, RunError
@@ -35,11 +37,16 @@ from .preprocess import PreprocessConfig, preprocess_study
 from .study import StudyMeta
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .exported import ExportedEngine
     from .fastpath import InferenceEngine
 
 OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
+ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
 
@@ -104,6 +111,7 @@ class PredictionReport:
     engine: str
     studies: list[StudyOutcome]
     seconds: float
+    notices: list[str] = field(default_factory=list)  # engine rebuilds and fallbacks, for the record
 
     @property
     def failures(self) -> list[StudyOutcome]:
@@ -124,9 +132,11 @@ class PredictionReport:
         return ["case_id", *fields] if self.keyed_by_case else fields
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per study (failed ones included, with their error)."""
-        rows = [{**asdict(s), "warnings": "; ".join(s.warnings)} for s in self.studies]
-        return pd.DataFrame(rows, columns=self._columns())
+        """One row per study (failed ones included, with their error), and the engine that ran."""
+        import pandas as pd
+
+        rows = [{**asdict(s), "warnings": "; ".join(s.warnings), "engine": self.engine} for s in self.studies]
+        return pd.DataFrame(rows, columns=[*self._columns(), "engine"])
 
     def to_json_dict(self) -> dict:
         """The JSON layout: provenance, then studies and failures."""
@@ -138,6 +148,7 @@ class PredictionReport:
             "threshold": self.operating_point.threshold,
             "decision_rule": "metastasis when probability >= threshold",
             "engine": self.engine,
+            "engine_notices": list(self.notices),
             "n_studies": len(self.studies),
             "n_failed": len(self.failures),
             "seconds": round(self.seconds, 3),
@@ -168,7 +179,7 @@ class _Item:
     mirror_posterior: bool = True
 
 
-class StudyReader(Dataset):
+class StudyReader:
     """Reads and preprocesses study i; a refusal becomes an `_Item` carrying the error instead of an exception."""
 
     def __init__(self, sources: Sequence[StudySource], config: PreprocessConfig, keep_views: bool = False):
@@ -202,8 +213,14 @@ def _as_list(items: list[_Item]) -> list[_Item]:
 def iterate_batches(sources: Sequence[StudySource], config: PreprocessConfig, batch_size: int, workers: int,
                     keep_views: bool = False) -> Iterable[list[_Item]]:
     """Batches of read studies, produced by `workers` processes ahead of the consumer (0: in this process)."""
+    reader = StudyReader(sources, config, keep_views)
+    if workers == 0:  # no torch needed: one study through an exported engine must not pay for importing it
+        return (_as_list([reader[i] for i in range(start, min(start + batch_size, len(reader)))])
+                for start in range(0, len(reader), batch_size))
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(
-        StudyReader(sources, config, keep_views),
+        reader,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -270,15 +287,17 @@ def predict_studies(
     progress: Callable[[int, int], None] | None = None,
     manifest: str | Path | None = None,
     split: str | None = None,
+    engine: str = "auto",
+    notice: Callable[[str], None] | None = None,
 ) -> PredictionReport:
     """Predict every study under `paths`, or of `manifest` (one `split` if given), with the run's network.
 
-    Give either paths or a manifest. See the module docstring for what is written.
+    Give either paths or a manifest. See the module docstring for what is written. `engine` "auto" runs the
+    engine chosen for this machine (see `engine_select`; only with device, precision and compile left at "auto"),
+    "torch" the torch engine; `notice` receives messages about engines rebuilt or set aside.
     """
-    from .device import tune_allocator
-    from .fastpath import InferenceEngine
-    from .inference import load_run
-
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError("--engine", f"unknown engine {engine!r}; use {' or '.join(ENGINE_CHOICES)}")
     paths = list(paths or ())
     if (manifest is None) == (not paths):
         raise ConfigError("bonescan predict", "give either study files/folders or --manifest, not both or neither")
@@ -292,24 +311,67 @@ def predict_studies(
         sources = find_studies(paths)
         if not sources:
             raise ConfigError(", ".join(map(str, paths)), "no DICOM or image files found")
-    tune_allocator()
+    if batch_size < 1:
+        raise ConfigError("--batch-size", f"must be at least 1, got {batch_size}")
     run_dir = Path(run_dir)
-    loaded = load_run(run_dir, checkpoint=checkpoint)
     point = resolve_operating_point(run_dir, operating_point)
-    engine = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
-                             batch_size=batch_size)
-    return predict_sources(
-        sources, loaded.model, loaded.preprocess_cfg, engine, point,
-        run_label=f"{run_dir} ({checkpoint})", workers=default_workers() if workers is None else workers,
+    if workers is None:  # a reader process starts in about a second: worth it only beyond one batch
+        workers = 0 if len(sources) <= batch_size else default_workers()
+    loaded = None
+    if heatmap_dir or dicom_dir:  # Grad-CAM needs the torch network whichever engine predicts
+        loaded = _load(run_dir, checkpoint)
+    selection = None
+    if engine == "auto" and uses_stored_engine(run_dir, checkpoint, device, precision, compile):
+        from .engine_select import select_engine
+
+        def load_model() -> tuple:
+            nonlocal loaded
+            loaded = loaded or _load(run_dir, checkpoint)
+            return loaded.model, loaded.preprocess_cfg
+
+        selection = select_engine(run_dir, checkpoint, batch_size, load_model, notice)
+    if selection is not None and selection.engine is not None:
+        runner, preprocess_cfg = selection.engine, selection.preprocess_cfg
+    else:
+        from .fastpath import InferenceEngine
+
+        loaded = loaded or _load(run_dir, checkpoint)
+        runner = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
+                                 batch_size=batch_size)
+        preprocess_cfg = loaded.preprocess_cfg
+    report = predict_sources(
+        sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
+        run_label=f"{run_dir} ({checkpoint})", workers=workers,
         heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids,
     )
+    report.notices = list(selection.notices) if selection else []
+    return report
+
+
+def _load(run_dir: Path, checkpoint: str):
+    from .device import tune_allocator
+    from .inference import load_run
+
+    tune_allocator()
+    return load_run(run_dir, checkpoint=checkpoint)
+
+
+def uses_stored_engine(run_dir: Path, checkpoint: str, device: str, precision: str, compile: str) -> bool:
+    """Exported engines serve a run's own checkpoints on the CPU, when no precision or compile was asked for."""
+    if checkpoint not in ("best", "last") or precision != "auto" or compile != "auto" or device not in ("auto", "cpu"):
+        return False
+    if device == "auto" and any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd")):
+        import torch  # a GPU driver is present; the GPU engine is used when a GPU really is
+
+        return not torch.cuda.is_available()
+    return True
 
 
 def predict_sources(
     sources: Sequence[StudySource],
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     preprocess_cfg: PreprocessConfig,
-    engine: InferenceEngine,
+    engine: InferenceEngine | ExportedEngine,
     point: OperatingPoint,
     run_label: str = "",
     workers: int = 1,
@@ -322,14 +384,18 @@ def predict_sources(
 
     With `case_ids` (one per source, from a manifest) each outcome carries its case_id, its study_id is the
     Study Instance UID read from the study (else the file name), and output files are named by case_id.
+    `model` (the torch network) is needed only for heat maps and DICOM results.
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
     start = time.perf_counter()
     outputs = None
     if heatmap_dir or dicom_dir:
+        if model is None:
+            raise ConfigError("heat maps", "need the torch network (pass the run's model)")
         # Grad-CAM needs gradients, so it runs an fp32 eager copy of the network, on the GPU when there is one.
-        cam_model = model if engine.device.type == "cpu" else copy.deepcopy(model).float().to(engine.device)
+        device = engine.settings.device
+        cam_model = model if device == "cpu" else copy.deepcopy(model).float().to(device)
         outputs = OutputWriter(cam_model, heatmap_dir, dicom_dir, run_label)
     outcomes: dict[int, StudyOutcome] = {}
     done = 0
@@ -400,7 +466,7 @@ class OutputWriter:
         for start in range(0, len(items), GRAD_CAM_CHUNK):
             chunk = items[start:start + GRAD_CAM_CHUNK]
             try:
-                maps += grad_cam(self.model, torch.from_numpy(np.stack([item.inputs for item in chunk])),
+                maps += grad_cam(self.model, _as_tensor(np.stack([item.inputs for item in chunk])),
                                  [item.views[0].shape for item in chunk], chunk[0].mirror_posterior)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 maps += [None] * len(chunk)
@@ -434,6 +500,12 @@ class OutputWriter:
                                           file_stem=stem)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
             outcome.warnings += written.warnings
+
+
+def _as_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def _mark_failed(outcome: StudyOutcome, reason: str) -> None:
