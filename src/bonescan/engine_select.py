@@ -85,21 +85,22 @@ def ensure_fp32(store: EngineStore, now: Fingerprint, load_model: Callable[[], t
     """
     if not available_runtimes():
         return None
-    record = None
+    problem = None  # why a stored engine is set aside (None: there is none, or `force` was said by the caller)
     if not force:
         try:
             record = store.read("fp32")
+            if record is not None:
+                problem = record.stale_reason(now) or (store.file_problem(record) if record.runtime else None)
+                if problem is None:
+                    return record
         except BoneScanError as error:
-            say(f"{error}; rebuilding the exported engine")
-        if record is not None:
-            problem = record.stale_reason(now) or (store.file_problem(record) if record.runtime else None)
-            if problem is None:
-                return record
-            say(f"stored engine {store.record_path('fp32')} not used: {problem}; rebuilding it")
-            record = None
+            problem = str(error)
+    # Load first: a checkpoint that cannot be read is the run's error (no engine can serve it), not a notice.
+    model, preprocess_cfg = (load_model or _run_loader(store))()
+    if problem is not None:
+        say(f"stored engine {store.record_path('fp32')} not used: {problem}; rebuilding it")
     say(f"building the exported fp32 engine in {store.folder} (once per run and machine: export, parity, timing)")
     try:
-        model, preprocess_cfg = (load_model or _run_loader(store))()
         return build_fp32(store, now, model, preprocess_cfg)
     except BoneScanError as error:
         say(f"building the exported engine failed ({error}); using the torch engine")
