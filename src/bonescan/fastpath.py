@@ -12,6 +12,10 @@ Choices (measured on the 2-core development CPU, AMD EPYC with AVX2 only; see `b
   A compiled engine pads every batch to one fixed size so the graph is compiled once.
 - Allocator: glibc's malloc gives freed activation buffers back to the OS and faults fresh pages in on every
   forward pass (about 2.4 vs 2.0 s per study here); prediction and training call `device.tune_allocator` first.
+- Exported engines (ONNX Runtime / OpenVINO, fp32 and int8; `exported`, `engine_select`, `quantize`): on the
+  development CPU they beat this engine 2-4x in fp32 and more in int8, so `bonescan predict` runs them where
+  they were measured faster on the machine at hand; this engine remains the reference, the GPU path, the
+  fallback and the network behind heat maps.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ fp32 here is the exported fp32 engine, which agrees with torch's fp32 to its rec
 figures are written to RUN/engines/<checkpoint>-int8.json whatever the verdict; a refused int8 engine is not
 kept and `quantize_run` raises EngineError with the figures. A passing one is used by `bonescan predict` only if
 it was also measured faster than the fp32 engines here.
+
+Floor: this job runs a run's val studies the way `predict` reads them and scores them with `evaluate`'s AUC, so
+it sits beside `predict`, above the engine modules (`engine_store`, `exported`, `engine_select`) it builds on.
 """
 
 from __future__ import annotations
