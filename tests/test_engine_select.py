@@ -23,6 +23,12 @@ from bonescan.predict import iterate_batches, predict_studies
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def eager_torch_timing(monkeypatch):
+    """Time the torch engine eager: compiling a tiny network on an AMX CPU would cost more than the tests."""
+    monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     return train_tiny_run(tmp_path_factory.mktemp("engine_select"))
@@ -101,6 +107,16 @@ def test_a_corrupt_engine_file_is_named_and_rebuilt(run):
     selection, notices = select(run)
     assert isinstance(selection.engine, ExportedEngine)
     assert str(store.model_path("fp32")) in notices[0] and "rebuilding" in notices[0]
+
+
+def test_an_unreadable_record_is_named_and_rebuilt(run):
+    select(run)
+    store = EngineStore(run)
+    store.record_path("fp32").write_text('{"precision": "fp32", "truncated')
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine)
+    assert "best-fp32.json" in notices[0] and "rebuilding" in notices[0]
+    assert store.read("fp32").usable
 
 
 def test_an_engine_the_runtime_cannot_load_falls_back_to_torch_and_prediction_goes_on(run, studies, monkeypatch):

@@ -22,11 +22,14 @@ import numpy as np
 
 from .engine_store import EngineRecord, EngineStore, Fingerprint, sha256_file
 from .errors import BoneScanError, EngineError
-from .exported import ExportedEngine, available_runtimes, export_onnx, open_session, seconds_per_study
+from .exported import ExportedEngine, available_runtimes, export_onnx, open_session, seconds_per_study, sigmoid
 from .preprocess import PreprocessConfig
 
 PARITY_TOLERANCE = 1e-4  # max |dp| of an fp32 export against torch's fp32 probabilities (measured: ~1e-7)
 TIMING_BATCH = 2  # studies per timed call when choosing an engine: short enough for ResNet-50 on 2 cores
+# The torch engine timed against the exported ones is the one `predict` would build ("auto": compiled bf16 on AMX
+# CPUs, eager fp32 here); tests set "off" so that tiny networks are not compiled on every CPU kind.
+TORCH_COMPILE = "auto"
 Notice = Callable[[str], None]
 
 
@@ -119,7 +122,8 @@ def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: Prep
     record.torch_cpu_capability = torch.backends.cpu.get_cpu_capability()
     inputs = _probe_inputs(height, width)
     reference = reference_probabilities(model, [inputs])
-    torch_engine = InferenceEngine(model, device="cpu", precision="auto", compile="auto", batch_size=TIMING_BATCH)
+    torch_engine = InferenceEngine(model, device="cpu", precision="auto", compile=TORCH_COMPILE,
+                                   batch_size=TIMING_BATCH)
     speed = {"torch": seconds_per_study(torch_engine.probabilities, inputs)}
     record.speed = {"batch": len(inputs), "torch_engine": torch_engine.settings.describe(),
                     "seconds_per_study": speed}
@@ -129,7 +133,7 @@ def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: Prep
         except EngineError as error:
             record.parity[runtime] = {"error": error.reason}
             continue
-        probabilities = 1.0 / (1.0 + np.exp(-run(inputs).astype(np.float64).reshape(-1)))
+        probabilities = sigmoid(run(inputs))
         max_diff = float(np.abs(probabilities - reference).max())
         record.parity[runtime] = {"max_abs_diff": max_diff, "cases": len(inputs), "tolerance": PARITY_TOLERANCE}
         if max_diff <= PARITY_TOLERANCE:

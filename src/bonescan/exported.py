@@ -116,8 +116,7 @@ class ExportedEngine:
                    for start in range(0, inputs.shape[0], self.batch_size)]
         if not outputs:
             return np.zeros(0, dtype=np.float64)
-        logits = np.concatenate(outputs).astype(np.float64).reshape(-1)
-        return 1.0 / (1.0 + np.exp(-logits))
+        return sigmoid(np.concatenate(outputs))
 
     def warm_up(self, height: int, width: int) -> float:
         """Run one full batch of zeros; returns the seconds it took."""
@@ -127,6 +126,12 @@ class ExportedEngine:
 
     def synchronize(self) -> None:
         """Nothing is queued on a CPU runtime (the interface of InferenceEngine)."""
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits, in float64 (a logit of -1000 gives 0.0 without an overflow warning)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64).reshape(-1)))
 
 
 def seconds_per_study(run: Callable[[np.ndarray], object], inputs: np.ndarray, repeats: int = 2) -> float:

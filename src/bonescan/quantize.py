@@ -33,7 +33,7 @@ import numpy as np
 from .engine_select import TIMING_BATCH, ensure_fp32
 from .engine_store import EngineRecord, EngineStore, cpu_isa_flags, sha256_file
 from .errors import ConfigError, EngineError, RunError
-from .exported import available_runtimes, open_session, seconds_per_study
+from .exported import available_runtimes, open_session, seconds_per_study, sigmoid
 from .preprocess import PreprocessConfig
 
 
@@ -217,8 +217,7 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_s
 
 
 def _probabilities(run, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    logits = [run(inputs[i:i + batch_size]).astype(np.float64).reshape(-1) for i in range(0, len(inputs), batch_size)]
-    return 1.0 / (1.0 + np.exp(-np.concatenate(logits)))
+    return sigmoid(np.concatenate([run(inputs[i:i + batch_size]).reshape(-1) for i in range(0, len(inputs), batch_size)]))
 
 
 def _fp32_speeds(store: EngineStore, fp32: EngineRecord, probe: np.ndarray) -> dict[str, float]:

@@ -34,6 +34,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         result = quantize_run(run, manifest, checkpoint=checkpoint, operating_point=operating_point,
                               calibration_cases=calibration_cases, batch_size=batch_size,
-                              notice=lambda message: print(f"bonescan: {message}", file=sys.stderr, flush=True))
+                              notice=lambda message: print(f"bonescan: notice: {message}", file=sys.stderr, flush=True))
         for line in result.lines():
             typer.echo(line)
