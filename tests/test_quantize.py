@@ -45,7 +45,12 @@ def run(trained, tmp_path) -> Path:
 @pytest.fixture()
 def int8_faster(monkeypatch):
     """Tiny networks take microseconds either way; make the fp32 engines measure slow so int8 wins."""
-    monkeypatch.setattr(quantize, "_fp32_speeds", lambda store, fp32, probe: {"torch": 1.0, "onnxruntime": 1.0})
+    real = quantize._speeds
+
+    def slow_fp32(store, fp32, int8, probe):
+        return {name: (1.0 if name.startswith("fp32") else value) for name, value in real(store, fp32, int8, probe).items()}
+
+    monkeypatch.setattr(quantize, "_speeds", slow_fp32)
 
 
 def val_inputs(manifest: Path, config) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +83,8 @@ def test_int8_passes_its_gate_and_agrees_with_fp32(run, trained, int8_faster):
 
 
 def test_int8_not_faster_than_fp32_is_kept_out_of_predict(run, trained, monkeypatch):
-    monkeypatch.setattr(quantize, "_fp32_speeds", lambda store, fp32, probe: {"torch": 1e-9})
+    real = quantize._speeds
+    monkeypatch.setattr(quantize, "_speeds", lambda *args: {**real(*args), "fp32 torch": 1e-9})
     result = quantize.quantize_run(run)
     assert result.record.gate["passed"] and result.record.runtime is None
     assert "not faster" in result.lines()[-2]

@@ -267,9 +267,10 @@ def benchmark_prediction(
         data = temporary / "data"
     try:
         sources = _benchmark_sources(Path(data), cases, seed, say)
-        engine, notices = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision, compile, engine, say)
-        cold = "cold start: not measured (the torch engine was asked for)"
-        if cold_start and not isinstance(engine, InferenceEngine):
+        engine, notices, chosen = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision,
+                                                    compile, engine, say)
+        cold = "cold start: not measured (an engine was asked for; predict chooses its own only with defaults)"
+        if cold_start and chosen:
             from .coldstart import measure_cold_start
 
             say("cold start: a fresh process opening the stored engine and predicting one study")
@@ -345,7 +346,8 @@ def _benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
 
 def _benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, device: str, precision: str, compile: str,
                       engine: str, say: Callable[[str], None]):
-    """The engine `bonescan predict` would run (see predict.predict_studies), and the notices choosing it gave."""
+    """The engine `bonescan predict` would run (see predict.predict_studies), the notices choosing it gave, and
+    whether predict's own choice applied (defaults: no engine, precision, compile or GPU asked for)."""
     from .engine_select import select_engine
     from .predict import ENGINE_CHOICES, uses_stored_engine
 
@@ -355,11 +357,11 @@ def _benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, dev
         say("choosing the engine (builds and times the exported engine the first time)")
         selection = select_engine(run_dir, "best", batch_size, lambda: (model, preprocess_cfg), say)
         if selection.engine is not None:
-            return selection.engine, selection.notices
-        notices = selection.notices
-    else:
-        notices = []
-    return InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size), notices
+            return selection.engine, selection.notices, True
+        torch_engine = InferenceEngine(model, device=device, precision=precision, compile=compile,
+                                       batch_size=batch_size)
+        return torch_engine, selection.notices, True
+    return InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size), [], False
 
 
 def _benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:

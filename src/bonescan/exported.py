@@ -134,16 +134,20 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64).reshape(-1)))
 
 
-def seconds_per_study(run: Callable[[np.ndarray], object], inputs: np.ndarray, repeats: int = 2) -> float:
-    """Best time of `repeats` calls on `inputs` after one warm-up call, per study (the least disturbed figure
-    on a machine shared with other work)."""
-    run(inputs)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def seconds_per_study(candidates: dict[str, Callable[[np.ndarray], object]], inputs: np.ndarray,
+                      rounds: int = 2) -> dict[str, float]:
+    """Seconds per study of each candidate on `inputs`: one warm-up call each, then `rounds` rounds of one call
+    per candidate, best round kept. Interleaving matters on a shared machine: another job's load then falls on
+    every candidate alike instead of deciding the race."""
+    for run in candidates.values():
         run(inputs)
-        best = min(best, time.perf_counter() - start)
-    return best / len(inputs)
+    best = {name: float("inf") for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run(inputs)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds / len(inputs) for name, seconds in best.items()}
 
 
 def export_onnx(model, height: int, width: int, path: str | Path) -> Path:

@@ -139,10 +139,8 @@ def quantize_run(run_dir: str | Path, manifest: str | Path | None = None, checkp
     record.parity = {name: {k: v for k, v in f.items() if k != "passed"} for name, f in runtimes.items()}
 
     probe = inputs[:TIMING_BATCH]
-    speed = {f"fp32 {name}": value for name, value in _fp32_speeds(store, fp32, probe).items()}
-    for runtime, figures in runtimes.items():
-        if figures["passed"]:
-            speed[f"int8 {runtime}"] = seconds_per_study(sessions[runtime], probe)
+    passed = {f"int8 {runtime}": sessions[runtime] for runtime, figures in runtimes.items() if figures["passed"]}
+    speed = _speeds(store, fp32, passed, probe) if passed else {}
     record.speed = {"batch": len(probe), "seconds_per_study": speed}
     int8_speeds = {name: value for name, value in speed.items() if name.startswith("int8 ")}
     if int8_speeds:
@@ -220,13 +218,14 @@ def _probabilities(run, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     return sigmoid(np.concatenate([run(inputs[i:i + batch_size]).reshape(-1) for i in range(0, len(inputs), batch_size)]))
 
 
-def _fp32_speeds(store: EngineStore, fp32: EngineRecord, probe: np.ndarray) -> dict[str, float]:
-    """fp32 engines timed now, beside int8 (same load on the machine); torch's figure from the fp32 record."""
-    speeds = {"torch": fp32.speed["seconds_per_study"]["torch"]}
+def _speeds(store: EngineStore, fp32: EngineRecord, int8: dict, probe: np.ndarray) -> dict[str, float]:
+    """Seconds per study of the passing int8 sessions and the fp32 runtimes, timed together now (same load on
+    the machine); the torch engine's figure comes from the fp32 record (timing it needs torch and the model)."""
+    candidates = dict(int8)
     for runtime in available_runtimes():
         if fp32.parity.get(runtime, {}).get("max_abs_diff", 1.0) <= fp32.parity[runtime]["tolerance"]:
-            speeds[runtime] = seconds_per_study(open_session(store.folder / fp32.file, runtime), probe)
-    return speeds
+            candidates[f"fp32 {runtime}"] = open_session(store.folder / fp32.file, runtime)
+    return {"fp32 torch": fp32.speed["seconds_per_study"]["torch"], **seconds_per_study(candidates, probe)}
 
 
 def _run_manifest(run_dir: Path) -> Path:
