@@ -34,6 +34,9 @@ import numpy as np
 from .errors import ConfigError, EngineError
 
 
+OPENVINO_CACHE = "openvino-cache"  # beside the engine files, in RUN/engines/
+
+
 def available_runtimes() -> list[str]:
     """The installed runtimes able to run an exported engine, in order of preference on a tie."""
     from importlib.util import find_spec
@@ -49,9 +52,12 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_session(path: str | Path, runtime: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def open_session(path: str | Path, runtime: str, threads: int | None = None,
+                 cache_dir: str | Path | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Load an engine file into `runtime`; returns a function from N x 2 x H x W float32 to N logits.
 
+    `cache_dir` (OpenVINO): where compiled networks are kept, keyed by OpenVINO on the file's contents, its
+    version and the settings; loading from it takes a fraction of compiling (ResNet-50: 0.9 s here).
     EngineError naming the file when the runtime cannot load it (a corrupt or foreign file).
     """
     path = Path(path)
@@ -69,8 +75,10 @@ def open_session(path: str | Path, runtime: str, threads: int | None = None) -> 
         if runtime == "openvino":
             import openvino as ov
 
-            compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                  "PERFORMANCE_HINT": "LATENCY"})
+            settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+            if cache_dir is not None:
+                settings["CACHE_DIR"] = str(cache_dir)
+            compiled = ov.Core().compile_model(str(path), "CPU", settings)
             request = compiled.create_infer_request()
             return lambda batch: np.array(request.infer({0: batch})[0])
     except ImportError as error:
@@ -105,7 +113,7 @@ class ExportedEngine:
         self.path = Path(path)
         self.batch_size = batch_size
         self.settings = ExportedSettings(runtime, precision, str(self.path), batch_size)
-        self._run = open_session(self.path, runtime, threads)
+        self._run = open_session(self.path, runtime, threads, cache_dir=self.path.parent / OPENVINO_CACHE)
 
     def probabilities(self, batch) -> np.ndarray:
         """Probabilities of metastasis for one batch of any size (run in chunks of the engine's batch)."""
