@@ -1,19 +1,26 @@
 """An exported network (ONNX) run by ONNX Runtime or OpenVINO, with the InferenceEngine's interface.
 
-Why exported engines (measured on the 2-core development CPU, AMD EPYC with AVX2 + FMA only, no VNNI, while two
-other jobs shared the machine, so figures are noisy; seconds per study, forward pass, best of a few batches):
+Why exported engines. Measured on the 2-core development CPU (AMD EPYC, AVX2 + FMA only, no VNNI), with two
+other jobs loading the machine (load average about 3; figures noisy, ratios more reliable than values); seconds
+per study of the forward pass, candidates interleaved, best of 3 rounds (batch 8 for cpu-small, 2 for paper):
 
-    network                       torch fp32 eager   ORT fp32   ORT int8   OpenVINO fp32   OpenVINO int8
-    cpu-small (ResNet-18/2, 384x128)   0.074          0.031      0.006        0.034          0.014
-    paper (ResNet-50, 768x256)         1.79           0.82-1.24  0.52-0.57    0.43-0.46      0.21-0.50
+    network                                torch fp32   ORT fp32   OpenVINO fp32   ORT int8   OpenVINO int8
+    cpu-small trained (ResNet-18/2, 384x128)  0.066       0.035       0.036          0.015        0.016
+    paper untrained (ResNet-50, 768x256)      2.03        0.98        1.06           0.52         0.58
 
-so on this CPU kind an exported engine beats torch 2-4x, and which runtime wins depends on the network; each
-engine is therefore timed on the machine when it is built and the record names the winner (`engine_select`).
-Both runtimes start fast (import ONNX Runtime 0.05 s, OpenVINO 0.2-0.4 s plus 0.3-0.8 s to compile), against
-1-2 s (7 s on a loaded machine) to import torch. On an Intel Xeon with AMX / AVX512-VNNI (not available here, so
-not measured) int8 should win by more: VNNI/AMX run int8 dot products natively (AMX int8 about twice bf16
-throughput), and OpenVINO's oneDNN int8 kernels use AMX; there the competitor is torch's compiled bf16 engine,
-which the same timing decides against.
+(torch: eager, channels_last; int8: `quantize`'s QDQ recipe.) On this CPU kind an exported fp32 engine runs
+about 2x faster than torch's and int8 about 2x faster again. Which runtime wins changes from run to run (at a
+quieter moment OpenVINO fp32 took 0.43 s per paper study against ONNX Runtime's 0.82), so each engine is timed
+on the machine when it is built and the record names the winner (`engine_select`). Both runtimes start fast
+(import: ONNX Runtime 0.05 s, OpenVINO 0.2 s; OpenVINO compiles ResNet-50 in 0.9 s, 0.2 s from its cache),
+against 1-2 s (up to 7 s on the loaded machine) to import torch.
+
+On an Intel Xeon with AMX / AVX512-VNNI (the project's other CPU kind; not available here, so not measured)
+int8 should win by more: VNNI and AMX run int8 dot products natively (AMX int8 about twice AMX bf16); OpenVINO's
+oneDNN kernels use both, ONNX Runtime's MLAS kernels at least VNNI, and no 7-bit weights are needed there (see
+`quantize`).
+OpenVINO, Intel's own runtime, is the likelier winner on that kind; there the competitor is torch's compiled bf16
+engine, and the same timing at build time decides.
 
 The ONNX graph: torch's exporters have no adaptive max pooling, so `ExportNet` writes the pyramid pooling as
 explicit max-reductions over the same bins (`adaptive_max_pool2d`'s floor/ceil bins) for the run's fixed input
