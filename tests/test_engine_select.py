@@ -153,3 +153,23 @@ def test_predict_names_the_engine_in_its_summary_csv_and_json(run, studies, tmp_
     exported = {s.study_id: s.probability for s in report.studies}
     for study in torch_report.studies:
         assert study.probability == pytest.approx(exported[study.study_id], abs=1e-5)
+
+
+def test_predicting_with_a_stored_engine_does_not_import_torch(run, studies):
+    # Importing torch costs more than predicting a study with an exported engine; a fresh process shows it.
+    import os
+    import subprocess
+    import sys
+
+    import bonescan
+
+    select(run)
+    code = ("import sys; from bonescan.predict import predict_studies; "
+            "report = predict_studies(sys.argv[1], sys.argv[2:]); "
+            "print(report.ok, 'torch' in sys.modules, report.engine)")
+    env = {**os.environ, "PYTHONPATH": str(Path(bonescan.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(run), *map(str, studies)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ok, torch_imported, engine = done.stdout.strip().split(" ", 2)
+    assert (ok, torch_imported) == ("True", "False") and "exported engine" in engine
