@@ -31,9 +31,10 @@ from typing import Callable
 import numpy as np
 
 from .engine_select import TIMING_BATCH, ensure_fp32
-from .engine_store import EngineRecord, EngineStore, cpu_isa_flags, sha256_file
+from .engine_store import EngineRecord, EngineStore, sha256_file
 from .errors import ConfigError, EngineError, RunError
 from .exported import available_runtimes, open_session, seconds_per_study, sigmoid
+from .fileio import atomic_path
 from .preprocess import PreprocessConfig
 
 
@@ -114,8 +115,9 @@ def quantize_run(run_dir: str | Path, manifest: str | Path | None = None, checkp
     fp32_path = store.folder / fp32.file
     say(f"calibrating int8 on {min(calibration_cases, len(inputs))} val studies")
     int8_path = store.model_path("int8")
-    _quantize(fp32_path, int8_path, inputs[:calibration_cases], batch_size,
-              reduce_range=not any("vnni" in flag or "amx_int8" in flag for flag in cpu_isa_flags()))
+    # 7-bit weights where int8 products are summed in int16 (AVX2's VPMADDUBSW); VNNI / AMX sum in int32.
+    reduce_range = not any("vnni" in flag or "amx_int8" in flag for flag in now.isa_flags)
+    _quantize(fp32_path, int8_path, inputs[:calibration_cases], batch_size, reduce_range)
 
     record = store.new_record("int8", now, fp32.input_shape, fp32.preprocess)
     record.torch_cpu_capability = fp32.torch_cpu_capability
@@ -134,7 +136,7 @@ def quantize_run(run_dir: str | Path, manifest: str | Path | None = None, checkp
     record.gate = {"max_auc_diff": GATE.max_auc_diff, "min_agreement": GATE.min_agreement,
                    "operating_point": point.name, "threshold": point.threshold, "cases": int(len(inputs)),
                    "calibration_cases": int(min(calibration_cases, len(inputs))), "calibration": "MinMax",
-                   "reduce_range": not any("vnni" in f or "amx_int8" in f for f in now.isa_flags),
+                   "reduce_range": reduce_range,
                    "passed": any(f["passed"] for f in runtimes.values()), "runtimes": runtimes}
     record.parity = {name: {k: v for k, v in f.items() if k != "passed"} for name, f in runtimes.items()}
 
@@ -208,8 +210,8 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_s
             quantize_static(str(prepared), str(work / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
-        int8_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(work / "int8.onnx"), int8_path)
+        with atomic_path(int8_path) as tmp:  # the temporary folder may be on another file system
+            shutil.copyfile(work / "int8.onnx", tmp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
