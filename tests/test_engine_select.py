@@ -156,7 +156,8 @@ def test_predict_names_the_engine_in_its_summary_csv_and_json(run, studies, tmp_
 
 
 def test_predicting_with_a_stored_engine_does_not_import_torch(run, studies):
-    # Importing torch costs more than predicting a study with an exported engine; a fresh process shows it.
+    # Importing torch costs more than predicting a study with an exported engine; a fresh process shows it,
+    # reader process included (three batches of one study).
     import os
     import subprocess
     import sys
@@ -165,7 +166,7 @@ def test_predicting_with_a_stored_engine_does_not_import_torch(run, studies):
 
     select(run)
     code = ("import sys; from bonescan.predict import predict_studies; "
-            "report = predict_studies(sys.argv[1], sys.argv[2:]); "
+            "report = predict_studies(sys.argv[1], sys.argv[2:], batch_size=1, workers=1); "
             "print(report.ok, 'torch' in sys.modules, report.engine)")
     env = {**os.environ, "PYTHONPATH": str(Path(bonescan.__file__).parent.parent)}
     done = subprocess.run([sys.executable, "-c", code, str(run), *map(str, studies)], env=env,

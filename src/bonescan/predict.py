@@ -20,6 +20,7 @@ more than predicting one study with an exported engine.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import time
@@ -206,29 +207,52 @@ class StudyReader:
         return item
 
 
-def _as_list(items: list[_Item]) -> list[_Item]:
-    return items
-
-
 def iterate_batches(sources: Sequence[StudySource], config: PreprocessConfig, batch_size: int, workers: int,
                     keep_views: bool = False) -> Iterable[list[_Item]]:
-    """Batches of read studies, produced by `workers` processes ahead of the consumer (0: in this process)."""
+    """Batches of read studies, in order, produced by `workers` processes ahead of the consumer (0: in this
+    process). A plain process pool, not torch's DataLoader: reading needs no torch, and an exported engine
+    predicts without importing it."""
     reader = StudyReader(sources, config, keep_views)
-    if workers == 0:  # no torch needed: one study through an exported engine must not pay for importing it
-        return (_as_list([reader[i] for i in range(start, min(start + batch_size, len(reader)))])
-                for start in range(0, len(reader), batch_size))
-    from torch.utils.data import DataLoader
+    starts = range(0, len(reader), batch_size)
+    if workers == 0:
+        return ([reader[i] for i in range(start, min(start + batch_size, len(reader)))] for start in starts)
+    return _read_ahead(reader, starts, batch_size, workers)
 
-    loader = DataLoader(
-        reader,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-    return iter(loader)
+
+def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: int,
+                per_worker: int = 4) -> Iterable[list[_Item]]:
+    # At most `per_worker` batches per process wait ahead of the consumer (decoded views are megabytes each).
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_reader,
+                               initargs=(reader,))
+    try:
+        queue = iter(starts)
+        first = itertools.islice(queue, per_worker * workers)
+        pending = deque(pool.submit(_read_batch, start, batch_size) for start in first)
+        while pending:
+            batch = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(_read_batch, following, batch_size))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_READER: StudyReader | None = None  # the reader of this worker process, set once by _init_reader
+
+
+def _init_reader(reader: StudyReader) -> None:
+    global _WORKER_READER
+    _WORKER_READER = reader
+
+
+def _read_batch(start: int, batch_size: int) -> list[_Item]:
+    reader = _WORKER_READER
+    return [reader[i] for i in range(start, min(start + batch_size, len(reader)))]
 
 
 def default_workers() -> int:

@@ -217,7 +217,8 @@ def _quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_s
 
 
 def _probabilities(run, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    return sigmoid(np.concatenate([run(inputs[i:i + batch_size]).reshape(-1) for i in range(0, len(inputs), batch_size)]))
+    chunks = [run(inputs[i:i + batch_size]).reshape(-1) for i in range(0, len(inputs), batch_size)]
+    return sigmoid(np.concatenate(chunks))
 
 
 def _speeds(store: EngineStore, fp32: EngineRecord, int8: dict, probe: np.ndarray) -> dict[str, float]:
