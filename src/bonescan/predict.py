@@ -1,6 +1,6 @@
 """Batch prediction: files and folders of bone scans -> probability and decision per study, heat maps, DICOM results.
 
-Reading and preprocessing run in DataLoader worker processes while the main process runs the network, so
+Reading and preprocessing run in reader processes (a process pool) while the main process runs the network, so
 decoding overlaps with compute. A study that cannot be read (any refusal of the reading layer), or whose heat
 map or DICOM result cannot be written, is listed with its reason and the batch goes on.
 
