@@ -140,6 +140,19 @@ def test_an_engine_the_runtime_cannot_load_falls_back_to_torch_and_prediction_go
     assert report.notices == notices
 
 
+def test_a_network_that_cannot_be_exported_runs_in_torch_with_a_notice(run, monkeypatch):
+    import torch
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator adaptive_max_pool2d")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    selection, notices = select(run)
+    assert selection.engine is None  # the caller runs the torch engine
+    assert "export to ONNX failed (RuntimeError: Unsupported" in notices[-1] and "using the torch engine" in notices[-1]
+    assert not EngineStore(run).model_path("fp32").exists()
+
+
 def test_predict_names_the_engine_in_its_summary_csv_and_json(run, studies, tmp_path):
     report = predict_studies(run, studies, workers=0)
     assert report.ok and "fp32 exported engine" in report.engine

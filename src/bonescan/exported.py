@@ -173,17 +173,21 @@ def export_onnx(model, height: int, width: int, path: str | Path) -> Path:
 
     net = ExportNet(model, height, width)
     example = torch.zeros(1, 2, height, width)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and deprecation chatter about the legacy exporter
-        try:
-            # The TorchScript exporter takes under a second for these networks; the dynamo one about 10x longer.
-            torch.onnx.export(net, (example,), str(tmp), dynamo=False, input_names=["views"],
-                              output_names=["logits"], dynamic_axes={"views": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=17)
-        except TypeError:  # a torch without the legacy exporter
-            torch.onnx.export(net, (example,), str(tmp), dynamo=True, input_names=["views"],
-                              output_names=["logits"],
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter about the legacy exporter
+            try:
+                # The TorchScript exporter takes under a second for these networks; the dynamo one ~10x longer.
+                torch.onnx.export(net, (example,), str(tmp), dynamo=False, input_names=["views"],
+                                  output_names=["logits"], opset_version=17,
+                                  dynamic_axes={"views": {0: "batch"}, "logits": {0: "batch"}})
+            except TypeError:  # a torch without the legacy exporter
+                torch.onnx.export(net, (example,), str(tmp), dynamo=True, input_names=["views"],
+                                  output_names=["logits"],
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    except Exception as error:  # the exporters raise many types; the caller falls back to the torch engine
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EngineError(path, f"export to ONNX failed ({type(error).__name__}: {first})") from error
     return Path(path)
 
 
