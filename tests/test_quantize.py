@@ -140,3 +140,14 @@ def test_the_manifest_must_be_known(run, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunError, match="--manifest"):
         quantize.quantize_run(run)
+
+
+def test_a_corrupt_int8_file_is_named_and_fp32_predicts(run, trained, int8_faster):
+    quantize.quantize_run(run)
+    store = EngineStore(run)
+    store.model_path("int8").write_bytes(b"truncated")
+    notices: list[str] = []
+    studies = [trained[1].parent / "data" / f"case030_{view}.npy" for view in ("ant", "post")]
+    report = predict_studies(run, studies, workers=0, notice=notices.append)
+    assert report.ok and "fp32 exported engine" in report.engine
+    assert str(store.model_path("int8")) in notices[0] and "using the fp32 engines" in notices[0]
