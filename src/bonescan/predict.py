@@ -13,7 +13,7 @@ Studies come from files and folders (`find_studies`), or from a cohort manifest:
 
 The network runs in the engine `engine_select` picks for the run on this machine (a stored exported engine, int8
 or fp32, where it was measured faster; else torch's); the report names it. Torch is imported only when needed
-(heat maps, DICOM results, building an engine, the torch engine, reader processes), since importing it costs
+(heat maps, DICOM results, building an engine, the torch engine), since importing it costs
 more than predicting one study with an exported engine.
 """
 

@@ -34,7 +34,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, "--dicom-out", help="Folder for DICOM results: heat-map Secondary Capture + Comprehensive SR."),
         batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
         workers: Optional[int] = typer.Option(
-            None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2)."),
+            None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2; "
+                                    "none when the studies fit in one batch)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
         compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
