@@ -165,5 +165,8 @@ def test_bench_predict_prints_every_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     for figure in ("end to end: 4 studies", "model only:", "matmul peaks: fp32", "bf16", "roofline",
-                   "peak RSS", "parity vs fp32 over 4 studies"):
+                   "peak RSS", "parity vs fp32 over 4 studies", "engine ready", "first study",
+                   "`bonescan predict --run RUN STUDY` start to exit"):
         assert figure in out, figure
+    engine = next(line for line in out.splitlines() if line.startswith("engine: "))
+    assert "exported engine" in engine or "eager" in engine  # the engine predict would choose, named

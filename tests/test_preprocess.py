@@ -113,3 +113,21 @@ def test_study_with_both_views_and_single_view_refusal():
 def test_bad_config_is_refused(settings, fragment):
     with pytest.raises(ConfigError, match=fragment):
         PreprocessConfig(**settings)
+
+
+@pytest.mark.parametrize("shape, size", [((1024, 256), (768, 256)), ((1024, 256), (384, 128)), ((256, 64), (64, 32)),
+                                         ((300, 70), (768, 256)), ((700, 200), (64, 32))])
+def test_numpy_resize_reproduces_torch_antialiased_bilinear(shape, size):
+    # The numpy resize replaced torch's F.interpolate(antialias=True) so that prediction needs no torch; networks
+    # trained before must see the same pixels (shrinking and enlarging, odd ratios).
+    import torch
+    import torch.nn.functional as F
+
+    from bonescan.preprocess import _resize
+
+    pair = np.random.default_rng(0).poisson(20.0, size=(2, *shape)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(pair)[None], size=size, mode="bilinear", antialias=True,
+                             align_corners=False)[0].numpy()
+    resized = _resize(pair, *size)
+    assert resized.shape == (2, *size) and resized.dtype == np.float32
+    assert np.abs(resized - expected).max() <= 3e-5 * pair.max()

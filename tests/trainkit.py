@@ -45,3 +45,25 @@ def write_manifest_csv(folder: Path, manifest: pd.DataFrame) -> Path:
     path = folder / "manifest.csv"
     manifest.to_csv(path, index=False)
     return path
+
+
+def train_tiny_run(folder: Path, n_train: int = 24, n_val: int = 24, n_test: int = 4) -> tuple[Path, Path]:
+    """Train the `tiny` preset (64 x 32) on a generated cohort; returns (RUN folder, manifest CSV).
+
+    The manifest path is recorded in RUN/config.json, as `bonescan train --manifest` does.
+    """
+    import torch
+
+    from bonescan.presets import preset_config
+    from bonescan.train import train
+
+    manifest = write_cohort(folder / "data", n_train=n_train, n_val=n_val, n_test=n_test)
+    manifest_path = write_manifest_csv(folder, manifest)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(manifest, folder / "run", preset_config("tiny"), cache_dir=folder / "cache", progress=False,
+              manifest_path=manifest_path)
+    finally:
+        torch.set_num_threads(previous)
+    return folder / "run", manifest_path

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .device import choose_precision, cpu_supports_bf16, torch_threads, tune_allocator
 from .errors import ConfigError
+from .exported import default_threads
 from .fastpath import InferenceEngine, ParityReport, parity, reference_probabilities
 from .io import StudySource, find_studies
 from .model import MultiViewNet, build_model
@@ -190,6 +191,8 @@ class PredictBenchmark:
     weights: str
     workers: int
     threads: int
+    cold_start: str = "cold start: not measured"
+    notices: tuple[str, ...] = ()
 
     @property
     def end_to_end_cases_per_s(self) -> float:
@@ -212,8 +215,10 @@ class PredictBenchmark:
         """The printed report."""
         peaks = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.peak_gflops.items())
         return [
+            *(f"notice: {notice}" for notice in self.notices),
             f"engine: {self.engine}; {self.threads} threads; {self.workers} reader processes; allocator {self.allocator}",
             f"weights: {self.weights}",
+            self.cold_start,
             f"warm-up (first batch{', incl. compile' if 'compile' in self.engine else ''}): {self.warm_up_seconds:.1f} s",
             f"end to end: {self.cases} studies in {self.end_to_end_seconds:.1f} s = "
             f"{self.end_to_end_cases_per_s:.2f} studies/s ({self.failed} failed)",
@@ -241,25 +246,35 @@ def benchmark_prediction(
     model_cases: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    engine: str = "auto",
+    cold_start: bool = True,
 ) -> PredictBenchmark:
     """Time prediction of `cases` studies end to end and the network alone; measure peaks, memory and parity.
 
     Studies come from `data` (read as they are; an empty folder or a synthetic-cohort folder is filled or
     completed with `bonescan synth` studies of difficulty "paper"), else from a temporary synthetic cohort.
-    Without `run_dir` the network of `preset` is untrained (seeded): speed does not depend on the weights.
+    Without `run_dir` the network of `preset` is untrained (seeded, saved as a temporary run): speed does not
+    depend on the weights. The engine is the one `bonescan predict` would choose (`engine_select`), or torch's
+    with engine="torch"; `cold_start` also times a fresh process opening it and predicting the first study.
     """
     if cases < 1 or parity_cases < 1:
         raise ConfigError("--cases", "cases and parity cases must be at least 1")
     say = progress or (lambda message: None)
     allocator = tune_allocator()
-    model, preprocess_cfg, weights = _benchmark_model(run_dir, preset, seed)
-    temporary = None
+    temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-predict-"))
+    model, preprocess_cfg, weights, run_dir = _benchmark_model(run_dir, preset, seed, temporary / "run")
     if data is None:
-        temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-predict-"))
-        data = temporary
+        data = temporary / "data"
     try:
         sources = _benchmark_sources(Path(data), cases, seed, say)
-        engine = InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size)
+        engine, notices, chosen = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision,
+                                                    compile, engine, say)
+        cold = "cold start: not measured (an engine was asked for; predict chooses its own only with defaults)"
+        if cold_start and chosen:
+            from .coldstart import measure_cold_start
+
+            say("cold start: a fresh process opening the stored engine and predicting one study")
+            cold = measure_cold_start(run_dir, list(sources[0].files)).describe()
         workers = default_workers() if workers is None else workers
         say(f"warming up {engine.settings.describe()}")
         warm_up = engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
@@ -288,7 +303,7 @@ def benchmark_prediction(
         parity_report = parity(reference_probabilities(model, [cohort]), engine.probabilities(cohort), 0.5)
 
         say("matmul peaks")
-        peak_device = engine.device
+        peak_device = getattr(engine, "device", torch.device("cpu"))
         peaks = {"fp32": matmul_peak_gflops(torch.float32, peak_device),
                  "bf16": matmul_peak_gflops(torch.bfloat16, peak_device)}
         if peak_device.type == "cuda":
@@ -300,25 +315,53 @@ def benchmark_prediction(
             gflop_per_case=model_gflop_per_case(model, preprocess_cfg.height, preprocess_cfg.width),
             peak_gflops=peaks, precision=engine.settings.precision, peak_rss_mib=rss, parity=parity_report,
             engine=engine.settings.describe(), allocator=allocator, weights=weights, workers=workers,
-            threads=torch.get_num_threads(),
+            threads=torch.get_num_threads() if isinstance(engine, InferenceEngine) else default_threads(),
+            cold_start=cold, notices=tuple(notices),
         )
     finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _benchmark_model(run_dir, preset: str, seed: int):
+def _benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
+    """(model, preprocess settings, weights label, RUN folder); an untrained network is saved as a temporary RUN
+    so that its engines are built and stored exactly as a trained run's."""
     if run_dir is not None:
         from .inference import load_run
 
         loaded = load_run(run_dir)
-        return loaded.model, loaded.preprocess_cfg, f"trained, from {run_dir}"
+        return loaded.model, loaded.preprocess_cfg, f"trained, from {run_dir}", Path(run_dir)
     from .presets import preset_config
+    from .train import CHECKPOINT_FORMAT, RunPaths
 
     config = preset_config(preset)
     torch.manual_seed(seed)
     model = MultiViewNet(config.model).eval()
-    return model, config.preprocess, f"untrained {preset} network (seed {seed}); speed does not depend on weights"
+    paths = RunPaths(temporary_run)
+    paths.checkpoints.mkdir(parents=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0,
+                "model": model.state_dict()}, paths.best)
+    return (model, config.preprocess, f"untrained {preset} network (seed {seed}); speed does not depend on weights",
+            temporary_run)
+
+
+def _benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, device: str, precision: str, compile: str,
+                      engine: str, say: Callable[[str], None]):
+    """The engine `bonescan predict` would run (see predict.predict_studies), the notices choosing it gave, and
+    whether predict's own choice applied (defaults: no engine, precision, compile or GPU asked for)."""
+    from .engine_select import select_engine
+    from .predict import ENGINE_CHOICES, uses_stored_engine
+
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError("--engine", f"unknown engine {engine!r}; use {' or '.join(ENGINE_CHOICES)}")
+    if engine == "auto" and uses_stored_engine(run_dir, "best", device, precision, compile):
+        say("choosing the engine (builds and times the exported engine the first time)")
+        selection = select_engine(run_dir, "best", batch_size, lambda: (model, preprocess_cfg), say)
+        if selection.engine is not None:
+            return selection.engine, selection.notices, True
+        torch_engine = InferenceEngine(model, device=device, precision=precision, compile=compile,
+                                       batch_size=batch_size)
+        return torch_engine, selection.notices, True
+    return InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size), [], False
 
 
 def _benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:

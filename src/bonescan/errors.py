@@ -52,3 +52,8 @@ class RunError(BoneScanError):
 
 class PredictionsError(BoneScanError):
     """A predictions table that cannot be evaluated: missing columns, bad probabilities or labels, too few cases."""
+
+
+class EngineError(BoneScanError):
+    """An exported or quantised engine that cannot be built, loaded or used as asked (e.g. int8 refused by its
+    parity gate); the message names the engine file or run and gives the figures."""

@@ -12,11 +12,16 @@ Choices (measured on the 2-core development CPU, AMD EPYC with AVX2 only; see `b
   A compiled engine pads every batch to one fixed size so the graph is compiled once.
 - Allocator: glibc's malloc gives freed activation buffers back to the OS and faults fresh pages in on every
   forward pass (about 2.4 vs 2.0 s per study here); prediction and training call `device.tune_allocator` first.
+- Exported engines (ONNX Runtime / OpenVINO, fp32 and int8; `exported`, `engine_select`, `quantize`): on the
+  development CPU they beat this engine 2-4x in fp32 and more in int8, so `bonescan predict` runs them where
+  they were measured faster on the machine at hand; this engine remains the reference, the GPU path, the
+  fallback and the network behind heat maps.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterable, Literal
@@ -56,7 +61,8 @@ class InferenceEngine:
             raise ConfigError("--batch-size", f"must be at least 1, got {batch_size}")
         if compile not in ("auto", "on", "off"):
             raise ConfigError("--compile", f"unknown value {compile!r}; use auto, on or off")
-        self.device = select_device(device)
+        # Under torchrun each process of a node takes the GPU of its local rank (LOCAL_RANK; 0 otherwise).
+        self.device = select_device(device, int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = choose_precision(self.device, precision)
         use_compile = compile == "on" or (
             compile == "auto" and self.device.type == "cpu" and self.precision.autocast_dtype is torch.bfloat16

@@ -1,6 +1,6 @@
 """Batch prediction: files and folders of bone scans -> probability and decision per study, heat maps, DICOM results.
 
-Reading and preprocessing run in DataLoader worker processes while the main process runs the network, so
+Reading and preprocessing run in reader processes (a process pool) while the main process runs the network, so
 decoding overlaps with compute. A study that cannot be read (any refusal of the reading layer), or whose heat
 map or DICOM result cannot be written, is listed with its reason and the batch goes on.
 
@@ -10,12 +10,18 @@ positive when probability >= threshold. A run without that file falls back to 0.
 Studies come from files and folders (`find_studies`), or from a cohort manifest: then every row is keyed by its
 `case_id` (the first column of the CSV, beside the study's Study Instance UID) and heat maps are named
 <case_id>.png, so the output feeds `bonescan reader create --predictions` and `bonescan evaluate --heatmaps`.
+
+The network runs in the engine `engine_select` picks for the run on this machine (a stored exported engine, int8
+or fp32, where it was measured faster; else torch's); the report names it. Torch is imported only when needed
+(heat maps, DICOM results, building an engine, the torch engine), since importing it costs
+more than predicting one study with an exported engine.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import os
 import time
@@ -24,9 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .errors import BoneScanError, ConfigError, PredictionsError, RunError
@@ -36,11 +39,16 @@ from .preprocess import PreprocessConfig, preprocess_study
 from .study import StudyMeta
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from .exported import ExportedEngine
     from .fastpath import InferenceEngine
 
 OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
+ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
 
@@ -105,6 +113,7 @@ class PredictionReport:
     engine: str
     studies: list[StudyOutcome]
     seconds: float
+    notices: list[str] = field(default_factory=list)  # engine rebuilds and fallbacks, for the record
 
     @property
     def failures(self) -> list[StudyOutcome]:
@@ -125,9 +134,11 @@ class PredictionReport:
         return ["case_id", *fields] if self.keyed_by_case else fields
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per study (failed ones included, with their error)."""
-        rows = [{**asdict(s), "warnings": "; ".join(s.warnings)} for s in self.studies]
-        return pd.DataFrame(rows, columns=self._columns())
+        """One row per study (failed ones included, with their error), and the engine that ran."""
+        import pandas as pd
+
+        rows = [{**asdict(s), "warnings": "; ".join(s.warnings), "engine": self.engine} for s in self.studies]
+        return pd.DataFrame(rows, columns=[*self._columns(), "engine"])
 
     def to_json_dict(self) -> dict:
         """The JSON layout: provenance, then studies and failures."""
@@ -139,6 +150,7 @@ class PredictionReport:
             "threshold": self.operating_point.threshold,
             "decision_rule": "metastasis when probability >= threshold",
             "engine": self.engine,
+            "engine_notices": list(self.notices),
             "n_studies": len(self.studies),
             "n_failed": len(self.failures),
             "seconds": round(self.seconds, 3),
@@ -169,7 +181,7 @@ class _Item:
     mirror_posterior: bool = True
 
 
-class StudyReader(Dataset):
+class StudyReader:
     """Reads and preprocesses study i; a refusal becomes an `_Item` carrying the error instead of an exception."""
 
     def __init__(self, sources: Sequence[StudySource], config: PreprocessConfig, keep_views: bool = False):
@@ -196,23 +208,52 @@ class StudyReader(Dataset):
         return item
 
 
-def _as_list(items: list[_Item]) -> list[_Item]:
-    return items
-
-
 def iterate_batches(sources: Sequence[StudySource], config: PreprocessConfig, batch_size: int, workers: int,
                     keep_views: bool = False) -> Iterable[list[_Item]]:
-    """Batches of read studies, produced by `workers` processes ahead of the consumer (0: in this process)."""
-    loader = DataLoader(
-        StudyReader(sources, config, keep_views),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-    return iter(loader)
+    """Batches of read studies, in order, produced by `workers` processes ahead of the consumer (0: in this
+    process). A plain process pool, not torch's DataLoader: reading needs no torch, and an exported engine
+    predicts without importing it."""
+    reader = StudyReader(sources, config, keep_views)
+    starts = range(0, len(reader), batch_size)
+    if workers == 0:
+        return ([reader[i] for i in range(start, min(start + batch_size, len(reader)))] for start in starts)
+    return _read_ahead(reader, starts, batch_size, workers)
+
+
+def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: int,
+                per_worker: int = 4) -> Iterable[list[_Item]]:
+    # At most `per_worker` batches per process wait ahead of the consumer (decoded views are megabytes each).
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_reader,
+                               initargs=(reader,))
+    try:
+        queue = iter(starts)
+        first = itertools.islice(queue, per_worker * workers)
+        pending = deque(pool.submit(_read_batch, start, batch_size) for start in first)
+        while pending:
+            batch = pending.popleft().result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(pool.submit(_read_batch, following, batch_size))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_READER: StudyReader | None = None  # the reader of this worker process, set once by _init_reader
+
+
+def _init_reader(reader: StudyReader) -> None:
+    global _WORKER_READER
+    _WORKER_READER = reader
+
+
+def _read_batch(start: int, batch_size: int) -> list[_Item]:
+    reader = _WORKER_READER
+    return [reader[i] for i in range(start, min(start + batch_size, len(reader)))]
 
 
 def default_workers() -> int:
@@ -291,37 +332,83 @@ def predict_studies(
     progress: Callable[[int, int], None] | None = None,
     manifest: str | Path | None = None,
     split: str | None = None,
+    engine: str = "auto",
+    notice: Callable[[str], None] | None = None,
     shard: Callable[[Callable[[], FoundStudies]], FoundStudies] | None = None,
 ) -> PredictionReport:
     """Predict every study under `paths`, or of `manifest` (one `split` if given), with the run's network.
 
-    Give either paths or a manifest. See the module docstring for what is written. `shard`, given a function
-    that lists the studies, returns the share this process predicts (a torchrun job; see `predict_sharded`).
+    Give either paths or a manifest. See the module docstring for what is written. `engine` "auto" runs the
+    engine chosen for this machine (see `engine_select`; only with device, precision and compile left at "auto"),
+    "torch" the torch engine; `notice` receives messages about engines rebuilt or set aside. `shard`, given a
+    function that lists the studies, returns the share this process predicts (a torchrun job; see
+    `predict_sharded`).
     """
-    from .device import tune_allocator
-    from .fastpath import InferenceEngine
-    from .inference import load_run
-
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError("--engine", f"unknown engine {engine!r}; use {' or '.join(ENGINE_CHOICES)}")
+    if batch_size < 1:
+        raise ConfigError("--batch-size", f"must be at least 1, got {batch_size}")
     find = functools.partial(studies_to_predict, paths, manifest, split)
     sources, case_ids = shard(find) if shard is not None else find()
-    tune_allocator()
     run_dir = Path(run_dir)
-    loaded = load_run(run_dir, checkpoint=checkpoint)
     point = resolve_operating_point(run_dir, operating_point)
-    engine = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
-                             batch_size=batch_size)
-    return predict_sources(
-        sources, loaded.model, loaded.preprocess_cfg, engine, point,
-        run_label=f"{run_dir} ({checkpoint})", workers=default_workers() if workers is None else workers,
+    if workers is None:  # a reader process starts in about a second: worth it only beyond one batch
+        workers = 0 if len(sources) <= batch_size else default_workers()
+    loaded = None
+    if heatmap_dir or dicom_dir:  # Grad-CAM needs the torch network whichever engine predicts
+        loaded = _load(run_dir, checkpoint)
+    selection = None
+    if engine == "auto" and uses_stored_engine(run_dir, checkpoint, device, precision, compile):
+        from .engine_select import select_engine
+
+        def load_model() -> tuple:
+            nonlocal loaded
+            loaded = loaded or _load(run_dir, checkpoint)
+            return loaded.model, loaded.preprocess_cfg
+
+        selection = select_engine(run_dir, checkpoint, batch_size, load_model, notice)
+    if selection is not None and selection.engine is not None:
+        runner, preprocess_cfg = selection.engine, selection.preprocess_cfg
+    else:
+        from .fastpath import InferenceEngine
+
+        loaded = loaded or _load(run_dir, checkpoint)
+        runner = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
+                                 batch_size=batch_size)
+        preprocess_cfg = loaded.preprocess_cfg
+    report = predict_sources(
+        sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
+        run_label=f"{run_dir} ({checkpoint})", workers=workers,
         heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids,
     )
+    report.notices = list(selection.notices) if selection else []
+    return report
+
+
+def _load(run_dir: Path, checkpoint: str):
+    from .device import tune_allocator
+    from .inference import load_run
+
+    tune_allocator()
+    return load_run(run_dir, checkpoint=checkpoint)
+
+
+def uses_stored_engine(run_dir: Path, checkpoint: str, device: str, precision: str, compile: str) -> bool:
+    """Exported engines serve a run's own checkpoints on the CPU, when no precision or compile was asked for."""
+    if checkpoint not in ("best", "last") or precision != "auto" or compile != "auto" or device not in ("auto", "cpu"):
+        return False
+    if device == "auto" and any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd")):
+        import torch  # a GPU driver is present; the GPU engine is used when a GPU really is
+
+        return not torch.cuda.is_available()
+    return True
 
 
 def predict_sources(
     sources: Sequence[StudySource],
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     preprocess_cfg: PreprocessConfig,
-    engine: InferenceEngine,
+    engine: InferenceEngine | ExportedEngine,
     point: OperatingPoint,
     run_label: str = "",
     workers: int = 1,
@@ -334,14 +421,18 @@ def predict_sources(
 
     With `case_ids` (one per source, from a manifest) each outcome carries its case_id, its study_id is the
     Study Instance UID read from the study (else the file name), and output files are named by case_id.
+    `model` (the torch network) is needed only for heat maps and DICOM results.
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
     start = time.perf_counter()
     outputs = None
     if heatmap_dir or dicom_dir:
+        if model is None:
+            raise ConfigError("heat maps", "need the torch network (pass the run's model)")
         # Grad-CAM needs gradients, so it runs an fp32 eager copy of the network, on the GPU when there is one.
-        cam_model = model if engine.device.type == "cpu" else copy.deepcopy(model).float().to(engine.device)
+        device = engine.settings.device
+        cam_model = model if device == "cpu" else copy.deepcopy(model).float().to(device)
         outputs = OutputWriter(cam_model, heatmap_dir, dicom_dir, run_label)
     outcomes: dict[int, StudyOutcome] = {}
     done = 0
@@ -412,7 +503,7 @@ class OutputWriter:
         for start in range(0, len(items), GRAD_CAM_CHUNK):
             chunk = items[start:start + GRAD_CAM_CHUNK]
             try:
-                maps += grad_cam(self.model, torch.from_numpy(np.stack([item.inputs for item in chunk])),
+                maps += grad_cam(self.model, _as_tensor(np.stack([item.inputs for item in chunk])),
                                  [item.views[0].shape for item in chunk], chunk[0].mirror_posterior)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 maps += [None] * len(chunk)
@@ -446,6 +537,12 @@ class OutputWriter:
                                           file_stem=stem)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
             outcome.warnings += written.warnings
+
+
+def _as_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def _mark_failed(outcome: StudyOutcome, reason: str) -> None:

@@ -46,9 +46,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-import torch.distributed as dist
-
 from .errors import BoneScanError
 from .fileio import write_text_atomic
 from .predict import FoundStudies, PredictionReport, StudyOutcome
@@ -139,8 +136,8 @@ class PredictJob:
             try:
                 return self._run(predict, args, kwargs, start)
             finally:
-                if self.initialised_here and dist.is_initialized():
-                    dist.destroy_process_group()
+                if self.initialised_here and _dist().is_initialized():
+                    _dist().destroy_process_group()
 
         return run
 
@@ -151,9 +148,9 @@ class PredictJob:
             try:
                 payload = [find()]
             except Exception as error:  # the other ranks are waiting for the list: tell them why there is none
-                dist.broadcast_object_list([f"{type(error).__name__}: {error}"], src=0)
+                _dist().broadcast_object_list([f"{type(error).__name__}: {error}"], src=0)
                 raise
-        dist.broadcast_object_list(payload, src=0)
+        _dist().broadcast_object_list(payload, src=0)
         if isinstance(payload[0], str):
             raise ShardError("rank 0", f"could not list the studies: {payload[0]}")
         sources, case_ids = payload[0]
@@ -192,7 +189,7 @@ class PredictJob:
     def _gather(self, status: _Status) -> list[_Status]:
         gathered: list = [None] * self.world_size
         try:
-            dist.all_gather_object(gathered, status)
+            _dist().all_gather_object(gathered, status)
         except RuntimeError as error:  # a rank died or hung past the process group's timeout
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ShardError("torchrun", f"rank {self.rank} lost the other ranks while gathering results "
@@ -256,6 +253,13 @@ def _read_partial(path: Path, wait_s: float = 30.0) -> dict:
     return data
 
 
+def _dist():
+    # Imported on first use: a one-process `bonescan predict` with a stored engine never imports torch.
+    import torch.distributed
+
+    return torch.distributed
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -272,12 +276,14 @@ def join_predict_job(out: str | Path | None = None, device: str = "auto",
         return PredictJob(out=out)
     rank = int(os.environ.get("RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    import torch
+
     if device == "cpu" or not torch.cuda.is_available():
         # Share the cores among the processes on this node instead of oversubscribing them.
         torch.set_num_threads(max(1, _cores() // local_world))
     initialised_here = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo", timeout=timeout)
+    if not _dist().is_initialized():
+        _dist().init_process_group(backend="gloo", timeout=timeout)
         initialised_here = True
     job_id = re.sub(r"[^A-Za-z0-9_.-]", "_", os.environ.get("TORCHELASTIC_RUN_ID", "job"))
     return PredictJob(rank=rank, world_size=world, local_world_size=local_world, initialised_here=initialised_here,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from .. import cohort
 from ..errors import ConfigError
 
 
@@ -33,6 +32,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,val,test fractions (sum to 1)."),
     ) -> None:
         """Split train/val/test at random within each cancer type x label stratum (excluded rows kept, marked)."""
+        from .. import cohort  # here, not at the top: pandas would slow every other command's start
+
         fractions = _parse_ratios(ratios)
         table = cohort.load_manifest(manifest)
         result = cohort.split_manifest(table, fractions, seed=seed)
@@ -49,6 +50,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ),
     ) -> None:
         """Print the paper's Table 1 (per cohort x cancer type) as markdown and write it as CSV."""
+        from .. import cohort
+
         table = cohort.load_manifest(manifest, check_files=False)  # demographics need no image files
         typer.echo(cohort.table1_markdown(table), nl=False)
         out = out if out is not None else manifest.with_name(f"{manifest.stem}_table1.csv")

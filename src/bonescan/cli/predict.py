@@ -34,11 +34,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, "--dicom-out", help="Folder for DICOM results: heat-map Secondary Capture + Comprehensive SR."),
         batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
         workers: Optional[int] = typer.Option(
-            None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2)."),
+            None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2; "
+                                    "none when the studies fit in one batch)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
         compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
         checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint of the run: best | last."),
+        engine: str = typer.Option(
+            "auto", "--engine", help="auto: the engine measured fastest here (stored exported int8/fp32, else "
+                                     "torch; see `bonescan quantize`) | torch."),
     ) -> None:
         """Predict bone metastasis for every study found, or every study of a manifest; failures are listed.
 
@@ -55,7 +59,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         report = predict_studies(
             run, paths, operating_point=operating_point, batch_size=batch_size, workers=workers,
             heatmap_dir=heatmaps, dicom_dir=dicom_out, device=device, precision=precision, compile=compile,
-            checkpoint=checkpoint, progress=progress, manifest=manifest, split=split,
+            checkpoint=checkpoint, progress=progress, manifest=manifest, split=split, engine=engine,
+            notice=lambda message: _stderr(f"bonescan: notice: {message}"),
         )
         if not job.is_main:
             return  # rank 0 writes the merged output and reports for the whole job
@@ -93,6 +98,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model_cases: Optional[int] = typer.Option(
             None, "--model-cases", help="Studies for the model-only timing (default: 4 batches)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and the untrained weights."),
+        engine: str = typer.Option("auto", "--engine", help="auto: the engine `predict` would choose | torch."),
+        cold_start: bool = typer.Option(
+            True, "--cold-start/--no-cold-start", help="Also time a fresh process to engine ready and first study."),
     ) -> None:
         """Seconds and studies/s end to end and model-only, matmul peaks, roofline fraction, peak RSS, parity."""
         from ..bench import benchmark_prediction
@@ -101,6 +109,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             cases=cases, data=data, preset=preset, run_dir=run, batch_size=batch_size, workers=workers,
             device=device, precision=precision, compile=compile, parity_cases=parity_cases,
             model_cases=model_cases, seed=seed, progress=lambda message: _stderr(f"bench predict: {message}"),
+            engine=engine, cold_start=cold_start,
         )
         for line in result.lines():
             typer.echo(line)

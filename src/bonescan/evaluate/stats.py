@@ -16,9 +16,21 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as sstats
 
 from ..errors import PredictionsError
+
+
+class _LazyScipyStats:
+    """scipy.stats, imported on first use: `bonescan predict` reads operating points through this package and
+    must not pay scipy's import (about a second) for it."""
+
+    def __getattr__(self, name: str):
+        from scipy import stats
+
+        return getattr(stats, name)
+
+
+sstats = _LazyScipyStats()
 
 NAN = float("nan")
 

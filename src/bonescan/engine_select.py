@@ -1,0 +1,194 @@
+"""Which engine runs a trained network on this machine: a stored exported engine (int8 or fp32) or torch's.
+
+The choice is made by measurement and remembered in the RUN (`engine_store`):
+- int8 (`bonescan quantize`) runs when its record still matches the checkpoint, CPU ISA and versions, its file
+  is intact, it passed its parity gate and it was measured faster than the fp32 engines when it was quantised;
+- else the exported fp32 engine, when it was measured faster than the torch engine when it was built;
+- else the torch engine (`fastpath.InferenceEngine`).
+The fp32 engine is built on first use (export, parity with torch, timing: once per run and machine). A stale
+record is rebuilt with a notice, never used silently; an engine file that is corrupt or cannot be loaded gives
+one notice naming it and the fallback taken (rebuild, fp32, or the torch engine), and prediction goes on.
+
+Nothing here imports torch unless an engine has to be built: reusing a stored engine costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .engine_store import EngineRecord, EngineStore, Fingerprint, sha256_file
+from .errors import BoneScanError, EngineError
+from .exported import ExportedEngine, available_runtimes, export_onnx, open_session, seconds_per_study, sigmoid
+from .preprocess import PreprocessConfig
+
+PARITY_TOLERANCE = 1e-4  # max |dp| of an fp32 export against torch's fp32 probabilities (measured: ~1e-7)
+TIMING_BATCH = 2  # studies per timed call when choosing an engine: short enough for ResNet-50 on 2 cores
+# The torch engine timed against the exported ones is the one `predict` would build ("auto": compiled bf16 on AMX
+# CPUs, eager fp32 here); tests set "off" so that tiny networks are not compiled on every CPU kind.
+TORCH_COMPILE = "auto"
+Notice = Callable[[str], None]
+
+
+@dataclass
+class Selection:
+    """The engine chosen for a run: an exported engine, or None for the torch engine, and why."""
+
+    engine: ExportedEngine | None
+    record: EngineRecord | None
+    preprocess_cfg: PreprocessConfig | None
+    notices: list[str] = field(default_factory=list)
+
+
+def select_engine(run_dir: str | Path, checkpoint: str = "best", batch_size: int = 8,
+                  load_model: Callable[[], tuple] | None = None, notice: Notice | None = None) -> Selection:
+    """The stored engine to use for RUN/checkpoints/<checkpoint>.pt, building the fp32 one when needed.
+
+    `load_model` returns (model, preprocess_cfg) and is called only when an engine must be built (it imports
+    torch); by default it loads the run. `notice` receives every message about a rebuild or fallback.
+    """
+    notices: list[str] = []
+
+    def say(message: str) -> None:
+        notices.append(message)
+        if notice is not None:
+            notice(message)
+
+    store = EngineStore(Path(run_dir), checkpoint)
+    now = store.fingerprint()
+    chosen = _open_int8(store, now, batch_size, say)
+    if chosen is not None:
+        return Selection(chosen[0], chosen[1], _preprocess(chosen[1]), notices)
+    record = ensure_fp32(store, now, load_model, say)
+    if record is None or record.runtime is None:
+        return Selection(None, record, _preprocess(record) if record else None, notices)
+    try:
+        engine = ExportedEngine(store.folder / record.file, record.runtime, "fp32", batch_size)
+    except EngineError as error:
+        say(f"{error}; rebuilding it")
+        record = ensure_fp32(store, now, load_model, say, force=True)
+        if record is None or record.runtime is None:
+            return Selection(None, record, _preprocess(record) if record else None, notices)
+        try:
+            engine = ExportedEngine(store.folder / record.file, record.runtime, "fp32", batch_size)
+        except EngineError as again:
+            say(f"{again}; using the torch engine")
+            return Selection(None, None, None, notices)
+    return Selection(engine, record, _preprocess(record), notices)
+
+
+def ensure_fp32(store: EngineStore, now: Fingerprint, load_model: Callable[[], tuple] | None, say: Notice,
+                force: bool = False) -> EngineRecord | None:
+    """The valid fp32 record of the store, (re)built when absent, stale, corrupt or `force`d.
+
+    None when no runtime is installed or building failed (said through `say`; the torch engine runs then).
+    """
+    if not available_runtimes():
+        return None
+    with store.build_lock():
+        return _ensure_fp32_locked(store, now, load_model, say, force)
+
+
+def _ensure_fp32_locked(store: EngineStore, now: Fingerprint, load_model: Callable[[], tuple] | None, say: Notice,
+                        force: bool) -> EngineRecord | None:
+    problem = None  # why a stored engine is set aside (None: there is none, or `force` was said by the caller)
+    if not force:
+        try:
+            record = store.read("fp32")
+            if record is not None:
+                problem = record.stale_reason(now) or (store.file_problem(record) if record.runtime else None)
+                if problem is None:
+                    return record
+        except BoneScanError as error:
+            problem = str(error)
+    # Load first: a checkpoint that cannot be read is the run's error (no engine can serve it), not a notice.
+    model, preprocess_cfg = (load_model or _run_loader(store))()
+    if problem is not None:
+        say(f"stored engine {store.record_path('fp32')} not used: {problem}; rebuilding it")
+    say(f"building the exported fp32 engine in {store.folder} (once per run and machine: export, parity, timing)")
+    try:
+        return build_fp32(store, now, model, preprocess_cfg)
+    except BoneScanError as error:
+        say(f"building the exported engine failed ({error}); using the torch engine")
+        return None
+
+
+def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: PreprocessConfig) -> EngineRecord:
+    """Export the network, check each runtime's parity with torch, time them and torch's engine; write the record."""
+    import torch
+
+    from .fastpath import InferenceEngine, reference_probabilities
+
+    height, width = preprocess_cfg.height, preprocess_cfg.width
+    path = export_onnx(model, height, width, store.model_path("fp32"))
+    record = store.new_record("fp32", now, [2, height, width], preprocess_cfg.to_dict())
+    record.torch_cpu_capability = torch.backends.cpu.get_cpu_capability()
+    inputs = _probe_inputs(height, width)
+    reference = reference_probabilities(model, [inputs])
+    torch_engine = InferenceEngine(model, device="cpu", precision="auto", compile=TORCH_COMPILE,
+                                   batch_size=TIMING_BATCH)
+    candidates = {"torch": torch_engine.probabilities}
+    for runtime in available_runtimes():
+        try:
+            run = open_session(path, runtime)
+        except EngineError as error:
+            record.parity[runtime] = {"error": error.reason}
+            continue
+        probabilities = sigmoid(run(inputs))
+        max_diff = float(np.abs(probabilities - reference).max())
+        record.parity[runtime] = {"max_abs_diff": max_diff, "cases": len(inputs), "tolerance": PARITY_TOLERANCE}
+        if max_diff <= PARITY_TOLERANCE:
+            candidates[runtime] = run
+    speed = seconds_per_study(candidates, inputs)
+    record.speed = {"batch": len(inputs), "torch_engine": torch_engine.settings.describe(),
+                    "seconds_per_study": speed}
+    fastest = min(speed, key=speed.get)
+    record.runtime = None if fastest == "torch" else fastest
+    record.file_sha256 = sha256_file(path)
+    store.write(record)
+    return record
+
+
+def _open_int8(store: EngineStore, now: Fingerprint, batch_size: int, say: Notice):
+    """(engine, record) of a usable int8 engine, else None (with a notice when one exists but cannot be used)."""
+    try:
+        record = store.read("int8")
+    except BoneScanError as error:
+        say(f"{error}; using the fp32 engines")
+        return None
+    if record is None or not record.usable:
+        return None  # none, refused by its gate, or not faster: decided (and said) at quantise time
+    problem = record.stale_reason(now) or store.file_problem(record)
+    if problem is not None:
+        say(f"int8 engine {store.record_path('int8')} not used: {problem}; run `bonescan quantize --run "
+            f"{store.run_dir}` again to rebuild it; using the fp32 engines meanwhile")
+        return None
+    try:
+        return ExportedEngine(store.folder / record.file, record.runtime, "int8", batch_size), record
+    except EngineError as error:
+        say(f"{error}; using the fp32 engines")
+        return None
+
+
+def _probe_inputs(height: int, width: int) -> np.ndarray:
+    """Seeded inputs for parity and timing; varied brightness so probabilities differ between studies."""
+    rng = np.random.default_rng(0)
+    base = rng.random((TIMING_BATCH, 2, height, width), dtype=np.float32)
+    return base * np.linspace(0.3, 1.0, TIMING_BATCH, dtype=np.float32)[:, None, None, None]
+
+
+def _preprocess(record: EngineRecord) -> PreprocessConfig:
+    return PreprocessConfig(**record.preprocess)
+
+
+def _run_loader(store: EngineStore) -> Callable[[], tuple]:
+    def load() -> tuple:
+        from .inference import load_run
+
+        loaded = load_run(store.run_dir, store.checkpoint, device="cpu", precision="fp32")
+        return loaded.model, loaded.preprocess_cfg
+
+    return load

@@ -1,0 +1,189 @@
+"""Choosing and reusing a run's exported engine: built once, reused, rebuilt with a notice, never used corrupt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from trainkit import train_tiny_run
+
+import bonescan.engine_select as engine_select
+from bonescan.engine_store import EngineStore
+from bonescan.errors import EngineError
+from bonescan.exported import ExportedEngine
+from bonescan.fastpath import reference_probabilities
+from bonescan.inference import load_run
+from bonescan.io import find_studies
+from bonescan.predict import iterate_batches, predict_studies
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def eager_torch_timing(monkeypatch):
+    """Time the torch engine eager: compiling a tiny network on an AMX CPU would cost more than the tests."""
+    monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    return train_tiny_run(tmp_path_factory.mktemp("engine_select"))
+
+
+@pytest.fixture()
+def run(trained, tmp_path) -> Path:
+    """A private copy of the trained run (tests write engines into it)."""
+    return Path(shutil.copytree(trained[0], tmp_path / "run"))
+
+
+@pytest.fixture()
+def studies(trained) -> list[Path]:
+    data = trained[1].parent / "data"
+    return [data / f"case{i:03d}_{view}.npy" for i in (24, 25, 26) for view in ("ant", "post")]
+
+
+def select(run: Path):
+    notices: list[str] = []
+    selection = engine_select.select_engine(run, notice=notices.append)
+    return selection, notices
+
+
+def arrays(studies: list[Path], config) -> np.ndarray:
+    items = [item for batch in iterate_batches(find_studies(studies), config, 8, 0) for item in batch]
+    return np.stack([item.inputs for item in items])
+
+
+def test_first_use_builds_an_fp32_engine_that_matches_torch(run, studies):
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine)
+    assert len(notices) == 1 and "building the exported fp32 engine" in notices[0]
+    record = selection.record
+    assert record.parity["onnxruntime"]["max_abs_diff"] < 1e-4
+    assert record.speed["seconds_per_study"]["torch"] > 0 and record.runtime in record.speed["seconds_per_study"]
+    loaded = load_run(run)
+    inputs = arrays(studies, selection.preprocess_cfg)
+    assert selection.preprocess_cfg == loaded.preprocess_cfg  # predictions need no checkpoint: it is recorded
+    np.testing.assert_allclose(selection.engine.probabilities(inputs), reference_probabilities(loaded.model, [inputs]),
+                               atol=1e-5)
+
+
+def test_a_stored_engine_is_reused_without_rebuilding(run, monkeypatch):
+    select(run)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the stored engine should have been reused")
+
+    monkeypatch.setattr(engine_select, "build_fp32", no_build)
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine) and notices == []
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("checkpoint_sha256", "0" * 64, "checkpoint changed"),
+    ("isa_flags", ["avx512f", "amx_int8"], "amx_int8"),
+    ("versions", {"torch": "1.0", "onnx": None, "onnxruntime": "0.1", "openvino": None}, "versions changed"),
+])
+def test_a_mismatched_record_is_rebuilt_with_a_notice(run, field, value, reason):
+    select(run)
+    store = EngineStore(run)
+    data = json.loads(store.record_path("fp32").read_text())
+    data[field] = value
+    store.record_path("fp32").write_text(json.dumps(data))
+
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine)
+    assert reason in notices[0] and "rebuilding" in notices[0] and "building" in notices[1]
+    assert store.read("fp32").stale_reason(store.fingerprint()) is None  # the new record matches again
+
+
+def test_a_corrupt_engine_file_is_named_and_rebuilt(run):
+    select(run)
+    store = EngineStore(run)
+    store.model_path("fp32").write_bytes(b"\x00garbage, not ONNX")
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine)
+    assert str(store.model_path("fp32")) in notices[0] and "rebuilding" in notices[0]
+
+
+def test_an_unreadable_record_is_named_and_rebuilt(run):
+    select(run)
+    store = EngineStore(run)
+    store.record_path("fp32").write_text('{"precision": "fp32", "truncated')
+    selection, notices = select(run)
+    assert isinstance(selection.engine, ExportedEngine)
+    assert "best-fp32.json" in notices[0] and "rebuilding" in notices[0]
+    assert store.read("fp32").usable
+
+
+def test_an_engine_the_runtime_cannot_load_falls_back_to_torch_and_prediction_goes_on(run, studies, monkeypatch):
+    select(run)
+    store = EngineStore(run)
+    # Garbage whose hash matches the record: only the runtime can tell.
+    store.model_path("fp32").write_bytes(b"\x00garbage, not ONNX")
+    data = json.loads(store.record_path("fp32").read_text())
+    data["file_sha256"] = engine_select.sha256_file(store.model_path("fp32"))
+    store.record_path("fp32").write_text(json.dumps(data))
+
+    def broken_build(*args, **kwargs):
+        raise EngineError(store.model_path("fp32"), "export failed")
+
+    monkeypatch.setattr(engine_select, "build_fp32", broken_build)
+    notices: list[str] = []
+    report = predict_studies(run, studies, workers=0, notice=notices.append)
+    assert "onnxruntime cannot load this engine file" in notices[0] and "best-fp32.onnx" in notices[0]
+    assert "using the torch engine" in notices[-1]
+    assert report.ok and "eager" in report.engine  # the torch engine predicted every study
+    assert report.notices == notices
+
+
+def test_a_network_that_cannot_be_exported_runs_in_torch_with_a_notice(run, monkeypatch):
+    import torch
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator adaptive_max_pool2d")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    selection, notices = select(run)
+    assert selection.engine is None  # the caller runs the torch engine
+    assert "export to ONNX failed (RuntimeError: Unsupported" in notices[-1] and "using the torch engine" in notices[-1]
+    assert not EngineStore(run).model_path("fp32").exists()
+
+
+def test_predict_names_the_engine_in_its_summary_csv_and_json(run, studies, tmp_path):
+    report = predict_studies(run, studies, workers=0)
+    assert report.ok and "fp32 exported engine" in report.engine
+    table = pd.read_csv(report.write(tmp_path / "preds.csv"))
+    assert (table["engine"] == report.engine).all()
+    data = json.loads(report.write(tmp_path / "preds.json").read_text())
+    assert data["engine"] == report.engine and data["engine_notices"] == report.notices
+
+    torch_report = predict_studies(run, studies, workers=0, engine="torch")
+    assert "eager" in torch_report.engine
+    exported = {s.study_id: s.probability for s in report.studies}
+    for study in torch_report.studies:
+        assert study.probability == pytest.approx(exported[study.study_id], abs=1e-5)
+
+
+def test_predicting_with_a_stored_engine_does_not_import_torch(run, studies):
+    # Importing torch costs more than predicting a study with an exported engine; a fresh process shows it,
+    # reader process included (three batches of one study).
+    import os
+    import subprocess
+    import sys
+
+    import bonescan
+
+    select(run)
+    code = ("import sys; from bonescan.predict import predict_studies; "
+            "report = predict_studies(sys.argv[1], sys.argv[2:], batch_size=1, workers=1); "
+            "print(report.ok, 'torch' in sys.modules, report.engine)")
+    env = {**os.environ, "PYTHONPATH": str(Path(bonescan.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(run), *map(str, studies)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    ok, torch_imported, engine = done.stdout.strip().split(" ", 2)
+    assert (ok, torch_imported) == ("True", "False") and "exported engine" in engine
