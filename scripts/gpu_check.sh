@@ -39,7 +39,7 @@ echo "=== a small run trained on the GPU; int8 gate; the engine predict chooses 
 "$BONESCAN" cohort split --manifest "$WORK/cohort/manifest.csv" --out "$WORK/split.csv" --seed 0
 "$BONESCAN" train --manifest "$WORK/split.csv" --out "$WORK/run" --preset cpu-small --epochs 2 --device cuda \
   --cache-dir "$WORK/cache" --force --quiet
-"$BONESCAN" evaluate --run "$WORK/run" --manifest "$WORK/split.csv" --split val --out "$WORK/eval" >/dev/null
+"$BONESCAN" evaluate --run "$WORK/run" --manifest "$WORK/split.csv" --out "$WORK/eval" >/dev/null
 "$BONESCAN" quantize --run "$WORK/run" --manifest "$WORK/split.csv" || echo "(int8 refused by its gate: figures above)"
 "$BONESCAN" predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --out "$WORK/gpu.json"
 "$BONESCAN" predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --device cpu --out "$WORK/cpu.json"
