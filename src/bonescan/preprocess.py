@@ -68,38 +68,55 @@ def _resize(pair: np.ndarray, height: int, width: int) -> np.ndarray:
     if pair.shape[1:] == (height, width):
         return np.ascontiguousarray(pair)
     # Antialiased bilinear keeps small hot spots' counts when shrinking, instead of skipping rows.
-    # Separable: rows then columns, each a small dense weight matrix (a few ms for 1024 x 256 -> 768 x 256).
-    rows = _aa_weights(pair.shape[1], height)
-    cols = _aa_weights(pair.shape[2], width)
-    out = pair if rows is None else np.matmul(rows, pair)
-    out = out if cols is None else np.matmul(out, cols.T)
+    # Separable, and each output row (column) mixes only a few neighbouring input rows (columns): applied as a
+    # band of taps, about 1 ms for 1024 x 256 -> 768 x 256, where a dense weight matrix took about 10 ms.
+    out = pair.astype(np.float32, copy=False)
+    for axis, size in ((1, height), (2, width)):
+        band = _aa_band(out.shape[axis], size)
+        if band is not None:
+            out = _apply_band(out, axis, *band)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-@lru_cache(maxsize=16)  # one pair of matrices per input geometry, reused for every study
-def _aa_weights(size_in: int, size_out: int) -> np.ndarray | None:
-    """size_out x size_in weights of torch's antialiased bilinear resize (align_corners=False); None when equal.
+def _apply_band(pair: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """out[..., i, ...] = sum_k weight[i, k] * pair[..., index[i, k], ...] along `axis`."""
+    shape = [1] * pair.ndim
+    shape[axis] = len(weight)
+    out = np.zeros(pair.shape[:axis] + (len(weight),) + pair.shape[axis + 1:], np.float32)
+    for k in range(weight.shape[1]):
+        out += np.take(pair, index[:, k], axis=axis) * weight[:, k].reshape(shape)
+    return out
+
+
+@lru_cache(maxsize=16)  # one band per input geometry, reused for every study
+def _aa_band(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(index, weight), each size_out x taps: torch's antialiased bilinear resize along one axis; None when equal.
 
     Torch's kernel (aten UpSampleKernel, `_compute_index_ranges_weights` with the triangle filter): output i
     covers input centre scale * (i + 0.5) with support max(scale, 1); the triangle is stretched by the scale
-    when shrinking and each row of weights sums to 1.
+    when shrinking and each row of weights sums to 1. Unused taps have weight 0.
     """
     if size_in == size_out:
         return None
     scale = size_in / size_out
     support = scale if scale >= 1.0 else 1.0
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    weights = np.zeros((size_out, size_in), np.float64)
+    rows = []
     for i in range(size_out):
         centre = scale * (i + 0.5)
         low = max(int(centre - support + 0.5), 0)
         high = min(int(centre + support + 0.5), size_in)
         taps = np.clip(1.0 - np.abs((np.arange(low, high) - centre + 0.5) * invscale), 0.0, None)
         total = taps.sum()
-        weights[i, low:high] = taps / total if total > 0 else taps
-    weights = weights.astype(np.float32)
-    weights.flags.writeable = False
-    return weights
+        rows.append((low, taps / total if total > 0 else taps))
+    width = max(len(taps) for _, taps in rows)
+    index = np.zeros((size_out, width), np.int64)
+    weight = np.zeros((size_out, width), np.float32)
+    for i, (low, taps) in enumerate(rows):
+        index[i] = np.minimum(low + np.arange(width), size_in - 1)
+        weight[i, :len(taps)] = taps
+    index.flags.writeable = weight.flags.writeable = False
+    return index, weight
 
 
 def _normalise(pair: np.ndarray, config: PreprocessConfig) -> np.ndarray:
