@@ -114,10 +114,8 @@ def check_header(ds: Dataset, sop_classes: tuple[str, ...]) -> tuple[str, str, s
 def parse(raw: bytes) -> Dataset:
     """Decode an encoded instance (preamble and file meta included); Refusal when it is not understandable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(raw), force=True)
-            ds.get("PixelData")  # decode lazily stored elements now, so damage shows here
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+        ds.get("PixelData")  # decode lazily stored elements now, so damage shows here
     except Exception as error:  # noqa: BLE001 - pydicom raises many types for damaged bytes
         raise Refusal(CANNOT_UNDERSTAND, f"dataset cannot be decoded ({type(error).__name__})") from None
     return ds
@@ -158,7 +156,9 @@ class Intake:
     def accept(self, raw: bytes, calling_ae: str = "") -> Verdict:
         """Check, store and queue one encoded instance; the verdict says which status to answer."""
         try:
-            sop_class, study_uid, sop_uid, frames = check_header(parse(raw), self.sop_classes)
+            with warnings.catch_warnings():  # pydicom warns on every odd value; the verdict says what matters
+                warnings.simplefilter("ignore")
+                sop_class, study_uid, sop_uid, frames = check_header(parse(raw), self.sop_classes)
         except Refusal as refusal:
             log.warning("refused an instance from %s: %s", calling_ae or "?", refusal.reason)
             return Verdict(refusal.status, refusal.reason)
