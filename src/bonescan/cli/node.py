@@ -95,3 +95,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         else:
             for line in format_status(report):
                 typer.echo(line)
+
+    @bench.command("node")
+    def bench_node(
+        cases: int = typer.Option(400, "--cases", help="Synthetic studies to send."),
+        associations: int = typer.Option(4, "--associations", help="Concurrent associations (cameras) sending."),
+        run: Optional[Path] = typer.Option(None, "--run", help="Use this run's network (default: untrained preset)."),
+        preset: str = typer.Option("cpu-small", "--preset", help="Network of this preset, untrained (without --run)."),
+        kills: int = typer.Option(0, "--kills", help="kill -9 and restart the node this many times during the run."),
+        rate: float = typer.Option(0.0, "--rate", help="Offered load in studies/s over all associations "
+                                                       "(0: as fast as the node takes them)."),
+        data: Optional[Path] = typer.Option(
+            None, "--data", help="Folder for the synthetic studies (kept for the next run; default: temporary)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads of the node and the timing."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and the untrained weights."),
+    ) -> None:
+        """Studies per minute and first-byte-to-result latency (median, p95) through a node subprocess."""
+        from ..node.bench import benchmark_node
+
+        result = benchmark_node(cases=cases, associations=associations, run=run, preset=preset, kills=kills,
+                                rate=rate, data=data, seed=seed, threads=threads,
+                                progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
+        for line in result.lines():
+            typer.echo(line)
