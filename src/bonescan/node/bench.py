@@ -45,6 +45,7 @@ class NodeBenchmark:
     weights: str
     threads: int
     rate: float
+    batch_size: int
 
     def lines(self) -> list[str]:
         lat = sorted(self.latencies)
@@ -53,7 +54,7 @@ class NodeBenchmark:
         pace = f"{self.rate:g} studies/s offered" if self.rate > 0 else "as fast as the cameras can send"
         return [
             f"node: {self.cases} studies over {self.associations} associations ({pace}), {self.kills} kill -9 "
-            f"restarts; {self.weights}; torch threads {self.threads}",
+            f"restarts; {self.weights}; torch threads {self.threads}, batch size {self.batch_size}",
             f"results at the destination: {self.completed} studies, lost {self.lost}, duplicated {self.duplicated} "
             f"(same-UID resends absorbed: {self.resent})",
             f"throughput: {60 * self.completed / self.seconds:.1f} studies/min ({self.seconds:.1f} s from first byte "
@@ -180,7 +181,7 @@ def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) 
 
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
-                   threads: int | None = None, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+                   threads: int | None = None, batch_size: int = 1, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
@@ -207,7 +208,7 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                            os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "bonescan", "node", "--run", str(run), "--store", str(store), "--port", "0",
-                   "--forward", pacs.address, "--quiet"]
+                   "--forward", pacs.address, "--quiet", "--batch-size", str(batch_size)]
 
         def start() -> tuple[subprocess.Popen, int]:
             (store / "node.json").unlink(missing_ok=True)
@@ -273,7 +274,7 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         resent = len(pacs.received) - sum(len(s) for c in table.values() for s in c.values())
         pacs.server.shutdown()
         return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
-                             latencies, model_s, weights, threads, rate)
+                             latencies, model_s, weights, threads, rate, batch_size)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()

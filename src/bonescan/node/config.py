@@ -65,7 +65,7 @@ class NodeConfig:
     complete_after: float = 30.0
     accept_secondary_capture: bool = False
     operating_point: str = "youden"
-    batch_size: int = 8
+    batch_size: int = 1  # on a CPU heat maps and DICOM writing outweigh the network: batching only adds latency
     device: str = "cpu"
     heatmaps: bool = True
     retry_base: float = 1.0  # seconds before the first resend; doubles per attempt
