@@ -171,5 +171,9 @@ class PredictionWorker(threading.Thread):
             log.info("study %s read: probability %.4f, %s (%s %.3g); results %s in %.2f s", uid,
                      outcome.probability, outcome.decision, outcome.operating_point, outcome.threshold,
                      ", ".join(sop for sop, _, _ in results), seconds)
-        except Exception as error:  # noqa: BLE001 - a result that cannot be recorded is tried again
+        except Exception as error:  # noqa: BLE001 - e.g. a result file that cannot be re-read
             log.exception("cannot record study %s: %s", uid, error)
+            try:
+                self.queue.fail_study(uid, f"recording the result: {type(error).__name__}: {error}")
+            except Exception:  # noqa: BLE001 - the database itself fails: the study is retried at the next start
+                pass
