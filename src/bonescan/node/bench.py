@@ -135,9 +135,10 @@ class _Pacs:
 
 
 class _Camera(threading.Thread):
-    def __init__(self, index: int, files: list[Path], port: dict, starts: dict, pace: float):
+    def __init__(self, index: int, files: list[Path], port: dict, starts: dict, pace: float, offset: float):
         super().__init__(daemon=True, name=f"camera{index}")
         self.index, self.files, self.port, self.starts, self.pace = index, files, port, starts, pace
+        self.offset = offset
         self.acknowledged = 0
 
     def run(self) -> None:
@@ -155,8 +156,9 @@ class _Camera(threading.Thread):
                 continue
             try:
                 while self.acknowledged < len(self.files):
-                    if self.pace > 0:  # offered load: study k of this camera is due at begin + k / pace
-                        time.sleep(max(0.0, begin + self.acknowledged / self.pace - time.time()))
+                    if self.pace > 0:  # offered load: cameras staggered, study k due at begin + (k + offset) / pace
+                        due = begin + (self.acknowledged + self.offset) / self.pace
+                        time.sleep(max(0.0, due - time.time()))
                     path = self.files[self.acknowledged]
                     self.starts.setdefault(path.name, time.time())
                     status = assoc.send_c_store(path)
@@ -231,7 +233,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         port_box = {"port": port}
         starts: dict[str, float] = {}
         shares = [files[a::associations] for a in range(associations)]
-        cameras = [_Camera(a, share, port_box, starts, rate / associations) for a, share in enumerate(shares)]
+        cameras = [_Camera(a, share, port_box, starts, rate / associations, a / associations)
+                   for a, share in enumerate(shares)]
         for camera in cameras:
             camera.start()
         say(f"sending {cases} studies over {associations} associations")
