@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from dicom_factory import body_views, nm_dataset
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, Verification
 

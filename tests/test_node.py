@@ -3,6 +3,7 @@ a destination that is down, logs without patient names, status, TLS and dcmtk pe
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import shutil
@@ -17,13 +18,13 @@ import pytest
 from dicom_factory import CT_IMAGE_STORAGE, SECONDARY_CAPTURE, nm_dataset, save
 from nodekit import NM, PATIENT_NAME, Destination, make_run, scu, send, split_views, study, wait_for
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLossless, generate_uid
+from pydicom.uid import JPEGLossless
 
 from bonescan.cli import main
 from bonescan.node import Node, NodeConfig, NodeQueue, node_status
 from bonescan.node.config import Destination as Dest
 from bonescan.node.intake import (
-    CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS, Intake,
+    CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED, SUCCESS, Intake,
     accepted_sop_classes,
 )
 
@@ -73,6 +74,18 @@ def results_at(pacs: Destination, study_uid: str) -> dict[str, set[str]]:
     return pacs.by_study().get(study_uid, {})
 
 
+def _numeric(sr, meaning: str) -> float:
+    """The numeric value of the first SR content item whose concept name is `meaning`."""
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop(0)
+        names = item.get("ConceptNameCodeSequence") or []
+        if names and names[0].CodeMeaning == meaning and "MeasuredValueSequence" in item:
+            return float(item.MeasuredValueSequence[0].NumericValue)
+        stack += list(item.get("ContentSequence") or [])
+    raise AssertionError(f"no {meaning!r} in the SR")
+
+
 def echo(port: int, ae_title: str = "CAMERA") -> int | None:
     assoc = scu(ae_title).associate("127.0.0.1", port, ae_title="BONESCAN")
     if not assoc.is_established:
@@ -103,8 +116,8 @@ def test_studies_in_results_out(node, pacs, caplog):
         "SELECT path FROM outbox WHERE study_uid = ? AND kind = 'sr'", (uids[0],))]
     sr = pydicom.dcmread(sr_path)
     assert sr.StudyInstanceUID == uids[0] and sr.SOPInstanceUID in results_at(pacs, uids[0])[SR]
-    text = str(sr.ContentSequence)
-    assert f"{probability:.6g}"[:6] in text and ("Present" if decision == "metastasis" else "Absent") in text
+    assert _numeric(sr, "Probability") == pytest.approx(probability, abs=1e-6)
+    assert ("Present" if decision == "metastasis" else "Absent") in str(sr.ContentSequence)
     assert decision == ("metastasis" if probability >= threshold else "no metastasis")
     # Sending a study again is answered with success and makes no second result.
     assert send(port, two_frame[:1]) == [SUCCESS]
@@ -187,8 +200,6 @@ def _corrupt(raw: bytes, rng: random.Random) -> bytes:
 def test_randomly_corrupted_instances_never_crash_the_intake(tmp_path):
     queue = NodeQueue(tmp_path / "q.sqlite")
     intake = Intake(queue, tmp_path / "incoming", accepted_sop_classes(False))
-    import io
-
     buffer = io.BytesIO()
     study(40).save_as(buffer, enforce_file_format=True)
     raw = buffer.getvalue()

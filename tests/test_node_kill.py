@@ -48,7 +48,10 @@ class Camera(threading.Thread):
                 continue
             try:
                 while self.acknowledged < len(self.studies):
-                    status = assoc.send_c_store(self.studies[self.acknowledged])
+                    try:
+                        status = assoc.send_c_store(self.studies[self.acknowledged]) if assoc.is_established else None
+                    except RuntimeError:  # the node went away between the check and the send
+                        status = None
                     if not status or status.Status != 0x0000:
                         self.lost_associations += 1
                         break

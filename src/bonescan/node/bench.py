@@ -160,8 +160,13 @@ class _Camera(threading.Thread):
                         due = begin + (self.acknowledged + self.offset) / self.pace
                         time.sleep(max(0.0, due - time.time()))
                     path = self.files[self.acknowledged]
+                    if not assoc.is_established:  # the node went away while this camera waited
+                        break
                     self.starts.setdefault(path.name, time.time())
-                    status = assoc.send_c_store(path)
+                    try:
+                        status = assoc.send_c_store(path)
+                    except RuntimeError:  # aborted between the check and the send
+                        break
                     if not status or status.Status != 0x0000:
                         break
                     self.acknowledged += 1

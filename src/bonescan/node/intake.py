@@ -121,6 +121,14 @@ def parse(raw: bytes) -> Dataset:
     return ds
 
 
+def _uid_for_log(ds: Dataset | None) -> str:
+    """The SOP Instance UID as far as it can be read (never any other attribute: logs carry no patient data)."""
+    try:
+        return repr(str(ds.get("SOPInstanceUID", "") or "?"))[:70] if ds is not None else "?"
+    except Exception:  # noqa: BLE001 - a damaged element
+        return "?"
+
+
 def write_durably(target: Path, data: bytes) -> None:
     """Write to a temporary file beside `target`, fsync it, rename it onto `target`, fsync the folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,12 +163,14 @@ class Intake:
 
     def accept(self, raw: bytes, calling_ae: str = "") -> Verdict:
         """Check, store and queue one encoded instance; the verdict says which status to answer."""
+        ds = None
         try:
             with warnings.catch_warnings():  # pydicom warns on every odd value; the verdict says what matters
                 warnings.simplefilter("ignore")
-                sop_class, study_uid, sop_uid, frames = check_header(parse(raw), self.sop_classes)
+                ds = parse(raw)
+                sop_class, study_uid, sop_uid, frames = check_header(ds, self.sop_classes)
         except Refusal as refusal:
-            log.warning("refused an instance from %s: %s", calling_ae or "?", refusal.reason)
+            log.warning("refused instance %s from %s: %s", _uid_for_log(ds), calling_ae or "?", refusal.reason)
             return Verdict(refusal.status, refusal.reason)
         except Exception as error:  # noqa: BLE001 - whatever the bytes, the node answers and keeps serving
             log.warning("refused an instance from %s: %s", calling_ae or "?", type(error).__name__)
