@@ -51,7 +51,8 @@ def node(run, pacs, tmp_path_factory):
     """A node forwarding to `pacs`, allowing CAMERA, ECHOSCU and STORESCU, reading lone views after 1.5 s."""
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the prediction thread of a tiny network: one core, and the other for the tests
     store = tmp_path_factory.mktemp("node") / "store"
     config = NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address), allow=("CAMERA", "STORESCU",
                         "ECHOSCU"), complete_after=1.5, retry_base=0.2, retry_max=0.5, poll=0.05)
@@ -59,6 +60,7 @@ def node(run, pacs, tmp_path_factory):
     node.start()
     yield node
     node.stop()
+    torch.set_num_threads(threads)
 
 
 def states(node: Node) -> dict[str, str]:
