@@ -69,6 +69,7 @@ class Destination:
     port: int = 0
     received: list[tuple[str, str, str, float]] = field(default_factory=list)
     server: object = None
+    tls: object = None  # an ssl.SSLContext: the destination then only speaks TLS
 
     def start(self) -> "Destination":
         ae = AE(ae_title=self.ae_title)
@@ -83,7 +84,7 @@ class Destination:
                                       time.time()))
             return 0x0000
 
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.tls,
                                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
         self.port = self.server.server_address[1]
         return self

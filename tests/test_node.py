@@ -129,6 +129,7 @@ def test_studies_in_results_out(node, pacs, caplog):
     assert uids[0] in caplog.text and PATIENT_NAME not in caplog.text and "Doe" not in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the bad values sent on purpose
 def test_refusals_at_the_door_keep_the_node_serving(node):
     port = node.address[1]
     ct_like = study(20, modality="CT")
@@ -199,6 +200,7 @@ def _corrupt(raw: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the bad values sent on purpose
 def test_randomly_corrupted_instances_never_crash_the_intake(tmp_path):
     queue = NodeQueue(tmp_path / "q.sqlite")
     intake = Intake(queue, tmp_path / "incoming", accepted_sop_classes(False))
@@ -215,6 +217,7 @@ def test_randomly_corrupted_instances_never_crash_the_intake(tmp_path):
     assert intake.accept(raw, "FUZZ").ok  # still takes a good instance (or knows it already)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the bad values sent on purpose
 def test_corrupted_copies_over_the_network_are_answered_and_every_accepted_one_is_settled(node):
     port = node.address[1]
     rng = np.random.default_rng(1)
@@ -279,13 +282,16 @@ def test_a_second_node_on_the_same_store_is_refused(node, run, capsys):
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed (makes the throwaway certificate)")
-def test_tls_associations(run, pacs, tmp_path):
+def test_tls_associations_in_and_out(run, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(cert), str(key))
+    pacs = Destination(tls=server).start()  # the PACS speaks TLS only
     node = Node(NodeConfig(run=run, store=tmp_path / "store", port=0, tls_cert=cert, tls_key=key,
-                           forward=Dest.parse(pacs.address), poll=0.05))
+                           forward=Dest.parse(pacs.address), forward_tls_ca=cert, poll=0.05))
     port = node.start()[1]
     try:
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
@@ -296,6 +302,7 @@ def test_tls_associations(run, pacs, tmp_path):
         assert not plain.is_established
     finally:
         node.stop()
+        pacs.stop()
 
 
 @pytest.mark.skipif(ECHOSCU is None or STORESCU is None, reason="dcmtk (echoscu, storescu) not installed; "

@@ -45,6 +45,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Private key (PEM) of --tls-cert."),
         tls_ca: Optional[Path] = typer.Option(
             None, "--tls-ca", help="Require callers' TLS certificates signed by this CA bundle (PEM)."),
+        forward_tls_ca: Optional[Path] = typer.Option(
+            None, "--forward-tls-ca", help="Send results over TLS, checking the destination's certificate with this "
+                                           "CA bundle (PEM); --tls-cert is presented as the node's certificate."),
         complete_after: float = typer.Option(
             30.0, "--complete-after", help="Seconds after a study's last instance when it is read even with a "
                                            "view missing (it then fails with the reason)."),
@@ -73,7 +76,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             run=run, store=store, ae_title=ae_title, host=host, port=port,
             forward=Destination.parse(forward) if forward else None,
             allow=tuple(t.strip() for t in (allow or "").split(",") if t.strip()),
-            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, complete_after=complete_after,
+            tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, forward_tls_ca=forward_tls_ca,
+            complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
             device=device,
         )

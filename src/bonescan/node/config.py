@@ -62,6 +62,7 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # when given, callers must present a certificate signed by it
+    forward_tls_ca: Path | None = None  # when given, results go over TLS to a destination whose certificate it signed
     complete_after: float = 30.0
     accept_secondary_capture: bool = False
     operating_point: str = "youden"
@@ -81,11 +82,14 @@ class NodeConfig:
             raise ConfigError("--port", f"{self.port} is not between 0 and 65535")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert/--tls-key", "TLS needs both a certificate and its private key")
-        for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca)):
+        for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca),
+                             ("--forward-tls-ca", self.forward_tls_ca)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(option, f"{path}: no such file")
         if self.tls_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-ca", "verifying callers' certificates needs --tls-cert and --tls-key too")
+        if self.forward_tls_ca is not None and self.forward is None:
+            raise ConfigError("--forward-tls-ca", "there is no --forward destination to send to over TLS")
         if self.complete_after <= 0:
             raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
         if self.batch_size < 1:

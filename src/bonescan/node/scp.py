@@ -43,6 +43,18 @@ def server_tls_context(config: NodeConfig) -> ssl.SSLContext | None:
     return context
 
 
+def client_tls_context(config: NodeConfig) -> ssl.SSLContext | None:
+    """TLS for sending results: the destination's certificate checked with forward_tls_ca; the node's own
+    certificate (tls_cert) presented when it has one, for destinations that require client certificates."""
+    if config.forward_tls_ca is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.forward_tls_ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.tls:
+        context.load_cert_chain(certfile=str(config.tls_cert), keyfile=str(config.tls_key))
+    return context
+
+
 class StorageSCP:
     """The listening server; `start()` returns once it accepts associations, `address` gives the bound port."""
 

@@ -15,6 +15,7 @@ SOP Instance UID); no second result is ever made for a study.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 
@@ -40,10 +41,12 @@ class Sender(threading.Thread):
     """Background thread sending due results over one association at a time."""
 
     def __init__(self, queue: NodeQueue, destination: Destination, calling_ae: str, retry_base: float = 1.0,
-                 retry_max: float = 60.0, poll: float = 0.2, timeout: float = 30.0):
+                 retry_max: float = 60.0, poll: float = 0.2, timeout: float = 30.0,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(name="bonescan-send", daemon=True)
         self.queue = queue
         self.destination = destination
+        self.tls_args = (tls, destination.host) if tls is not None else None
         self.retry_base, self.retry_max, self.poll = retry_base, retry_max, poll
         self.ae = AE(ae_title=calling_ae)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
@@ -80,7 +83,7 @@ class Sender(threading.Thread):
     def send(self, due: list[OutgoingResult]) -> None:
         """Send the due results over one association; record each outcome as it comes."""
         dest = self.destination
-        assoc = self.ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        assoc = self.ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=self.tls_args)
         if not assoc.is_established:
             self._retry(due, f"no association with {dest} ({'rejected' if assoc.is_rejected else 'unreachable'})")
             return

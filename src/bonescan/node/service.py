@@ -15,7 +15,7 @@ from ..fileio import write_text_atomic
 from .config import NodeConfig
 from .intake import Intake, accepted_sop_classes
 from .queue import NodeQueue
-from .scp import StorageSCP
+from .scp import StorageSCP, client_tls_context
 from .sender import Sender
 from .worker import PredictionWorker, Predictor
 
@@ -56,7 +56,7 @@ class Node:
         log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())
         if config.forward is not None:
             self.sender = Sender(self.queue, config.forward, config.ae_title, config.retry_base, config.retry_max,
-                                 config.poll, config.forward_timeout)
+                                 config.poll, config.forward_timeout, tls=client_tls_context(config))
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
                                        config.poll, on_result=self.sender.wake.set if self.sender else None)
         intake.on_stored = self.worker.wake.set
@@ -75,7 +75,7 @@ class Node:
             "operating_point": predictor.point.name, "threshold": predictor.point.threshold, "run": str(config.run),
         }) + "\n")
         log.info("%s listening on %s:%d%s; results %s", config.ae_title, *self.address, " (TLS)" * config.tls,
-                 f"sent to {config.forward}" if config.forward else f"stored in {self.paths.results}")
+                 f"sent to {config.forward}{' over TLS' * (config.forward_tls_ca is not None)}" if config.forward else f"stored in {self.paths.results}")
         return self.address
 
     def _take_lock(self) -> None:
