@@ -321,3 +321,40 @@ def test_dcmtk_echoscu_and_storescu(node, pacs, tmp_path):
     assert stored.returncode == 0, stored.stderr
     uids = [pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID for f in files]
     wait_for(lambda: all(len(results_at(pacs, uid)) == 2 for uid in uids), 60, what="results of dcmtk's studies")
+
+
+def test_secondary_capture_is_accepted_only_when_configured_and_only_as_nm(tmp_path):
+    def encoded(ds) -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    nm_export = study(90, sop_class=SECONDARY_CAPTURE)
+    other = study(91, sop_class=SECONDARY_CAPTURE, modality="OT")
+    strict = Intake(NodeQueue(tmp_path / "a.sqlite"), tmp_path / "a", accepted_sop_classes(False))
+    assert strict.accept(encoded(nm_export)).status == SOP_CLASS_NOT_SUPPORTED
+    lenient = Intake(NodeQueue(tmp_path / "b.sqlite"), tmp_path / "b", accepted_sop_classes(True))
+    assert lenient.accept(encoded(nm_export)).ok
+    assert lenient.accept(encoded(other)).status == DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_instance_files_written_before_a_crash_are_queued_at_start_up(tmp_path):
+    """A kill between the rename and the queue commit leaves a file without a row: start-up queues it."""
+    incoming = tmp_path / "incoming"
+    ds = study(95)
+    folder = incoming / ds.StudyInstanceUID
+    folder.mkdir(parents=True)
+    kept = save(ds, folder / f"{ds.SOPInstanceUID}.dcm")
+    half = folder / f".{kept.name}.abc.tmp"  # a write cut short
+    half.write_bytes(kept.read_bytes()[:500])
+    damaged = incoming / "1.2.3" / "1.2.3.4.dcm"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"not DICOM")
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    intake = Intake(queue, incoming, accepted_sop_classes(False))
+    assert intake.recover_files() == 1
+    assert queue.has_instance(ds.SOPInstanceUID) and not half.exists()
+    assert not damaged.exists() and (damaged.parent / ".1.2.3.4.dcm.rejected").exists()
+    assert intake.recover_files() == 0  # idempotent
+    [work] = queue.claim_ready(30, 8)
+    assert work.study_uid == ds.StudyInstanceUID

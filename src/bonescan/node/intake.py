@@ -206,7 +206,9 @@ class Intake:
             if self.queue.has_instance(sop_uid):
                 continue
             try:
-                sop_class, study_uid, sop_uid, frames = check_header(parse(path.read_bytes()), self.sop_classes)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sop_class, study_uid, sop_uid, frames = check_header(parse(path.read_bytes()), self.sop_classes)
                 self.queue.add_instance(sop_uid, study_uid, sop_class, frames, path, "recovered")
                 recovered += 1
             except Exception as error:  # noqa: BLE001 - a file that no longer passes is set aside, not fatal
