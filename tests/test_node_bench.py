@@ -1,4 +1,4 @@
-"""`bonescan bench node` end to end on a few tiny studies, with one kill -9: it counts every study and prints figures."""
+"""`bonescan bench node` end to end on a few tiny studies with one kill -9: it counts every study, prints figures."""
 
 from __future__ import annotations
 

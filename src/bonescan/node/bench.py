@@ -188,7 +188,8 @@ def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) 
 
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
-                   threads: int | None = None, batch_size: int = 1, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+                   threads: int | None = None, batch_size: int = 1,
+                   progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")

@@ -36,7 +36,11 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
-        """Recover what a previous run left, load the network, then listen; returns the bound (host, port)."""
+        """Recover what a previous run left, load the network, listen, warm up; returns the bound (host, port).
+
+        The node listens (and resends pending results) before the warm-up study, so a restart after a kill is
+        back on the network as soon as the run is loaded; received instances wait in the queue meanwhile.
+        """
         config = self.config
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self._take_lock()
@@ -53,29 +57,33 @@ class Node:
                               config.device)
         if predictor.point.warning:
             log.warning("%s", predictor.point.warning)
-        log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())
         if config.forward is not None:
             self.sender = Sender(self.queue, config.forward, config.ae_title, config.retry_base, config.retry_max,
                                  config.poll, config.forward_timeout, tls=client_tls_context(config))
+            self.sender.start()
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
                                        config.poll, on_result=self.sender.wake.set if self.sender else None)
         intake.on_stored = self.worker.wake.set
-        self.worker.start()
-        if self.sender:
-            self.sender.start()
         self.scp = StorageSCP(config, intake, sop_classes)
         try:
             self.address = self.scp.start()
         except OSError as error:
             self.stop()
             raise ConfigError(f"{config.host}:{config.port}", f"cannot listen ({error.strerror or error})") from error
+        log.info("%s listening on %s:%d%s; results %s", config.ae_title, *self.address, " (TLS)" * config.tls,
+                 f"sent to {config.forward}{' over TLS' * (config.forward_tls_ca is not None)}"
+                 if config.forward else f"stored in {self.paths.results}")
         write_text_atomic(self.paths.live, json.dumps({
             "pid": os.getpid(), "ae_title": config.ae_title, "host": self.address[0], "port": self.address[1],
             "tls": config.tls, "forward": str(config.forward) if config.forward else None, "started": time.time(),
             "operating_point": predictor.point.name, "threshold": predictor.point.threshold, "run": str(config.run),
         }) + "\n")
-        log.info("%s listening on %s:%d%s; results %s", config.ae_title, *self.address, " (TLS)" * config.tls,
-                 f"sent to {config.forward}{' over TLS' * (config.forward_tls_ca is not None)}" if config.forward else f"stored in {self.paths.results}")
+        try:
+            log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())
+        except BaseException:
+            self.stop()  # a run that cannot read a study must not leave a node that only collects them
+            raise
+        self.worker.start()
         return self.address
 
     def _take_lock(self) -> None:

@@ -43,8 +43,8 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
             " LEFT JOIN outbox o ON o.study_uid = s.study_uid WHERE s.state = 'done' GROUP BY s.study_uid"
             " HAVING SUM(o.state = 'pending') = 0 OR SUM(o.state = 'pending') IS NULL"
             " ORDER BY s.finished_at DESC LIMIT 200").fetchall()
-        finished = [r[0] for r in db.execute("SELECT finished_at FROM studies WHERE state = 'done' AND finished_at >= ?",
-                                             (now - 3600,))]
+        finished = [r[0] for r in db.execute(
+            "SELECT finished_at FROM studies WHERE state = 'done' AND finished_at >= ?", (now - 3600,))]
         pending = db.execute("SELECT COUNT(*), MIN(queued_at), MAX(attempts), MIN(next_attempt) FROM outbox"
                              " WHERE state = 'pending'").fetchone()
         last_error = db.execute("SELECT last_error FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL"
