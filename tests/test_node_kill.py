@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -105,7 +106,8 @@ def test_kill_9_during_transfers_and_prediction_loses_and_duplicates_nothing(tmp
         assert count(store, "SELECT COUNT(*) FROM instances") == ASSOCIATIONS * PER_ASSOCIATION
         assert count(store, "SELECT COUNT(*) FROM studies WHERE state = 'done'") == ASSOCIATIONS * PER_ASSOCIATION
         restart_log = node.log.read_text()
-        assert "recovered" in restart_log and "interrupted predictions" in restart_log
+        found = re.search(r"recovered (\d+) interrupted predictions, (\d+) studies waiting", restart_log)
+        assert found and int(found.group(1)) + int(found.group(2)) > 0  # it logged what it took over
         assert "Doe" not in restart_log
         # Resends after a kill carry the same SOP Instance UID, so a PACS stores each result once.
         resent = len(pacs.received) - 2 * len(uids)
