@@ -1,0 +1,294 @@
+"""`bonescan bench node`: studies per minute and per-study latency through a real node, with kill -9 restarts.
+
+The node runs as `bonescan node` in a subprocess, exactly as deployed; this process plays the cameras (one
+pynetdicom SCU per association, each resending from its first unacknowledged study after a lost association)
+and the PACS (a storage SCP recording when each result arrives). Latency of a study: from the moment its
+camera starts sending it (the node's first byte, on loopback) to the arrival of its last result at the PACS.
+Studies per minute: studies completed over the time from the first byte sent to the last result stored.
+`--kills N` kills the node with SIGKILL N times while it works (evenly over the run) and restarts it; the
+figures then include the restarts, and the report counts lost and duplicated results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError
+
+SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+@dataclass
+class NodeBenchmark:
+    cases: int
+    associations: int
+    completed: int
+    lost: int
+    duplicated: int  # studies with more than one distinct SR or SC at the destination
+    resent: int  # results received again with the same SOP Instance UID (after a kill)
+    kills: int
+    seconds: float
+    latencies: list[float]
+    model_seconds: float  # the network alone on one study (forward pass, same threads)
+    weights: str
+    threads: int
+    rate: float
+    batch_size: int
+
+    def lines(self) -> list[str]:
+        lat = sorted(self.latencies)
+        median = statistics.median(lat) if lat else float("nan")
+        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+        pace = f"{self.rate:g} studies/s offered" if self.rate > 0 else "as fast as the cameras can send"
+        return [
+            f"node: {self.cases} studies over {self.associations} associations ({pace}), {self.kills} kill -9 "
+            f"restarts; {self.weights}; torch threads {self.threads}, batch size {self.batch_size}",
+            f"results at the destination: {self.completed} studies, lost {self.lost}, duplicated {self.duplicated} "
+            f"(same-UID resends absorbed: {self.resent})",
+            f"throughput: {60 * self.completed / self.seconds:.1f} studies/min ({self.seconds:.1f} s from first byte "
+            "to last result)",
+            f"latency first byte -> result stored at the destination: median {median:.2f} s, p95 {p95:.2f} s",
+            f"model alone: {self.model_seconds:.3f} s per study; median latency above it: "
+            f"{median - self.model_seconds:.2f} s",
+        ]
+
+
+def untrained_run(folder: Path, preset: str, seed: int = 0) -> str:
+    """A RUN folder holding an untrained (seeded) network of `preset`: speed does not depend on the weights."""
+    import torch
+
+    from ..model import MultiViewNet
+    from ..presets import preset_config
+    from ..train import CHECKPOINT_FORMAT, RunPaths
+
+    config = preset_config(preset)
+    torch.manual_seed(seed)
+    paths = RunPaths(folder)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0, "val_auc": None,
+                "model": MultiViewNet(config.model).state_dict()}, paths.best)
+    return f"untrained {preset} network (seed {seed})"
+
+
+def model_seconds_per_study(run: Path, repeats: int = 5) -> float:
+    """Median seconds of the network's forward pass on one study (the node reads studies as they come)."""
+    import torch
+
+    from ..inference import load_run
+    from .worker import build_engine
+
+    loaded = load_run(run)
+    engine = build_engine(loaded.model, "cpu", 1)
+    batch = torch.rand(1, 2, loaded.preprocess_cfg.height, loaded.preprocess_cfg.width)
+    engine.probabilities(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.probabilities(batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _Pacs:
+    """The destination: records (study, SOP instance, class, arrival time) of every result."""
+
+    def __init__(self):
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+        self.received: list[tuple[str, str, str, float]] = []
+        self._lock = threading.Lock()
+        ae = AE(ae_title="BENCHPACS")
+        for context in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+            ae.add_supported_context(context, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.maximum_pdu_size = 0
+
+        def on_store(event):
+            ds = event.dataset
+            with self._lock:
+                self.received.append((str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), str(ds.SOPClassUID),
+                                      time.time()))
+            return 0x0000
+
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self.address = f"BENCHPACS@127.0.0.1:{self.server.server_address[1]}"
+
+    def table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """study -> SOP class -> SOP instance -> first arrival time."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        with self._lock:
+            for study, sop, sop_class, at in self.received:
+                out.setdefault(study, {}).setdefault(sop_class, {}).setdefault(sop, at)
+        return out
+
+
+class _Camera(threading.Thread):
+    def __init__(self, index: int, files: list[Path], port: dict, starts: dict, pace: float, offset: float):
+        super().__init__(daemon=True, name=f"camera{index}")
+        self.index, self.files, self.port, self.starts, self.pace = index, files, port, starts, pace
+        self.offset = offset
+        self.acknowledged = 0
+
+    def run(self) -> None:
+        from pynetdicom import AE
+
+        ae = AE(ae_title=f"BENCH{self.index}")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.20", ["1.2.840.10008.1.2.1"])
+        deadline = time.monotonic() + 3600
+        begin = time.time()
+        while self.acknowledged < len(self.files) and time.monotonic() < deadline:
+            assoc = ae.associate("127.0.0.1", self.port["port"], ae_title="BONESCAN")
+            if not assoc.is_established:
+                time.sleep(0.2)
+                continue
+            try:
+                while self.acknowledged < len(self.files):
+                    if self.pace > 0:  # offered load: cameras staggered, study k due at begin + (k + offset) / pace
+                        due = begin + (self.acknowledged + self.offset) / self.pace
+                        time.sleep(max(0.0, due - time.time()))
+                    path = self.files[self.acknowledged]
+                    if not assoc.is_established:  # the node went away while this camera waited
+                        break
+                    self.starts.setdefault(path.name, time.time())
+                    try:
+                        status = assoc.send_c_store(path)
+                    except RuntimeError:  # aborted between the check and the send
+                        break
+                    if not status or status.Status != 0x0000:
+                        break
+                    self.acknowledged += 1
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+
+
+def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[Path]:
+    studies = data / "studies"
+    have = len(list(studies.glob("*.dcm"))) if studies.is_dir() else 0
+    if have < cases:
+        from ..synth import generate_cohort
+
+        say(f"generating {cases - have} synthetic studies in {data}")
+        generate_cohort(data, cases, seed=seed, difficulty="paper", workers=1)
+    return sorted(studies.glob("*.dcm"))[:cases]
+
+
+def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
+                   kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
+                   threads: int | None = None, batch_size: int = 1,
+                   progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+    """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
+    if cases < 1 or associations < 1 or kills < 0 or rate < 0:
+        raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
+    say = progress or (lambda message: None)
+    work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
+    node = None
+    try:
+        if run is None:
+            run = work / "run"
+            weights = untrained_run(run, preset, seed)
+        else:
+            weights = f"trained, from {run}"
+        files = _study_files(Path(data) if data else work / "data", cases, seed, say)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        say("timing the network alone")
+        model_s = model_seconds_per_study(Path(run))
+        pacs = _Pacs()
+        store = work / "store"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                           os.environ.get("PYTHONPATH")]))}
+        command = [sys.executable, "-m", "bonescan", "node", "--run", str(run), "--store", str(store), "--port", "0",
+                   "--forward", pacs.address, "--quiet", "--batch-size", str(batch_size)]
+
+        def start() -> tuple[subprocess.Popen, int]:
+            (store / "node.json").unlink(missing_ok=True)
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=open(work / "node.log", "a"))
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise ConfigError("bench node", f"the node exited: {(work / 'node.log').read_text()[-800:]}")
+                live = store / "node.json"
+                if live.is_file():
+                    info = json.loads(live.read_text())
+                    if info["pid"] == proc.pid:
+                        return proc, info["port"]
+                time.sleep(0.1)
+            raise ConfigError("bench node", "the node did not start within 300 s")
+
+        say("starting the node")
+        node, port = start()
+        port_box = {"port": port}
+        starts: dict[str, float] = {}
+        shares = [files[a::associations] for a in range(associations)]
+        cameras = [_Camera(a, share, port_box, starts, rate / associations, a / associations)
+                   for a, share in enumerate(shares)]
+        for camera in cameras:
+            camera.start()
+        say(f"sending {cases} studies over {associations} associations")
+
+        def results_done() -> int:
+            return sum(1 for classes in pacs.table().values() if SR in classes)
+
+        for k in range(kills):
+            target = (k + 1) * cases // (kills + 1)
+            deadline = time.monotonic() + 1800
+            while results_done() < target and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(node.pid, signal.SIGKILL)
+            node.wait()
+            say(f"kill -9 after {results_done()} studies; restarting")
+            node, port_box["port"] = start()
+        for camera in cameras:
+            camera.join()
+        deadline = time.monotonic() + 600
+        while results_done() < cases and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # late duplicates, if any, arrive now
+        table = pacs.table()
+        uid_of = {}
+        import pydicom
+
+        for path in files:
+            uid_of[path.name] = str(pydicom.dcmread(path, stop_before_pixels=True,
+                                                    specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        latencies, lost, duplicated = [], 0, 0
+        for name, uid in uid_of.items():
+            classes = table.get(uid)
+            if not classes or SR not in classes:
+                lost += 1
+                continue
+            duplicated += any(len(sops) > 1 for sops in classes.values())
+            latencies.append(max(min(sops.values()) for sops in classes.values()) - starts[name])
+        arrivals = [at for classes in table.values() for sops in classes.values() for at in sops.values()]
+        seconds = (max(arrivals) - min(starts.values())) if arrivals else float("nan")
+        resent = len(pacs.received) - sum(len(s) for c in table.values() for s in c.values())
+        pacs.server.shutdown()
+        return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
+                             latencies, model_s, weights, threads, rate, batch_size)
+    finally:
+        if node is not None and node.poll() is None:
+            node.terminate()
+            node.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+__all__ = ["NodeBenchmark", "benchmark_node"]

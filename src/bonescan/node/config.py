@@ -1,0 +1,132 @@
+"""The node's settings: one frozen dataclass that checks itself and names the option at fault."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+AE_TITLE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")  # no backslash
+
+
+def check_ae_title(title: str, option: str) -> str:
+    """An AE title of 1-16 printable ASCII characters without backslash or leading/trailing spaces."""
+    if not AE_TITLE.match(title or ""):
+        raise ConfigError(option, f"{title!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return title
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results are sent by C-STORE: AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--forward") -> "Destination":
+        """Parse "AE@host:port"."""
+        match = re.fullmatch(r"([^@]+)@(\[[^\]]+\]|[^:@]+):(\d+)", text.strip())
+        if not match:
+            raise ConfigError(option, f"{text!r} is not AE@host:port (for example PACS@10.0.0.5:104)")
+        port = int(match.group(3))
+        if not 0 < port < 65536:
+            raise ConfigError(option, f"port {port} is not between 1 and 65535")
+        return cls(check_ae_title(match.group(1), option), match.group(2).strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a running node depends on.
+
+    complete_after: seconds after a study's last instance when it is read even if a view is missing (it then
+        fails with the reason, e.g. a lone view). A study with both views (one two-frame instance, or two
+        single-frame ones) is read at once.
+    accept_secondary_capture: also accept Secondary Capture objects with modality NM (some vendors export
+        whole-body scans so).
+    """
+
+    run: Path
+    store: Path
+    ae_title: str = "BONESCAN"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    forward: Destination | None = None
+    allow: tuple[str, ...] = ()  # calling AE titles allowed; empty = any
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # when given, callers must present a certificate signed by it
+    forward_tls_ca: Path | None = None  # when given, results go over TLS to a destination whose certificate it signed
+    complete_after: float = 30.0
+    accept_secondary_capture: bool = False
+    operating_point: str = "youden"
+    batch_size: int = 1  # on a CPU heat maps and DICOM writing outweigh the network: batching only adds latency
+    device: str = "cpu"
+    heatmaps: bool = True
+    retry_base: float = 1.0  # seconds before the first resend; doubles per attempt
+    retry_max: float = 60.0
+    poll: float = 0.2  # seconds between looks at the queue when idle
+    forward_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_ae_title(self.ae_title, "--ae-title")
+        for title in self.allow:
+            check_ae_title(title, "--allow")
+        if not 0 <= self.port < 65536:
+            raise ConfigError("--port", f"{self.port} is not between 0 and 65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert/--tls-key", "TLS needs both a certificate and its private key")
+        for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-ca", self.tls_ca),
+                             ("--forward-tls-ca", self.forward_tls_ca)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(option, f"{path}: no such file")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-ca", "verifying callers' certificates needs --tls-cert and --tls-key too")
+        if self.forward_tls_ca is not None and self.forward is None:
+            raise ConfigError("--forward-tls-ca", "there is no --forward destination to send to over TLS")
+        if self.complete_after <= 0:
+            raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size", f"must be at least 1, got {self.batch_size}")
+        if not 0 < self.retry_base <= self.retry_max:
+            raise ConfigError("retry", "need 0 < retry_base <= retry_max")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def store_paths(self) -> "StorePaths":
+        return StorePaths(Path(self.store))
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    """The node's folder: received instances, results, the queue database, the lock and the live-node file."""
+
+    root: Path
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "queue.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "node.lock"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "node.json"

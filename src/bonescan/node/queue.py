@@ -1,0 +1,266 @@
+"""The node's durable queue: received instances, studies and outgoing results in one SQLite database.
+
+Every state change is one transaction (BEGIN IMMEDIATE ... COMMIT) in WAL mode with synchronous=FULL, so a
+change that returned has reached the disk and a kill -9 at any moment leaves the state before or after it,
+never between. States:
+
+    study:   receiving -> ready -> predicting -> done | failed      (failed -> receiving when an instance arrives)
+    outbox:  pending -> sent | failed          (stored when the node has no forward destination)
+
+A study becomes ready when its instances hold two frames (one two-frame file, or two single-view files), or
+`complete_after` seconds after its last instance. A study found in `predicting` at start-up was interrupted:
+it goes back to ready (its half-written results were never queued, so re-reading it sends nothing twice).
+Results are keyed by their SOP Instance UID: once queued, a result keeps its UID however often it is resent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, sop_class TEXT, frames INTEGER NOT NULL,
+    path TEXT NOT NULL, calling_ae TEXT, received_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, frames INTEGER NOT NULL DEFAULT 0,
+    instances INTEGER NOT NULL DEFAULT 0, first_received REAL, last_received REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    probability REAL, decision TEXT, operating_point TEXT, threshold REAL, error TEXT, finished_at REAL,
+    updated_at REAL);
+CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received);
+CREATE TABLE IF NOT EXISTS outbox (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, last_error TEXT, queued_at REAL,
+    sent_at REAL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, level TEXT NOT NULL, study_uid TEXT, message TEXT NOT NULL);
+"""
+MAX_PREDICTION_ATTEMPTS = 3  # a study that kills the node this often while being read is failed, not retried forever
+FRAMES_OF_A_STUDY = 2
+
+
+@dataclass(frozen=True)
+class Instance:
+    sop_uid: str
+    path: Path
+    frames: int
+
+
+@dataclass(frozen=True)
+class StudyWork:
+    """A study claimed for prediction, with its instances in arrival order."""
+
+    study_uid: str
+    instances: tuple[Instance, ...]
+    timed_out: bool  # read because complete_after passed, not because both views arrived
+
+
+@dataclass(frozen=True)
+class OutgoingResult:
+    sop_uid: str
+    study_uid: str
+    kind: str  # "sc" or "sr"
+    path: Path
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a start-up found unfinished."""
+
+    interrupted: int  # studies that were being predicted, back to ready
+    waiting: int  # studies still receiving or ready
+    unsent: int  # results not yet at the destination
+
+    def describe(self) -> str:
+        return (f"recovered {self.interrupted} interrupted predictions, {self.waiting} studies waiting, "
+                f"{self.unsent} results to send")
+
+
+class NodeQueue:
+    """One SQLite connection shared by the node's threads; each method is one short transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise ConfigError(self.path, f"cannot open the node's queue database ({error})") from error
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- receiving -------------------------------------------------------------------------------------------
+
+    def has_instance(self, sop_uid: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
+
+    def add_instance(self, sop_uid: str, study_uid: str, sop_class: str, frames: int, path: str | Path,
+                     calling_ae: str, now: float | None = None) -> str:
+        """Record a received instance; "new", "duplicate" (SOP instance already held) or "late" (study read)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sop_uid, study_uid, sop_class, frames, str(path), calling_ae, now)).rowcount
+            if not inserted:
+                return "duplicate"
+            row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO studies (study_uid, state, frames, instances, first_received, last_received,"
+                           " updated_at) VALUES (?, 'receiving', 0, 0, ?, ?, ?)", (study_uid, now, now, now))
+            elif row[0] == "failed":
+                # A view that arrives after its study timed out: read the study again (nothing of it was sent).
+                db.execute("UPDATE studies SET state = 'receiving', error = NULL, attempts = 0 WHERE study_uid = ?",
+                           (study_uid,))
+                self._event(db, "info", study_uid, f"instance {sop_uid} arrived after the study failed; reading again")
+            elif row[0] not in ("receiving", "ready"):
+                self._event(db, "warning", study_uid,
+                            f"instance {sop_uid} arrived after the study was read; kept, not read again")
+                return "late"
+            db.execute("UPDATE studies SET frames = frames + ?, instances = instances + 1, last_received = ?,"
+                       " updated_at = ?, state = CASE WHEN frames + ? >= ? THEN 'ready' ELSE state END"
+                       " WHERE study_uid = ?", (frames, now, now, frames, FRAMES_OF_A_STUDY, study_uid))
+            return "new"
+
+    # --- predicting ------------------------------------------------------------------------------------------
+
+    def claim_ready(self, complete_after: float, limit: int, now: float | None = None) -> list[StudyWork]:
+        """Mark up to `limit` ready studies (or receiving ones quiet for complete_after s) as predicting."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            timed_out = {uid for (uid,) in db.execute(
+                "SELECT study_uid FROM studies WHERE state = 'receiving' AND last_received <= ?",
+                (now - complete_after,))}
+            if timed_out:
+                db.execute("UPDATE studies SET state = 'ready', updated_at = ? WHERE state = 'receiving'"
+                           " AND last_received <= ?", (now, now - complete_after))
+            rows = db.execute("SELECT study_uid, attempts FROM studies WHERE state = 'ready'"
+                              " ORDER BY last_received LIMIT ?", (limit,)).fetchall()
+            work = []
+            for uid, attempts in rows:
+                if attempts >= MAX_PREDICTION_ATTEMPTS:
+                    reason = f"prediction was interrupted {attempts} times (the node stopped while reading it)"
+                    self._fail(db, uid, reason, now)
+                    continue
+                db.execute("UPDATE studies SET state = 'predicting', attempts = attempts + 1, updated_at = ?"
+                           " WHERE study_uid = ?", (now, uid))
+                instances = tuple(Instance(sop, Path(path), frames) for sop, path, frames in db.execute(
+                    "SELECT sop_uid, path, frames FROM instances WHERE study_uid = ? ORDER BY received_at, sop_uid",
+                    (uid,)))
+                work.append(StudyWork(uid, instances, uid in timed_out))
+            return work
+
+    def finish_study(self, study_uid: str, probability: float, decision: str, operating_point: str,
+                     threshold: float, results: list[tuple[str, str, Path]], forward: bool,
+                     now: float | None = None) -> None:
+        """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction."""
+        now = time.time() if now is None else now
+        state = "pending" if forward else "stored"
+        with self._transaction() as db:
+            db.execute("UPDATE studies SET state = 'done', probability = ?, decision = ?, operating_point = ?,"
+                       " threshold = ?, error = NULL, finished_at = ?, updated_at = ? WHERE study_uid = ?",
+                       (probability, decision, operating_point, threshold, now, now, study_uid))
+            for sop_uid, kind, path in results:
+                db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
+
+    def fail_study(self, study_uid: str, reason: str, now: float | None = None) -> None:
+        """Record why a study could not be read."""
+        with self._transaction() as db:
+            self._fail(db, study_uid, reason, time.time() if now is None else now)
+
+    def _fail(self, db: sqlite3.Connection, study_uid: str, reason: str, now: float) -> None:
+        db.execute("UPDATE studies SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
+                   " WHERE study_uid = ?", (reason, now, now, study_uid))
+        self._event(db, "error", study_uid, reason)
+
+    # --- sending ---------------------------------------------------------------------------------------------
+
+    def due_results(self, limit: int = 64, now: float | None = None) -> list[OutgoingResult]:
+        """Pending results whose next attempt is due, Secondary Captures before the SRs that reference them."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_uid, study_uid, kind, path, attempts FROM outbox WHERE state = 'pending'"
+                " AND next_attempt <= ? ORDER BY queued_at, kind LIMIT ?", (now, limit)).fetchall()
+        return [OutgoingResult(sop, study, kind, Path(path), attempts) for sop, study, kind, path, attempts in rows]
+
+    def next_due_time(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt) FROM outbox WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def mark_sent(self, sop_uid: str, now: float | None = None) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_error = NULL WHERE sop_uid = ?",
+                       (time.time() if now is None else now, sop_uid))
+
+    def mark_retry(self, sop_uids: list[str], error: str, delays: list[float], now: float | None = None) -> None:
+        """Count a failed attempt for each result and schedule its next one `delay` seconds from now."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            for sop_uid, delay in zip(sop_uids, delays):
+                db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?"
+                           " WHERE sop_uid = ?", (now + delay, error, sop_uid))
+
+    def mark_send_failed(self, sop_uid: str, study_uid: str, error: str) -> None:
+        """Give up on one result (the destination refused it for good)."""
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?"
+                       " WHERE sop_uid = ?", (error, sop_uid))
+            self._event(db, "error", study_uid, f"result {sop_uid} not sent: {error}")
+
+    # --- start-up, events, status ----------------------------------------------------------------------------
+
+    def recover(self) -> Recovery:
+        """Put interrupted predictions back to ready and count what is left to do."""
+        with self._transaction() as db:
+            interrupted = db.execute("UPDATE studies SET state = 'ready' WHERE state = 'predicting'").rowcount
+            waiting = db.execute("SELECT COUNT(*) FROM studies WHERE state IN ('receiving', 'ready')").fetchone()[0]
+            unsent = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            recovery = Recovery(interrupted, waiting, unsent)
+            if interrupted or waiting or unsent:
+                self._event(db, "info", None, recovery.describe())
+            return recovery
+
+    def record_event(self, level: str, message: str, study_uid: str | None = None) -> None:
+        with self._transaction() as db:
+            self._event(db, level, study_uid, message)
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, level: str, study_uid: str | None, message: str) -> None:
+        db.execute("INSERT INTO events (at, level, study_uid, message) VALUES (?, ?, ?, ?)",
+                   (time.time(), level, study_uid, message))
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Read-only helper for status and tests."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()

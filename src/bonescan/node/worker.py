@@ -1,0 +1,179 @@
+"""The prediction loop: claim ready studies from the queue, read them with the run's network, queue the results.
+
+The network is loaded once. Studies are read in batches of up to `batch_size` through `predict.predict_sources`
+(the same code as `bonescan predict`: probability, decision at the run's frozen operating point, Grad-CAM heat
+map, Secondary Capture and Comprehensive SR in the source study). Results are written under the store's
+`results/` folder, named by Study Instance UID; a re-read after a crash overwrites files that were never queued.
+A study that cannot be read is recorded as failed with the reading layer's reason, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+
+from ..io import StudySource
+from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
+from .queue import NodeQueue, StudyWork
+
+log = logging.getLogger("bonescan.node")
+
+
+def build_engine(model, device: str, batch_size: int):
+    """The inference engine for the node: eager fp32/auto precision, no compilation (first result at once)."""
+    from ..fastpath import InferenceEngine
+
+    return InferenceEngine(model, device=device, precision="auto", compile="off", batch_size=batch_size)
+
+
+def study_source(work: StudyWork) -> StudySource:
+    """The instances of a claimed study as a source the reading layer takes.
+
+    One instance: that file (two frames, or a lone view that the reader refuses with its reason). Two
+    single-frame instances: a pair whose order the files' own view information decides. Anything else is
+    refused here, naming what arrived.
+    """
+    files = tuple(instance.path for instance in work.instances)
+    if len(files) == 1:
+        return StudySource(work.study_uid, files)
+    if len(files) == 2 and all(instance.frames == 1 for instance in work.instances):
+        return StudySource(work.study_uid, files, ordered=False)
+    from ..errors import ViewError
+
+    frames = "+".join(str(instance.frames) for instance in work.instances)
+    error = ViewError(work.study_uid, f"{len(files)} instances ({frames} frames); a study is one two-frame "
+                                      "instance or two single-view instances")
+    return StudySource(work.study_uid, files, error=error)
+
+
+class Predictor:
+    """The run's network, loaded once, and the folder results go to."""
+
+    def __init__(self, run: str | Path, results: str | Path, operating_point: str = "youden", batch_size: int = 8,
+                 device: str = "cpu"):
+        from ..device import tune_allocator
+        from ..inference import load_run
+
+        self.point: OperatingPoint = resolve_operating_point(run, operating_point)
+        tune_allocator()
+        loaded = load_run(run, device=device)
+        self.model = loaded.model
+        self.preprocess = loaded.preprocess_cfg
+        self.engine = build_engine(loaded.model, device, batch_size)
+        self.results = Path(results)
+        self.label = f"{run} ({loaded.checkpoint_path.name})"
+        self.batch_size = batch_size
+
+    def warm_up(self) -> float:
+        """Read one synthetic study end to end (results in a temporary folder); returns the seconds it took.
+
+        The first study pays for lazy imports and first-call set-up (about 2-3 s here); paying it at start-up
+        keeps it out of the first patient's latency, and a run that cannot read a study fails before listening.
+        """
+        import tempfile
+
+        from ..synth import build_dataset, generate_case
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bonescan-warmup-") as folder:
+            path = Path(folder) / "warmup.dcm"
+            build_dataset(generate_case("warmup", seed=0)).save_as(path, enforce_file_format=True)
+            report = predict_sources([StudySource("warmup", (path,))], self.model, self.preprocess, self.engine,
+                                     self.point, run_label=self.label, workers=0, dicom_dir=folder)
+        if report.failures:
+            from ..errors import RunError
+
+            raise RunError(self.label, f"cannot read a synthetic study: {report.failures[0].error}")
+        return time.perf_counter() - start
+
+    def predict(self, works: list[StudyWork]) -> list[StudyOutcome]:
+        """One outcome per claimed study, in order; SR and SC written for those that were read."""
+        sources = [study_source(work) for work in works]
+        report = predict_sources(sources, self.model, self.preprocess, self.engine, self.point,
+                                 run_label=self.label, workers=0, dicom_dir=self.results)
+        return report.studies
+
+
+def result_uids(outcome: StudyOutcome) -> list[tuple[str, str, Path]]:
+    """(SOP Instance UID, kind, path) of a predicted study's Secondary Capture and SR, in sending order."""
+    results = []
+    for kind, path in (("sc", outcome.dicom_sc), ("sr", outcome.dicom_sr)):
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        results.append((str(header.SOPInstanceUID), kind, Path(path)))
+    return results
+
+
+class PredictionWorker(threading.Thread):
+    """Background thread: claim, predict, record; `wake` shortens the wait when a study becomes ready."""
+
+    def __init__(self, queue: NodeQueue, predictor: Predictor, complete_after: float, forward: bool,
+                 poll: float = 0.2, on_result: Callable[[], None] | None = None):
+        super().__init__(name="bonescan-predict", daemon=True)
+        self.queue = queue
+        self.predictor = predictor
+        self.complete_after = complete_after
+        self.forward = forward
+        self.poll = poll
+        self.on_result = on_result
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                works = self.queue.claim_ready(self.complete_after, self.predictor.batch_size)
+            except Exception as error:  # noqa: BLE001 - e.g. a locked database: try again shortly
+                log.error("cannot read the queue: %s", error)
+                works = []
+            if not works:
+                self.wake.wait(self.poll)
+                self.wake.clear()
+                continue
+            self.process(works)
+
+    def process(self, works: list[StudyWork]) -> None:
+        """Predict a batch and record each study's result or failure (one transaction per study)."""
+        start = time.perf_counter()
+        try:
+            outcomes = self.predictor.predict(works)
+        except Exception as error:  # noqa: BLE001 - an unexpected failure fails this batch, not the node
+            log.exception("prediction of %d studies failed", len(works))
+            outcomes = [StudyOutcome(w.study_uid, "", "failed", error=f"{type(error).__name__}: {error}")
+                        for w in works]
+        seconds = time.perf_counter() - start
+        for work, outcome in zip(works, outcomes):
+            self._record(work, outcome, seconds / len(works))
+        if self.on_result is not None:
+            self.on_result()
+
+    def _record(self, work: StudyWork, outcome: StudyOutcome, seconds: float) -> None:
+        uid = work.study_uid
+        try:
+            if outcome.status != "ok":
+                reason = outcome.error or "unknown reason"
+                if work.timed_out:
+                    reason += f" (read {self.complete_after:g} s after its last instance)"
+                self.queue.fail_study(uid, reason)
+                log.warning("study %s failed: %s", uid, reason)
+                return
+            results = result_uids(outcome)
+            self.queue.finish_study(uid, outcome.probability, outcome.decision, outcome.operating_point,
+                                    outcome.threshold, results, self.forward)
+            log.info("study %s read: probability %.4f, %s (%s %.3g); results %s in %.2f s", uid,
+                     outcome.probability, outcome.decision, outcome.operating_point, outcome.threshold,
+                     ", ".join(sop for sop, _, _ in results), seconds)
+        except Exception as error:  # noqa: BLE001 - e.g. a result file that cannot be re-read
+            log.exception("cannot record study %s: %s", uid, error)
+            try:
+                self.queue.fail_study(uid, f"recording the result: {type(error).__name__}: {error}")
+            except Exception:  # noqa: BLE001 - the database itself fails: the study is retried at the next start
+                pass

@@ -1,0 +1,18 @@
+"""`bonescan bench node` end to end on a few tiny studies with one kill -9: it counts every study, prints figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bonescan.cli import main
+
+pytestmark = pytest.mark.slow  # two node start-ups and synthetic studies: about 25 s on 2 shared cores
+
+
+def test_bench_node_prints_throughput_latency_and_counts(tmp_path, capsys):
+    code = main(["bench", "node", "--cases", "8", "--associations", "2", "--preset", "tiny", "--kills", "1",
+                 "--threads", "1", "--data", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "results at the destination: 8 studies, lost 0, duplicated 0" in out
+    assert "studies/min" in out and "median" in out and "p95" in out and "1 kill -9" in out

@@ -1,0 +1,99 @@
+"""The node's durable queue: state changes survive reopening, duplicates are recognised, interrupted work resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bonescan.errors import ConfigError
+from bonescan.node.config import Destination, NodeConfig
+from bonescan.node.queue import MAX_PREDICTION_ATTEMPTS, NodeQueue
+from bonescan.node.sender import backoff
+
+
+def test_a_study_is_ready_when_two_frames_arrived_and_state_survives_reopening(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    assert queue.add_instance("1.1", "9.1", "nm", 1, tmp_path / "a.dcm", "CAM", now=100.0) == "new"
+    assert queue.claim_ready(complete_after=30, limit=8, now=101.0) == []  # one view: still receiving
+    assert queue.add_instance("1.1", "9.1", "nm", 1, tmp_path / "a.dcm", "CAM", now=102.0) == "duplicate"
+    assert queue.add_instance("1.2", "9.1", "nm", 1, tmp_path / "b.dcm", "CAM", now=103.0) == "new"
+    queue.close()
+
+    queue = NodeQueue(tmp_path / "q.sqlite")  # what a restart sees
+    [work] = queue.claim_ready(complete_after=30, limit=8, now=104.0)
+    assert work.study_uid == "9.1" and not work.timed_out
+    assert [i.sop_uid for i in work.instances] == ["1.1", "1.2"]
+    assert queue.claim_ready(complete_after=30, limit=8, now=105.0) == []  # claimed once only
+
+
+def test_a_quiet_incomplete_study_is_read_after_complete_after(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 1, tmp_path / "a.dcm", "CAM", now=100.0)
+    assert queue.claim_ready(complete_after=5, limit=8, now=104.9) == []
+    [work] = queue.claim_ready(complete_after=5, limit=8, now=105.0)
+    assert work.timed_out
+
+
+def test_interrupted_predictions_go_back_to_ready_and_a_study_that_keeps_crashing_fails(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    for attempt in range(MAX_PREDICTION_ATTEMPTS):
+        assert len(queue.claim_ready(30, 8, now=101.0)) == 1
+        queue.close()
+        queue = NodeQueue(tmp_path / "q.sqlite")  # killed while predicting
+        recovery = queue.recover()
+        assert recovery.interrupted == 1
+    assert queue.claim_ready(30, 8, now=102.0) == []
+    [(state, error)] = queue.query("SELECT state, error FROM studies")
+    assert state == "failed" and "interrupted 3 times" in error
+
+
+def test_results_are_queued_with_the_prediction_and_sent_once(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    queue.claim_ready(30, 8, now=100.0)
+    results = [("5.1", "sc", tmp_path / "sc.dcm"), ("5.2", "sr", tmp_path / "sr.dcm")]
+    queue.finish_study("9.1", 0.7, "metastasis", "youden", 0.4, results, forward=True, now=101.0)
+    due = queue.due_results(now=101.0)
+    assert [(r.sop_uid, r.kind) for r in due] == [("5.1", "sc"), ("5.2", "sr")]
+    queue.mark_retry(["5.1", "5.2"], "down", [10.0, 10.0], now=101.0)
+    assert queue.due_results(now=110.0) == [] and len(queue.due_results(now=111.0)) == 2
+    queue.mark_sent("5.1")
+    # A late instance of a study already read is kept but does not make a second result.
+    assert queue.add_instance("1.3", "9.1", "nm", 1, tmp_path / "c.dcm", "CAM", now=112.0) == "late"
+    assert queue.claim_ready(30, 8, now=200.0) == []
+    queue.close()
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    assert [r.sop_uid for r in queue.due_results(now=200.0)] == ["5.2"]
+    assert queue.recover().unsent == 1
+
+
+def test_a_failed_study_is_read_again_when_its_missing_view_arrives(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 1, tmp_path / "a.dcm", "CAM", now=100.0)
+    [work] = queue.claim_ready(5, 8, now=106.0)
+    queue.fail_study("9.1", "ViewError: only the anterior view")
+    assert queue.add_instance("1.2", "9.1", "nm", 1, tmp_path / "b.dcm", "CAM", now=300.0) == "new"
+    [work] = queue.claim_ready(5, 8, now=300.5)
+    assert len(work.instances) == 2 and not work.timed_out
+
+
+def test_backoff_doubles_up_to_its_cap():
+    assert [backoff(n, 1.0, 10.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("text, reason", [("PACS@host", "AE@host:port"), ("PACS@host:0", "between 1 and 65535"),
+                                          ("A\\B@h:104", "not an AE title")])
+def test_bad_forward_destinations_are_refused_by_name(text, reason):
+    with pytest.raises(ConfigError, match="--forward") as error:
+        Destination.parse(text)
+    assert reason in str(error.value)
+
+
+def test_config_refuses_half_a_tls_setting_and_names_it(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="--tls-cert/--tls-key"):
+        NodeConfig(run=Path("run"), store=tmp_path, tls_cert=cert)
+    assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
