@@ -27,3 +27,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def eager_engine_timing(monkeypatch):
+    """Time the torch engine eager when choosing an engine: compiling a tiny network on an AMX CPU would cost
+    more than the tests."""
+    from bonescan import engine_select
+
+    monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")

@@ -20,13 +20,7 @@ from bonescan.inference import load_run
 from bonescan.io import find_studies
 from bonescan.predict import iterate_batches, predict_studies
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def eager_torch_timing(monkeypatch):
-    """Time the torch engine eager: compiling a tiny network on an AMX CPU would cost more than the tests."""
-    monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")
+pytestmark = pytest.mark.usefixtures("one_thread", "eager_engine_timing")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from trainkit import train_tiny_run
 
-import bonescan.engine_select as engine_select
 import bonescan.quantize as quantize
 from bonescan.cli import main
 from bonescan.cohort import load_manifest
@@ -23,13 +22,7 @@ from bonescan.fastpath import reference_probabilities
 from bonescan.inference import load_run
 from bonescan.predict import iterate_batches, manifest_studies, predict_studies
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def eager_torch_timing(monkeypatch):
-    """Time the torch engine eager: compiling a tiny network on an AMX CPU would cost more than the tests."""
-    monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")
+pytestmark = pytest.mark.usefixtures("one_thread", "eager_engine_timing")
 
 
 @pytest.fixture(scope="module")
