@@ -2,4 +2,5 @@
 
 from bonescan.cli import run
 
-run()
+if __name__ == "__main__":  # reader processes started by forkserver or spawn import this module again
+    run()

@@ -227,8 +227,11 @@ def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: in
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=_init_reader,
-                               initargs=(reader,))
+    # forkserver, not fork: a reader forked from this process shares its heap copy-on-write, so every page the
+    # network then writes faults and is copied (measured: 9 s of system time and 1.47 instead of 1.77 studies/s
+    # for 32 paper-sized studies on 2 cores). The readers need no torch; they start from a small server process.
+    context = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_reader, initargs=(reader,))
     try:
         queue = iter(starts)
         first = itertools.islice(queue, per_worker * workers)
