@@ -30,7 +30,7 @@
   group's timeout (30 minutes, which also bounds how far behind the slowest rank may finish).
 - CPU threads are shared among the processes of a node, as in training (`train._init_distributed`); GPU ranks
   keep their threads. The process group is gloo: only small Python objects travel over it, on CPU or GPU jobs.
-  (On a GPU node every rank still runs on cuda:0: the engine picks its device without the local rank.)
+  On a GPU node each rank's torch engine takes the GPU of its LOCAL_RANK (`fastpath.InferenceEngine`).
 """
 
 from __future__ import annotations
