@@ -57,3 +57,8 @@ class PredictionsError(BoneScanError):
 class EngineError(BoneScanError):
     """An exported or quantised engine that cannot be built, loaded or used as asked (e.g. int8 refused by its
     parity gate); the message names the engine file or run and gives the figures."""
+
+
+class AnnotationError(BoneScanError):
+    """Lesion or region annotations (Pascal VOC XML, COCO JSON, truth files) that cannot be used as training truth:
+    the message lists every problem found in the file."""
