@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -11,7 +11,7 @@ from scipy.special import pdtr
 
 from .cohort import Demographics, sample_demographics
 from .findings import DifficultyProfile, Finding, FindingPainter, difficulty_profile, paint_findings
-from .phantom import MAX_COUNTS, MIN_COUNTS, Patient, render_anatomy, sample_patient
+from .phantom import MAX_COUNTS, MIN_COUNTS, Anatomy, Patient, render_anatomy, sample_patient
 
 RES = 0.5  # anatomy canvas scale; upsampled to full size before the camera blur
 COLLIMATOR_SIGMA_MM = 3.2  # extra Gaussian blur (system FWHM ~ 9-10 mm with the drawn bone widths)
@@ -30,6 +30,7 @@ class SyntheticCase:
     anterior: np.ndarray
     posterior: np.ndarray
     findings: list[Finding]
+    anatomy: Anatomy | None = field(default=None, repr=False)  # the drawn body, for region and lesion truth
 
     @property
     def n_metastases(self) -> int:
@@ -66,7 +67,7 @@ def generate_case(case_id: str, seed: int, difficulty: str | DifficultyProfile =
     painter = FindingPainter(anatomy, rng, pixel_spacing, RES)
     paint_findings(painter, demo.grade, demo.age, profile, demo.superscan)
     anterior, posterior = _acquire(anatomy.canvas.anterior, anatomy.canvas.posterior[:, ::-1], patient, rng)
-    return SyntheticCase(case_id, seed, profile.name, demo, patient, anterior, posterior, painter.findings)
+    return SyntheticCase(case_id, seed, profile.name, demo, patient, anterior, posterior, painter.findings, anatomy)
 
 
 def _acquire(anterior: np.ndarray, posterior: np.ndarray, patient: Patient,

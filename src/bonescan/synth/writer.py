@@ -4,10 +4,12 @@ Layout of the output folder:
     synth.json               the settings the cohort was made with (a rerun must match them)
     studies/<case>.dcm       two-frame NM DICOM (frame 1 anterior, frame 2 posterior seen from behind)
     studies/<case>.json      ground truth: demographics, grade, findings with centres in both views
-    manifest.csv             one row per study, split 8:1:1 stratified by cancer type and label
+    truth/<case>.npz         lesion truth: skeletal-region label maps and finding instance masks, both views
+                             (`bonescan.lesions.truth`; how they are drawn: `bonescan.synth.truth`)
+    manifest.csv             one row per study, split 8:1:1 stratified by cancer type and label; `truth` column
 
 Each case has its own seed derived from (cohort seed, index), so pixels do not depend on the number of workers
-or of cases. A study is complete when its .dcm exists (the JSON is written first, each file atomically), so an
+or of cases. A study is complete when its .dcm exists (the JSON and truth are written first, each file atomically), so an
 interrupted run can be rerun: complete studies are kept and skipped, the rest are generated again.
 """
 
@@ -31,16 +33,20 @@ from ..cohort import split_manifest, write_manifest
 from ..errors import ConfigError
 from ..fileio import write_text_atomic
 from .case import SyntheticCase, case_seed, generate_case
+from ..lesions.truth import save_truth
 from .dicom import write_case_dicom
 from .findings import difficulty_profile
+from .truth import phantom_truth
 
 SETTINGS_FILE = "synth.json"
 MANIFEST_FILE = "manifest.csv"
 STUDIES_DIR = "studies"
+TRUTH_DIR = "truth"
 MANIFEST_COLUMNS = ["case_id", "path", "cancer_type", "sex", "age", "grade", "label", "split", "n_metastases",
-                    "findings", "difficulty", "seed"]
+                    "findings", "difficulty", "seed", "truth"]
 PIXEL_SPACING_RANGE = (2.0, 3.0)  # mm; whole-body cameras use 2.2-2.5, and the body must fit 1024 rows
 _STUDY_FILE = re.compile(r"^syn\d+\.(dcm|json)$")
+_TRUTH_FILE = re.compile(r"^syn\d+\.npz$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by an interrupted atomic write
 _TOP_FILES = re.compile(r"^(synth\.json|manifest\.csv|preview.*\.png)$")
 
@@ -90,11 +96,12 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
         raise ConfigError(out, "exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     foreign = [p.name for p in out.iterdir() if not (_TOP_FILES.match(p.name) or _TEMP_FILE.match(p.name)
-                                                      or (p.name == STUDIES_DIR and p.is_dir()))]
+                                                      or (p.name in (STUDIES_DIR, TRUTH_DIR) and p.is_dir()))]
     studies = out / STUDIES_DIR
-    if studies.is_dir():
-        foreign += [f"{STUDIES_DIR}/{p.name}" for p in studies.iterdir()
-                    if not (_STUDY_FILE.match(p.name) or _TEMP_FILE.match(p.name))]
+    for folder, pattern in ((studies, _STUDY_FILE), (out / TRUTH_DIR, _TRUTH_FILE)):
+        if folder.is_dir():
+            foreign += [f"{folder.name}/{p.name}" for p in folder.iterdir()
+                        if not (pattern.match(p.name) or _TEMP_FILE.match(p.name))]
     if foreign:
         shown = ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else "")
         raise ConfigError(out, f"the output folder holds files that bonescan synth did not write ({shown}); "
@@ -114,7 +121,7 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
     elif studies.is_dir() and any(studies.iterdir()):
         raise ConfigError(out, f"has a {STUDIES_DIR}/ folder but no {SETTINGS_FILE}; choose an empty or new folder")
     # Temp files of an interrupted run are never complete studies: remove them.
-    for folder in (out, studies):
+    for folder in (out, studies, out / TRUTH_DIR):
         if folder.is_dir():
             for p in folder.iterdir():
                 if _TEMP_FILE.match(p.name) and p.is_file():
@@ -139,11 +146,17 @@ def case_record(case: SyntheticCase) -> dict:
 
 
 def write_case(case: SyntheticCase, studies: Path) -> dict:
-    """Write a case's findings JSON, then its DICOM (the completion marker); return its record."""
+    """Write a case's findings JSON and lesion truth, then its DICOM (the completion marker); return its record."""
     record = case_record(case)
     write_text_atomic(studies / f"{case.case_id}.json", json.dumps(record, indent=1) + "\n")
+    save_truth(phantom_truth(case), truth_path(studies, case.case_id))
     write_case_dicom(case, studies / f"{case.case_id}.dcm")
     return record
+
+
+def truth_path(studies: Path, case_id: str) -> Path:
+    """The lesion truth file of a case: truth/<case>.npz beside the studies folder."""
+    return studies.parent / TRUTH_DIR / f"{case_id}.npz"
 
 
 def keep_freed_memory() -> None:
@@ -170,7 +183,7 @@ def _make_one(job: tuple[str, int, str, float, str]) -> tuple[dict, bool]:
     case_id, seed, difficulty, spacing, studies = job
     folder = Path(studies)
     dcm, sidecar = folder / f"{case_id}.dcm", folder / f"{case_id}.json"
-    if dcm.exists() and sidecar.exists():
+    if dcm.exists() and sidecar.exists() and truth_path(folder, case_id).exists():
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
             if record.get("seed") == seed:
@@ -189,6 +202,7 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
     prepare_folder(out, settings)
     studies = out / STUDIES_DIR
     studies.mkdir(exist_ok=True)
+    (out / TRUTH_DIR).mkdir(exist_ok=True)
     jobs = [(case_id_for(i, cases), case_seed(settings.seed, i), difficulty, settings.pixel_spacing, str(studies))
             for i in range(cases)]
     start = time.perf_counter()
@@ -231,6 +245,7 @@ def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
         "findings": [r["findings_summary"] for r in records],
         "difficulty": [r["difficulty"] for r in records],
         "seed": [r["seed"] for r in records],
+        "truth": [str(truth_path(studies, r["case_id"])) for r in records],
     })
     df = split_manifest(df, seed=seed)
     return write_manifest(df[MANIFEST_COLUMNS], out / MANIFEST_FILE)
