@@ -308,5 +308,5 @@ def test_ai_consulted_phase_shows_hotspots_when_predictions_name_lesion_results(
     # A lesion JSON whose overlay is missing is one error naming the line.
     (lesions / "c1.png").unlink()
     with pytest.raises(Exception, match="hotspot overlay not found"):
-        create_study(case_list.parent / "again", mode="ai-consulted", cases_csv=case_list, readers=["carol"],
+        create_study(case_list.parent / "again", mode="ai-consulted", cases_csv=case_list, readers=["alice", "bob"],
                      predictions_csv=predictions)
