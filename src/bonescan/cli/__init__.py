@@ -16,7 +16,8 @@ from ..errors import BoneScanError
 
 # One module per job; each defines register(app, bench).
 COMMAND_MODULES = (
-    "inspect", "cohort", "synth", "train", "evaluate", "predict", "quantize", "recalibrate", "reader", "demo", "node",
+    "inspect", "cohort", "synth", "train", "evaluate", "predict", "quantize", "recalibrate", "pretrain", "reader",
+    "demo", "node",
 )
 
 app = typer.Typer(
