@@ -37,8 +37,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         normalization: Optional[str] = typer.Option(None, "--normalization", help="minmax | counts."),
         no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
         pretrained: Optional[str] = typer.Option(
-            None, "--pretrained", help="'imagenet' (local torch hub cache) or a torchvision state-dict file."
+            None, "--pretrained", help="'imagenet' (local torch hub cache), a torchvision state-dict file, or a file from "
+                    "`bonescan pretrain`."
         ),
+        allow_download: bool = typer.Option(
+            False, "--allow-download", help="With --pretrained imagenet: let torchvision download the weights "
+                                            "when they are not in the local torch hub cache."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
@@ -72,6 +76,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             preprocess={"height": height, "width": width, "normalization": normalization},
             augment={"enabled": False} if no_augment else {},
         )
+        if allow_download and config.pretrained == "imagenet":
+            from ..model import download_imagenet_weights
+
+            download_imagenet_weights(config.model.backbone)
         table = load_manifest(manifest)
         result = train(table, out, config, resume=resume, force=force, cache_dir=cache_dir, fail_fast=fail_fast,
                        manifest_path=manifest, progress=not quiet)

@@ -27,10 +27,11 @@ from .operating_points import (
     OperatingPoints,
     choose_operating_points,
 )
+from .sites import site_section
 from .stats import clean_for_json
 
 SCHEMA = "bonescan.evaluate/1"
-CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "path", "anterior", "posterior")
+CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "site", "path", "anterior", "posterior")
 
 
 @dataclass
@@ -284,7 +285,7 @@ def _metrics_json(evaluated: pd.DataFrame, split: str, points: OperatingPoints, 
 
 
 def _predictions_out(frame: pd.DataFrame, points: OperatingPoints, temperature: float | None) -> pd.DataFrame:
-    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id")
+    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id", "site")
             if c in frame.columns]
     out = M.with_groups(frame)[keep + (["age_group"] if "age" in frame else [])].copy()
     if temperature is not None:
@@ -330,6 +331,9 @@ def evaluate_predictions(
     inputs = dict(inputs or {})
     inputs.update({"bootstrap": bootstrap, "seed": seed, "confidence": confidence})
     metrics = _metrics_json(evaluated, split, points, aucs, comparisons, thresholds, calibration, warnings, inputs)
+    sites = site_section(evaluated, points, confidence)
+    if sites is not None:
+        metrics["sites"] = clean_for_json(sites.as_dict())
     shown = pd.concat([validation, evaluated]) if validation is not None else evaluated
     table = _predictions_out(shown, points, calibration["temperature"])
 
@@ -341,7 +345,7 @@ def evaluate_predictions(
         html = render_report(
             evaluated=evaluated, validation=validation, split=split, points=points, aucs=aucs,
             comparisons=comparisons, thresholds=thresholds, calibration=calibration, metrics=metrics,
-            false_negatives=fn, false_positives=fp, heatmaps_dir=heatmaps_dir,
+            false_negatives=fn, false_positives=fp, heatmaps_dir=heatmaps_dir, sites=sites,
         )
     files = {
         "predictions": out_dir / "predictions.csv",

@@ -216,6 +216,7 @@ def render_report(
     false_negatives: pd.DataFrame,
     false_positives: pd.DataFrame,
     heatmaps_dir: str | Path | None = None,
+    sites=None,
 ) -> str:
     """Render report.html from the computed sections."""
     heatmaps = Path(heatmaps_dir) if heatmaps_dir else None
@@ -256,4 +257,5 @@ def render_report(
         false_negatives=error_rows(false_negatives, heatmaps),
         false_positives=error_rows(false_positives, heatmaps),
         n_validation=0 if validation is None else len(validation),
+        sites=sites,
     )
