@@ -52,6 +52,24 @@ VIEWS = ("anterior", "posterior")
 SIZE_BINS = ((0.0, 10.0, "< 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">= 20 mm"))
 CONTRAST_BINS = ((0.0, 1.5, "< 1.5"), (1.5, 3.0, "1.5-3"), (3.0, math.inf, ">= 3"))
 UNKNOWN = "unknown"
+METHODS = {
+    "hit": "a hotspot hits a truth metastasis when its centroid (rounded to a pixel) lies within tolerance_px of "
+           "the metastasis's instance mask in the hotspot's view; the nearest metastasis is hit; one hit per truth "
+           "lesion (score: highest malignancy among its hits, in either view), further hits ignored; a hotspot "
+           "hitting no metastasis is a false positive",
+    "froc": "sensitivity = found lesions / truth metastases against false-positive hotspots per study, over "
+            "malignancy thresholds",
+    "sensitivity_at_fp": "highest FROC sensitivity at <= r false positives per study (step, no interpolation); "
+                         "percentile bootstrap over studies",
+    "sensitivity_by": "at the reported malignancy threshold, Wilson CIs; size = equivalent diameter of the truth "
+                      "lesion (larger view), contrast = mean lesion counts / median normal-bone counts",
+    "dice": "per study over both views, NaN where a region is in neither map, mean over studies",
+    "bsi": "truth BSI = bone_scan_index(truth regions, truth metastasis mask); Pearson r with Fisher-z CI; "
+           "Bland-Altman bias and 1.96 SD limits of agreement",
+    "counts": "predicted n_malignant against truth metastases per study; ICC(A,1), quadratic-weighted kappa on "
+              "classes 0, 1, 2, 3-5, >=6",
+    "roc": "AUCs with DeLong CIs; paired DeLong test of each lesion score against the classifier",
+}
 OUTSIDE = "outside skeleton"
 
 
@@ -215,9 +233,8 @@ def _study_images(source: Any, truth: LesionTruth) -> tuple[tuple[np.ndarray, np
     return images, study.pixel_spacing
 
 
-def _one_study(case_id: str, inputs: LesionInputs) -> _Study:
+def _one_study(case_id: str, inputs: LesionInputs, detail: dict, predicted_regions: np.ndarray | None) -> _Study:
     truth = load_truth(inputs.truth[case_id])
-    detail, predicted_regions = _read_prediction(inputs.lesions_dir, case_id)
     source = str(inputs.lesions_dir / f"{case_id}.json")
     views, centroids, scores = _hotspot_arrays(detail, source)
     height, width = truth.instances.shape[1:]
@@ -272,14 +289,14 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
     case_ids = [str(c) for c in evaluated["case_id"]]
     for case_id in case_ids:
         try:
-            details[case_id] = _read_prediction(inputs.lesions_dir, case_id)[0]
+            details[case_id], predicted_regions = _read_prediction(inputs.lesions_dir, case_id)
         except PredictionsError as error:
             failures[case_id] = str(error)
             continue
         if case_id not in inputs.truth:
             continue
         try:
-            studies.append(_one_study(case_id, inputs))
+            studies.append(_one_study(case_id, inputs, details[case_id], predicted_regions))
         except (PredictionsError, AnnotationError) as error:
             failures[case_id] = str(error)
     without_truth = [c for c in case_ids if c not in inputs.truth]
@@ -288,7 +305,8 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
                         f"of the lesion metrics (e.g. {', '.join(without_truth[:3])})")
     if failures:
         warnings.append(f"lesions: {len(failures)} stud(ies) left out: " + "; ".join(list(failures.values())[:3]))
-    metrics: dict[str, Any] = {"n_studies": len(studies), "failures": failures, "tolerance_px": inputs.tolerance}
+    metrics: dict[str, Any] = {"n_studies": len(studies), "failures": failures, "tolerance_px": inputs.tolerance,
+                               "methods": METHODS}
     result = LesionEvaluation(metrics, warnings)
     if details:
         metrics["roc"], result.roc_curves = _score_rocs(evaluated, details, confidence)
