@@ -155,6 +155,9 @@ def test_without_lesion_outputs_evaluate_is_unchanged(tmp_path, capsys):
     assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out", str(out),
                  "--lesions", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path), "--manifest", str(manifest), "--out", str(out),
+                 "--lesions", str(predictions.parent)]) == 2
+    assert "--lesions" in capsys.readouterr().err
 
 
 def test_studies_with_broken_or_missing_outputs_are_left_out_and_named(tmp_path):

@@ -36,14 +36,15 @@ def region_dice(predicted: np.ndarray, truth: np.ndarray, labels: Sequence[int] 
     predicted, truth = np.asarray(predicted), np.asarray(truth)
     if predicted.shape != truth.shape:
         raise PredictionsError("regions", f"predicted {predicted.shape} and truth {truth.shape} differ in shape")
-    labels = [r.label for r in REGIONS] if labels is None else list(labels)
-    out = np.full(len(labels), NAN)
-    for k, label in enumerate(labels):
-        p, t = predicted == label, truth == label
-        total = int(p.sum()) + int(t.sum())
-        if total:
-            out[k] = 2.0 * int((p & t).sum()) / total
-    return out
+    labels = np.asarray([r.label for r in REGIONS] if labels is None else list(labels), dtype=np.int64)
+    # one joint histogram of (predicted, truth) labels gives every region's overlap and sizes in a single pass
+    size = int(max(predicted.max(initial=0), truth.max(initial=0), labels.max(initial=0))) + 1
+    joint = np.bincount(predicted.astype(np.int64).ravel() * size + truth.astype(np.int64).ravel(),
+                        minlength=size * size).reshape(size, size)
+    overlap = np.diagonal(joint)[labels]
+    total = joint.sum(axis=1)[labels] + joint.sum(axis=0)[labels]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2.0 * overlap / total, NAN)
 
 
 @dataclass
