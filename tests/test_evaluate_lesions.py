@@ -10,7 +10,12 @@ import pandas as pd
 import pytest
 
 from bonescan.cli import main
-from bonescan.evaluate.lesion_report import _lesion_attributes, evaluate_lesions, find_lesion_inputs
+from bonescan.evaluate.lesion_report import (
+    _lesion_attributes,
+    _malignant_dice,
+    evaluate_lesions,
+    find_lesion_inputs,
+)
 from bonescan.lesions.bsi import bone_scan_index
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.truth import LesionTruth, save_truth
@@ -80,8 +85,11 @@ def _write_cohort(tmp_path: Path, n: int = 24, seed: int = 0):
         for v, view in enumerate(("ant", "post")):
             np.save(tmp_path / "images" / f"{case_id}_{view}.npy", images[v])
         (out / "lesions" / f"{case_id}.json").write_text(json.dumps(detail))
-        np.savez_compressed(out / "lesions" / f"{case_id}.npz", regions=predicted_regions,
-                            hotspots=np.zeros((2, H, W), np.uint16))
+        hotspot_map = np.zeros((2, H, W), np.uint16)
+        for spot in detail["hotspots"]:
+            r, c = (int(round(v)) for v in spot["centroid"])
+            hotspot_map[("anterior", "posterior").index(spot["view"]), r - 2:r + 3, c - 2:c + 3] = spot["number"]
+        np.savez_compressed(out / "lesions" / f"{case_id}.npz", regions=predicted_regions, hotspots=hotspot_map)
         label = int(any(c == "metastasis" for c in truth.category))
         rows.append({"case_id": case_id, "anterior": f"images/{case_id}_ant.npy",
                      "posterior": f"images/{case_id}_post.npy", "cancer_type": "prostate", "sex": "M", "age": 70,
@@ -134,6 +142,9 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert dice["ribs_left"]["n"] == 0
     assert metrics["bsi"]["pearson_r"] > 0.95 and metrics["bsi"]["loa_low"] < metrics["bsi"]["bias"]
     assert metrics["counts"]["n"] == len(test_cases)
+    with_mets = sum(int(c[1:]) % 4 > 0 for c in test_cases)  # studies without either are not scored
+    assert 0.3 < metrics["malignant_dice"]["mean"] < 1.0
+    assert with_mets <= metrics["malignant_dice"]["n_studies"] <= len(test_cases)
     assert set(metrics["roc"]["auc"]) == {"classifier", "BSI", "lesion probability"}
     assert metrics["roc"]["versus_classifier"]["BSI"]["p_value"] is not None
     html = (out / "report.html").read_text()
@@ -186,3 +197,19 @@ def test_lesion_size_and_contrast_from_the_truth_and_the_image():
     assert size == "10-20 mm"  # 2 sqrt(36 * 2.4^2 / pi) = 16.2 mm
     assert contrast == ">= 3"
     assert _lesion_attributes(truth, 1, None, None)[1:] == ("unknown", "unknown")
+
+
+def test_malignant_dice_counts_hotspots_at_or_above_the_threshold():
+    instances = np.zeros((2, 8, 8), np.uint16)
+    instances[0, 0:2, 0:2] = 1  # metastasis, 4 px
+    instances[1, 5:7, 5:7] = 2  # bladder: not malignant truth
+    truth = LesionTruth(np.zeros_like(instances, np.uint8), instances, ["metastasis", "physiological"],
+                        ["metastasis", "bladder"], ["", ""])
+    hotspots = np.zeros_like(instances)
+    hotspots[0, 0:2, 0:3] = 1  # 6 px, 4 on the metastasis
+    hotspots[1, 5:7, 5:7] = 2  # the bladder, below the threshold
+    detail = {"malignancy_threshold": 0.5, "hotspots": [{"number": 1, "malignancy": 0.9},
+                                                        {"number": 2, "malignancy": 0.2}]}
+    assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (6 + 4))
+    detail["hotspots"][1]["malignancy"] = 0.5
+    assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (10 + 4))

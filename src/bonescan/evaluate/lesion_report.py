@@ -64,6 +64,8 @@ METHODS = {
     "sensitivity_by": "at the reported malignancy threshold, Wilson CIs; size = equivalent diameter of the truth "
                       "lesion (larger view), contrast = mean lesion counts / median normal-bone counts",
     "dice": "per study over both views, NaN where a region is in neither map, mean over studies",
+    "malignant_dice": "per study over both views: pixels of hotspots at or above the malignancy threshold against "
+                      "truth metastasis pixels; studies with neither are not scored; outlined truth only",
     "bsi": "truth BSI = bone_scan_index(truth regions, truth metastasis mask); Pearson r with Fisher-z CI; "
            "Bland-Altman bias and 1.96 SD limits of agreement",
     "counts": "predicted n_malignant against truth metastases per study; ICC(A,1), quadratic-weighted kappa on "
@@ -127,6 +129,7 @@ class _Study:
     truth_bsi: float | None
     predicted_bsi: float
     dice: np.ndarray | None
+    malignant_dice: float | None
 
 
 @dataclass
@@ -140,7 +143,7 @@ class LesionEvaluation:
     roc_curves: list = field(default_factory=list)
 
 
-def _read_prediction(folder: Path, case_id: str) -> tuple[dict, np.ndarray | None]:
+def _read_prediction(folder: Path, case_id: str) -> tuple[dict, dict[str, np.ndarray]]:
     path = folder / f"{case_id}.json"
     try:
         detail = json.loads(path.read_text(encoding="utf-8"))
@@ -151,15 +154,15 @@ def _read_prediction(folder: Path, case_id: str) -> tuple[dict, np.ndarray | Non
     missing = [k for k in ("hotspots", "n_malignant", "bsi") if k not in detail]
     if missing:
         raise PredictionsError(path, f"missing key(s): {', '.join(missing)}")
-    regions = None
+    maps: dict[str, np.ndarray] = {}
     arrays = folder / f"{case_id}.npz"
     if arrays.is_file():
         try:
             with np.load(arrays, allow_pickle=False) as data:
-                regions = data["regions"] if "regions" in data.files else None
+                maps = {key: data[key] for key in ("regions", "hotspots") if key in data.files}
         except (OSError, ValueError) as error:
             raise PredictionsError(arrays, f"not a readable lesion array file ({error})") from None
-    return detail, regions
+    return detail, maps
 
 
 def _hotspot_arrays(detail: dict, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +236,7 @@ def _study_images(source: Any, truth: LesionTruth) -> tuple[tuple[np.ndarray, np
     return images, study.pixel_spacing
 
 
-def _one_study(case_id: str, inputs: LesionInputs, detail: dict, predicted_regions: np.ndarray | None) -> _Study:
+def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str, np.ndarray]) -> _Study:
     truth = load_truth(inputs.truth[case_id])
     source = str(inputs.lesions_dir / f"{case_id}.json")
     views, centroids, scores = _hotspot_arrays(detail, source)
@@ -248,17 +251,29 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, predicted_regio
     images, spacing = _study_images(inputs.images.get(case_id), truth)
     attributes = [_lesion_attributes(truth, int(k), images, spacing) for k in detections.lesion_ids]
     fp = np.flatnonzero(hits == 0)
-    dice = None
-    if truth.has_regions and predicted_regions is not None:
-        if predicted_regions.shape != truth.regions.shape:
-            raise PredictionsError(inputs.lesions_dir / f"{case_id}.npz", f"regions {predicted_regions.shape} "
-                                   f"differ from the truth's {truth.regions.shape}")
-        dice = region_dice(predicted_regions, truth.regions)
+    for key, array in maps.items():
+        if array.shape != truth.instances.shape:
+            raise PredictionsError(inputs.lesions_dir / f"{case_id}.npz", f"{key} {array.shape} differ from the "
+                                   f"truth's {truth.instances.shape}")
+    dice = region_dice(maps["regions"], truth.regions) if truth.has_regions and "regions" in maps else None
+    malignant_dice = None
+    if "hotspots" in maps and not truth.boxes:
+        malignant_dice = _malignant_dice(maps["hotspots"], detail, truth)
     truth_bsi = bone_scan_index(truth.regions, truth.malignant_mask())[0] if truth.has_regions else None
     return _Study(case_id, detections, [a[0] for a in attributes], [a[1] for a in attributes],
                   [a[2] for a in attributes],
                   [_fp_category(truth, int(views[i]), centroids[i], inputs.tolerance) for i in fp], scores[fp],
-                  len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice)
+                  len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice)
+
+
+def _malignant_dice(hotspots: np.ndarray, detail: dict, truth: LesionTruth) -> float | None:
+    """Dice of the malignant hotspots' pixels (malignancy >= the reported threshold) against truth metastases."""
+    threshold = float(detail.get("malignancy_threshold", 0.5))
+    numbers = [int(h.get("number", n + 1)) for n, h in enumerate(detail["hotspots"])
+               if float(h["malignancy"]) >= threshold]
+    predicted, wanted = np.isin(hotspots, numbers), truth.malignant_mask()
+    total = int(predicted.sum()) + int(wanted.sum())
+    return 2.0 * int((predicted & wanted).sum()) / total if total else None
 
 
 def _score_rocs(evaluated: pd.DataFrame, details: dict[str, dict], confidence: float) -> tuple[dict, list]:
@@ -289,14 +304,14 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
     case_ids = [str(c) for c in evaluated["case_id"]]
     for case_id in case_ids:
         try:
-            details[case_id], predicted_regions = _read_prediction(inputs.lesions_dir, case_id)
+            details[case_id], maps = _read_prediction(inputs.lesions_dir, case_id)
         except PredictionsError as error:
             failures[case_id] = str(error)
             continue
         if case_id not in inputs.truth:
             continue
         try:
-            studies.append(_one_study(case_id, inputs, details[case_id], predicted_regions))
+            studies.append(_one_study(case_id, inputs, details[case_id], maps))
         except (PredictionsError, AnnotationError) as error:
             failures[case_id] = str(error)
     without_truth = [c for c in case_ids if c not in inputs.truth]
@@ -333,6 +348,7 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
         "sensitivity_by": {name: lesion_sensitivity_by(groups, lesion_scores, threshold, confidence)
                            for name, groups in by.items()},
         "dice": _dice_summary([s.dice for s in studies if s.dice is not None]),
+        "malignant_dice": _mean_of([s.malignant_dice for s in studies]),
         "counts": count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
     })
     with_bsi = [s for s in studies if s.truth_bsi is not None]
@@ -355,6 +371,11 @@ def _at_threshold(studies: list[_Study], lesion_scores: np.ndarray, threshold: f
     n_fp = sum(fp_kinds.values())
     return {"sensitivity": wilson_interval(found, lesion_scores.size, confidence).as_dict(),
             "false_positives": n_fp, "fp_per_study": n_fp / len(studies), "false_positives_on": dict(fp_kinds)}
+
+
+def _mean_of(values: list[float | None]) -> dict:
+    scored = [v for v in values if v is not None]
+    return {"mean": float(np.mean(scored)) if scored else None, "n_studies": len(scored)}
 
 
 def _dice_summary(per_study: list[np.ndarray]) -> dict:
