@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bonescan.cli import main
-from bonescan.evaluate.lesion_report import (
+from bonescan.evaluate.lesion_pipeline import (
     _lesion_attributes,
     _malignant_dice,
     evaluate_lesions,

@@ -61,7 +61,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise ConfigError("--run", "needs --manifest to know the cases and their splits")
             result = ev.evaluate_run(run, manifest, out, split=split, **options)
         else:
-            from ..evaluate.lesion_report import find_lesion_inputs
+            from ..evaluate.lesion_pipeline import find_lesion_inputs
 
             options["lesions"] = find_lesion_inputs(predictions, manifest, lesions)
             if options["lesions"] is not None:

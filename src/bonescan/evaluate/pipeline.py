@@ -314,7 +314,7 @@ def evaluate_predictions(
     Writes out_dir/predictions.csv, metrics.json, operating_points.json and (unless `report` is False, e.g. for
     a quick metrics-only pass) report.html, each atomically. `operating_points` freezes given thresholds instead
     of choosing them on the validation split (an OperatingPoints keeps its provenance, a dict is marked "given").
-    `lesions` (a `lesion_report.LesionInputs`) adds lesion-level results: metrics.json "lesions" and a report
+    `lesions` (a `lesion_pipeline.LesionInputs`) adds lesion-level results: metrics.json "lesions" and a report
     section; its bootstrap uses `bootstrap` resamples, or 1000 when that is 0.
     """
     frame = _check_frame(predictions, (inputs or {}).get("predictions", "predictions"))
@@ -334,7 +334,7 @@ def evaluate_predictions(
     inputs.update({"bootstrap": bootstrap, "seed": seed, "confidence": confidence})
     lesion_eval = None
     if lesions is not None:
-        from .lesion_report import evaluate_lesions
+        from .lesion_pipeline import evaluate_lesions
 
         lesion_eval = evaluate_lesions(evaluated, lesions, bootstrap or 1000, seed, confidence)
         warnings.extend(lesion_eval.warnings)
