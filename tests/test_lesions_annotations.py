@@ -166,3 +166,10 @@ def test_cli_convert_reports_counts_and_refusals(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "wrote 2 truth file(s)" in captured.out and "1 refused" in captured.out
     assert "refused: s4" in captured.err
+    only_bad = tmp_path / "bad.csv"
+    pd.read_csv(manifest).iloc[[3]].to_csv(only_bad, index=False)
+    assert main(["annotations", "convert", "--manifest", str(only_bad), "--out", str(tmp_path / "p")]) == 2
+    twice = tmp_path / "twice.csv"
+    pd.read_csv(manifest).iloc[[0, 0]].to_csv(twice, index=False)
+    assert main(["annotations", "convert", "--manifest", str(twice), "--out", str(tmp_path / "q")]) == 2
+    assert "duplicate case_id" in capsys.readouterr().err

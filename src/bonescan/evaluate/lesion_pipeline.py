@@ -46,7 +46,7 @@ from .froc import (
     study_detections,
 )
 from .lesion_agreement import bsi_agreement, count_agreement, region_dice
-from .stats import clean_for_json, delong_auc, delong_paired_test
+from .stats import clean_for_json, delong_auc, delong_paired_test, wilson_interval
 
 VIEWS = ("anterior", "posterior")
 SIZE_BINS = ((0.0, 10.0, "< 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">= 20 mm"))
@@ -364,8 +364,6 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
 
 
 def _at_threshold(studies: list[_Study], lesion_scores: np.ndarray, threshold: float, confidence: float) -> dict:
-    from .stats import wilson_interval
-
     found = int((lesion_scores >= threshold).sum())
     fp_kinds = Counter(k for s in studies for k, score in zip(s.fp_categories, s.fp_scores) if score >= threshold)
     n_fp = sum(fp_kinds.values())

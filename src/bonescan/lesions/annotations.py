@@ -334,6 +334,9 @@ def convert_annotations(manifest: str | Path, out_dir: str | Path, mapping: Clas
         raise ConfigError(manifest, f"cannot read the manifest ({error})") from None
     if "case_id" not in raw.columns:
         raise ConfigError(manifest, "has no case_id column")
+    duplicated = sorted(set(raw["case_id"][raw["case_id"].str.strip().duplicated()]))
+    if duplicated:
+        raise ConfigError(manifest, f"duplicate case_id (one truth file each): {', '.join(duplicated[:5])}")
     if not {*BOX_COLUMNS, COCO_COLUMN} & set(raw.columns):
         raise ConfigError(manifest, f"names no annotations: add {', '.join(BOX_COLUMNS)} and/or {COCO_COLUMN}")
     base = manifest.resolve().parent
