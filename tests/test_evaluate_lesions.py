@@ -18,7 +18,7 @@ from bonescan.evaluate.lesion_pipeline import (
 )
 from bonescan.lesions.bsi import bone_scan_index
 from bonescan.lesions.regions import BY_NAME
-from bonescan.lesions.truth import LesionTruth, save_truth
+from bonescan.lesions.truth import LesionTruth, load_truth, save_truth
 
 H, W = 256, 64
 SPOTS = [(60, 32, "thoracic_spine"), (100, 32, "thoracic_spine"), (150, 20, "pelvis"), (30, 32, "skull")]
@@ -176,9 +176,13 @@ def test_studies_with_broken_or_missing_outputs_are_left_out_and_named(tmp_path)
     lesions = predictions.parent / "lesions"
     (lesions / "s01.json").unlink()
     (lesions / "s02.json").write_text("{not json")
+    region_only = load_truth(tmp_path / "truth" / "s03.npz")
+    region_only.has_findings = False
+    save_truth(region_only, tmp_path / "truth" / "s03.npz")
     frame = pd.read_csv(predictions).assign(label=0)
     result = evaluate_lesions(frame, find_lesion_inputs(predictions, manifest), n_boot=20)
-    assert result.metrics["n_studies"] == 10
+    assert result.metrics["n_studies"] == 9 and result.metrics["dice"]["n_studies"] == 10
+    assert any("1 stud(ies) have region-only truth" in w for w in result.warnings)
     assert set(result.metrics["failures"]) == {"s01", "s02"}
     assert any("2 stud(ies) left out" in w and "s01.json" in w for w in result.warnings)
 

@@ -46,13 +46,13 @@ def _coco(path: Path, case_id: str, width=W, height=H, category="thoracic_spine"
 
 
 def _cohort(tmp_path: Path) -> Path:
-    """s1: VOC both views + COCO; s2: VOC anterior only; s3: no annotations; s4: broken files."""
+    """s1: VOC both views + COCO; s2: VOC anterior only; s3: no annotations; s4: broken files; s5: COCO only."""
     ann = tmp_path / "ann"
     ann.mkdir()
     images = tmp_path / "images"
     images.mkdir()
     rows = []
-    for case_id in ("s1", "s2", "s3", "s4"):
+    for case_id in ("s1", "s2", "s3", "s4", "s5"):
         for view in ("ant", "post"):
             np.save(images / f"{case_id}_{view}.npy", np.ones((H, W), np.float32))
         rows.append({"case_id": case_id, "anterior": f"images/{case_id}_ant.npy",
@@ -66,6 +66,7 @@ def _cohort(tmp_path: Path) -> Path:
                                               height=512)
     rows[3]["boxes_posterior"] = "ann/" + _voc(ann / "s4_post.xml", [("nidus", 1, 1, 5, 5)], filename="other.jpg")
     rows[3]["regions_coco"] = "ann/" + _coco(ann / "s4.json", "s4", width=128, category="tail")
+    rows[4]["regions_coco"] = "ann/" + _coco(ann / "s5.json", "s5")
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
@@ -73,9 +74,9 @@ def _cohort(tmp_path: Path) -> Path:
 
 def test_voc_boxes_and_coco_regions_become_truth_files_and_a_truth_column(tmp_path):
     report = convert_annotations(_cohort(tmp_path), tmp_path / "out")
-    assert report.written == ["s1", "s2"] and report.without_annotations == ["s3"]
+    assert report.written == ["s1", "s2", "s5"] and report.without_annotations == ["s3"]
     table = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype=str, keep_default_na=False)
-    assert table["truth"].tolist() == ["truth/s1.npz", "truth/s2.npz", "", ""]
+    assert table["truth"].tolist() == ["truth/s1.npz", "truth/s2.npz", "", "", "truth/s5.npz"]
     # paths are rebased to the new manifest's folder
     assert (tmp_path / "out" / table["anterior"][0]).resolve() == (tmp_path / "images" / "s1_ant.npy").resolve()
 
@@ -95,12 +96,15 @@ def test_voc_boxes_and_coco_regions_become_truth_files_and_a_truth_column(tmp_pa
 
     boxes_only = load_truth(tmp_path / "out" / "truth" / "s2.npz")
     assert not boxes_only.has_regions and boxes_only.boxes and (boxes_only.instances[1] == 0).all()
+    assert truth.has_findings and boxes_only.has_findings
+    regions_only = load_truth(tmp_path / "out" / "truth" / "s5.npz")
+    assert regions_only.has_regions and not regions_only.has_findings and not regions_only.boxes
 
 
 def test_bad_annotations_give_one_error_per_file_listing_every_problem(tmp_path):
     manifest = _cohort(tmp_path)
     report = convert_annotations(manifest, tmp_path / "out", load_mapping(_strict_mapping(tmp_path)))
-    assert report.written == ["s1", "s2"] and len(report.failures) == 1  # the batch goes on past s4
+    assert report.written == ["s1", "s2", "s5"] and len(report.failures) == 1  # the batch goes on past s4
     message = str(report.failures[0])
     assert message.startswith("s4")
     for expected in ("s4_ant.xml", "differs from the image's 64 x 256", "lies outside", "unknown name 'tumour'",
@@ -164,7 +168,7 @@ def test_cli_convert_reports_counts_and_refusals(tmp_path, capsys):
     manifest = _cohort(tmp_path)
     assert main(["annotations", "convert", "--manifest", str(manifest), "--out", str(tmp_path / "o")]) == 0
     captured = capsys.readouterr()
-    assert "wrote 2 truth file(s)" in captured.out and "1 refused" in captured.out
+    assert "wrote 3 truth file(s)" in captured.out and "1 refused" in captured.out
     assert "refused: s4" in captured.err
     only_bad = tmp_path / "bad.csv"
     pd.read_csv(manifest).iloc[[3]].to_csv(only_bad, index=False)

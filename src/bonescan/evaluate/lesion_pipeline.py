@@ -130,6 +130,7 @@ class _Study:
     predicted_bsi: float
     dice: np.ndarray | None
     malignant_dice: float | None
+    has_findings: bool
 
 
 @dataclass
@@ -257,13 +258,15 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
                                    f"truth's {truth.instances.shape}")
     dice = region_dice(maps["regions"], truth.regions) if truth.has_regions and "regions" in maps else None
     malignant_dice = None
-    if "hotspots" in maps and not truth.boxes:
+    if "hotspots" in maps and truth.has_findings and not truth.boxes:
         malignant_dice = _malignant_dice(maps["hotspots"], detail, truth)
-    truth_bsi = bone_scan_index(truth.regions, truth.malignant_mask())[0] if truth.has_regions else None
+    truth_bsi = (bone_scan_index(truth.regions, truth.malignant_mask())[0]
+                 if truth.has_regions and truth.has_findings else None)
     return _Study(case_id, detections, [a[0] for a in attributes], [a[1] for a in attributes],
                   [a[2] for a in attributes],
                   [_fp_category(truth, int(views[i]), centroids[i], inputs.tolerance) for i in fp], scores[fp],
-                  len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice)
+                  len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice,
+                  truth.has_findings)
 
 
 def _malignant_dice(hotspots: np.ndarray, detail: dict, truth: LesionTruth) -> float | None:
@@ -320,8 +323,14 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
                         f"of the lesion metrics (e.g. {', '.join(without_truth[:3])})")
     if failures:
         warnings.append(f"lesions: {len(failures)} stud(ies) left out: " + "; ".join(list(failures.values())[:3]))
+    dice = _dice_summary([s.dice for s in studies if s.dice is not None])
+    region_only = [s.case_id for s in studies if not s.has_findings]
+    if region_only:  # annotated for regions only: Dice yes, detection no
+        warnings.append(f"lesions: {len(region_only)} stud(ies) have region-only truth (findings not annotated): "
+                        "in Dice, left out of detection, count and BSI metrics")
+        studies = [s for s in studies if s.has_findings]
     metrics: dict[str, Any] = {"n_studies": len(studies), "failures": failures, "tolerance_px": inputs.tolerance,
-                               "methods": METHODS}
+                               "methods": METHODS, "dice": dice}
     result = LesionEvaluation(metrics, warnings)
     if details:
         metrics["roc"], result.roc_curves = _score_rocs(evaluated, details, confidence)
@@ -347,7 +356,6 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
         "at_threshold": _at_threshold(studies, lesion_scores, threshold, confidence),
         "sensitivity_by": {name: lesion_sensitivity_by(groups, lesion_scores, threshold, confidence)
                            for name, groups in by.items()},
-        "dice": _dice_summary([s.dice for s in studies if s.dice is not None]),
         "malignant_dice": _mean_of([s.malignant_dice for s in studies]),
         "counts": count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
     })

@@ -5,7 +5,8 @@ A manifest names a study's annotation files in three optional columns (paths rel
   either marks the study as box-annotated; a view whose cell is blank then has no findings. VOC files do not link
   the two views, so a lesion boxed in both views becomes two findings.
 - `regions_coco`: a COCO JSON file (one per study, or one for the whole set) whose category names are skeletal
-  regions; polygons and RLE are decoded with pycocotools. The study's two images are its entries whose file name
+  regions; polygons and RLE are decoded with pycocotools. A study with region masks but no box files gets
+  region-only truth (`has_findings = False`): its hotspots were not annotated, so no lesion loss is taken on it. The study's two images are its entries whose file name
   (without extension) is that of the view's own image file, or `<case_id>_anterior` / `<case_id>_posterior`.
 
 `bonescan annotations convert` reads them once, validates them against the study's images, and writes one truth
@@ -164,8 +165,9 @@ def truth_from_annotations(study: StudyAnnotations, shape: tuple[int, int], mapp
             category.append(mapping.category(box.name))
             kind.append(box.name)
             region.append(_majority_region(regions[view][box.pixel_slices()]) if has_regions else "")
-    return LesionTruth(regions, instances, category, kind, region, has_regions=has_regions,
-                       boxes=study.boxes != (None, None))
+    boxed = study.boxes != (None, None)
+    return LesionTruth(regions, instances, category, kind, region, has_regions=has_regions, boxes=boxed,
+                       has_findings=boxed)
 
 
 def _check_voc_filename(annotation: VocAnnotation, image_name: str | None) -> None:

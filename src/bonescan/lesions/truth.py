@@ -8,7 +8,9 @@ Arrays (view 0 = anterior, 1 = posterior, both as stored in the study, rows head
 - `region`    str    [N]: region name holding the finding ("" when outside the skeleton, e.g. bladder).
 A manifest references the file in its `truth` column. A box-only source (Pascal VOC) fills `instances` with its
 boxes and leaves `regions` all 0 with `has_regions = False`, so region losses skip it; `boxes = True` marks
-instances that are boxes rather than outlines (see `bonescan.lesions.annotations` for how they train).
+instances that are boxes rather than outlines (see `bonescan.lesions.annotations` for how they train);
+`has_findings = False` marks region-only truth (e.g. COCO masks without boxes): no finding was annotated, which is
+not the same as none being there, so lesion losses and detection metrics skip it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LesionTruth:
     region: list[str]
     has_regions: bool = True
     boxes: bool = False  # instances are annotated boxes, not outlines
+    has_findings: bool = True  # False: findings were not annotated (region-only truth)
 
     def malignant_mask(self) -> np.ndarray:
         """[2, H, W] bool: pixels of metastasis instances."""
@@ -50,7 +53,7 @@ def save_truth(truth: LesionTruth, target: str | Path) -> Path:
                                 instances=truth.instances.astype(np.uint16),
                                 category=np.array(truth.category, dtype=str), kind=np.array(truth.kind, dtype=str),
                                 region=np.array(truth.region, dtype=str), has_regions=np.array(truth.has_regions),
-                                boxes=np.array(truth.boxes))
+                                boxes=np.array(truth.boxes), has_findings=np.array(truth.has_findings))
     return Path(target)
 
 
@@ -81,4 +84,4 @@ def load_truth(path: str | Path) -> LesionTruth:
         raise AnnotationError(path, "; ".join(problems))
     return LesionTruth(regions, instances, arrays["category"].tolist(), arrays["kind"].tolist(),
                        arrays["region"].tolist(), bool(arrays.get("has_regions", np.array(True))),
-                       bool(arrays.get("boxes", np.array(False))))
+                       bool(arrays.get("boxes", np.array(False))), bool(arrays.get("has_findings", np.array(True))))
