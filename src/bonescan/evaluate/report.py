@@ -217,8 +217,9 @@ def render_report(
     false_positives: pd.DataFrame,
     heatmaps_dir: str | Path | None = None,
     sites=None,
+    lesions: Any = None,
 ) -> str:
-    """Render report.html from the computed sections."""
+    """Render report.html from the computed sections (and the lesion section of a `LesionEvaluation`)."""
     heatmaps = Path(heatmaps_dir) if heatmaps_dir else None
     overall = {name: sec["rows"][0] for name, sec in thresholds.items()}  # threshold_table puts overall first
     counts = {
@@ -258,4 +259,13 @@ def render_report(
         false_positives=error_rows(false_positives, heatmaps),
         n_validation=0 if validation is None else len(validation),
         sites=sites,
+        lesion_html=_lesion_html(lesions),
     )
+
+
+def _lesion_html(lesions: Any) -> str | None:
+    if lesions is None:
+        return None
+    from .lesion_report import render_lesion_section
+
+    return render_lesion_section(lesions)
