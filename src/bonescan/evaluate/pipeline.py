@@ -30,7 +30,7 @@ from .operating_points import (
 from .stats import clean_for_json
 
 SCHEMA = "bonescan.evaluate/1"
-CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "path", "anterior", "posterior")
+CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "region", "path", "anterior", "posterior")
 
 
 @dataclass
@@ -284,7 +284,7 @@ def _metrics_json(evaluated: pd.DataFrame, split: str, points: OperatingPoints, 
 
 
 def _predictions_out(frame: pd.DataFrame, points: OperatingPoints, temperature: float | None) -> pd.DataFrame:
-    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id")
+    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id", "region")
             if c in frame.columns]
     out = M.with_groups(frame)[keep + (["age_group"] if "age" in frame else [])].copy()
     if temperature is not None:
