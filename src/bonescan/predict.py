@@ -195,7 +195,7 @@ class StudyReader:
     def __getitem__(self, index: int) -> _Item:
         source = self.sources[index]
         try:
-            study = read_study(source)
+            study = read_study(source, region=self.config.region)
             inputs = preprocess_study(study, self.config)
         except BoneScanError as error:
             return _Item(index, error=f"{type(error).__name__}: {error}")

@@ -174,7 +174,8 @@ def _thumbnail_cells(row: pd.Series, heatmaps_dir: Path | None) -> dict[str, Any
         try:
             from ..io import read_study
 
-            study = read_study(source)
+            region = row.get("region")
+            study = read_study(source, region=region if isinstance(region, str) and region else None)
             for name in ("anterior", "posterior"):
                 image = getattr(study, name)
                 if image is not None:
