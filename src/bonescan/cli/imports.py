@@ -50,3 +50,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..imports import import_pairs
 
         _report(import_pairs(root, labels, out))
+
+    @bench.command("import")
+    def bench_import_command(
+        data: Path = typer.Option(..., "--data", help="Folder for the synthetic tree and the import (reused)."),
+        patients: int = typer.Option(3000, "--patients", help="Patients in the synthetic tree."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: up to 4)."),
+        check: bool = typer.Option(True, "--check/--no-check", help="Also time the duplicate / leakage check."),
+    ) -> None:
+        """Seconds to import a BS-80K-shaped tree and to check all its images for duplicates."""
+        from ..bench_datasets import bench_import
+
+        for line in bench_import(data, patients, workers, check):
+            typer.echo(line)
