@@ -74,3 +74,10 @@ def test_cli_check_exit_code_and_split_writes_duplicates(imported, tmp_path, cap
     split = pd.read_csv(tmp_path / "split.csv", dtype={"case_id": str}).set_index("case_id")["split"]
     assert split[original] == split[copy]
     assert (tmp_path / "split_duplicates.csv").is_file()
+    # crops alone are too alike to call re-encoded copies near duplicates; the whole-body manifest links them
+    for seed in range(3):
+        assert main(["cohort", "split", "--manifest", str(result.manifests["chestR"]), "--also",
+                     str(result.manifests["wholeBody"]), "--out", str(tmp_path / "chest.csv"), "--seed", str(seed),
+                     "--ratios", "0.5,0.25,0.25", "--workers", "1"]) == 0
+        chest = pd.read_csv(tmp_path / "chest.csv", dtype={"patient_id": str}).set_index("patient_id")["split"]
+        assert len(chest) == 9 and chest[original] == chest[copy]

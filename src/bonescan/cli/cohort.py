@@ -38,6 +38,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         near_threshold: int = typer.Option(32, "--near-threshold", help="Whole-body near-duplicate bits (of 512)."),
         crop_near_threshold: int = typer.Option(8, "--crop-near-threshold", help="The same for region crops."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Hashing processes (default: up to 4)."),
+        also: list[Path] = typer.Option(
+            [], "--also", help="Another manifest of the same patients (e.g. the whole-body one beside a region's) "
+                               "checked alongside, so duplicates found there keep these rows together too."),
     ) -> None:
         """Split train/val/test at random within each cancer type x label stratum (excluded rows kept, marked).
 
@@ -52,11 +55,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if check:
             from ..leakage import check_manifest
 
-            report = check_manifest(table, near_threshold, crop_near_threshold, workers)
+            import pandas as pd
+
+            checked = pd.concat([table, *(cohort.load_manifest(m, check_files=False) for m in also)],
+                                ignore_index=True)
+            report = check_manifest(checked, near_threshold, crop_near_threshold, workers)
             for line in report.summary_lines():
                 typer.echo(line, err=True)
             report.write(out.with_name(f"{out.stem}_duplicates.csv"))
-            groups = report.groups
+            groups = report.groups[: len(table)]  # the groups of this manifest's rows
         elif "patient_id" in table.columns:
             groups = table["patient_id"].astype(str).tolist()
         result = cohort.split_manifest(table, fractions, seed=seed, groups=groups)
