@@ -39,6 +39,7 @@ def _damaged(clean_tree, tmp_path):
     xml.write_text(xml.read_text().replace("<width>256</width>", "<width>512</width>"))  # XML of another size
     shutil.copy(ant / "5.jpg", ant / "005.jpg")  # two files for id 5
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(root / "chestRANT" / "3.jpg")  # no crop is 8 x 8
+    (post / "notes.docx").write_bytes(b"x")  # not an image
     return root
 
 
@@ -60,7 +61,8 @@ def test_bs80k_import_lists_every_defect_and_goes_on(clean_tree, tmp_path):
     for expected in [("missing partner view", "2.jpg"), ("label line without image", "99.jpg"),
                      ("bad label line", "wholeBodyANT.txt"), ("image without label", "60.jpg"),
                      ("unreadable image", "4.jpg"), ("annotation unusable", "1.xml"),
-                     ("duplicate id", "5.jpg"), ("duplicate id", "005.jpg"), ("not a usable view", "3.jpg")]:
+                     ("duplicate id", "5.jpg"), ("duplicate id", "005.jpg"), ("not a usable view", "3.jpg"),
+                     ("unexpected file", "notes.docx")]:
         assert expected in listed, expected
     wrong_size = problems[problems["problem"] == "annotation unusable"].iloc[0]
     assert "512 x 1024" in wrong_size["reason"] and wrong_size["effect"] == "row kept without boxes"

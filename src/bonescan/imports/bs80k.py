@@ -118,10 +118,16 @@ def _list_folder(root: Path, folder: str, manifest: str, layout: Layout, problem
         return scan
     suffixes = tuple(s.lower() for s in layout.image_suffixes)
     by_id: dict[str, list[Path]] = defaultdict(list)
+    label_names = {Path(pattern.format(folder=folder)).name for pattern in layout.label_files}
     with os.scandir(path) as entries:
         for entry in entries:
-            if entry.is_file() and entry.name.lower().endswith(suffixes):
+            if not entry.is_file():
+                continue
+            if entry.name.lower().endswith(suffixes):
                 by_id[file_id(entry.name, layout.numeric_ids)].append(Path(entry.path))
+            elif entry.name not in label_names and not entry.name.startswith("."):
+                problems.append(Problem(manifest, folder, entry.path, "", "unexpected file",
+                                        f"not an image ({', '.join(layout.image_suffixes)}) nor the label file"))
     scan.counts["images"] = sum(len(v) for v in by_id.values())
     for pid, files in sorted(by_id.items()):
         if len(files) == 1:

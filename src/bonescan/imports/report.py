@@ -22,7 +22,7 @@ REMOVING = (
     "missing partner view",
 )
 KEEPING = (
-    "missing folder", "no label file", "label line without image", "bad label line", "repeated label line", "annotation unusable",
+    "missing folder", "no label file", "unexpected file", "label line without image", "bad label line", "repeated label line", "annotation unusable",
     "no annotation file", "annotation without image", "label disagrees with boxes", "unexpected image size",
 )
 
@@ -101,6 +101,8 @@ def _effect(problem: Problem) -> str:
         return "row kept without boxes"
     if problem.problem == "no label file":
         return "its images are unlabelled (listed one by one)"
+    if problem.problem == "unexpected file":
+        return "ignored"
     if problem.problem == "missing folder":
         return "no manifest for this pair of folders"
     return "row kept"
