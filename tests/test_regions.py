@@ -69,9 +69,11 @@ def test_train_predict_evaluate_on_crop_pairs(tmp_path, capsys, monkeypatch):
     assert record["preprocess"]["region"] == "chestR" and record["preprocess"]["height"] == 160
 
     assert main(["predict", "--run", str(run), "--manifest", str(manifest), "--split", "test",
-                 "--out", str(tmp_path / "preds.csv"), "--workers", "0"]) == 0, capsys.readouterr().err
+                 "--out", str(tmp_path / "preds.csv"), "--heatmaps", str(tmp_path / "maps"),
+                 "--workers", "0"]) == 0, capsys.readouterr().err
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert (preds["status"] == "ok").all() and preds["probability"].between(0, 1).all()
+    assert all((tmp_path / "maps" / f"{case}.png").is_file() for case in preds["case_id"])
     assert len(preds) == (table["split"] == "test").sum()
 
     assert main(["evaluate", "--run", str(run), "--manifest", str(manifest), "--split", "test",
@@ -79,3 +81,15 @@ def test_train_predict_evaluate_on_crop_pairs(tmp_path, capsys, monkeypatch):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert '"group": "chestR"' in json.dumps(metrics)
     assert main(["inspect", "--region", "chestR", str(tmp_path / "tree" / "chestRANT" / "1.jpg")]) == 0
+
+
+def test_heat_maps_follow_each_crops_own_shape():
+    import torch
+
+    from bonescan.heatmap import grad_cam
+    from bonescan.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset_config("tiny").model, None)
+    maps = grad_cam(model, torch.rand(1, 2, 160, 64), [((165, 65), (163, 66))])
+    assert maps[0].anterior.shape == (165, 65) and maps[0].posterior.shape == (163, 66)

@@ -507,7 +507,7 @@ class OutputWriter:
             chunk = items[start:start + GRAD_CAM_CHUNK]
             try:
                 maps += grad_cam(self.model, _as_tensor(np.stack([item.inputs for item in chunk])),
-                                 [item.views[0].shape for item in chunk], chunk[0].mirror_posterior)
+                                 [tuple(v.shape for v in item.views) for item in chunk], chunk[0].mirror_posterior)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 maps += [None] * len(chunk)
                 for outcome in outcomes[start:start + GRAD_CAM_CHUNK]:
