@@ -40,6 +40,10 @@ def _damaged(clean_tree, tmp_path):
     shutil.copy(ant / "5.jpg", ant / "005.jpg")  # two files for id 5
     Image.fromarray(np.full((8, 8), 9, np.uint8)).save(root / "chestRANT" / "3.jpg")  # no crop is 8 x 8
     (post / "notes.docx").write_bytes(b"x")  # not an image
+    chest_labels = root / "chestRPOST" / "chestRPOST.txt"
+    label_5 = dict(line.split("\t") for line in chest_labels.read_text().splitlines())["5.jpg"]
+    with open(chest_labels, "a") as labels:
+        labels.write(f"5.jpg\t{1 - int(label_5)}\n")  # conflicting label lines
     return root
 
 
@@ -62,7 +66,7 @@ def test_bs80k_import_lists_every_defect_and_goes_on(clean_tree, tmp_path):
                      ("bad label line", "wholeBodyANT.txt"), ("image without label", "60.jpg"),
                      ("unreadable image", "4.jpg"), ("annotation unusable", "1.xml"),
                      ("duplicate id", "5.jpg"), ("duplicate id", "005.jpg"), ("not a usable view", "3.jpg"),
-                     ("unexpected file", "notes.docx")]:
+                     ("unexpected file", "notes.docx"), ("conflicting label lines", "5.jpg")]:
         assert expected in listed, expected
     wrong_size = problems[problems["problem"] == "annotation unusable"].iloc[0]
     assert "512 x 1024" in wrong_size["reason"] and wrong_size["effect"] == "row kept without boxes"
@@ -70,9 +74,9 @@ def test_bs80k_import_lists_every_defect_and_goes_on(clean_tree, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["rows_removed"]["wholeBody"] == {"missing partner view": 1, "unreadable image": 1,
                                                     "duplicate id": 1, "image without label": 1}
-    assert summary["rows_removed"]["chestR"] == {"not a usable view": 1}
+    assert summary["rows_removed"]["chestR"] == {"not a usable view": 1, "conflicting label lines": 1}
     chest = load_manifest(result.manifests["chestR"])
-    assert sorted(chest["patient_id"].astype(str)) == ["1", "2", "4", "5"] and set(chest["region"]) == {"chestR"}
+    assert sorted(chest["patient_id"].astype(str)) == ["1", "2", "4"] and set(chest["region"]) == {"chestR"}
     counts = pd.read_csv(tmp_path / "out" / "counts.csv").set_index("folder")
     assert counts.loc["wholeBodyANT", "images"] == 7 and counts.loc["wholeBodyANT", "usable"] == 3
 

@@ -138,25 +138,25 @@ def _list_folder(root: Path, folder: str, manifest: str, layout: Layout, problem
             problems.append(Problem(manifest, folder, str(file), pid, "duplicate id",
                                     f"files {names} all stand for id {pid}"))
     duplicated = {pid for pid, files in by_id.items() if len(files) > 1}
-    _read_labels(root, scan, manifest, layout, duplicated, problems)
+    conflicting = _read_labels(root, scan, manifest, layout, duplicated, problems)
     for pid, file in sorted(scan.files.items()):
-        if pid not in scan.labels and pid not in scan.counts.get("_conflicting", set()):
+        if pid not in scan.labels and pid not in conflicting:
             reason = (f"not named in {scan.counts['label_file']}" if scan.counts.get("label_file")
                       else "the folder has no label file")
             problems.append(Problem(manifest, folder, str(file), pid, "image without label", reason))
-    scan.counts.pop("_conflicting", None)
     return scan
 
 
 def _read_labels(root: Path, scan: FolderScan, manifest: str, layout: Layout, duplicated: set[str],
-                 problems: list[Problem]) -> None:
+                 problems: list[Problem]) -> set[str]:
+    """Fill scan.labels from the folder's label file; returns the ids whose label lines conflict."""
     candidates = [root / pattern.format(folder=scan.folder) for pattern in layout.label_files]
     label_file = next((c for c in candidates if c.is_file()), None)
     if label_file is None:
         looked = ", ".join(str(c.relative_to(root)) for c in candidates)
         problems.append(Problem(manifest, scan.folder, str(root / scan.folder), "", "no label file",
                                 f"looked for {looked}"))
-        return
+        return set()
     scan.counts["label_file"] = str(label_file)
     seen: dict[str, tuple[int, int]] = {}  # id -> (label, line number)
     conflicting: set[str] = set()
@@ -191,7 +191,7 @@ def _read_labels(root: Path, scan: FolderScan, manifest: str, layout: Layout, du
             continue
         seen[pid] = (label, number)
     scan.labels = {pid: label for pid, (label, _) in seen.items() if pid not in conflicting and pid in scan.files}
-    scan.counts["_conflicting"] = conflicting
+    return conflicting
 
 
 # ----------------------------------------------------------------------------------------------------------------
