@@ -109,7 +109,7 @@ def predict_manifest(
         if table.empty:
             raise ConfigError("split", f"no manifest rows with split = {split!r}")
     if loaded.preprocess_cfg.region is not None:  # a region run scores only its region's crops
-        from .regions import select_region
+        from .crops import select_region
 
         table = select_region(table, loaded.preprocess_cfg.region)
     cache = build_cache(table.reset_index(drop=True), loaded.preprocess_cfg, cache_dir)

@@ -36,7 +36,7 @@ class PreprocessConfig:
     mirror_posterior: bool = True
     normalization: Normalization = "minmax"
     counts_percentile: float = 99.5
-    region: str | None = None  # crops of a body region (bonescan.regions), None for whole-body studies
+    region: str | None = None  # crops of a body region (bonescan.crops), None for whole-body studies
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:

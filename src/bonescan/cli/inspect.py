@@ -47,7 +47,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Read each study and print one JSON line: views, shape, spacing, counts, view rule, or the error."""
         if region is not None:
-            from ..regions import region as known_region
+            from ..crops import region as known_region
 
             known_region(region)
         sources = find_studies(paths)

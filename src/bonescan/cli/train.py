@@ -62,7 +62,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Train MultiViewNet on a manifest's train split, selecting the best epoch by validation AUC."""
         from ..cohort import load_manifest
         from ..presets import preset_config
-        from ..regions import apply_region
+        from ..crops import apply_region
         from ..train import train
 
         config = preset_config(

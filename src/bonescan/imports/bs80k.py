@@ -27,7 +27,7 @@ import pandas as pd
 from ..errors import AnnotationError, BoneScanError, ConfigError
 from ..io.checks import check_whole_body
 from ..io.voc import read_voc
-from ..regions import check_region_crop
+from ..crops import check_region_crop
 from .layout import Layout
 from .probe import probe_many
 from .report import ImportResult, Problem, attribute_removals

@@ -5,7 +5,7 @@ only the keys that differ from BS-80K's default (`regions` replaces the default 
 
     whole_body      {"anterior": folder, "posterior": folder}, relative to the set's root
     annotations     {"anterior": folder, "posterior": folder} of Pascal VOC XML files, one per image (<stem>.xml)
-    regions         {name: {"anterior": folder, "posterior": folder}}; names as in bonescan.regions
+    regions         {name: {"anterior": folder, "posterior": folder}}; names as in bonescan.crops
     label_files     candidate label-file paths, "{folder}" replaced by each image folder; the first that exists
     image_suffixes  file endings of images (any case)
     image_size      [width, height] of a whole-body image (BS-80K: 256 x 1024)
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..regions import REGIONS
+from ..crops import REGIONS
 
 
 def _bs80k_regions() -> dict[str, dict[str, str]]:

@@ -9,7 +9,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..errors import UnreadableInputError, ViewError
-from ..regions import check_region_crop
+from ..crops import check_region_crop
 from ..study import Study, StudyMeta
 from .checks import check_counts, check_whole_body
 from .dicom import ANTERIOR, POSTERIOR, DicomContent, read_dicom, views_or_refuse
@@ -38,7 +38,7 @@ def read_study(source: StudyInput, region: str | None = None) -> Study:
     """Read a study from a file, an [anterior, posterior] pair of files, or a StudySource from find_studies.
 
     `region` (e.g. "chestR"): the views are crops of that body region, checked by the crop rule of
-    `bonescan.regions` instead of the whole-body rule, and their shapes may differ.
+    `bonescan.crops` instead of the whole-body rule, and their shapes may differ.
     """
     files, ordered = _files_of(source)
     if len(files) == 1:

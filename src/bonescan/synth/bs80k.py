@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..regions import REGIONS
+from ..crops import REGIONS
 from .case import SyntheticCase, case_seed, generate_case
 
 VIEWS = (("ANT", "anterior", "ant"), ("POST", "posterior", "post"))

@@ -1,4 +1,4 @@
-"""Region crops as network input: the regions, their input sizes, the crop geometry rule, region runs.
+"""Region crops as network input: the body regions of crops, their input sizes, the crop rule, region runs.
 
 Public sets such as BS-80K also ship automatic crops of body regions, one anterior and one posterior crop per
 patient and region, each with its own label (abnormal when a metastasis box falls inside the region). A region is

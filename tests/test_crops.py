@@ -16,7 +16,7 @@ from bonescan.imports import import_bs80k
 from bonescan.io import read_study
 from bonescan.preprocess import PreprocessConfig, preprocess_study
 from bonescan.presets import preset_config
-from bonescan.regions import apply_region, region_preprocess
+from bonescan.crops import apply_region, region_preprocess
 from bonescan.synth.bs80k import write_bs80k_tree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
