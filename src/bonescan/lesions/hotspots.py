@@ -1,0 +1,51 @@
+"""What the lesion reader reports for one study: numbered hotspots, their regions and the Bone Scan Index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Hotspot:
+    """One hotspot in one view, in stored-image pixels (rows head -> feet, posterior as seen from behind)."""
+
+    number: int  # 1-based within the study: the number on overlays, in the SR and the SEG
+    view: str  # anterior | posterior
+    box: tuple[int, int, int, int]  # row0, col0, row1, col1 (0-based, half-open)
+    centroid: tuple[float, float]  # row, col
+    area_mm2: float
+    region: str  # a `regions.REGIONS` name, or "" outside the skeleton
+    malignancy: float  # probability that this hotspot is a metastasis
+    uptake_ratio: float  # mean counts in the hotspot / median counts of normal bone in the same view
+    uid: str  # tracking UID, unique per hotspot, reused by the SR and the SEG
+    mask: np.ndarray | None = field(default=None, repr=False)  # bool, box-sized
+
+    def to_json(self) -> dict:
+        return {"number": self.number, "view": self.view, "box": list(self.box),
+                "centroid": [round(v, 1) for v in self.centroid], "area_mm2": round(self.area_mm2, 1),
+                "region": self.region, "malignancy": round(self.malignancy, 4),
+                "uptake_ratio": round(self.uptake_ratio, 2), "uid": self.uid}
+
+
+@dataclass
+class StudyLesions:
+    """Lesion-level result of one study."""
+
+    hotspots: list[Hotspot]
+    regions: np.ndarray  # uint8 [2, H, W] predicted skeletal-region labels
+    bsi: float  # percent
+    bsi_by_region: dict[str, float]
+    probability: float  # study-level probability of metastasis from the lesions
+    threshold: float  # malignancy probability at which a hotspot counts as malignant
+
+    @property
+    def n_malignant(self) -> int:
+        return sum(h.malignancy >= self.threshold for h in self.hotspots)
+
+    def to_json(self) -> dict:
+        return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant, "bsi": round(self.bsi, 3),
+                "bsi_by_region": {k: round(v, 3) for k, v in self.bsi_by_region.items() if v > 0},
+                "probability_from_lesions": round(self.probability, 4), "malignancy_threshold": self.threshold,
+                "hotspots": [h.to_json() for h in self.hotspots]}

@@ -1,0 +1,80 @@
+"""Per-study lesion truth: skeletal-region label maps and finding instance masks for both views, in one .npz.
+
+Arrays (view 0 = anterior, 1 = posterior, both as stored in the study, rows head -> feet):
+- `regions`   uint8  [2, H, W]: skeletal-region labels (`bonescan.lesions.regions`, 0 = background);
+- `instances` uint16 [2, H, W]: 0 = none, k = the k-th finding (1-based); where findings overlap the later one wins;
+- `category`  str    [N]: metastasis | benign | artifact | physiological (bladder, kidneys, injection site);
+- `kind`      str    [N]: the finding's kind (e.g. metastasis, degenerative_knee, bladder);
+- `region`    str    [N]: region name holding the finding ("" when outside the skeleton, e.g. bladder).
+A manifest references the file in its `truth` column. A box-only source (Pascal VOC) fills `instances` with its
+boxes and leaves `regions` all 0 with `has_regions = False`, so region losses skip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AnnotationError
+from ..fileio import atomic_path
+
+CATEGORIES = ("metastasis", "benign", "artifact", "physiological")
+
+
+@dataclass
+class LesionTruth:
+    """Region labels and finding instances of one study (both views)."""
+
+    regions: np.ndarray
+    instances: np.ndarray
+    category: list[str]
+    kind: list[str]
+    region: list[str]
+    has_regions: bool = True
+
+    def malignant_mask(self) -> np.ndarray:
+        """[2, H, W] bool: pixels of metastasis instances."""
+        ids = [i + 1 for i, c in enumerate(self.category) if c == "metastasis"]
+        return np.isin(self.instances, ids)
+
+
+def save_truth(truth: LesionTruth, target: str | Path) -> Path:
+    """Write compressed, atomically."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, regions=truth.regions.astype(np.uint8),
+                                instances=truth.instances.astype(np.uint16),
+                                category=np.array(truth.category, dtype=str), kind=np.array(truth.kind, dtype=str),
+                                region=np.array(truth.region, dtype=str), has_regions=np.array(truth.has_regions))
+    return Path(target)
+
+
+def load_truth(path: str | Path) -> LesionTruth:
+    """Read a truth file; an AnnotationError names the file and every inconsistency."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise AnnotationError(path, f"not a readable lesion truth file ({exc})") from None
+    problems = [f"missing array {key!r}" for key in ("regions", "instances", "category", "kind", "region")
+                if key not in arrays]
+    if problems:
+        raise AnnotationError(path, "; ".join(problems))
+    regions, instances = arrays["regions"], arrays["instances"]
+    n = len(arrays["category"])
+    if regions.ndim != 3 or regions.shape[0] != 2 or regions.shape != instances.shape:
+        problems.append(f"regions {regions.shape} and instances {instances.shape} must both be [2, H, W]")
+    if instances.size and int(instances.max()) > n:
+        problems.append(f"instance id {int(instances.max())} but only {n} findings listed")
+    if len(arrays["kind"]) != n or len(arrays["region"]) != n:
+        problems.append("category, kind and region lists differ in length")
+    unknown = sorted(set(arrays["category"].tolist()) - set(CATEGORIES))
+    if unknown:
+        problems.append(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+    if problems:
+        raise AnnotationError(path, "; ".join(problems))
+    return LesionTruth(regions, instances, arrays["category"].tolist(), arrays["kind"].tolist(),
+                       arrays["region"].tolist(), bool(arrays.get("has_regions", np.array(True))))
