@@ -133,3 +133,10 @@ def test_pairs_import_16_bit_png(tmp_path):
     problems = pd.read_csv(tmp_path / "out" / "problems.csv")
     assert set(problems["problem"]) == {"missing partner view", "label line without image", "conflicting label lines",
                                         "no view in file name", "image without label"}
+
+
+def test_bench_import_prints_its_figures(tmp_path, capsys):
+    assert main(["bench", "import", "--data", str(tmp_path), "--patients", "3", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "import bs80k:" in printed and "cohort check:" in printed
+    assert "patients written twice: 1, found as whole-body near duplicates: 1" in printed
