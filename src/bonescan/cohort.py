@@ -36,7 +36,6 @@ SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 PATH_COLUMNS = ("path", "anterior", "posterior")
 REQUIRED_COLUMNS = ("case_id",)
-DEMOGRAPHIC_COLUMNS = ("cancer_type", "sex", "age")
 UNKNOWN = "unknown"  # a demographic value not given (blank cell or missing column)
 METASTASIS_GRADE = 2  # grades 2 and 3 are metastasis in the paper
 AGE_THRESHOLD = 60.0  # Table 1 splits age at 60 years
@@ -244,7 +243,8 @@ def _row_problems(row: pd.Series, where: str, columns: set[str]) -> list[str]:
     if "case_id" in columns and not row["case_id"].strip():
         problems.append(f"{where}: empty case_id")
     if "cancer_type" in columns and row["cancer_type"].strip().lower() not in (*CANCER_TYPES, UNKNOWN, ""):
-        problems.append(f"{where}: unknown cancer_type {row['cancer_type']!r} (expected {', '.join(CANCER_TYPES)})")
+        problems.append(f"{where}: unknown cancer_type {row['cancer_type']!r} "
+                        f"(expected {', '.join(CANCER_TYPES)}, or blank for unknown)")
     if "sex" in columns and not _is_unknown(row["sex"]) and row["sex"].strip().upper() not in SEXES:
         problems.append(f"{where}: sex {row['sex']!r} is not M or F (or blank for unknown)")
     if "age" in columns and not _is_unknown(row["age"]):
