@@ -54,6 +54,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             help="Bit-reproducible (default). --no-exact lets oneDNN use its faster, run-to-run varying AMX kernels.",
         ),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+        region: Optional[str] = typer.Option(
+            None, "--region", help="Train on crops of this body region (e.g. chestR) at its input size; default: "
+                                   "the manifest's region column, if it names one region."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Array cache folder."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         force: bool = typer.Option(False, "--force", help="Replace a previous run's files in --out."),
@@ -63,6 +66,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Train MultiViewNet on a manifest's train split, selecting the best epoch by validation AUC."""
         from ..cohort import load_manifest
         from ..presets import preset_config
+        from ..crops import apply_region
         from ..train import train
 
         config = preset_config(
@@ -81,6 +85,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
             download_imagenet_weights(config.model.backbone)
         table = load_manifest(manifest)
+        config, table = apply_region(config, table, region, str(manifest), height=height, width=width)
         result = train(table, out, config, resume=resume, force=force, cache_dir=cache_dir, fail_fast=fail_fast,
                        manifest_path=manifest, progress=not quiet)
         if result.rank != 0:  # under torchrun only rank 0 reports

@@ -31,7 +31,8 @@ from .sites import site_section
 from .stats import clean_for_json
 
 SCHEMA = "bonescan.evaluate/1"
-CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "site", "path", "anterior", "posterior")
+CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "site", "region", "path", "anterior",
+                    "posterior")
 
 
 @dataclass
@@ -285,7 +286,8 @@ def _metrics_json(evaluated: pd.DataFrame, split: str, points: OperatingPoints, 
 
 
 def _predictions_out(frame: pd.DataFrame, points: OperatingPoints, temperature: float | None) -> pd.DataFrame:
-    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id", "site")
+    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id", "site",
+                        "region")
             if c in frame.columns]
     out = M.with_groups(frame)[keep + (["age_group"] if "age" in frame else [])].copy()
     if temperature is not None:
