@@ -100,8 +100,45 @@ def test_missing_columns_are_named(tmp_path):
     path = write_manifest(tmp_path, "c1,lung\n", header="case_id,cancer_type\n")
     with pytest.raises(ManifestError) as caught:
         load_manifest(path)
-    for column in ("sex", "age", "grade or label", "path or anterior + posterior"):
+    for column in ("grade or label", "path or anterior + posterior"):
         assert f"missing column: {column}" in str(caught.value)
+    assert "sex" not in str(caught.value) and "age" not in str(caught.value)  # demographics are optional
+
+
+def test_demographics_missing_or_blank_are_unknown(tmp_path):
+    path = write_manifest(tmp_path, "a,a.png,lung,,,1\nb,b.png,,F,70,0\nc,c.png,Unknown,unknown,,1\n",
+                          header="case_id,path,cancer_type,sex,age,label\n")
+    df = load_manifest(path)
+    assert list(df["cancer_type"]) == ["lung", "unknown", "unknown"]
+    assert list(df["sex"]) == ["unknown", "F", "unknown"]
+    assert df["age"].isna().tolist() == [True, False, True]
+    table = table1(df).set_index(["cohort", "cancer_type"])
+    total = table.loc[("all", "total")]
+    assert (total.n, total.female, total.sex_unknown, total.age_unknown, total.age_ge_60) == (3, 1, 2, 2, 1)
+    assert table.loc[("all", "unknown")].n == 2 and total.age_mean == pytest.approx(70.0)
+    markdown = table1_markdown(df)
+    assert "Cancer type unknown" in markdown and "| Sex unknown | 1 | 0 | 0 | 0 | 1 | 2 |" in markdown
+
+    no_columns = write_manifest(tmp_path, "a,a.png,1\nb,b.png,0\n", header="case_id,path,label\n")
+    df = load_manifest(no_columns)
+    assert set(df["cancer_type"]) == {"unknown"} and set(df["sex"]) == {"unknown"} and df["age"].isna().all()
+    assert "Age unknown" in table1_markdown(df)
+
+
+def test_split_without_cancer_type_still_stratifies_by_label():
+    df = pd.DataFrame({"case_id": [f"c{i}" for i in range(100)], "label": [1] * 30 + [0] * 70})
+    df = split_manifest(df, seed=3)
+    counts = df.groupby(["split", "label"]).size()
+    assert (counts["val"][1], counts["test"][1], counts["val"][0], counts["test"][0]) == (3, 3, 7, 7)
+
+
+def test_grouped_split_keeps_each_group_in_one_split():
+    df = cohort_frame(EVEN_STRATA)
+    groups = [i // 3 for i in range(len(df))]  # every three consecutive rows are one patient
+    out = split_manifest(df, seed=1, groups=groups)
+    assert out.groupby(pd.Series(groups, index=out.index))["split"].nunique().max() == 1
+    shares = out["split"].value_counts(normalize=True)
+    assert 0.7 < shares["train"] < 0.9 and 0.05 < shares["val"] < 0.15 and 0.05 < shares["test"] < 0.15
 
 
 def test_file_check_can_be_skipped_and_excluded_rows_need_no_file(tmp_path):

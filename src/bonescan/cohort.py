@@ -2,7 +2,9 @@
 
 A manifest is a CSV with one row per study:
 
-- `case_id` (unique), `cancer_type` in {lung, prostate, breast, other}, `sex` in {M, F}, `age` in years;
+- `case_id` (unique); demographics `cancer_type` in {lung, prostate, breast, other}, `sex` in {M, F}, `age` in
+  years, each optional: a missing column or a blank cell (or "unknown") means unknown, as in public sets such as
+  BS-80K that publish none;
 - `path` (one file holding both views) or `anterior` + `posterior` (one file per view); relative paths are
   relative to the manifest's folder;
 - `grade` 0-3 (label = grade >= 2, as in the paper) and/or `label` 0/1; when both are given they must agree;
@@ -11,7 +13,8 @@ A manifest is a CSV with one row per study:
   Any other column is kept as it is.
 
 `load_manifest` returns a DataFrame with the paths made absolute (None where absent), `cancer_type` lower case,
-`sex` upper case, `age` float, an integer `label`, `exclude_reason` and `split` as strings ("" where empty).
+`sex` upper case (both "unknown" where not known), `age` float (NaN where unknown), an integer `label`,
+`exclude_reason` and `split` as strings ("" where empty).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ SEXES = ("M", "F")
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 PATH_COLUMNS = ("path", "anterior", "posterior", "truth")
-REQUIRED_COLUMNS = ("case_id", "cancer_type", "sex", "age")
+REQUIRED_COLUMNS = ("case_id",)
+UNKNOWN = "unknown"  # a demographic value not given (blank cell or missing column)
 METASTASIS_GRADE = 2  # grades 2 and 3 are metastasis in the paper
 AGE_THRESHOLD = 60.0  # Table 1 splits age at 60 years
 
@@ -67,9 +71,9 @@ def load_manifest(path: str | Path, check_files: bool = True) -> pd.DataFrame:
     table["case_id"] = raw["case_id"].str.strip()
     for col, values in resolved.items():
         table[col] = pd.Series(values, index=raw.index, dtype=object)
-    table["cancer_type"] = raw["cancer_type"].str.strip().str.lower()
-    table["sex"] = raw["sex"].str.strip().str.upper()
-    table["age"] = raw["age"].astype(float)
+    table["cancer_type"] = _categorical(raw, "cancer_type").str.lower()
+    table["sex"] = _categorical(raw, "sex").str.upper().replace(UNKNOWN.upper(), UNKNOWN)
+    table["age"] = [_as_float(text) if not _is_unknown(text) else math.nan for text in _text(raw, "age")]
     if "grade" in columns:
         table["grade"] = pd.array(grades, dtype="Int64")
     table["label"] = np.asarray(labels, dtype=np.int64)
@@ -85,9 +89,12 @@ def load_manifest(path: str | Path, check_files: bool = True) -> pd.DataFrame:
 
 
 def split_manifest(
-    df: pd.DataFrame, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    df: pd.DataFrame, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, groups: Sequence | None = None
 ) -> pd.DataFrame:
     """Assign train/val/test at random within each cancer type x label stratum; excluded rows get "excluded".
+
+    An unknown cancer type is a stratum of its own, so rows are still stratified by label. `groups` (one key per
+    row, e.g. patient id or duplicate cluster; see `bonescan.leakage`) keeps rows of one group in one split.
 
     Per stratum of n cases: val = round(n * r_val) and test = round(n * r_test), rounding halves up, and train
     takes the rest. With equal val and test ratios (the paper's 8:1:1) val and test therefore get identical
@@ -95,7 +102,12 @@ def split_manifest(
     """
     r_train, r_val, r_test = _check_ratios(ratios)
     out = df.copy()
+    if "cancer_type" not in out.columns:
+        out["cancer_type"] = UNKNOWN
     excluded = _excluded_mask(out)
+    if groups is not None and len(set(groups)) < len(out):
+        out["split"] = _grouped_split(out, excluded, list(groups), (r_val, r_test), seed)
+        return out
     split = np.full(len(out), EXCLUDED, dtype=object)
     rng = np.random.default_rng(seed)
     included = out[~excluded]
@@ -117,11 +129,12 @@ def split_manifest(
 def table1(df: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 1 as a tidy table: one row per cohort x cancer type (plus "total").
 
-    Columns: cohort, cancer_type, n, male, female, age_mean, age_sd (sample SD), age_lt_60, age_ge_60,
-    no_metastasis, metastasis, metastasis_rate (fraction). Excluded rows are left out; without a split column
-    the whole manifest is one cohort named "all".
+    Columns: cohort, cancer_type, n, male, female, sex_unknown, age_mean, age_sd (sample SD, over known ages),
+    age_lt_60, age_ge_60, age_unknown, no_metastasis, metastasis, metastasis_rate (fraction). Cancer type
+    "unknown" is a column of its own when any row lacks it. Excluded rows are left out; without a split column the
+    whole manifest is one cohort named "all".
     """
-    kept = df[~_excluded_mask(df)]
+    kept = with_unknown_demographics(df[~_excluded_mask(df)])
     if "split" in kept.columns and (kept["split"].astype(str) != "").any():
         unknown = sorted(set(kept["split"].astype(str)) - set(SPLITS))
         if unknown:
@@ -130,8 +143,9 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     else:
         cohorts = [("all", kept)]
     rows = []
+    cancers = (*CANCER_TYPES, UNKNOWN) if (kept["cancer_type"] == UNKNOWN).any() else CANCER_TYPES
     for cohort, part in cohorts:
-        for cancer in (*CANCER_TYPES, "total"):
+        for cancer in (*cancers, "total"):
             group = part if cancer == "total" else part[part["cancer_type"] == cancer]
             rows.append({"cohort": cohort, "cancer_type": cancer, **_characteristics(group)})
     return pd.DataFrame(rows)
@@ -141,14 +155,28 @@ def table1_markdown(df: pd.DataFrame) -> str:
     """Table 1 laid out as in the paper: characteristics as rows, cancer types as columns, one block per cohort."""
     table = table1(df)
     titles = {"train": "Training cohort", "val": "Validating cohort", "test": "Testing cohort", "all": "All cases"}
-    header = ["Characteristic", "Lung cancer", "Prostate cancer", "Breast cancer", "Other cancers", "Total"]
+    cancers = list(dict.fromkeys(table["cancer_type"]))
+    names = {"lung": "Lung cancer", "prostate": "Prostate cancer", "breast": "Breast cancer",
+             "other": "Other cancers", UNKNOWN: "Cancer type unknown", "total": "Total"}
+    header = ["Characteristic", *(names[c] for c in cancers)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    shown = [(label, render) for label, render, column in _MARKDOWN_ROWS if column is None or table[column].any()]
     for cohort, block in table.groupby("cohort", sort=False):
-        cells = block.set_index("cancer_type").loc[[*CANCER_TYPES, "total"]]
+        cells = block.set_index("cancer_type").loc[cancers]
         lines.append(f"| **{titles.get(cohort, cohort)}** |" + " |" * (len(header) - 1))
-        for label, render in _MARKDOWN_ROWS:
+        for label, render in shown:
             lines.append("| " + " | ".join([label, *(render(cells.loc[c]) for c in cells.index)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def with_unknown_demographics(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with cancer_type, sex ("unknown" where missing or blank) and age (NaN) columns always present."""
+    out = df.copy()
+    for col in ("cancer_type", "sex"):
+        values = out[col] if col in out.columns else pd.Series(UNKNOWN, index=out.index)
+        out[col] = [UNKNOWN if _is_unknown(v) else str(v) for v in values]
+    out["age"] = pd.to_numeric(out["age"], errors="coerce") if "age" in out.columns else math.nan
+    return out
 
 
 def write_table1_csv(df: pd.DataFrame, target: str | Path) -> Path:
@@ -214,11 +242,12 @@ def _row_problems(row: pd.Series, where: str, columns: set[str]) -> list[str]:
     problems = []
     if "case_id" in columns and not row["case_id"].strip():
         problems.append(f"{where}: empty case_id")
-    if "cancer_type" in columns and row["cancer_type"].strip().lower() not in CANCER_TYPES:
-        problems.append(f"{where}: unknown cancer_type {row['cancer_type']!r} (expected {', '.join(CANCER_TYPES)})")
-    if "sex" in columns and row["sex"].strip().upper() not in SEXES:
-        problems.append(f"{where}: sex {row['sex']!r} is not M or F")
-    if "age" in columns:
+    if "cancer_type" in columns and row["cancer_type"].strip().lower() not in (*CANCER_TYPES, UNKNOWN, ""):
+        problems.append(f"{where}: unknown cancer_type {row['cancer_type']!r} "
+                        f"(expected {', '.join(CANCER_TYPES)}, or blank for unknown)")
+    if "sex" in columns and not _is_unknown(row["sex"]) and row["sex"].strip().upper() not in SEXES:
+        problems.append(f"{where}: sex {row['sex']!r} is not M or F (or blank for unknown)")
+    if "age" in columns and not _is_unknown(row["age"]):
         age = _as_float(row["age"])
         if age is None or not 0.0 <= age <= 130.0:
             problems.append(f"{where}: age {row['age']!r} is not a number of years between 0 and 130")
@@ -282,6 +311,22 @@ def _manifest_error(path: Path, problems: list[str]) -> ManifestError:
     return error
 
 
+def _is_unknown(value: object) -> bool:
+    """Blank, NaN or the word "unknown": a demographic value not given."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return str(value).strip().lower() in ("", UNKNOWN)
+
+
+def _text(raw: pd.DataFrame, col: str) -> pd.Series:
+    return raw[col].str.strip() if col in raw.columns else pd.Series("", index=raw.index)
+
+
+def _categorical(raw: pd.DataFrame, col: str) -> pd.Series:
+    """Stripped text of a demographic column, "unknown" where the cell is blank or the column is missing."""
+    return _text(raw, col).map(lambda v: UNKNOWN if _is_unknown(v) else v)
+
+
 def _as_float(text: str) -> float | None:
     try:
         value = float(text)
@@ -314,6 +359,41 @@ def _excluded_mask(df: pd.DataFrame) -> pd.Series:
     return excluded
 
 
+def _grouped_split(out: pd.DataFrame, excluded: pd.Series, groups: list, ratios: tuple[float, float],
+                   seed: int) -> np.ndarray:
+    """Split whole groups within strata; a group's stratum is its most frequent cancer type and its highest label.
+
+    Groups are drawn in random order; each joins val, else test, when that brings the split closer to
+    round(n * ratio) rows of the stratum, else train.
+    """
+    r_val, r_test = ratios
+    split = np.full(len(out), EXCLUDED, dtype=object)
+    members: dict[object, list[int]] = {}
+    for pos, (key, is_excluded) in enumerate(zip(groups, excluded.to_numpy())):
+        if not is_excluded:
+            members.setdefault(key, []).append(pos)
+    strata: dict[tuple[str, int], list] = {}
+    cancers, labels = out["cancer_type"].astype(str).to_numpy(), out["label"].to_numpy()
+    for key, rows in members.items():
+        values, counts = np.unique(cancers[rows], return_counts=True)
+        stratum = (str(values[np.argmax(counts)]), int(labels[rows].max()))
+        strata.setdefault(stratum, []).append(key)
+    rng = np.random.default_rng(seed)
+    for stratum in sorted(strata):
+        keys = sorted(strata[stratum], key=str)
+        n = sum(len(members[k]) for k in keys)
+        n_val = min(_round_half_up(n * r_val), n)
+        n_test = min(_round_half_up(n * r_test), n - n_val)
+        filled, target = {"val": 0, "test": 0, "train": 0}, {"val": n_val, "test": n_test, "train": n}
+        for k in rng.permutation(len(keys)):
+            rows = members[keys[k]]
+            # A group joins val (then test) only when that brings the split closer to its target.
+            name = next(s for s in ("val", "test", "train") if 2 * filled[s] + len(rows) <= 2 * target[s])
+            filled[name] += len(rows)
+            split[rows] = name
+    return split
+
+
 def _is_excluded_split(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == EXCLUDED
 
@@ -321,15 +401,18 @@ def _is_excluded_split(value: object) -> bool:
 def _characteristics(group: pd.DataFrame) -> dict:
     n = len(group)
     age = group["age"].astype(float)
+    known = age.dropna()
     metastasis = int((group["label"] == 1).sum())
     return {
         "n": n,
         "male": int((group["sex"] == "M").sum()),
         "female": int((group["sex"] == "F").sum()),
-        "age_mean": float(age.mean()) if n else math.nan,
-        "age_sd": float(age.std(ddof=1)) if n > 1 else math.nan,
-        "age_lt_60": int((age < AGE_THRESHOLD).sum()),
-        "age_ge_60": int((age >= AGE_THRESHOLD).sum()),
+        "sex_unknown": int((~group["sex"].isin(SEXES)).sum()),
+        "age_mean": float(known.mean()) if len(known) else math.nan,
+        "age_sd": float(known.std(ddof=1)) if len(known) > 1 else math.nan,
+        "age_lt_60": int((known < AGE_THRESHOLD).sum()),
+        "age_ge_60": int((known >= AGE_THRESHOLD).sum()),
+        "age_unknown": int(age.isna().sum()),
         "no_metastasis": n - metastasis,
         "metastasis": metastasis,
         "metastasis_rate": metastasis / n if n else math.nan,
@@ -347,14 +430,17 @@ def _rate(cell: pd.Series) -> str:
     return "-" if math.isnan(cell["metastasis_rate"]) else f"{100 * cell['metastasis_rate']:.2f}%"
 
 
+# (row title, cell renderer, column that must be non-zero somewhere for the row to be shown, or None: always).
 _MARKDOWN_ROWS = (
-    ("Number", lambda c: str(int(c["n"]))),
-    ("Male", lambda c: str(int(c["male"]))),
-    ("Female", lambda c: str(int(c["female"]))),
-    ("Age, mean ± SD", _mean_sd),
-    ("< 60 years", lambda c: str(int(c["age_lt_60"]))),
-    ("≥ 60 years", lambda c: str(int(c["age_ge_60"]))),
-    ("No metastasis", lambda c: str(int(c["no_metastasis"]))),
-    ("Metastasis", lambda c: str(int(c["metastasis"]))),
-    ("Metastasis rate", _rate),
+    ("Number", lambda c: str(int(c["n"])), None),
+    ("Male", lambda c: str(int(c["male"])), None),
+    ("Female", lambda c: str(int(c["female"])), None),
+    ("Sex unknown", lambda c: str(int(c["sex_unknown"])), "sex_unknown"),
+    ("Age, mean ± SD", _mean_sd, None),
+    ("< 60 years", lambda c: str(int(c["age_lt_60"])), None),
+    ("≥ 60 years", lambda c: str(int(c["age_ge_60"])), None),
+    ("Age unknown", lambda c: str(int(c["age_unknown"])), "age_unknown"),
+    ("No metastasis", lambda c: str(int(c["no_metastasis"])), None),
+    ("Metastasis", lambda c: str(int(c["metastasis"])), None),
+    ("Metastasis rate", _rate, None),
 )

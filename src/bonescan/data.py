@@ -268,7 +268,8 @@ def _fill_rows(array_path: Path, items: list, preprocess: PreprocessConfig, fail
     try:
         for i, source in items:
             try:
-                arrays[i] = preprocess_study(read_study(source), preprocess).astype(np.float16)
+                study = read_study(source, region=preprocess.region)
+                arrays[i] = preprocess_study(study, preprocess).astype(np.float16)
                 yield i, None
             except BoneScanError as exc:
                 # Plain values cross process boundaries; the exception is rebuilt in the main process.

@@ -64,8 +64,9 @@ def grad_cam(
 ) -> list[ViewHeatMaps]:
     """Grad-CAM per view for a batch (B x 2 x H x W network input); one `ViewHeatMaps` per case.
 
-    `original_shapes[i]` is case i's acquisition grid (rows, columns); `mirror_posterior` says whether its
-    posterior channel was mirrored by preprocessing (then the map is mirrored back).
+    `original_shapes[i]` is case i's acquisition grid (rows, columns), or one grid per view ((rows, columns) of the
+    anterior, then of the posterior view) where they differ, as region crops may; `mirror_posterior` says whether
+    its posterior channel was mirrored by preprocessing (then the map is mirrored back).
     """
     if len(original_shapes) != inputs.shape[0]:
         raise ValueError(f"{len(original_shapes)} original shapes for a batch of {inputs.shape[0]}")
@@ -88,11 +89,12 @@ def grad_cam(
         views = _view_maps(parts[case], model.config.views)
         total = float(views.sum())
         shares = (views.sum(dim=(1, 2)) / total).tolist() if total > 0 else [0.0, 0.0]
-        grid = F.interpolate(views[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
-        grid = grid.clamp_min(0).cpu().numpy()
-        peak = float(grid.max())
+        shapes = tuple(shape) if isinstance(shape[0], (tuple, list)) else (tuple(shape), tuple(shape))
+        grid = [F.interpolate(views[v][None, None], size=tuple(shapes[v]), mode="bilinear",
+                              align_corners=False)[0, 0].clamp_min(0).cpu().numpy() for v in (0, 1)]
+        peak = max(float(g.max()) for g in grid)
         if peak > 0:
-            grid /= peak
+            grid = [g / peak for g in grid]
         anterior, posterior = grid[0], grid[1]
         if mirror_posterior:
             posterior = posterior[:, ::-1]

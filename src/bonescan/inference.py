@@ -108,6 +108,10 @@ def predict_manifest(
         table = manifest[manifest["split"] == split]
         if table.empty:
             raise ConfigError("split", f"no manifest rows with split = {split!r}")
+    if loaded.preprocess_cfg.region is not None:  # a region run scores only its region's crops
+        from .crops import select_region
+
+        table = select_region(table, loaded.preprocess_cfg.region)
     cache = build_cache(table.reset_index(drop=True), loaded.preprocess_cfg, cache_dir)
     rows = cache.rows()
     probabilities, labels = predict_rows(loaded.model, cache, rows, batch_size, loaded.precision)

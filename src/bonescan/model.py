@@ -269,6 +269,19 @@ def imagenet_weights_file(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
+def download_imagenet_weights(backbone: str) -> Path:
+    """Fetch torchvision's ImageNet weights for `backbone` into the hub cache (only behind --allow-download)."""
+    path = imagenet_weights_file(backbone)
+    if not path.is_file():
+        _, _, _, enum_name = BACKBONES[backbone]
+        url = getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
+        try:
+            torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
+        except Exception as error:  # URLError, HTTPError, hash mismatch: all mean "not downloaded"
+            raise RunError("--allow-download", f"could not download {url} to {path} ({error})") from error
+    return path
+
+
 def load_torchvision_weights(backbone: str, pretrained: str | Path) -> dict[str, torch.Tensor]:
     """Read a torchvision state dict from a file, or from the hub cache for "imagenet"; never downloads."""
     if str(pretrained) == "imagenet":
@@ -279,7 +292,8 @@ def load_torchvision_weights(backbone: str, pretrained: str | Path) -> dict[str,
             raise RunError(
                 "--pretrained imagenet",
                 f"ImageNet weights for {backbone} are not in the local torch hub cache; nothing is downloaded. "
-                f"Put the file {path.name} (from {url}) at {path}, or pass --pretrained PATH to a state-dict file",
+                f"Put the file {path.name} (from {url}) at {path}, pass --pretrained PATH to a state-dict file, "
+                "or add --allow-download to let torchvision download it",
             )
     else:
         path = Path(pretrained)

@@ -205,7 +205,7 @@ class StudyReader:
     def __getitem__(self, index: int) -> _Item:
         source = self.sources[index]
         try:
-            study = read_study(source)
+            study = read_study(source, region=self.config.region)
             inputs = preprocess_study(study, self.config)
         except BoneScanError as error:
             return _Item(index, error=f"{type(error).__name__}: {error}")
@@ -538,7 +538,7 @@ class OutputWriter:
             chunk = items[start:start + GRAD_CAM_CHUNK]
             try:
                 maps += grad_cam(self.model, _as_tensor(np.stack([item.inputs for item in chunk])),
-                                 [item.views[0].shape for item in chunk], chunk[0].mirror_posterior)
+                                 [tuple(v.shape for v in item.views) for item in chunk], chunk[0].mirror_posterior)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 maps += [None] * len(chunk)
                 for outcome in outcomes[start:start + GRAD_CAM_CHUNK]:

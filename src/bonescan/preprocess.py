@@ -36,6 +36,7 @@ class PreprocessConfig:
     mirror_posterior: bool = True
     normalization: Normalization = "minmax"
     counts_percentile: float = 99.5
+    region: str | None = None  # crops of a body region (bonescan.crops), None for whole-body studies
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -51,6 +52,12 @@ class PreprocessConfig:
 
 def preprocess_views(anterior: np.ndarray, posterior: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Turn two count images of equal shape into a normalised 2 x H x W float32 array."""
+    if anterior.shape != posterior.shape:  # region crops: each view is cropped, hence resized, on its own
+        views = [np.asarray(v, np.float32)[None] for v in (anterior, posterior)]
+        if config.mirror_posterior:
+            views[1] = views[1][:, :, ::-1]
+        resized = np.concatenate([_resize(v, config.height, config.width) for v in views])
+        return _normalise(resized, config)
     pair = np.stack([anterior, posterior]).astype(np.float32, copy=False)
     if config.mirror_posterior:
         pair[1] = pair[1, :, ::-1]

@@ -37,23 +37,35 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                        "(each)."),
         report: bool = typer.Option(True, "--report/--no-report", help="Write report.html (figures take a few "
                                     "seconds); metrics.json and the rest are always written."),
+        lesions: Path | None = typer.Option(None, "--lesions", help="Folder of <case_id>.json/.npz lesion outputs "
+                                            "(default: lesions/ beside --predictions, used when present and the "
+                                            "manifest has a truth column)."),
+        hit_tolerance: float = typer.Option(3.0, "--hit-tolerance", help="A hotspot hits a truth metastasis when "
+                                            "its centroid is within this many pixels of it."),
     ) -> None:
         """Evaluate predictions: AUCs with DeLong CIs by subgroup, operating points, calibration, HTML report."""
         if (predictions is None) == (run is None):
             raise ConfigError("bonescan evaluate", "give exactly one of --predictions or --run")
-        if bootstrap < 0 or max_errors < 0:
-            raise ConfigError("--bootstrap/--max-errors", "must not be negative")
+        if bootstrap < 0 or max_errors < 0 or hit_tolerance < 0:
+            raise ConfigError("--bootstrap/--max-errors/--hit-tolerance", "must not be negative")
         from .. import evaluate as ev  # heavy imports only when the command runs
 
         options = dict(bootstrap=bootstrap, seed=seed, temperature_scaling=temperature_scaling,
                        heatmaps_dir=heatmaps, max_error_cases=max_errors, report=report)
         if operating_points is not None:
             options["operating_points"] = ev.load_operating_points(operating_points)
+        if run is not None and lesions is not None:
+            raise ConfigError("--lesions", "goes with --predictions: the lesion outputs of bonescan predict")
         if run is not None:
             if manifest is None:
                 raise ConfigError("--run", "needs --manifest to know the cases and their splits")
             result = ev.evaluate_run(run, manifest, out, split=split, **options)
         else:
+            from ..evaluate.lesion_pipeline import find_lesion_inputs
+
+            options["lesions"] = find_lesion_inputs(predictions, manifest, lesions)
+            if options["lesions"] is not None:
+                options["lesions"].tolerance = hit_tolerance
             frame = ev.load_predictions(predictions, manifest)
             inputs = {"predictions": str(predictions), "manifest": str(manifest) if manifest else None}
             result = ev.evaluate_predictions(frame, out, split=split, inputs=inputs, **options)
@@ -62,6 +74,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         auc = "n/a" if overall["auc"] is None else f"{overall['auc']:.3f}"
         ci = "" if overall["ci_low"] is None else f" (95% CI {overall['ci_low']:.3f}-{overall['ci_high']:.3f})"
         typer.echo(f"{split}: {overall['n']} cases, AUC {auc}{ci}; operating points chosen on {points.chosen_on}")
+        lesion = result.metrics.get("lesions", {})
+        for row in lesion.get("sensitivity_at_fp", [])[1:2]:  # the 1 FP per study point
+            ci = "" if row["ci_low"] is None else f" (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f})"
+            typer.echo(f"lesions: {lesion['n_studies']} studies, {lesion['n_lesions']} metastases; sensitivity "
+                       f"{row['sensitivity']:.3f}{ci} at <= {row['fp_per_study']:g} false positive per study")
         for warning in result.metrics["warnings"]:
             typer.echo(f"warning: {warning}", err=True)
         for name, path in result.files.items():

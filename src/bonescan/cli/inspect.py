@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -41,15 +42,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("inspect")
     def inspect(
         paths: list[Path] = typer.Argument(..., help="DICOM or image files, or folders (searched recursively)."),
+        region: Optional[str] = typer.Option(
+            None, "--region", help="The views are crops of this body region (e.g. chestR), not whole-body views."),
     ) -> None:
         """Read each study and print one JSON line: views, shape, spacing, counts, view rule, or the error."""
+        if region is not None:
+            from ..crops import region as known_region
+
+            known_region(region)
         sources = find_studies(paths)
         if not sources:
             raise BoneScanError(", ".join(map(str, paths)), "no DICOM or image files found")
         failures = 0
         for source in sources:
             try:
-                line = study_summary(source, read_study(source))
+                line = study_summary(source, read_study(source, region=region))
             except BoneScanError as error:
                 failures += 1
                 line = {"id": source.id, "source": source.source, "error": str(error)}

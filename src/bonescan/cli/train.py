@@ -37,8 +37,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         normalization: Optional[str] = typer.Option(None, "--normalization", help="minmax | counts."),
         no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
         pretrained: Optional[str] = typer.Option(
-            None, "--pretrained", help="'imagenet' (local torch hub cache) or a torchvision state-dict file."
+            None, "--pretrained", help="'imagenet' (local torch hub cache), a torchvision state-dict file, or a file from "
+                    "`bonescan pretrain`."
         ),
+        allow_download: bool = typer.Option(
+            False, "--allow-download", help="With --pretrained imagenet: let torchvision download the weights "
+                                            "when they are not in the local torch hub cache."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
@@ -50,6 +54,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             help="Bit-reproducible (default). --no-exact lets oneDNN use its faster, run-to-run varying AMX kernels.",
         ),
         workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes."),
+        region: Optional[str] = typer.Option(
+            None, "--region", help="Train on crops of this body region (e.g. chestR) at its input size; default: "
+                                   "the manifest's region column, if it names one region."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Array cache folder."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         force: bool = typer.Option(False, "--force", help="Replace a previous run's files in --out."),
@@ -59,6 +66,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Train MultiViewNet (or, with a lesion preset, the lesion network) on a manifest's train split."""
         from ..cohort import load_manifest
         from ..presets import preset_config
+        from ..crops import apply_region
         from ..train import train
 
         config = preset_config(
@@ -72,7 +80,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             preprocess={"height": height, "width": width, "normalization": normalization},
             augment={"enabled": False} if no_augment else {},
         )
+        if allow_download and config.pretrained == "imagenet":
+            from ..model import download_imagenet_weights
+
+            download_imagenet_weights(config.model.backbone)
         table = load_manifest(manifest)
+        config, table = apply_region(config, table, region, str(manifest), height=height, width=width)
         result = train(table, out, config, resume=resume, force=force, cache_dir=cache_dir, fail_fast=fail_fast,
                        manifest_path=manifest, progress=not quiet)
         if result.rank != 0:  # under torchrun only rank 0 reports

@@ -30,6 +30,7 @@ SEX_ORDER = ("M", "F")
 AGE_CUTOFF = 60.0
 AGE_GROUPS = ("<60", ">=60")
 THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+UNKNOWN = "unknown"  # a demographic not given: shown as its own level, left out of tests between subgroups
 
 
 def age_group(age: float | None) -> str:
@@ -44,16 +45,21 @@ def with_groups(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     if "age" in out:
         out["age_group"] = [age_group(a) for a in out["age"]]
+    for col in ("cancer_type", "sex", "region"):
+        if col in out:
+            out[col] = [UNKNOWN if pd.isna(v) or str(v) in ("", UNKNOWN) else str(v) for v in out[col]]
     if "cancer_type" in out and "age_group" in out:
         out["cancer_age"] = [f"{c} {g}" for c, g in zip(out["cancer_type"], out["age_group"])]
     return out
 
 
 def ordered_levels(values: Iterable, preferred: Iterable[str] = ()) -> list[str]:
-    """Distinct non-missing values, `preferred` ones first in their order, then the rest sorted."""
-    present = {str(v) for v in values if not pd.isna(v) and str(v) not in ("unknown", "")}
+    """Distinct values, `preferred` ones first in their order, then the rest sorted, "unknown" (blank) last."""
+    values = list(values)
+    present = {str(v) for v in values if not pd.isna(v) and str(v) not in (UNKNOWN, "")}
     first = [p for p in preferred if p in present]
-    return first + sorted(present - set(first))
+    unknown = [UNKNOWN] if any(pd.isna(v) or str(v) in (UNKNOWN, "") for v in values) else []
+    return first + sorted(present - set(first)) + unknown
 
 
 def _cancer_age_levels(frame: pd.DataFrame) -> list[str]:
@@ -77,6 +83,8 @@ def subgroup_dimensions(frame: pd.DataFrame) -> dict[str, list[str]]:
         dims["age_group"] = ordered_levels(frame["age_group"], AGE_GROUPS)
     if "cancer_age" in frame:
         dims["cancer_age"] = _cancer_age_levels(frame)
+    if "region" in frame:  # region crops of one body part each (e.g. chestR); whole-body rows are "unknown"
+        dims["region"] = ordered_levels(frame["region"])
     return dims
 
 
@@ -84,7 +92,7 @@ def subgroup_dimensions(frame: pd.DataFrame) -> dict[str, list[str]]:
 class AucRow:
     """One line of the AUC table."""
 
-    dimension: str  # overall, cancer_type, sex, age_group, cancer_age
+    dimension: str  # overall, cancer_type, sex, age_group, cancer_age, region
     group: str
     estimate: AucEstimate
     bootstrap: BootstrapInterval | None = None
@@ -194,7 +202,7 @@ def threshold_table(frame: pd.DataFrame, threshold: float, dimension: str = "can
 
 def chi_square_across(rows: list[ThresholdRow]) -> dict[str, ChiSquareResult]:
     """The paper's chi-square test of accuracy, sensitivity, specificity, PPV and NPV across subgroups."""
-    groups = [r for r in rows if r.dimension != "overall"]
+    groups = [r for r in rows if r.dimension != "overall" and r.group != UNKNOWN]
     names = [r.group for r in groups]
     return {
         metric: chi_square_homogeneity(names, [r.metrics[metric].x for r in groups],

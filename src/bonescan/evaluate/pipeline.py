@@ -27,10 +27,12 @@ from .operating_points import (
     OperatingPoints,
     choose_operating_points,
 )
+from .sites import site_section
 from .stats import clean_for_json
 
 SCHEMA = "bonescan.evaluate/1"
-CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "path", "anterior", "posterior")
+CLINICAL_COLUMNS = ("cancer_type", "sex", "age", "split", "patient_id", "site", "region", "path", "anterior",
+                    "posterior")
 
 
 @dataclass
@@ -284,7 +286,8 @@ def _metrics_json(evaluated: pd.DataFrame, split: str, points: OperatingPoints, 
 
 
 def _predictions_out(frame: pd.DataFrame, points: OperatingPoints, temperature: float | None) -> pd.DataFrame:
-    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id")
+    keep = [c for c in ("case_id", "split", "label", "probability", "cancer_type", "sex", "age", "patient_id", "site",
+                        "region")
             if c in frame.columns]
     out = M.with_groups(frame)[keep + (["age_group"] if "age" in frame else [])].copy()
     if temperature is not None:
@@ -307,12 +310,15 @@ def evaluate_predictions(
     confidence: float = 0.95,
     inputs: dict | None = None,
     report: bool = True,
+    lesions: Any = None,
 ) -> EvaluationResult:
     """Evaluate predictions (case_id, label, probability [+ clinical columns, split]) and write the report files.
 
     Writes out_dir/predictions.csv, metrics.json, operating_points.json and (unless `report` is False, e.g. for
     a quick metrics-only pass) report.html, each atomically. `operating_points` freezes given thresholds instead
     of choosing them on the validation split (an OperatingPoints keeps its provenance, a dict is marked "given").
+    `lesions` (a `lesion_pipeline.LesionInputs`) adds lesion-level results: metrics.json "lesions" and a report
+    section; its bootstrap uses `bootstrap` resamples, or 1000 when that is 0.
     """
     frame = _check_frame(predictions, (inputs or {}).get("predictions", "predictions"))
     out_dir = Path(out_dir)
@@ -329,7 +335,18 @@ def evaluate_predictions(
         points.temperature = calibration["temperature"]
     inputs = dict(inputs or {})
     inputs.update({"bootstrap": bootstrap, "seed": seed, "confidence": confidence})
+    lesion_eval = None
+    if lesions is not None:
+        from .lesion_pipeline import evaluate_lesions
+
+        lesion_eval = evaluate_lesions(evaluated, lesions, bootstrap or 1000, seed, confidence)
+        warnings.extend(lesion_eval.warnings)
     metrics = _metrics_json(evaluated, split, points, aucs, comparisons, thresholds, calibration, warnings, inputs)
+    sites = site_section(evaluated, points, confidence)
+    if sites is not None:
+        metrics["sites"] = clean_for_json(sites.as_dict())
+    if lesion_eval is not None:
+        metrics["lesions"] = lesion_eval.metrics
     shown = pd.concat([validation, evaluated]) if validation is not None else evaluated
     table = _predictions_out(shown, points, calibration["temperature"])
 
@@ -341,7 +358,8 @@ def evaluate_predictions(
         html = render_report(
             evaluated=evaluated, validation=validation, split=split, points=points, aucs=aucs,
             comparisons=comparisons, thresholds=thresholds, calibration=calibration, metrics=metrics,
-            false_negatives=fn, false_positives=fp, heatmaps_dir=heatmaps_dir,
+            false_negatives=fn, false_positives=fp, heatmaps_dir=heatmaps_dir, sites=sites,
+            lesions=lesion_eval,
         )
     files = {
         "predictions": out_dir / "predictions.csv",

@@ -31,6 +31,7 @@ DIMENSION_TITLES = {
     "sex": "Sex",
     "age_group": "Age group",
     "cancer_age": "Cancer type × age group",
+    "region": "Region",
 }
 GROUP_TITLES = {"M": "male", "F": "female", "<60": "< 60 y", ">=60": "≥ 60 y", "all": "all cases"}
 
@@ -106,12 +107,11 @@ def roc_figures(evaluated: pd.DataFrame) -> list[dict[str, str]]:
 
 def table1_html_rows(frame: pd.DataFrame) -> dict[str, Any]:
     """Table 1 of the evaluated cohort from bonescan.cohort.table1, laid out as in the paper; a note if impossible."""
-    needed = {"cancer_type", "sex", "age", "label"}
-    if not needed <= set(frame.columns):
-        return {"note": "Table 1 needs cancer_type, sex and age columns (give --manifest).", "blocks": []}
-    from ..cohort import table1
+    if "label" not in frame.columns:
+        return {"note": "Table 1 needs labels (give --manifest).", "blocks": []}
+    from ..cohort import table1, with_unknown_demographics
 
-    data = frame.copy()
+    data = with_unknown_demographics(frame)  # a missing demographic column is shown as unknown
     if "split" in data and not set(data["split"].astype(str)) <= {"train", "val", "test"}:
         data = data.drop(columns="split")
     try:
@@ -128,10 +128,14 @@ def table1_html_rows(frame: pd.DataFrame) -> dict[str, Any]:
             ("Number", [str(int(cells.loc[c, "n"])) for c in header]),
             ("Male", [str(int(cells.loc[c, "male"])) for c in header]),
             ("Female", [str(int(cells.loc[c, "female"])) for c in header]),
+            *([("Sex unknown", [str(int(cells.loc[c, "sex_unknown"])) for c in header])]
+              if tidy["sex_unknown"].any() else []),
             ("Age, mean ± SD", [f"{fmt_num(cells.loc[c, 'age_mean'], 1)} ± {fmt_num(cells.loc[c, 'age_sd'], 1)}"
                                 for c in header]),
             ("< 60 years", [str(int(cells.loc[c, "age_lt_60"])) for c in header]),
             ("≥ 60 years", [str(int(cells.loc[c, "age_ge_60"])) for c in header]),
+            *([("Age unknown", [str(int(cells.loc[c, "age_unknown"])) for c in header])]
+              if tidy["age_unknown"].any() else []),
             ("No metastasis", [str(int(cells.loc[c, "no_metastasis"])) for c in header]),
             ("Metastasis", [str(int(cells.loc[c, "metastasis"])) for c in header]),
             ("Metastasis rate", [f"{100 * cells.loc[c, 'metastasis_rate']:.2f}%"
@@ -170,7 +174,8 @@ def _thumbnail_cells(row: pd.Series, heatmaps_dir: Path | None) -> dict[str, Any
         try:
             from ..io import read_study
 
-            study = read_study(source)
+            region = row.get("region")
+            study = read_study(source, region=region if isinstance(region, str) and region else None)
             for name in ("anterior", "posterior"):
                 image = getattr(study, name)
                 if image is not None:
@@ -216,8 +221,10 @@ def render_report(
     false_negatives: pd.DataFrame,
     false_positives: pd.DataFrame,
     heatmaps_dir: str | Path | None = None,
+    sites=None,
+    lesions: Any = None,
 ) -> str:
-    """Render report.html from the computed sections."""
+    """Render report.html from the computed sections (and the lesion section of a `LesionEvaluation`)."""
     heatmaps = Path(heatmaps_dir) if heatmaps_dir else None
     overall = {name: sec["rows"][0] for name, sec in thresholds.items()}  # threshold_table puts overall first
     counts = {
@@ -256,4 +263,14 @@ def render_report(
         false_negatives=error_rows(false_negatives, heatmaps),
         false_positives=error_rows(false_positives, heatmaps),
         n_validation=0 if validation is None else len(validation),
+        sites=sites,
+        lesion_html=_lesion_html(lesions),
     )
+
+
+def _lesion_html(lesions: Any) -> str | None:
+    if lesions is None:
+        return None
+    from .lesion_report import render_lesion_section
+
+    return render_lesion_section(lesions)

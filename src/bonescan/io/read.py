@@ -9,6 +9,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..errors import UnreadableInputError, ViewError
+from ..crops import check_region_crop
 from ..study import Study, StudyMeta
 from .checks import check_counts, check_whole_body
 from .dicom import ANTERIOR, POSTERIOR, DicomContent, read_dicom, views_or_refuse
@@ -33,12 +34,16 @@ class _OneView:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_study(source: StudyInput) -> Study:
-    """Read a study from a file, an [anterior, posterior] pair of files, or a StudySource from find_studies."""
+def read_study(source: StudyInput, region: str | None = None) -> Study:
+    """Read a study from a file, an [anterior, posterior] pair of files, or a StudySource from find_studies.
+
+    `region` (e.g. "chestR"): the views are crops of that body region, checked by the crop rule of
+    `bonescan.crops` instead of the whole-body rule, and their shapes may differ.
+    """
     files, ordered = _files_of(source)
     if len(files) == 1:
-        return _read_one_file(files[0])
-    return _read_pair(files[0], files[1], ordered)
+        return _read_one_file(files[0], region)
+    return _read_pair(files[0], files[1], ordered, region)
 
 
 def _files_of(source: StudyInput) -> tuple[list[Path], bool]:
@@ -70,14 +75,14 @@ def _kind(path: Path) -> FileKind:
     return kind
 
 
-def _read_one_file(path: Path) -> Study:
+def _read_one_file(path: Path, region: str | None = None) -> Study:
     kind = _kind(path)
     content = read_dicom(path) if kind == "dicom" else None
     if content is not None and len(content.frames) == 2:
         views = views_or_refuse(content.decision, path)
         images = dict(zip(views, content.frames))
         warnings = content.warnings + content.decision.warnings
-        warnings += _check_views(images, str(path))
+        warnings += _check_views(images, str(path), region)
         return Study(
             source=str(path),
             anterior=images[ANTERIOR],
@@ -91,7 +96,7 @@ def _read_one_file(path: Path) -> Study:
     name = view.view or ANTERIOR
     note = f"{name} (decided by {view.rule})" if view.rule else "no view information, taken as anterior"
     warnings = view.warnings + [f"single view: {note}"]
-    warnings += _check_views({name: view.image}, str(path))
+    warnings += _check_views({name: view.image}, str(path), region)
     return Study(
         source=str(path),
         anterior=view.image if name == ANTERIOR else None,
@@ -125,7 +130,7 @@ def _one_view(path: Path, kind: FileKind, content: DicomContent | None) -> _OneV
     )
 
 
-def _read_pair(first: Path, second: Path, ordered: bool) -> Study:
+def _read_pair(first: Path, second: Path, ordered: bool, region: str | None = None) -> Study:
     a, b = _load_one_view(first), _load_one_view(second)
     source = f"{first} + {second}"
     warnings: list[str] = []
@@ -145,7 +150,7 @@ def _read_pair(first: Path, second: Path, ordered: bool) -> Study:
         rule = "file-pair:" + "+".join(sorted(r for r in rules if r))
     for view in (anterior, posterior):
         warnings += [f"{view.path.name}: {text}" for text in view.warnings]
-    warnings += _check_views({ANTERIOR: anterior.image, POSTERIOR: posterior.image}, source)
+    warnings += _check_views({ANTERIOR: anterior.image, POSTERIOR: posterior.image}, source, region)
     spacing = anterior.spacing or posterior.spacing
     if anterior.spacing and posterior.spacing and not np.allclose(anterior.spacing, posterior.spacing):
         warnings.append(f"the views' pixel spacings differ: {anterior.spacing} vs {posterior.spacing}")
@@ -160,12 +165,15 @@ def _read_pair(first: Path, second: Path, ordered: bool) -> Study:
     )
 
 
-def _check_views(images: dict[str, np.ndarray], source: str) -> list[str]:
-    """Geometry of each view, equal shapes, then counts; returns warnings, raises refusals."""
+def _check_views(images: dict[str, np.ndarray], source: str, region: str | None = None) -> list[str]:
+    """Geometry of each view, equal shapes (whole-body views), then counts; returns warnings, raises refusals."""
     for name, image in images.items():
-        check_whole_body(image, source, name)
+        if region is None:
+            check_whole_body(image, source, name)
+        else:
+            check_region_crop(image, source, name, region)
     shapes = {name: image.shape for name, image in images.items()}
-    if len(set(shapes.values())) > 1:
+    if region is None and len(set(shapes.values())) > 1:
         described = ", ".join(f"{name} {s[0]} x {s[1]}" for name, s in shapes.items())
         raise ViewError(source, f"the views have different shapes ({described}); both views must share one matrix")
     warnings = []

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .regions import REGIONS
+from .regions import N_LABELS, REGIONS
 
 
 def bone_scan_index(regions: np.ndarray, malignant: np.ndarray) -> tuple[float, dict[str, float]]:
     """(BSI %, BSI % per region name) from [2, H, W] region labels and a [2, H, W] malignant-uptake mask."""
     if regions.shape != malignant.shape or regions.ndim != 3:
         raise ValueError(f"regions {regions.shape} and malignant {malignant.shape} must both be [2, H, W]")
-    per_region: dict[str, float] = {}
-    for region in REGIONS:
-        fractions = []
-        for view in range(regions.shape[0]):
-            inside = regions[view] == region.label
-            area = int(inside.sum())
-            fractions.append(float((malignant[view] & inside).sum()) / area if area else 0.0)
-        per_region[region.name] = max(fractions) * region.mass_percent
+    # One pass per view: pixel counts of every label, inside the region and inside its malignant part.
+    n_labels = max(N_LABELS, int(regions.max()) + 1)
+    fractions = np.zeros((regions.shape[0], n_labels))
+    for view in range(regions.shape[0]):
+        labels = regions[view].ravel()
+        area = np.bincount(labels, minlength=n_labels)
+        involved = np.bincount(labels, weights=malignant[view].ravel().astype(np.float64), minlength=n_labels)
+        fractions[view] = np.divide(involved, area, out=np.zeros(n_labels), where=area > 0)
+    per_region = {region.name: float(fractions[:, region.label].max()) * region.mass_percent for region in REGIONS}
     return float(sum(per_region.values())), per_region

@@ -116,7 +116,8 @@ def _write_targets(folder: Path, cache: ArrayCache, paths: list[str]) -> None:
         malignant = [i + 1 for i, c in enumerate(truth.category) if c == "metastasis"]
         regions[row], hot[row] = targets_in_network_geometry(truth.regions, truth.instances, malignant,
                                                              cache.preprocess)
-        has_truth[row], has_regions[row] = True, truth.has_regions
+        # Region-only truth (no findings annotated) teaches regions only; the lesion losses leave it out.
+        has_truth[row], has_regions[row] = truth.has_findings, truth.has_regions
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in (("regions", regions), ("hot", hot)):
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as handle:

@@ -7,7 +7,10 @@ Arrays (view 0 = anterior, 1 = posterior, both as stored in the study, rows head
 - `kind`      str    [N]: the finding's kind (e.g. metastasis, degenerative_knee, bladder);
 - `region`    str    [N]: region name holding the finding ("" when outside the skeleton, e.g. bladder).
 A manifest references the file in its `truth` column. A box-only source (Pascal VOC) fills `instances` with its
-boxes and leaves `regions` all 0 with `has_regions = False`, so region losses skip it.
+boxes and leaves `regions` all 0 with `has_regions = False`, so region losses skip it; `boxes = True` marks
+instances that are boxes rather than outlines (see `bonescan.lesions.annotations` for how they train);
+`has_findings = False` marks region-only truth (e.g. COCO masks without boxes): no finding was annotated, which is
+not the same as none being there, so lesion losses and detection metrics skip it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class LesionTruth:
     kind: list[str]
     region: list[str]
     has_regions: bool = True
+    boxes: bool = False  # instances are annotated boxes, not outlines
+    has_findings: bool = True  # False: findings were not annotated (region-only truth)
 
     def malignant_mask(self) -> np.ndarray:
         """[2, H, W] bool: pixels of metastasis instances."""
@@ -49,7 +54,8 @@ def save_truth(truth: LesionTruth, target: str | Path) -> Path:
     """
     arrays = {"regions": truth.regions.astype(np.uint8), "instances": truth.instances.astype(np.uint16),
               "category": np.array(truth.category, dtype=str), "kind": np.array(truth.kind, dtype=str),
-              "region": np.array(truth.region, dtype=str), "has_regions": np.array(truth.has_regions)}
+              "region": np.array(truth.region, dtype=str), "has_regions": np.array(truth.has_regions),
+              "boxes": np.array(truth.boxes), "has_findings": np.array(truth.has_findings)}
     with atomic_path(target) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             for name, array in arrays.items():
@@ -84,4 +90,5 @@ def load_truth(path: str | Path) -> LesionTruth:
     if problems:
         raise AnnotationError(path, "; ".join(problems))
     return LesionTruth(regions, instances, arrays["category"].tolist(), arrays["kind"].tolist(),
-                       arrays["region"].tolist(), bool(arrays.get("has_regions", np.array(True))))
+                       arrays["region"].tolist(), bool(arrays.get("has_regions", np.array(True))),
+                       bool(arrays.get("boxes", np.array(False))), bool(arrays.get("has_findings", np.array(True))))

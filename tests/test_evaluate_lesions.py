@@ -1,0 +1,219 @@
+"""`bonescan evaluate` with lesion outputs: truth files, perturbed truth as predictions, the report's lesion section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonescan.cli import main
+from bonescan.evaluate.lesion_pipeline import (
+    _lesion_attributes,
+    _malignant_dice,
+    evaluate_lesions,
+    find_lesion_inputs,
+)
+from bonescan.lesions.bsi import bone_scan_index
+from bonescan.lesions.regions import BY_NAME
+from bonescan.lesions.truth import LesionTruth, load_truth, save_truth
+
+H, W = 256, 64
+SPOTS = [(60, 32, "thoracic_spine"), (100, 32, "thoracic_spine"), (150, 20, "pelvis"), (30, 32, "skull")]
+
+
+def _regions() -> np.ndarray:
+    regions = np.zeros((2, H, W), np.uint8)
+    regions[:, 10:45, 20:44] = BY_NAME["skull"].label
+    regions[:, 50:130, 26:38] = BY_NAME["thoracic_spine"].label
+    regions[:, 140:170, 10:54] = BY_NAME["pelvis"].label
+    regions[:, 175:250, 14:24] = BY_NAME["femur_right"].label
+    return regions
+
+
+def _study(i: int, rng: np.random.Generator):
+    """Truth (metastases at some of SPOTS, a bladder), images, and a lesion reading that finds some of them."""
+    regions = _regions()
+    instances = np.zeros((2, H, W), np.uint16)
+    n_mets = i % 4  # 0..3 metastases
+    category, kind, region = [], [], []
+    spots = []
+    for k in range(n_mets):
+        r, c, name = SPOTS[k]
+        instances[0, r - 2:r + 3, c - 2:c + 3] = k + 1
+        instances[1, r - 2:r + 3, W - 1 - c - 2:W - 1 - c + 3] = k + 1  # posterior, as seen from behind
+        category.append("metastasis"), kind.append("metastasis"), region.append(name)
+        spots.append((r, c))
+    instances[0, 165:172, 28:36] = len(category) + 1
+    category.append("physiological"), kind.append("bladder"), region.append("")
+    truth = LesionTruth(regions, instances, category, kind, region)
+    images = np.where(regions > 0, 10.0, 1.0).astype(np.float32)
+    images[instances > 0] = 40.0
+    hotspots = []
+    for k, (r, c) in enumerate(spots):
+        if (i + k) % 5 == 4:
+            continue  # missed
+        hotspots.append({"view": "anterior", "centroid": [r + rng.uniform(-1, 1), c + rng.uniform(-1, 1)],
+                         "malignancy": float(rng.uniform(0.55, 0.99))})
+        if k == 0:  # the same lesion from behind: no second hit, no false positive
+            hotspots.append({"view": "posterior", "centroid": [r, W - 1 - c], "malignancy": 0.5})
+    hotspots.append({"view": "anterior", "centroid": [168, 32], "malignancy": float(rng.uniform(0.05, 0.6))})
+    predicted_regions = regions.copy()
+    predicted_regions[:, 50:54, 26:38] = 0  # a few rows of thoracic spine missed
+    malignant = truth.malignant_mask()
+    bsi = bone_scan_index(regions, malignant)[0]
+    detail = {"n_hotspots": len(hotspots), "n_malignant": sum(h["malignancy"] >= 0.5 for h in hotspots),
+              "bsi": bsi * float(rng.uniform(0.9, 1.1)), "bsi_by_region": {},
+              "probability_from_lesions": float(min(1.0, bsi)), "malignancy_threshold": 0.5,
+              "hotspots": [dict(h, number=n + 1) for n, h in enumerate(hotspots)]}
+    return truth, images, detail, predicted_regions
+
+
+def _write_cohort(tmp_path: Path, n: int = 24, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = tmp_path / "pred"
+    (out / "lesions").mkdir(parents=True)
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "images").mkdir()
+    rows, preds, details = [], [], {}
+    for i in range(n):
+        case_id = f"s{i:02d}"
+        truth, images, detail, predicted_regions = _study(i, rng)
+        save_truth(truth, tmp_path / "truth" / f"{case_id}.npz")
+        for v, view in enumerate(("ant", "post")):
+            np.save(tmp_path / "images" / f"{case_id}_{view}.npy", images[v])
+        (out / "lesions" / f"{case_id}.json").write_text(json.dumps(detail))
+        hotspot_map = np.zeros((2, H, W), np.uint16)
+        for spot in detail["hotspots"]:
+            r, c = (int(round(v)) for v in spot["centroid"])
+            hotspot_map[("anterior", "posterior").index(spot["view"]), r - 2:r + 3, c - 2:c + 3] = spot["number"]
+        np.savez_compressed(out / "lesions" / f"{case_id}.npz", regions=predicted_regions, hotspots=hotspot_map)
+        label = int(any(c == "metastasis" for c in truth.category))
+        rows.append({"case_id": case_id, "anterior": f"images/{case_id}_ant.npy",
+                     "posterior": f"images/{case_id}_post.npy", "cancer_type": "prostate", "sex": "M", "age": 70,
+                     "label": label, "split": "test" if i % 3 else "val", "truth": f"truth/{case_id}.npz"})
+        preds.append({"case_id": case_id, "probability": float(np.clip(0.3 + 0.4 * label + rng.normal(0, 0.2),
+                                                                       0, 1)),
+                      "bsi": detail["bsi"], "n_malignant": detail["n_malignant"],
+                      "probability_from_lesions": detail["probability_from_lesions"]})
+        details[case_id] = detail
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    pd.DataFrame(preds).to_csv(out / "predictions.csv", index=False)
+    return manifest, out / "predictions.csv", details
+
+
+def _expected_found(details: dict, cases: list[str], threshold: float) -> tuple[int, int, int]:
+    """(lesions, found, false positives) counted from the construction of _study."""
+    lesions = found = fps = 0
+    for case_id in cases:
+        i = int(case_id[1:])
+        lesions += i % 4
+        anterior = [h for h in details[case_id]["hotspots"] if h["view"] == "anterior"]
+        found += sum(h["malignancy"] >= threshold for h in anterior[:-1])
+        fps += anterior[-1]["malignancy"] >= threshold
+    return lesions, found, fps
+
+
+def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
+    manifest, predictions, details = _write_cohort(tmp_path)
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out", str(out),
+                 "--bootstrap", "100", "--max-errors", "0"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())["lesions"]
+    test_cases = [f"s{i:02d}" for i in range(24) if i % 3]
+    n_lesions, found, fps = _expected_found(details, test_cases, 0.5)
+    assert metrics["n_studies"] == len(test_cases) and metrics["n_lesions"] == n_lesions
+    at = metrics["at_threshold"]
+    assert (at["sensitivity"]["x"], at["sensitivity"]["n"]) == (found, n_lesions)
+    assert at["false_positives"] == fps and set(at["false_positives_on"]) <= {"physiological"}
+    # every lesion that is found at all has malignancy >= 0.55 while the bladder's is below 0.6
+    assert metrics["sensitivity_at_fp"][-1]["sensitivity"] == pytest.approx(found / n_lesions)
+    by_region = metrics["sensitivity_by"]["region"]
+    assert sum(v["n"] for v in by_region.values()) == n_lesions and "thoracic_spine" in by_region
+    assert set(metrics["sensitivity_by"]["size"]) == {"unknown"}  # .npy images carry no pixel spacing
+    assert set(metrics["sensitivity_by"]["contrast"]) == {">= 3"}  # 40 counts on bone of 10
+    dice = metrics["dice"]["by_region"]
+    assert dice["skull"]["mean"] == pytest.approx(1.0)
+    assert dice["thoracic_spine"]["mean"] == pytest.approx(2 * 76 / (80 + 76))
+    assert dice["ribs_left"]["n"] == 0
+    assert metrics["bsi"]["pearson_r"] > 0.95 and metrics["bsi"]["loa_low"] < metrics["bsi"]["bias"]
+    assert metrics["counts"]["n"] == len(test_cases)
+    with_mets = sum(int(c[1:]) % 4 > 0 for c in test_cases)  # studies without either are not scored
+    assert 0.3 < metrics["malignant_dice"]["mean"] < 1.0
+    assert with_mets <= metrics["malignant_dice"]["n_studies"] <= len(test_cases)
+    assert set(metrics["roc"]["auc"]) == {"classifier", "BSI", "lesion probability"}
+    assert metrics["roc"]["versus_classifier"]["BSI"]["p_value"] is not None
+    html = (out / "report.html").read_text()
+    for text in ("Lesions: hotspots, skeletal regions and BSI", 'alt="FROC curve"', "Bland–Altman",
+                 'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine"):
+        assert text in html
+
+
+def test_without_lesion_outputs_evaluate_is_unchanged(tmp_path, capsys):
+    manifest, predictions, _ = _write_cohort(tmp_path, n=12)
+    assert find_lesion_inputs(predictions, None) is None
+    (predictions.parent / "lesions").rename(tmp_path / "elsewhere")
+    assert find_lesion_inputs(predictions, manifest) is None
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out", str(out),
+                 "--no-report"]) == 0, capsys.readouterr().err
+    assert "lesions" not in json.loads((out / "metrics.json").read_text())
+    # asked for explicitly, a folder that does not exist is refused with one line
+    assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out", str(out),
+                 "--lesions", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path), "--manifest", str(manifest), "--out", str(out),
+                 "--lesions", str(predictions.parent)]) == 2
+    assert "--lesions" in capsys.readouterr().err
+
+
+def test_studies_with_broken_or_missing_outputs_are_left_out_and_named(tmp_path):
+    manifest, predictions, _ = _write_cohort(tmp_path, n=12)
+    lesions = predictions.parent / "lesions"
+    (lesions / "s01.json").unlink()
+    (lesions / "s02.json").write_text("{not json")
+    region_only = load_truth(tmp_path / "truth" / "s03.npz")
+    region_only.has_findings = False
+    save_truth(region_only, tmp_path / "truth" / "s03.npz")
+    frame = pd.read_csv(predictions).assign(label=0)
+    result = evaluate_lesions(frame, find_lesion_inputs(predictions, manifest), n_boot=20)
+    assert result.metrics["n_studies"] == 9 and result.metrics["dice"]["n_studies"] == 10
+    assert any("1 stud(ies) have region-only truth" in w for w in result.warnings)
+    assert set(result.metrics["failures"]) == {"s01", "s02"}
+    assert any("2 stud(ies) left out" in w and "s01.json" in w for w in result.warnings)
+
+
+def test_lesion_size_and_contrast_from_the_truth_and_the_image():
+    regions = _regions()
+    instances = np.zeros((2, H, W), np.uint16)
+    instances[0, 60:64, 30:34] = 1  # 16 px anterior
+    instances[1, 60:66, 30:36] = 1  # 36 px posterior: the larger view gives the size
+    truth = LesionTruth(regions, instances, ["metastasis"], ["metastasis"], [""])
+    images = np.where(regions > 0, 10.0, 1.0)
+    images[0][instances[0] == 1] = 25.0  # contrast 2.5 anterior
+    images[1][instances[1] == 1] = 35.0  # 3.5 posterior: the higher one counts
+    region, size, contrast = _lesion_attributes(truth, 1, (images[0], images[1]), (2.4, 2.4))
+    assert region == "thoracic_spine"  # from the region map under the lesion, the truth naming none
+    assert size == "10-20 mm"  # 2 sqrt(36 * 2.4^2 / pi) = 16.2 mm
+    assert contrast == ">= 3"
+    assert _lesion_attributes(truth, 1, None, None)[1:] == ("unknown", "unknown")
+
+
+def test_malignant_dice_counts_hotspots_at_or_above_the_threshold():
+    instances = np.zeros((2, 8, 8), np.uint16)
+    instances[0, 0:2, 0:2] = 1  # metastasis, 4 px
+    instances[1, 5:7, 5:7] = 2  # bladder: not malignant truth
+    truth = LesionTruth(np.zeros_like(instances, np.uint8), instances, ["metastasis", "physiological"],
+                        ["metastasis", "bladder"], ["", ""])
+    hotspots = np.zeros_like(instances)
+    hotspots[0, 0:2, 0:3] = 1  # 6 px, 4 on the metastasis
+    hotspots[1, 5:7, 5:7] = 2  # the bladder, below the threshold
+    detail = {"malignancy_threshold": 0.5, "hotspots": [{"number": 1, "malignancy": 0.9},
+                                                        {"number": 2, "malignancy": 0.2}]}
+    assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (6 + 4))
+    detail["hotspots"][1]["malignancy"] = 0.5
+    assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (10 + 4))
