@@ -275,7 +275,8 @@ class FindingPainter:
             line = np.array([bladder, 0.5 * (bladder + knees) + np.array([0.0, sway]),
                              knees + np.array([0.0, 0.6 * sway]), bag])
             self._line(kind, line, 2.0, float(rng.uniform(0.3, 1.0)), 0.3, 10)
-            self._spot(kind, bag, float(rng.uniform(12, 22)), float(rng.lognormal(np.log(0.8), 0.5)), 0.5, 6)
+            # A bag holds a good part of the urine excreted since injection: often hotter than the bladder.
+            self._spot(kind, bag, float(rng.uniform(10, 18)), float(rng.lognormal(np.log(3.0), 0.5)), 0.5, 6)
         else:
             raise ValueError(kind)
 
@@ -290,8 +291,9 @@ class FindingPainter:
         weights = depth_weights(depth, thickness)
         self.anatomy.canvas.tube(points, sigma, contrast, weights)
         length = float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
-        self._record(kind, "artifact", None, "soft tissue", points[len(points) // 2], 0.5 * length, contrast,
-                     weights, bone="none")
+        # Size: the SD of positions along a uniform segment of that length (L / sqrt(12)).
+        self._record(kind, "artifact", None, "soft tissue", points[len(points) // 2], length / np.sqrt(12.0),
+                     contrast, weights, bone="none")
 
     def _spot(self, kind: str, centre: np.ndarray, sigma_mm: float, contrast: float, depth: float,
               thickness: float) -> None:

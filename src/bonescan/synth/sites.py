@@ -98,12 +98,12 @@ SITES: dict[str, SiteProfile] = {
         "ge-discovery", "GE Discovery NM/CT 670 / NM 830, LEHR, 2 frames without view codes", 2.40,
         PatientPrior(
             # Measured: vertex near the top row; 24-31 % of rows empty below the feet at these statures.
-            top_margin_mm=(15.0, 90.0),
+            top_margin_mm=(40.0, 110.0),
             folded_arms_share=0.05,  # measured: arms beside the body, hands by the thighs
             arm_abduction_deg=(2.0, 9.0),
             build=(0.97, 0.08),  # assumption: the measured patients were slim
             # Tuned to the measured body-pixel p99.5 / median of 8.0-9.3 (the generic phantom gives ~6.3).
-            bone_uptake=1.45, soft_tissue=0.75,
+            bone_uptake=2.1, soft_tissue=0.6,
             counts=(0.5e6, 0.2, 0.36e6, 0.70e6),  # measured: 0.36-0.68 M counts per view (a fast scan)
         ),
         # GE LEHR: ~7.4 mm FWHM at 10 cm (datasheet as remembered); the generic blur already matches it.
