@@ -23,14 +23,16 @@ EXPECTED = {
 }
 
 
+N_MIXED = 6
+
+
 @pytest.fixture(scope="module")
 def mixed_cohort(tmp_path_factory):
     """A `mixed` cohort large enough to hold every camera, plus one cohort per single profile."""
     root = tmp_path_factory.mktemp("sites")
-    seeds = [i for i in range(40)]
-    drawn = {site_profile("mixed", case_seed(4, i)).name for i in seeds[:12]}
-    assert drawn == set(SITES) - {"generic"}  # 12 studies of seed 4 cover all three cameras
-    result = generate_cohort(root / "mixed", 12, seed=4, difficulty="paper", site="mixed")
+    drawn = [site_profile("mixed", case_seed(4, i)).name for i in range(N_MIXED)]
+    assert set(drawn) == set(SITES) - {"generic"}  # these studies of seed 4 cover all three cameras
+    result = generate_cohort(root / "mixed", N_MIXED, seed=4, difficulty="paper", site="mixed")
     return root, result.manifest
 
 
@@ -52,8 +54,10 @@ def test_each_camera_writes_its_convention_and_the_reader_decides_views(mixed_co
         # Ordered manifest pairs are read as given; the files themselves must agree (no warning).
         assert study.view_rule == (rule if files == 1 else "file-pair") and not study.warnings
         assert study.pixel_spacing == (SITES[row.site].pixel_spacing_mm,) * 2
-        again = generate_case(row.case_id, int(row.seed), "paper", site="mixed")
-        assert np.array_equal(study.anterior, again.anterior) and np.array_equal(study.posterior, again.posterior)
+        if row.site not in seen:  # the pixels are the generated ones (once per camera: generating costs time)
+            again = generate_case(row.case_id, int(row.seed), "paper", site="mixed")
+            assert np.array_equal(study.anterior, again.anterior)
+            assert np.array_equal(study.posterior, again.posterior)
         ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
         assert ds.Manufacturer == manufacturer and ds.Modality == "NM"
         items = ds.DetectorInformationSequence
@@ -87,14 +91,14 @@ def test_every_site_predicts_through_the_manifest(mixed_cohort, one_thread):
     studies = manifest_studies(manifest_path)
     report = predict_sources(studies.sources, model, PreprocessConfig(height=64, width=32), engine,
                              OperatingPoint("0.5", 0.5), workers=1, case_ids=studies.case_ids)
-    assert report.ok and len(report.studies) == 12
+    assert report.ok and len(report.studies) == N_MIXED
     assert all(0.0 <= s.probability <= 1.0 for s in report.studies)
 
 
 def test_ge_places_the_body_from_the_top_and_leaves_the_feet_end_empty():
     ge = [view_statistics(generate_case("g", case_seed(8, i), "paper", site="ge-discovery").anterior).values
-          for i in range(8)]
-    generic = [view_statistics(generate_case("g", case_seed(8, i), "paper").anterior).values for i in range(8)]
+          for i in range(6)]
+    generic = [view_statistics(generate_case("g", case_seed(8, i), "paper").anterior).values for i in range(6)]
     # Measured on real GE Discovery 670 studies: the vertex near the top row, 24-31 % of rows empty below.
     assert all(v["top_margin"] < 0.06 for v in ge)
     assert 0.22 <= np.median([v["empty_below"] for v in ge]) <= 0.33
@@ -138,7 +142,7 @@ def test_metastasis_lookalikes_come_with_age_in_men_and_sit_where_metastases_do(
     assert lookalike_count_mean(75, "M", difficulty_profile("easy")) == 0.0  # `easy` stays easy
     kinds = set(FindingPainter.LOOKALIKE_KINDS)
     old_men = young_women = 0
-    for i in range(160):
+    for i in range(90):
         case = generate_case("l", case_seed(6, i), "demo")
         d = case.demographics
         found = [f for f in case.findings if f.kind in kinds]
