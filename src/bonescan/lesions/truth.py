@@ -12,6 +12,7 @@ boxes and leaves `regions` all 0 with `has_regions = False`, so region losses sk
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,19 @@ class LesionTruth:
 
 
 def save_truth(truth: LesionTruth, target: str | Path) -> Path:
-    """Write compressed, atomically."""
+    """Write compressed, atomically: an .npz that `np.load` reads.
+
+    Deflate level 1 instead of numpy's default 6: a synthetic study's file grows from ~8 to ~20 KB, and writing
+    it costs 3 instead of 8.5 ms, a quarter of the time to synthesise the study.
+    """
+    arrays = {"regions": truth.regions.astype(np.uint8), "instances": truth.instances.astype(np.uint16),
+              "category": np.array(truth.category, dtype=str), "kind": np.array(truth.kind, dtype=str),
+              "region": np.array(truth.region, dtype=str), "has_regions": np.array(truth.has_regions)}
     with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, regions=truth.regions.astype(np.uint8),
-                                instances=truth.instances.astype(np.uint16),
-                                category=np.array(truth.category, dtype=str), kind=np.array(truth.kind, dtype=str),
-                                region=np.array(truth.region, dtype=str), has_regions=np.array(truth.has_regions))
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
     return Path(target)
 
 

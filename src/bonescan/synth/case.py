@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -11,7 +11,7 @@ from scipy.special import pdtr
 
 from .cohort import Demographics, sample_demographics
 from .findings import DifficultyProfile, Finding, FindingPainter, difficulty_profile, paint_findings
-from .phantom import MAX_COUNTS, MIN_COUNTS, Patient, render_anatomy, sample_patient
+from .phantom import MAX_COUNTS, MIN_COUNTS, Anatomy, Patient, render_anatomy, sample_patient
 from .sites import CameraModel, site_profile
 
 RES = 0.5  # anatomy canvas scale; upsampled to full size before the camera blur
@@ -30,6 +30,7 @@ class SyntheticCase:
     posterior: np.ndarray
     findings: list[Finding]
     site: str = "generic"  # the camera / site profile it was made with (see `sites`)
+    anatomy: Anatomy | None = field(default=None, repr=False)  # the drawn body, for region and lesion truth
 
     @property
     def n_metastases(self) -> int:
@@ -74,7 +75,7 @@ def generate_case(case_id: str, seed: int, difficulty: str | DifficultyProfile =
     anterior, posterior = _acquire(anatomy.canvas.anterior, anatomy.canvas.posterior[:, ::-1], patient, rng,
                                    camera.camera)
     return SyntheticCase(case_id, seed, profile.name, demo, patient, anterior, posterior, painter.findings,
-                         camera.name)
+                         camera.name, anatomy)
 
 
 def _acquire(anterior: np.ndarray, posterior: np.ndarray, patient: Patient, rng: np.random.Generator,

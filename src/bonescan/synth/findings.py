@@ -73,6 +73,11 @@ class Finding:
     size_mm: float  # Gaussian sigma along the long axis
     contrast: float
     view: str  # anterior | posterior | both: where it is at least half as bright as in the better view
+    # Drawn shape, for truth masks: Gaussian (sigma along, sigma across) in full-image pixels, long-axis angle from
+    # the row axis in the anterior layout (radians), and the transmission to the anterior and posterior detectors.
+    sigma_px: tuple[float, float] = (0.0, 0.0)
+    angle: float = 0.0
+    weights: tuple[float, float] = (1.0, 1.0)
 
     def to_json(self) -> dict:
         return {
@@ -95,7 +100,8 @@ class FindingPainter:
     wrist_injection_share: float = 0.4  # of injection sites at the wrist (or the hand's back) rather than the elbow
 
     def _record(self, kind: str, category: str, site: BoneSite | None, region: str, centre: np.ndarray,
-                sigma_px: float, contrast: float, weights: tuple[float, float], bone: str = "") -> None:
+                sigma_px: float, contrast: float, weights: tuple[float, float], bone: str = "",
+                sigma_across_px: float | None = None, angle: float = 0.0) -> None:
         # Canvas pixel i covers image pixels i/res .. (i+1)/res - 1, so its centre sits half a canvas pixel on.
         row = (float(centre[0]) + 0.5) / self.res - 0.5
         col = (float(centre[1]) + 0.5) / self.res - 0.5
@@ -103,7 +109,9 @@ class FindingPainter:
         view = "both" if min(wa, wp) >= 0.5 * max(wa, wp) else ("anterior" if wa > wp else "posterior")
         self.findings.append(Finding(
             kind, category, region, bone or (site.name if site else ""), (row, col), (row, COLS - 1 - col),
-            sigma_px / self.res * self.pixel_spacing, contrast, view))
+            sigma_px / self.res * self.pixel_spacing, contrast, view,
+            (sigma_px / self.res, (sigma_px if sigma_across_px is None else sigma_across_px) / self.res), angle,
+            weights))
 
     def hot_spot(self, kind: str, category: str, site: BoneSite, centre: np.ndarray, direction: np.ndarray,
                  sigma_mm: float, elongation: float, contrast: float) -> None:
@@ -112,7 +120,8 @@ class FindingPainter:
         angle = float(np.arctan2(direction[1], direction[0]))
         self.anatomy.canvas.blob((centre[0], centre[1]), sigma * elongation, sigma, angle,
                                  contrast * site.amplitude, site.weights)
-        self._record(kind, category, site, site.region, centre, sigma * elongation, contrast, site.weights)
+        self._record(kind, category, site, site.region, centre, sigma * elongation, contrast, site.weights,
+                     sigma_across_px=sigma, angle=angle)
 
     # --- metastases -------------------------------------------------------------------------------------------
     METASTASIS_REGIONS = {"spine": 0.34, "rib": 0.2, "pelvis": 0.2, "skull": 0.05, "sternum": 0.04,

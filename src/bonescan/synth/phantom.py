@@ -91,6 +91,7 @@ class BoneSite:
     sigma: float  # pixels
     amplitude: float
     weights: tuple[float, float]
+    axes: tuple[float, float, float] | None = None  # ellipse: (sigma along, sigma across, angle); None: a tube
 
     def point(self, rng: np.random.Generator, lo: float = 0.0, hi: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """A random point along the bone (as a fraction lo..hi of its length) and the local direction."""
@@ -107,12 +108,24 @@ class BoneSite:
 
 
 @dataclass
+class Organ:
+    """Physiological uptake outside bone (kidneys, bladder), as drawn: canvas pixels, view weights."""
+
+    name: str
+    centre: np.ndarray  # (row, col)
+    axes: tuple[float, float, float]  # Gaussian (sigma along, sigma across, angle); a disc: (radius, radius, 0)
+    weights: tuple[float, float]
+    disc: bool = False
+
+
+@dataclass
 class Anatomy:
     """A rendered normal body: expected counts per view (before scaling) and the bones findings may sit on."""
 
     canvas: ViewCanvas
     sites: list[BoneSite] = field(default_factory=list)
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
+    organs: list[Organ] = field(default_factory=list)
 
     def sites_in(self, *regions: str) -> list[BoneSite]:
         return [site for site in self.sites if site.region in regions]
@@ -189,16 +202,18 @@ class _Body:
             if bone.kind == "ellipse":
                 sx, sy = bone.sigma
                 sig_y, sig_x = max(sy * self.h, 0.8), max(sx * self.h * self.bone_x, 0.8)
-                self.canvas.blob((pts[0, 0], pts[0, 1]), sig_y, sig_x, np.deg2rad(bone.angle_deg) + tilt, amplitude,
-                                 weights)
+                angle = float(np.deg2rad(bone.angle_deg) + tilt)
+                self.canvas.blob((pts[0, 0], pts[0, 1]), sig_y, sig_x, angle, amplitude, weights)
                 sigma = float(np.sqrt(sig_x * sig_y))
+                axes = (sig_y, sig_x, angle)
             else:
                 sigma = max(bone.sigma[0] * self.h, 0.8)
+                axes = None
                 if n == 1:
                     self.canvas.blob((pts[0, 0], pts[0, 1]), sigma, sigma, 0.0, amplitude, weights)
                 else:
                     self.canvas.tube(pts, sigma, amplitude, weights)
-            self.sites.append(BoneSite(bone.name, bone.region, pts, sigma, amplitude, weights))
+            self.sites.append(BoneSite(bone.name, bone.region, pts, sigma, amplitude, weights, axes))
 
 
 @dataclass
@@ -394,15 +409,18 @@ def render_anatomy(patient: Patient, rng: np.random.Generator, res: float = 0.5,
     canvas.add_canvas(soft)
 
     # Kidneys (posterior, the left one higher) and the bladder (anterior, often the hottest spot).
+    organs = []
     for side_name, side, y in (("right", -1.0, 0.39), ("left", 1.0, 0.38)):
         pt = b.px((side * 0.042, y))[0]
         act = patient.kidney_activity * kidney_scale
-        canvas.blob((pt[0], pt[1]), 0.026 * b.h, 0.013 * b.h, np.deg2rad(side * -15), act,
-                    depth_weights(0.72, trunk))
+        axes = (0.026 * b.h, 0.013 * b.h, float(np.deg2rad(side * -15)))
+        canvas.blob((pt[0], pt[1]), *axes, act, depth_weights(0.72, trunk))
+        organs.append(Organ(f"{side_name} kidney", pt, axes, depth_weights(0.72, trunk)))
     bladder = b.px((rng.normal(0, 0.004), 0.568))[0]
     radius = patient.bladder_radius * b.h
     canvas.solid(bladder[None, :], radius, patient.bladder_activity * bladder_scale, depth_weights(0.3, trunk))
     landmarks["bladder"] = bladder
+    organs.append(Organ("bladder", bladder, (radius, radius, 0.0), depth_weights(0.3, trunk), disc=True))
 
     b.draw()
-    return Anatomy(canvas=canvas, sites=b.sites, landmarks=landmarks)
+    return Anatomy(canvas=canvas, sites=b.sites, landmarks=landmarks, organs=organs)

@@ -5,10 +5,12 @@ Layout of the output folder:
     studies/<case>.dcm       two-frame NM DICOM (frame 1 anterior, frame 2 posterior seen from behind), or
     studies/<case>_ant.dcm + studies/<case>_post.dcm   one file per view, where the site's camera writes so
     studies/<case>.json      ground truth: demographics, grade, findings with centres in both views
-    manifest.csv             one row per study, split 8:1:1 stratified by cancer type and label
+    truth/<case>.npz         lesion truth: skeletal-region label maps and finding instance masks, both views
+                             (`bonescan.lesions.truth`; how they are drawn: `bonescan.synth.truth`)
+    manifest.csv             one row per study, split 8:1:1 stratified by cancer type and label; `truth` column
 
 Each case has its own seed derived from (cohort seed, index), so pixels do not depend on the number of workers
-or of cases. A study is complete when its .dcm exists (the JSON is written first, each file atomically), so an
+or of cases. A study is complete when its .dcm exists (the JSON and truth are written first, each file atomically), so an
 interrupted run can be rerun: complete studies are kept and skipped, the rest are generated again.
 """
 
@@ -32,18 +34,22 @@ from ..cohort import split_manifest, write_manifest
 from ..errors import ConfigError
 from ..fileio import write_text_atomic
 from .case import SyntheticCase, case_seed, generate_case
+from ..lesions.truth import save_truth
 from .dicom import case_files, write_case_dicom
 from .findings import difficulty_profile
 from .sites import SITES, check_site, site_profile
+from .truth import phantom_truth
 
 SETTINGS_FILE = "synth.json"
 MANIFEST_FILE = "manifest.csv"
 STUDIES_DIR = "studies"
+TRUTH_DIR = "truth"
 MANIFEST_COLUMNS = ["case_id", "path", "cancer_type", "sex", "age", "grade", "label", "split", "n_metastases",
-                    "findings", "difficulty", "seed", "site"]
+                    "findings", "difficulty", "seed", "site", "truth"]
 PAIR_COLUMNS = ["anterior", "posterior"]  # added after `path` when some studies are one file per view
 PIXEL_SPACING_RANGE = (2.0, 3.0)  # mm; whole-body cameras use 2.2-2.5, and the body must fit 1024 rows
 _STUDY_FILE = re.compile(r"^syn\d+(_ant|_post)?\.(dcm|json)$")
+_TRUTH_FILE = re.compile(r"^syn\d+\.npz$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by an interrupted atomic write
 _TOP_FILES = re.compile(r"^(synth\.json|manifest\.csv|preview.*\.png)$")
 
@@ -96,11 +102,12 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
         raise ConfigError(out, "exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     foreign = [p.name for p in out.iterdir() if not (_TOP_FILES.match(p.name) or _TEMP_FILE.match(p.name)
-                                                      or (p.name == STUDIES_DIR and p.is_dir()))]
+                                                      or (p.name in (STUDIES_DIR, TRUTH_DIR) and p.is_dir()))]
     studies = out / STUDIES_DIR
-    if studies.is_dir():
-        foreign += [f"{STUDIES_DIR}/{p.name}" for p in studies.iterdir()
-                    if not (_STUDY_FILE.match(p.name) or _TEMP_FILE.match(p.name))]
+    for folder, pattern in ((studies, _STUDY_FILE), (out / TRUTH_DIR, _TRUTH_FILE)):
+        if folder.is_dir():
+            foreign += [f"{folder.name}/{p.name}" for p in folder.iterdir()
+                        if not (pattern.match(p.name) or _TEMP_FILE.match(p.name))]
     if foreign:
         shown = ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else "")
         raise ConfigError(out, f"the output folder holds files that bonescan synth did not write ({shown}); "
@@ -121,7 +128,7 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
     elif studies.is_dir() and any(studies.iterdir()):
         raise ConfigError(out, f"has a {STUDIES_DIR}/ folder but no {SETTINGS_FILE}; choose an empty or new folder")
     # Temp files of an interrupted run are never complete studies: remove them.
-    for folder in (out, studies):
+    for folder in (out, studies, out / TRUTH_DIR):
         if folder.is_dir():
             for p in folder.iterdir():
                 if _TEMP_FILE.match(p.name) and p.is_file():
@@ -146,12 +153,18 @@ def case_record(case: SyntheticCase) -> dict:
 
 
 def write_case(case: SyntheticCase, studies: Path) -> dict:
-    """Write a case's findings JSON, then its DICOM (the last file is the completion marker); return its record."""
+    """Write a case's findings JSON and lesion truth, then its DICOM (the completion marker); return its record."""
     record = case_record(case)
     record["files"] = [p.name for p in case_files(studies / f"{case.case_id}.dcm", SITES[case.site].header)]
     write_text_atomic(studies / f"{case.case_id}.json", json.dumps(record, indent=1) + "\n")
+    save_truth(phantom_truth(case), truth_path(studies, case.case_id))
     write_case_dicom(case, studies / f"{case.case_id}.dcm")
     return record
+
+
+def truth_path(studies: Path, case_id: str) -> Path:
+    """The lesion truth file of a case: truth/<case>.npz beside the studies folder."""
+    return studies.parent / TRUTH_DIR / f"{case_id}.npz"
 
 
 def keep_freed_memory() -> None:
@@ -179,7 +192,7 @@ def _make_one(job: tuple[str, int, str, float, str, str]) -> tuple[dict, bool]:
     folder = Path(studies)
     dcm = case_files(folder / f"{case_id}.dcm", site_profile(site, seed).header)[-1]
     sidecar = folder / f"{case_id}.json"
-    if dcm.exists() and sidecar.exists():
+    if dcm.exists() and sidecar.exists() and truth_path(folder, case_id).exists():
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
             if record.get("seed") == seed:
@@ -199,6 +212,7 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
     prepare_folder(out, settings)
     studies = out / STUDIES_DIR
     studies.mkdir(exist_ok=True)
+    (out / TRUTH_DIR).mkdir(exist_ok=True)
     jobs = [(case_id_for(i, cases), case_seed(settings.seed, i), difficulty, settings.pixel_spacing, str(studies),
              settings.site) for i in range(cases)]
     start = time.perf_counter()
@@ -245,6 +259,7 @@ def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
         "difficulty": [r["difficulty"] for r in records],
         "seed": [r["seed"] for r in records],
         "site": [r.get("site", "generic") for r in records],
+        "truth": [str(truth_path(studies, r["case_id"])) for r in records],
     })
     df = split_manifest(df, seed=seed)
     columns = MANIFEST_COLUMNS[:2] + PAIR_COLUMNS + MANIFEST_COLUMNS[2:] if any(len(f) == 2 for f in files) \
