@@ -41,6 +41,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         realism: Optional[list[Path]] = typer.Option(None, "--realism", help="Real reference study (file or folder; "
                                                       "repeat for more): compare --cases synthetic studies with it."),
         plot: Path = typer.Option(Path("realism.png"), "--plot", help="Where --realism writes its figure."),
+        follow_up: bool = typer.Option(False, "--follow-up", help="Followed patients instead of single studies: "
+                                       "--cases patients, 2-3 dated visits each with known change (manifest "
+                                       "columns patient_id, timepoint, change)."),
     ) -> None:
         """Generate a synthetic cohort (NM DICOM, findings JSON, manifest), a preview sheet, or a difficulty check."""
         from ..synth import generate_cohort, measure_baseline, preview_cases, write_preview
@@ -61,7 +64,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 if done % step == 0 or done == total:
                     print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-            result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
+            if follow_up:
+                from ..synth.followup import generate_followup_cohort
+                result = generate_followup_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
+            else:
+                result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
             typer.echo(f"wrote {result.written} studies, kept {result.skipped} complete ones, in "
                        f"{result.seconds:.1f} s; manifest: {result.manifest}")
         if preview is not None:

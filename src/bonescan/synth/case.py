@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -18,6 +19,17 @@ RES = 0.5  # anatomy canvas scale; upsampled to full size before the camera blur
 
 
 @dataclass
+class VisitInfo:
+    """A study as one visit of a followed patient: who, when, what changed, and the lasting identity of findings."""
+
+    patient_id: str
+    timepoint: int  # days after the patient's baseline study
+    change: str  # stable | progression | response | flare (see `synth.followup`)
+    identities: list[int]  # per finding: the same number at every visit of the patient; 0 = not followed
+    baseline_date: dt.date
+
+
+@dataclass
 class SyntheticCase:
     """A generated study: uint16 count images (rows head -> feet; posterior as seen from behind) and truth."""
 
@@ -31,6 +43,7 @@ class SyntheticCase:
     findings: list[Finding]
     site: str = "generic"  # the camera / site profile it was made with (see `sites`)
     anatomy: Anatomy | None = field(default=None, repr=False)  # the drawn body, for region and lesion truth
+    visit: VisitInfo | None = None  # set for the visits of a follow-up cohort
 
     @property
     def n_metastases(self) -> int:

@@ -99,14 +99,18 @@ def _dataset(case: SyntheticCase, header: HeaderConvention, view: str | None, pi
     ds = Dataset(dict(static.items()))
     ds.set_original_encoding(False, True, static.original_character_set)
     uids = study_uids(case)
-    date = (dt.date(2016, 1, 1) + dt.timedelta(days=case.seed % 1500)).strftime("%Y%m%d")
+    if case.visit is None:
+        date = (dt.date(2016, 1, 1) + dt.timedelta(days=case.seed % 1500)).strftime("%Y%m%d")
+    else:  # one patient, dated visits
+        date = (case.visit.baseline_date + dt.timedelta(days=case.visit.timepoint)).strftime("%Y%m%d")
     ds.SOPInstanceUID = instance_uid
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.FrameOfReferenceUID = uids["frame"]
-    ds.PatientName = f"Synthetic^{case.case_id}"
-    ds.PatientID = case.case_id
+    patient_id = case.visit.patient_id if case.visit else case.case_id
+    ds.PatientName = f"Synthetic^{patient_id}"
+    ds.PatientID = patient_id
     ds.PatientSex = case.demographics.sex
     ds.PatientAge = f"{case.demographics.age:03d}Y"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date

@@ -92,7 +92,9 @@ def phantom_truth(case: SyntheticCase) -> LesionTruth:
         category.append("physiological")
         kind.append(_organ_kind(organ))
         region.append("")
-    return LesionTruth(regions, instances, category, kind, region)
+    # Follow-up visits: each finding keeps its number across the patient's visits; organs are not followed.
+    identity = None if case.visit is None else case.visit.identities + [0] * len(case.anatomy.organs)
+    return LesionTruth(regions, instances, category, kind, region, identity=identity)
 
 
 def _organ_kind(organ: Organ) -> str:

@@ -62,10 +62,11 @@ class SynthSettings:
     difficulty: str
     pixel_spacing: float = 2.4
     site: str = "generic"
+    follow_up: bool = False  # patients with 2-3 dated visits (`synth.followup`); `cases` counts patients
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "difficulty": self.difficulty, "pixel_spacing": self.pixel_spacing,
-                "site": self.site}
+                "site": self.site, "follow_up": self.follow_up}
 
 
 @dataclass
@@ -121,7 +122,8 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
         if not isinstance(saved, dict):
             raise ConfigError(settings_path, "is not a bonescan synth settings file; choose an empty or new folder")
         wanted = settings.to_json()
-        found = {k: saved.get(k, "generic" if k == "site" else None) for k in wanted}  # older cohorts: generic
+        older = {"site": "generic", "follow_up": False}  # what cohorts made before these settings existed were
+        found = {k: saved.get(k, older.get(k)) for k in wanted}
         if found != wanted:
             raise ConfigError(out, f"holds a cohort made with {found}, not {wanted}; "
                                    "use the same settings to resume, or a new folder")
@@ -149,6 +151,9 @@ def case_record(case: SyntheticCase) -> dict:
         "image": {"rows": int(case.anterior.shape[0]), "columns": int(case.anterior.shape[1]),
                   "posterior_stored": "as seen from behind (patient's left on the image left)"},
         "findings": [f.to_json() for f in case.findings],
+        **({} if case.visit is None else {
+            "patient_id": case.visit.patient_id, "timepoint": case.visit.timepoint, "change": case.visit.change,
+            "identities": case.visit.identities}),
     }
 
 
@@ -242,6 +247,13 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
 
 def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
     """Build the manifest from case records, split it 8:1:1 by cancer type x label, write it atomically."""
+    df, columns = manifest_frame(out, records)
+    df = split_manifest(df, seed=seed)
+    return write_manifest(df[columns], out / MANIFEST_FILE)
+
+
+def manifest_frame(out: Path, records: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest rows of case records (without split) and the manifest's column order."""
     studies = (out / STUDIES_DIR).resolve()
     files = [r.get("files") or [f"{r['case_id']}.dcm"] for r in records]
     df = pd.DataFrame({
@@ -261,7 +273,6 @@ def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
         "site": [r.get("site", "generic") for r in records],
         "truth": [str(truth_path(studies, r["case_id"])) for r in records],
     })
-    df = split_manifest(df, seed=seed)
     columns = MANIFEST_COLUMNS[:2] + PAIR_COLUMNS + MANIFEST_COLUMNS[2:] if any(len(f) == 2 for f in files) \
         else MANIFEST_COLUMNS
-    return write_manifest(df[columns], out / MANIFEST_FILE)
+    return df, columns
