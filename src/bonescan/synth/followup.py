@@ -4,7 +4,7 @@ Each patient has one body (height, build, skeleton, the uptake of each bone) and
 - stable: every finding stays, its uptake varies by a few percent;
 - progression: k new metastases on the first follow-up (k = 1 now and then, so ">= 2 new" has near misses),
   existing ones grow; on a confirmatory scan 2-4 more appear (three patients in four) or 0-1 (not confirmed);
-- response: metastases fade, the faintest vanish; nothing new;
+- response: metastases fade and shrink, the faintest vanish; nothing new;
 - flare: early after therapy the existing metastases are brighter, nothing new; later they fade.
 On top come the ordinary differences between two visits: another count level, camera (with `--site mixed`) and
 pixel size; the body shifted and turned a little on the table; arms and forearms placed anew; bladder filling,
@@ -241,6 +241,7 @@ def _paint_visit(painter: FindingPainter, tracked: list[_Tracked], plan: Patient
             lesion.contrast *= float(rng.uniform(1.1, 1.5))
         elif plan.change == "response":
             lesion.contrast *= float(rng.uniform(0.35, 0.8))
+            lesion.sigma_mm *= float(rng.uniform(0.7, 0.95))
             lesion.present = lesion.contrast >= 0.4  # faded below visibility: gone
         elif plan.change == "flare":
             lesion.contrast *= float(rng.uniform(1.3, 1.8)) if visit == 1 else float(rng.uniform(0.4, 0.65))
