@@ -15,7 +15,8 @@ from .. import __version__
 from ..errors import BoneScanError
 
 # One module per job; each defines register(app, bench).
-COMMAND_MODULES = ("inspect", "cohort", "synth", "train", "evaluate", "predict", "quantize", "reader", "demo", "node")
+COMMAND_MODULES = ("inspect", "cohort", "synth", "train", "evaluate", "predict", "quantize", "reader", "demo", "node",
+                   "followup")
 
 app = typer.Typer(
     name="bonescan",

@@ -9,9 +9,9 @@ A lesion is what one bone focus leaves across views and visits:
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit.
 
-Status of a lesion on a later visit against a reference: new (malignant now, absent on the reference), resolved
-(malignant on the reference, absent now), persistent (on both), grown (persistent, and its larger view's area
-is at least GROWTH times what it was).
+Status of a lesion on a later visit against reference visits: new (malignant now, absent on every reference),
+resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
+and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _first_row(lesion: Lesion, at_baseline, by_view) -> float:
 
 @dataclass
 class Change:
-    """What changed on visit `visit` against the reference visits (the first of them for resolved / grown)."""
+    """What changed on visit `visit` against the reference visits (resolved: against the first of them)."""
 
     visit: int
     reference: list[int]
@@ -190,9 +190,10 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
             tags.append("new")
         elif lesion.malignant(first) and not lesion.present(visit):
             tags.append("resolved")
-        elif lesion.present(visit) and lesion.present(first):
+        elif lesion.present(visit) and seen_before:
             tags.append("persistent")
-            if lesion.area(visit) >= GROWTH * max(lesion.area(first), 1e-6):
+            last = max(u for u in reference if lesion.present(u))
+            if lesion.area(visit) >= GROWTH * max(lesion.area(last), 1e-6):
                 tags.append("grown")
         for tag in tags:
             status[tag].append(lesion.number)

@@ -5,7 +5,9 @@
   the date of progression is that of the first follow-up scan. Without such confirmation the new lesions may be
   a flare (or healing) and do not count.
 - Later scans: at least 2 new lesions compared with the first post-treatment scan (the reference), confirmed
-  when a scan at least 6 weeks later still shows at least 2 new lesions against that reference.
+  when a scan at least 6 weeks later still shows at least 2 new lesions against that reference. A confirmatory
+  scan after a first follow-up with fewer than 2 new lesions is such a later scan: 2 or more new lesions on it
+  make the verdict "unconfirmed" (awaiting its own confirmation), not "no progression".
 A new lesion is a malignant hotspot not seen on the reference (or, for the "+2", on the first follow-up either).
 """
 
@@ -50,6 +52,12 @@ def pcwg3_verdict(new_lesions: int, confirm_lesions: int | None = None, days_to_
         raise ValueError("lesion counts cannot be negative")
     scan = "first follow-up" if first_followup else "follow-up"
     reference = "baseline" if first_followup else "reference scan"
+    if new_lesions < MIN_NEW and first_followup and confirm_lesions is not None and confirm_lesions >= MIN_NEW:
+        # The confirmatory scan is itself a later scan: >= 2 new against the first follow-up start the later rule.
+        return Verdict(UNCONFIRMED, f"{_lesions(new_lesions)} new on the first follow-up, but "
+                                    f"{_lesions(confirm_lesions)} new on the later scan against it: progression by "
+                                    f"the later-scan rule once a scan >= {CONFIRM_DAYS // 7} weeks after that "
+                                    f"confirms them")
     if new_lesions < MIN_NEW:
         return Verdict(NO_PROGRESSION, f"{_lesions(new_lesions)} new on the {scan} against the {reference} "
                                        f"(progression needs >= {MIN_NEW})")
