@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
+LESION_FIELDS = ("bsi", "n_malignant", "probability_from_lesions", "lesions")
 ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
@@ -97,6 +98,12 @@ class StudyOutcome:
     dicom_sc: str | None = None
     dicom_sr: str | None = None
     case_id: str | None = None  # the manifest's case_id when studies came from a manifest
+    # With a lesion run (`--lesions`): Bone Scan Index (%), malignant hotspots, the lesions' study probability and
+    # the study's lesion JSON (`bonescan.lesions.outputs`).
+    bsi: float | None = None
+    n_malignant: int | None = None
+    probability_from_lesions: float | None = None
+    lesions: str | None = None
 
     @property
     def name(self) -> str:
@@ -131,6 +138,8 @@ class PredictionReport:
     def _columns(self) -> list[str]:
         # case_id first (what `bonescan reader create --predictions` joins on); absent without a manifest.
         fields = [name for name in StudyOutcome.__dataclass_fields__ if name != "case_id"]
+        if all(s.lesions is None for s in self.studies):  # no lesion run: the CSV keeps its classifier columns
+            fields = [name for name in fields if name not in LESION_FIELDS]
         return ["case_id", *fields] if self.keyed_by_case else fields
 
     def to_frame(self) -> pd.DataFrame:
@@ -179,6 +188,7 @@ class _Item:
     views: tuple[np.ndarray, np.ndarray] | None = None  # original grids, kept for heat maps / DICOM results
     meta: StudyMeta | None = None  # header facts (Study Instance UID...), small enough to keep for every study
     mirror_posterior: bool = True
+    spacing: float | None = None  # mm per pixel (rows), kept with the views
 
 
 class StudyReader:
@@ -205,6 +215,7 @@ class StudyReader:
                      mirror_posterior=self.config.mirror_posterior)
         if self.keep_views:
             item.views = study.both_views()
+            item.spacing = float(study.pixel_spacing[0]) if study.pixel_spacing else None
         return item
 
 
@@ -338,6 +349,8 @@ def predict_studies(
     engine: str = "auto",
     notice: Callable[[str], None] | None = None,
     shard: Callable[[Callable[[], FoundStudies]], FoundStudies] | None = None,
+    lesions: str | Path | None = None,
+    lesions_out: str | Path | None = None,
 ) -> PredictionReport:
     """Predict every study under `paths`, or of `manifest` (one `split` if given), with the run's network.
 
@@ -345,7 +358,8 @@ def predict_studies(
     engine chosen for this machine (see `engine_select`; only with device, precision and compile left at "auto"),
     "torch" the torch engine; `notice` receives messages about engines rebuilt or set aside. `shard`, given a
     function that lists the studies, returns the share this process predicts (a torchrun job; see
-    `predict_sharded`).
+    `predict_sharded`). `lesions`: a lesion run whose hotspots, regions and BSI are written to `lesions_out`
+    (see `bonescan.lesions.outputs`).
     """
     if engine not in ENGINE_CHOICES:
         raise ConfigError("--engine", f"unknown engine {engine!r}; use {' or '.join(ENGINE_CHOICES)}")
@@ -379,12 +393,17 @@ def predict_studies(
         runner = InferenceEngine(loaded.model, device=device, precision=precision, compile=compile,
                                  batch_size=batch_size)
         preprocess_cfg = loaded.preprocess_cfg
+    lesion_step = None
+    if lesions is not None:
+        from .lesions.step import LesionStep
+
+        lesion_step = LesionStep.open(lesions, lesions_out if lesions_out is not None else ".", device=device)
     report = predict_sources(
         sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
         run_label=f"{run_dir} ({checkpoint})", workers=workers,
-        heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids,
+        heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids, lesion_step=lesion_step,
     )
-    report.notices = list(selection.notices) if selection else []
+    report.notices = (list(selection.notices) if selection else []) + report.notices
     return report
 
 
@@ -419,12 +438,14 @@ def predict_sources(
     dicom_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     case_ids: Sequence[str] | None = None,
+    lesion_step=None,
 ) -> PredictionReport:
     """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
 
     With `case_ids` (one per source, from a manifest) each outcome carries its case_id, its study_id is the
     Study Instance UID read from the study (else the file name), and output files are named by case_id.
-    `model` (the torch network) is needed only for heat maps and DICOM results.
+    `model` (the torch network) is needed only for heat maps and DICOM results. `lesion_step`
+    (`bonescan.lesions.step.LesionStep`) adds each study's hotspots and BSI.
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
@@ -439,7 +460,8 @@ def predict_sources(
         outputs = OutputWriter(cam_model, heatmap_dir, dicom_dir, run_label)
     outcomes: dict[int, StudyOutcome] = {}
     done = 0
-    for items in iterate_batches(sources, preprocess_cfg, engine.batch_size, workers, keep_views=outputs is not None):
+    keep_views = outputs is not None or lesion_step is not None
+    for items in iterate_batches(sources, preprocess_cfg, engine.batch_size, workers, keep_views=keep_views):
         good = [item for item in items if item.error is None]
         for item in items:
             if item.error is not None:
@@ -450,13 +472,21 @@ def predict_sources(
             probabilities = engine.probabilities(np.stack([item.inputs for item in good]))
             for item, probability in zip(good, probabilities):
                 outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids)
+            if lesion_step is not None:
+                lesion_step.apply(good, [outcomes[item.index] for item in good])
             if outputs is not None:
-                outputs.write(good, [outcomes[item.index] for item in good], sources)
+                outputs.write(good, [outcomes[item.index] for item in good], sources,
+                              lesion_step.last if lesion_step is not None else {})
         done += len(items)
         if progress:
             progress(done, len(sources))
     studies = [outcomes[i] for i in range(len(sources))]
-    return PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
+    report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
+    if lesion_step is not None:
+        lesion_step.finish()
+        report.notices.append(f"lesion step: {1000 * lesion_step.seconds / max(lesion_step.studies, 1):.0f} ms "
+                              f"per study over {lesion_step.studies} studies")
+    return report
 
 
 def _case_id(index: int, case_ids: Sequence[str] | None) -> str | None:
@@ -498,7 +528,8 @@ class OutputWriter:
         self.dicom_dir = Path(dicom_dir) if dicom_dir else None
         self.algorithm = AlgorithmInfo(parameters=(f"run={run_label}",))
 
-    def write(self, items: list[_Item], outcomes: list[StudyOutcome], sources: Sequence[StudySource]) -> None:
+    def write(self, items: list[_Item], outcomes: list[StudyOutcome], sources: Sequence[StudySource],
+              lesions: dict | None = None) -> None:
         from .heatmap import grad_cam
 
         maps = []
@@ -516,11 +547,11 @@ class OutputWriter:
             if heat is None:
                 continue
             try:
-                self._write_one(item, outcome, heat, sources[item.index])
+                self._write_one(item, outcome, heat, sources[item.index], (lesions or {}).get(item.index))
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 _mark_failed(outcome, f"writing results: {type(error).__name__}: {error}")
 
-    def _write_one(self, item: _Item, outcome: StudyOutcome, heat, source: StudySource) -> None:
+    def _write_one(self, item: _Item, outcome: StudyOutcome, heat, source: StudySource, lesions=None) -> None:
         from .dicom_out import ReadingResult, safe_file_stem, write_dicom_results
         from .heatmap import caption_text, render_overlay, write_png
         from .study import Study

@@ -189,8 +189,9 @@ def _train(
         _clear_run(paths)
     ctx.barrier()
 
+    task = make_task(config, cache, manifest, train_rows, ctx, progress)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, None if checkpoint is not None else config.pretrained).to(device)
+    model = task.build_model(None if checkpoint is not None else config.pretrained).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -199,7 +200,7 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_set = CachedScans(cache, train_rows, config.augment, seed=config.seed)
+    train_set = task.dataset(train_rows)
     sampler = DistributedSampler(
         train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=False
     )
@@ -217,8 +218,6 @@ def _train(
     optimizer = make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
-    pos_weight = _pos_weight(cache, train_rows) if config.class_weighting else None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=device))
 
     state = _TrainingState()
     if checkpoint is not None:
@@ -232,7 +231,7 @@ def _train(
             paths.config,
             json.dumps(
                 _run_record(config, cache, manifest, manifest_digest, manifest_path, ctx, precision, train_rows,
-                            val_rows, pos_weight),
+                            val_rows, task.record()),
                 indent=2,
             ),
         )
@@ -246,12 +245,10 @@ def _train(
         train_set.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         bar = _epoch_bar(epoch, config.epochs, steps_per_epoch, progress and ctx.is_main)
-        train_loss = _train_epoch(net, loader, optimizer, scheduler, scaler, loss_fn, precision, bar)
+        train_loss = _train_epoch(net, loader, optimizer, scheduler, scaler, task.loss, precision, bar)
         train_loss = _mean_over_processes(train_loss, ctx, device)
         recalibrate_batch_norm(model, cache, norm_rows, per_process_batch, precision)
-        probabilities, labels = predict_rows(model, cache, val_rows, config.eval_batch_size, precision, ctx)
-        val_auc = _auc(labels, probabilities, "validation split")
-        val_loss = _bce(labels, probabilities)
+        val_loss, val_auc = task.validate(model, val_rows, precision, ctx)
         improved = val_auc > state.best_val_auc
         if improved:
             state.best_val_auc, state.best_epoch, state.bad_epochs = val_auc, epoch + 1, 0
@@ -265,19 +262,19 @@ def _train(
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
-                "val_auc": val_auc,
+                task.score_name: val_auc,
                 "lr": lr,
-                "best_val_auc": state.best_val_auc,
+                f"best_{task.score_name}": state.best_val_auc,
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{val_auc:.4f}")
+        bar.set_postfix(loss=f"{train_loss:.4f}", **{task.score_name: f"{val_auc:.4f}"})
         bar.close()
         if ctx.is_main:
             if improved:
                 _save(paths.best, _best_checkpoint(model, config, state, manifest_digest, val_auc))
             _save(paths.last, _last_checkpoint(model, optimizer, scheduler, scaler, config, state, manifest_digest))
-            write_text_atomic(paths.metrics, metrics_frame(state.history).to_csv(index=False))
+            write_text_atomic(paths.metrics, metrics_frame(state.history, task.score_name).to_csv(index=False))
         ctx.barrier()
 
     return TrainResult(
@@ -286,7 +283,7 @@ def _train(
         best_val_auc=state.best_val_auc,
         epochs_run=state.epoch,
         stopped_early=state.stopped_early,
-        metrics=metrics_frame(state.history),
+        metrics=metrics_frame(state.history, task.score_name),
         failures=cache.failures,
         rank=ctx.rank,
     )
@@ -310,9 +307,67 @@ class _TrainingState:
         return cls(**data)
 
 
-def metrics_frame(history: list[dict]) -> pd.DataFrame:
-    """Per-epoch metrics as a DataFrame with the metrics.csv columns."""
-    return pd.DataFrame(history, columns=METRIC_COLUMNS)
+def metrics_frame(history: list[dict], score_name: str = "val_auc") -> pd.DataFrame:
+    """Per-epoch metrics as a DataFrame with the metrics.csv columns (the task names its validation score)."""
+    columns = [c.replace("val_auc", score_name) for c in METRIC_COLUMNS]
+    return pd.DataFrame(history, columns=columns)
+
+
+class ClassifierTask:
+    """What the study-level classifier trains: MultiViewNet, BCE on the study label, validation AUC.
+
+    The epoch loop asks a task for its model, its Dataset, the loss of one batch and a validation
+    (loss, score); `TASKS` names the tasks `TrainConfig.task` may choose.
+    """
+
+    score_name = "val_auc"
+
+    def __init__(self, config: TrainConfig, cache: ArrayCache, manifest: pd.DataFrame, train_rows: np.ndarray,
+                 ctx: DistContext, progress: bool):
+        self.config, self.cache = config, cache
+        self.pos_weight = _pos_weight(cache, train_rows) if config.class_weighting else None
+        self._loss_fn: nn.Module | None = None
+
+    def build_model(self, pretrained: str | None) -> nn.Module:
+        return build_model(self.config.model, pretrained)
+
+    def dataset(self, rows: np.ndarray) -> CachedScans:
+        return CachedScans(self.cache, rows, self.config.augment, seed=self.config.seed)
+
+    def loss(self, net: nn.Module, batch, precision: Precision) -> tuple[torch.Tensor, int]:
+        images, labels = (t.to(precision.device, non_blocking=True) for t in batch)
+        if self._loss_fn is None:
+            weight = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=precision.device)
+            self._loss_fn = nn.BCEWithLogitsLoss(pos_weight=weight)
+        with precision.autocast():
+            logits = net(images)
+        return self._loss_fn(logits.float(), labels), len(labels)
+
+    def validate(self, model: nn.Module, rows: np.ndarray, precision: Precision,
+                 ctx: DistContext) -> tuple[float, float]:
+        probabilities, labels = predict_rows(model, self.cache, rows, self.config.eval_batch_size, precision, ctx)
+        return _bce(labels, probabilities), _auc(labels, probabilities, "validation split")
+
+    def record(self) -> dict:
+        return {"pos_weight": self.pos_weight}
+
+
+# Task name -> class, or "module:class" imported when chosen (the lesion task lives with the lesion package).
+TASKS: dict[str, type | str] = {"classify": ClassifierTask, "lesion": "bonescan.lesions.task:LesionTask"}
+
+
+def make_task(config: TrainConfig, cache: ArrayCache, manifest: pd.DataFrame, train_rows: np.ndarray,
+              ctx: DistContext, progress: bool):
+    """The training task `config.task` names, set up for this cache."""
+    entry = TASKS.get(config.task)
+    if entry is None:
+        raise ConfigError("--task", f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
+    if isinstance(entry, str):
+        import importlib
+
+        module, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry(config, cache, manifest, train_rows, ctx, progress)
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:
@@ -357,25 +412,21 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    loss_fn: nn.Module,
+    loss_fn,
     precision: Precision,
     bar,
 ) -> float:
     net.train()
     total, count = 0.0, 0
-    for images, labels in loader:
-        images = images.to(precision.device, non_blocking=True)
-        labels = labels.to(precision.device, non_blocking=True)
+    for batch in loader:
         optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = net(images)
-        loss = loss_fn(logits.float(), labels)
+        loss, n = loss_fn(net, batch, precision)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
+        total += float(loss.detach()) * n
+        count += n
         bar.update(1)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
@@ -537,7 +588,7 @@ def _last_checkpoint(model, optimizer, scheduler, scaler, config: TrainConfig, s
     }
 
 
-def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, train_rows, val_rows, pos_weight) -> dict:
+def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, train_rows, val_rows, task_record) -> dict:
     import sklearn
     import torchvision
 
@@ -556,7 +607,7 @@ def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, 
         },
         "preprocess": config.preprocess.to_dict(),
         "cache": {"key": cache.key, "folder": str(cache.folder), "skipped_studies": cache.failures},
-        "pos_weight": pos_weight,
+        **task_record,
         "world_size": ctx.world_size,
         "device": str(precision.device),
         "precision": precision.name,

@@ -40,6 +40,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
         compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
         checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint of the run: best | last."),
+        lesions: Optional[Path] = typer.Option(
+            None, "--lesions", help="Lesion run (a lesion preset's RUN): hotspots, regions and BSI per study."),
+        lesions_out: Optional[Path] = typer.Option(
+            None, "--lesions-out", help="Folder for hotspots.csv and lesions/ (default: the --out file's folder)."),
         engine: str = typer.Option(
             "auto", "--engine", help="auto: the engine measured fastest here (stored exported int8/fp32, else "
                                      "torch; see `bonescan quantize`) | torch."),
@@ -61,6 +65,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             heatmap_dir=heatmaps, dicom_dir=dicom_out, device=device, precision=precision, compile=compile,
             checkpoint=checkpoint, progress=progress, manifest=manifest, split=split, engine=engine,
             notice=lambda message: _stderr(f"bonescan: notice: {message}"),
+            lesions=lesions, lesions_out=lesions_out or (out.parent if out is not None else Path(".")),
         )
         if not job.is_main:
             return  # rank 0 writes the merged output and reports for the whole job
@@ -76,6 +81,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                     typer.echo(f"{study.name}\t{study.probability:.4f}\t{study.decision}")
         typer.echo(f"operating point {point.name} (threshold {point.threshold:.4f}); {report.engine}; "
                    f"{len(report.studies)} studies in {report.seconds:.1f} s")
+        for line in report.notices:
+            if line.startswith("lesion step"):
+                typer.echo(line)
         for failure in report.failures:
             _stderr(f"bonescan: failed: {failure.name}: {failure.error}")
         if report.failures:

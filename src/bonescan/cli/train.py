@@ -15,7 +15,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def train_command(
         manifest: Path = typer.Option(..., "--manifest", help="Manifest CSV with a split column (train / val)."),
         out: Path = typer.Option(..., "--out", help="RUN folder: config.json, metrics.csv, checkpoints/."),
-        preset: str = typer.Option("paper", "--preset", help="paper | cpu-small | tiny."),
+        preset: str = typer.Option("paper", "--preset", help="paper | cpu-small | tiny; lesion task: cpu-small-lesion | tiny-lesion."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -56,7 +56,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first unreadable study."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """Train MultiViewNet on a manifest's train split, selecting the best epoch by validation AUC."""
+        """Train MultiViewNet (or, with a lesion preset, the lesion network) on a manifest's train split."""
         from ..cohort import load_manifest
         from ..presets import preset_config
         from ..train import train
@@ -80,8 +80,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for failure in result.failures:
             typer.echo(f"skipped {failure['case_id']}: {failure['reason']}", err=True)
         ending = "stopped early" if result.stopped_early else "finished"
+        score = "validation AUC" if config.task == "classify" else "validation score (region and lesion Dice)"
         typer.echo(
-            f"{ending} after {result.epochs_run} epochs; best validation AUC {result.best_val_auc:.4f} "
+            f"{ending} after {result.epochs_run} epochs; best {score} {result.best_val_auc:.4f} "
             f"at epoch {result.best_epoch}; run: {out}"
         )
 

@@ -103,12 +103,13 @@ SITES: dict[str, SiteProfile] = {
             arm_abduction_deg=(2.0, 9.0),
             build=(0.97, 0.08),  # assumption: the measured patients were slim
             # Tuned to the measured body-pixel p99.5 / median of 8.0-9.3 (the generic phantom gives ~6.3).
-            bone_uptake=2.1, soft_tissue=0.6,
+            bone_uptake=2.1, soft_tissue=0.45,
             counts=(0.5e6, 0.2, 0.36e6, 0.70e6),  # measured: 0.36-0.68 M counts per view (a fast scan)
         ),
         # GE LEHR: ~7.4 mm FWHM at 10 cm (datasheet as remembered); the generic blur already matches it.
         CameraModel(collimator_sigma_mm=3.2, scatter_fraction=0.15, scatter_sigma_mm=30.0, background_counts=0.03),
-        HeaderConvention("GE MEDICAL SYSTEMS", "Discovery NM/CT 670", view_codes=None, files=1, series_description="WB BONE"),
+        HeaderConvention("GE MEDICAL SYSTEMS", "Discovery NM/CT 670", view_codes=None, files=1,
+                         series_description="WB BONE"),
         # Seen on the measured studies: a urinary catheter to a bag between the feet; an injection site at a wrist.
         artifact_rates={"injection_site": 0.45, "urine_contamination": 0.05, "catheter": 0.03,
                         "urinary_catheter": 0.06},

@@ -1,0 +1,136 @@
+"""A trained lesion network applied to studies: numbered hotspots with regions and malignancy, region maps, BSI.
+
+From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesions` at the stored image size:
+- regions: the most likely class per network pixel, repeated to the stored size (nearest), posterior mirrored back;
+- hotspots: connected components (8-neighbourhood) of the hotspot probability >= HOTSPOT_THRESHOLD after bilinear
+  upsampling to the stored size, dropping components under MIN_AREA_MM2; malignancy is the mean malignancy
+  probability inside the component; the region is the most common skeletal region under it ("" if none);
+- uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
+  of the same view;
+- BSI: `bone_scan_index` over the pixels of hotspots whose malignancy reaches the threshold;
+- study probability from the lesions: the largest hotspot malignancy (0 without hotspots).
+Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydicom.uid import generate_uid
+from scipy import ndimage
+
+from ..device import Precision, choose_precision, select_device
+from ..errors import RunError
+from ..presets import TrainConfig
+from .bsi import bone_scan_index
+from .hotspots import Hotspot, StudyLesions
+from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
+from .regions import BY_LABEL, N_LABELS
+
+HOTSPOT_THRESHOLD = 0.5
+MALIGNANCY_THRESHOLD = 0.5
+MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
+VIEWS = ("anterior", "posterior")
+_EIGHT = np.ones((3, 3), bool)
+
+
+@dataclass
+class LesionModel:
+    """A lesion run loaded for prediction."""
+
+    model: LesionNet
+    config: TrainConfig
+    precision: Precision
+    run_dir: Path
+
+    def maps(self, inputs: np.ndarray) -> np.ndarray:
+        """B x 2 x H x W preprocessed studies -> B x 2 views x (regions + hotspot + malignancy) maps (probabilities
+        for hotspot and malignancy, region class ids in the region slot 0), float32, network size."""
+        with torch.no_grad(), self.precision.autocast():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.precision.device))
+        logits = logits.float()
+        regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
+        probabilities = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])
+        return torch.cat([regions, probabilities], 2).cpu().numpy()
+
+
+def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+                    precision: str = "fp32") -> LesionModel:
+    """Load RUN/checkpoints/<checkpoint>.pt of a lesion run; RunError when it is not one."""
+    from ..train import RunPaths, load_checkpoint
+
+    paths = RunPaths(Path(run_dir))
+    state = load_checkpoint(paths.best if checkpoint == "best" else paths.last)
+    config = TrainConfig.from_dict(state["config"])
+    if config.task != "lesion":
+        raise RunError(run_dir, f"is a {config.task!r} run, not a lesion run (train one with a lesion preset, "
+                                "e.g. --preset cpu-small-lesion)")
+    model = build_lesion_net(config.lesion)
+    model.load_state_dict(state["model"])
+    chosen = choose_precision(select_device(device), precision)
+    return LesionModel(model.to(chosen.device).eval(), config, chosen, paths.root)
+
+
+def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
+                  mirror_posterior: bool = True, study_key: str = "",
+                  threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
+    """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
+
+    `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
+    """
+    shape = anterior.shape
+    counts = (np.asarray(anterior, np.float32), np.asarray(posterior, np.float32))
+    h, w = maps.shape[-2:]
+    r = np.clip(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), 0, h - 1)
+    c = np.clip(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), 0, w - 1)
+    regions = maps[:, 0].astype(np.uint8)[:, r][:, :, c]
+    probabilities = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps[:, 1:])), size=shape, mode="bilinear",
+                                  align_corners=False).numpy()
+    if mirror_posterior:
+        regions[1] = regions[1, :, ::-1]
+        probabilities[1] = probabilities[1, :, :, ::-1]
+    numbers = np.zeros((2,) + shape, np.uint16)
+    hotspots: list[Hotspot] = []
+    min_pixels = MIN_AREA_MM2 / pixel_spacing**2
+    for view in range(2):
+        components, n = ndimage.label(probabilities[view, 0] >= HOTSPOT_THRESHOLD, structure=_EIGHT)
+        if n == 0:
+            continue
+        found = []
+        for index, window in enumerate(ndimage.find_objects(components), start=1):
+            mask = components[window] == index
+            area = int(mask.sum())
+            if area < min_pixels:
+                continue
+            found.append((window[0].start, window, mask, area))
+        found.sort(key=lambda entry: (entry[0], entry[1][1].start))
+        bone = regions[view] > 0
+        for _, window, mask, area in found:
+            number = len(hotspots) + 1
+            numbers[view][window][mask] = number
+            labels = regions[view][window][mask]
+            labels = labels[labels > 0]
+            region = BY_LABEL[int(np.bincount(labels).argmax())].name if labels.size else ""
+            rows, cols = np.nonzero(mask)
+            hotspots.append(Hotspot(
+                number=number, view=VIEWS[view],
+                box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
+                centroid=(float(rows.mean() + window[0].start), float(cols.mean() + window[1].start)),
+                area_mm2=area * pixel_spacing**2, region=region,
+                malignancy=float(probabilities[view, 1][window][mask].mean()),
+                uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
+                    entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
+                mask=mask.copy()))
+        normal = bone & (numbers[view] == 0)
+        reference = float(np.median(counts[view][normal])) if normal.any() else 0.0
+        for hotspot in hotspots:
+            if hotspot.view == VIEWS[view]:
+                hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
+    malignant_numbers = [h.number for h in hotspots if h.malignancy >= threshold]
+    bsi, by_region = bone_scan_index(regions, np.isin(numbers, malignant_numbers))
+    probability = max((h.malignancy for h in hotspots), default=0.0)
+    return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold), numbers

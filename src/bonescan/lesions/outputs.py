@@ -1,0 +1,106 @@
+"""Per-study lesion results on disk: what `bonescan predict --lesions RUN` writes beside its predictions.
+
+Layout of the lesion output folder (the --out file's folder unless given):
+    hotspots.csv            one row per hotspot: case_id, then the `Hotspot` fields (box and centroid split into
+                            columns)
+    lesions/<name>.json     `StudyLesions.to_json()`: hotspots, number of malignant ones, BSI and BSI per region
+    lesions/<name>.npz      `regions` uint8 [2, H, W] (skeletal-region labels) and `hotspots` uint16 [2, H, W]
+                            (pixel value = hotspot number), both views as stored (posterior seen from behind)
+    lesions/<name>.png      both views with numbered hotspot contours (red: malignant, blue: other)
+<name> is the case_id when studies come from a manifest, else the study id, as for heat maps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..fileio import atomic_path, write_text_atomic
+from .hotspots import StudyLesions
+
+HOTSPOT_COLUMNS = ["case_id", "number", "view", "row0", "col0", "row1", "col1", "centroid_row", "centroid_col",
+                   "area_mm2", "region", "malignancy", "uptake_ratio", "malignant", "uid"]
+LESIONS_DIR = "lesions"
+
+
+@dataclass
+class LesionOutputs:
+    """Writes each study's lesion files as it is predicted, and hotspots.csv at the end."""
+
+    folder: Path
+    rows: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+
+    def write_study(self, name: str, lesions: StudyLesions, numbers: np.ndarray, anterior: np.ndarray,
+                    posterior: np.ndarray, title: str = "") -> Path:
+        """Write lesions/<name>.json, .npz and .png; remember the study's hotspot rows. Returns the JSON path."""
+        from ..dicom_out import safe_file_stem
+        from ..heatmap import write_png
+
+        stem = safe_file_stem(name)
+        folder = self.folder / LESIONS_DIR
+        record = {"case_id": name, **lesions.to_json()}
+        target = write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1) + "\n")
+        with atomic_path(folder / f"{stem}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
+        write_png(folder / f"{stem}.png", render_lesions(anterior, posterior, lesions, numbers, title or name))
+        for h in lesions.hotspots:
+            self.rows.append({"case_id": name, "number": h.number, "view": h.view, "row0": h.box[0],
+                              "col0": h.box[1], "row1": h.box[2], "col1": h.box[3],
+                              "centroid_row": round(h.centroid[0], 1), "centroid_col": round(h.centroid[1], 1),
+                              "area_mm2": round(h.area_mm2, 1), "region": h.region,
+                              "malignancy": round(h.malignancy, 4), "uptake_ratio": round(h.uptake_ratio, 3),
+                              "malignant": h.malignancy >= lesions.threshold, "uid": h.uid})
+        return target
+
+    def finish(self) -> Path:
+        """Write hotspots.csv (header only when no study had a hotspot)."""
+        frame = pd.DataFrame(self.rows, columns=HOTSPOT_COLUMNS)
+        return write_text_atomic(self.folder / "hotspots.csv", frame.to_csv(index=False))
+
+
+def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLesions, numbers: np.ndarray,
+                   title: str) -> np.ndarray:
+    """Both views (counts inverted, as read), numbered hotspot contours and a BSI caption; H x W x 3 uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows, cols = anterior.shape
+    width_px, height_px = 2 * cols + 60, rows + 120
+    figure = Figure(figsize=(width_px / 100, height_px / 100), dpi=100)
+    FigureCanvasAgg(figure)
+    by_number = {h.number: h for h in lesions.hotspots}
+    for index, (name, counts, sides) in enumerate((("Anterior", anterior, ("R", "L")),
+                                                   ("Posterior", posterior, ("L", "R")))):
+        axes = figure.add_axes((0.02 + index * 0.49, 90 / height_px, 0.47, rows / height_px))
+        ceiling = float(np.percentile(counts, 99.5)) or float(counts.max()) or 1.0
+        axes.imshow(counts, cmap="gray_r", vmin=0.0, vmax=ceiling, interpolation="nearest")
+        view_numbers = numbers[index]
+        for number in np.unique(view_numbers[view_numbers > 0]):
+            hotspot = by_number[int(number)]
+            malignant = hotspot.malignancy >= lesions.threshold
+            colour = "tab:red" if malignant else "tab:blue"
+            edge = (view_numbers == number) & ~ndimage.binary_erosion(view_numbers == number)
+            r, c = np.nonzero(edge)
+            axes.scatter(c, r, s=0.6, c=colour, marker="s", linewidths=0)
+            axes.text(hotspot.box[3] + 2, hotspot.box[0], str(hotspot.number), color=colour, fontsize=6,
+                      va="top", ha="left")
+        axes.set_xlim(-0.5, cols - 0.5)
+        axes.set_ylim(rows - 0.5, -0.5)
+        axes.set_title(name, fontsize=9)
+        for x, side in zip((0.03, 0.97), sides):
+            axes.text(x, 0.99, side, transform=axes.transAxes, ha="center", va="top", fontsize=9, color="tab:blue")
+        axes.set_axis_off()
+    caption = (f"{len(lesions.hotspots)} hotspots, {lesions.n_malignant} malignant (red, malignancy >= "
+               f"{lesions.threshold:.2f});  BSI {lesions.bsi:.2f} %")
+    figure.text(0.5, 0.045, caption, ha="center", va="center", fontsize=9)
+    figure.text(0.5, 0.01, title, ha="center", va="bottom", fontsize=7, color="dimgray")
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()

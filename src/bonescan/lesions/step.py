@@ -1,0 +1,62 @@
+"""The lesion step of batch prediction: a batch of read studies -> lesion network -> hotspots, BSI, files.
+
+`bonescan predict --lesions RUN` runs it after the classifier on every batch of studies that were read; it fills
+each study's outcome (bsi, n_malignant, probability_from_lesions, lesions) and writes `LesionOutputs`. A study
+whose lesion step fails is marked failed with the reason; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..preprocess import preprocess_views
+from .infer import LesionModel, load_lesion_run, study_lesions
+from .outputs import LesionOutputs
+
+
+@dataclass
+class LesionStep:
+    """A loaded lesion run and where its results go; `seconds` sums network and post-processing time."""
+
+    model: LesionModel
+    outputs: LesionOutputs
+    seconds: float = 0.0
+    studies: int = 0
+    # The last batch's results by item index, for the DICOM writer: (StudyLesions, hotspot number map).
+    last: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto") -> "LesionStep":
+        return cls(load_lesion_run(run_dir, device=device), LesionOutputs(Path(out_dir)))
+
+    def apply(self, items, outcomes) -> None:
+        """Predict and write the lesions of read studies (`items` hold views and spacing), filling `outcomes`."""
+        start = time.perf_counter()
+        preprocess = self.model.config.preprocess
+        inputs = np.stack([preprocess_views(*item.views, preprocess) for item in items])
+        maps = self.model.maps(inputs)
+        results = []
+        for item, outcome, study_maps in zip(items, outcomes, maps):
+            spacing = item.spacing if item.spacing else 2.4
+            results.append(study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
+                                         study_key=f"{outcome.study_id}:{outcome.name}"))
+        self.seconds += time.perf_counter() - start
+        self.studies += len(items)
+        self.last = {item.index: result for item, result in zip(items, results)}
+        for item, outcome, (lesions, numbers) in zip(items, outcomes, results):
+            try:
+                path = self.outputs.write_study(outcome.name, lesions, numbers, *item.views)
+            except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
+                outcome.status, outcome.error = "failed", f"writing lesions: {type(error).__name__}: {error}"
+                continue
+            outcome.bsi = round(lesions.bsi, 4)
+            outcome.n_malignant = lesions.n_malignant
+            outcome.probability_from_lesions = round(lesions.probability, 4)
+            outcome.lesions = str(path.resolve())
+
+    def finish(self) -> Path:
+        return self.outputs.finish()
