@@ -109,24 +109,25 @@ def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesio
 
 
 class NetworkReader:
-    """The lesion network of a training run (hotspots with malignancy, regions, BSI), behind the reader API."""
+    """The lesion network of a training run (`bonescan train --preset cpu-small-lesion`), behind the reader API:
+    the same preprocessing and post-processing as `bonescan predict --lesions`."""
 
-    def __init__(self, run: str | Path):
+    def __init__(self, run: str | Path, device: str = "auto"):
+        from ..lesions.infer import load_lesion_run
+
         self.run = Path(run)
-        self.name = f"lesion network ({self.run})"
-        self._predict = _lesion_predictor(self.run)
+        if not self.run.is_dir():
+            raise RunError(self.run, "no such training run folder")
+        self.model = load_lesion_run(self.run, device=device)
+        self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
-        return self._predict(study)
+        from ..lesions.infer import study_lesions
+        from ..preprocess import preprocess_views
 
-
-def _lesion_predictor(run: Path):
-    """The run's lesion predictor (study -> StudyLesions) from the lesion package, or a RunError saying why not."""
-    if not run.exists():
-        raise RunError(run, "no such training run")
-    try:
-        from ..lesions import predict as lesion_predict  # the lesion network's inference entry
-    except ImportError:
-        raise RunError(run, "this bonescan has no lesion network inference (bonescan.lesions.predict); use "
-                            "--reader oracle on a synthetic cohort") from None
-    return lesion_predict.load_predictor(run)
+        config = self.model.config.preprocess
+        maps = self.model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
+        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
+        lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
+                                   study_key=study.study_id)
+        return lesions
