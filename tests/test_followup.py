@@ -193,3 +193,25 @@ def test_followup_refuses_a_visit_without_both_views_and_writes_nothing(cohort, 
     code = main(["followup", str(base), str(cohort / row["anterior"]), "--reader", "oracle", "--out", str(out)])
     assert code == 2 and "only the anterior view" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow  # trains a tiny lesion run (one epoch, 20 studies)
+def test_followup_reads_lesions_with_a_trained_lesion_network(cohort, tmp_path, capsys):
+    from bonescan.synth import generate_cohort
+
+    train = generate_cohort(tmp_path / "train", cases=20, seed=2, difficulty="easy")
+    run = tmp_path / "run"
+    assert main(["train", "--manifest", str(train.manifest), "--preset", "tiny-lesion", "--epochs", "1",
+                 "--out", str(run), "--precision", "fp32", "--workers", "0"]) == 0
+    df = pd.read_csv(cohort / "manifest.csv")
+    single_files = df.groupby("patient_id")["path"].apply(lambda p: p.notna().all())
+    visits = df[df["patient_id"] == single_files[single_files].index[0]].sort_values("timepoint")
+    paths = [str(cohort / p) for p in visits["path"]]
+    out = tmp_path / "net"
+    assert main(["followup", *paths, "--run", str(run), "--out", str(out)]) == 0
+    result = json.loads((out / "followup.json").read_text())
+    assert result["reader"].startswith("lesion network") and len(result["visits"]) == len(paths)
+    assert result["verdict"]["status"] in ("progression", "unconfirmed", "no progression")
+    assert "lesion network" in capsys.readouterr().out
+    # A run that is not a lesion run is refused with one error.
+    assert main(["followup", *paths[:2], "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
