@@ -144,12 +144,15 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
         result = PatientResult(pid, str(rows["change"].iloc[0]) if "change" in rows else "", min(len(rows), 3))
         try:
             truths = truth_of(rows) if evaluate else None
+            start = time.perf_counter()
             comparison = compare_patient(rows, reader, first_followup, force)
+            seconds = time.perf_counter() - start  # reading the studies included, writing the outputs not
             write_comparison(comparison, out / _safe(pid))
         except BoneScanError as error:
             result.error = str(error)
         else:
             _fill(result, comparison, truths)
+            result.seconds = seconds
         results.append(result)
         if progress:
             progress(n, len(patients), result)
@@ -170,7 +173,6 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     if len(visits) > 2 and visits[2].timepoint is not None and visits[1].timepoint is not None:
         result.days_to_confirm = visits[2].timepoint - visits[1].timepoint
     result.bsi_change = comparison.followup.bsi_change
-    result.seconds = comparison.seconds["total"]
     result.distances = [p.distance_mm for p in comparison.pairs]
     if truths is None:
         return

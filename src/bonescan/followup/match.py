@@ -1,11 +1,13 @@
 """Hotspots of several visits linked into numbered lesions, and what changed between two visits.
 
 A lesion is what one bone focus leaves across views and visits:
-- within a visit, an anterior and a posterior hotspot are one lesion when the posterior one, mirrored (it is
-  stored as seen from behind), lies within CROSS_MM of the anterior one (a vertebra shows in both views);
 - between visits, in each view, hotspots are paired one to one (Hungarian assignment on distance) after the
   later study is registered to the baseline, when they lie within MATCH_MM; a hotspot of the newest visit is
-  first paired with the visit before it, and what stays unpaired with the visits before that.
+  first paired with the visit before it, and what stays unpaired with the visits before that;
+- within a visit, an anterior and a posterior hotspot are one lesion when the posterior one, mirrored (it is
+  stored as seen from behind), lies within CROSS_MM of the anterior one (a vertebra shows in both views), and
+  both belong to lesions first seen on the same visit: in a spine full of metastases a new focus must not be
+  joined, through the other view, to an old one nearby.
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit.
 
@@ -99,37 +101,50 @@ def _assign(a: np.ndarray, b: np.ndarray, scale: np.ndarray, gate: float) -> lis
 
 def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTransform]],
                  spacings: list[tuple[float, float]], widths: list[int]) -> Linking:
-    """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline."""
+    """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline.
+
+    Visit by visit: first each view's hotspots are paired with earlier visits, then anterior and posterior hotspots
+    are paired within the visit, but only those whose lesions were first seen on the same visit, so a new focus
+    seen from the front is never joined to an old one seen from behind (which would hide it).
+    """
     nodes: list[tuple[int, Hotspot]] = [(v, h) for v, result in enumerate(lesions) for h in result.hotspots]
     index = {id(h): i for i, (_, h) in enumerate(nodes)}
     sets = _Sets(len(nodes))
     base_scale = np.array(spacings[0])
     by_view: dict[tuple[int, str], list[Hotspot]] = {(v, w): [h for h in r.hotspots if h.view == w]
                                                       for v, r in enumerate(lesions) for w in VIEWS}
-    # Anterior-posterior pairs within each visit.
-    for v in range(len(lesions)):
-        front, back = by_view[(v, "anterior")], by_view[(v, "posterior")]
-        a = np.array([h.centroid for h in front]).reshape(-1, 2)
-        b = np.array([(h.centroid[0], widths[v] - 1 - h.centroid[1]) for h in back]).reshape(-1, 2)
-        for i, j, _ in _assign(a, b, np.array(spacings[v]), CROSS_MM):
-            sets.join(index[id(front[i])], index[id(back[j])])
-    # Between visits, view by view, in the baseline frame.
-    pairs: list[MatchedPair] = []
     at_baseline = {(v, w): transforms[v][w].to_fixed(np.array([h.centroid for h in hs]).reshape(-1, 2))
                    if hs else np.zeros((0, 2)) for (v, w), hs in by_view.items()}
-    for v in range(1, len(lesions)):
+    pairs: list[MatchedPair] = []
+    followed: set[int] = set()  # hotspots already paired with a later visit: no longer open to older gaps
+    for v in range(len(lesions)):
+        # Between visits, view by view, in the baseline frame: the visit before first, then, for what stays
+        # unpaired, hotspots of earlier visits that were missing since (a focus not seen on the visit between).
         for w in VIEWS:
             todo = list(range(len(by_view[(v, w)])))
             for u in range(v - 1, -1, -1):
-                if not todo:
-                    break
-                found = _assign(at_baseline[(v, w)][todo], at_baseline[(u, w)], base_scale, MATCH_MM)
+                open_ = [j for j, h in enumerate(by_view[(u, w)]) if id(h) not in followed]
+                if not todo or not open_:
+                    continue
+                found = _assign(at_baseline[(v, w)][todo], at_baseline[(u, w)][open_], base_scale, MATCH_MM)
                 for i, j, distance in found:
-                    first, second = by_view[(u, w)][j], by_view[(v, w)][todo[i]]
+                    first, second = by_view[(u, w)][open_[j]], by_view[(v, w)][todo[i]]
                     sets.join(index[id(first)], index[id(second)])
+                    followed.add(id(first))
                     pairs.append(MatchedPair(u, v, w, distance, first, second))
                 done = {todo[i] for i, _, _ in found}
                 todo = [k for k in todo if k not in done]
+        # Anterior-posterior pairs within the visit, among lesions first seen on the same visit.
+        first_seen = _first_seen(sets, nodes)
+        front, back = by_view[(v, "anterior")], by_view[(v, "posterior")]
+        for since in sorted({first_seen[sets.find(index[id(h)])] for h in front + back}):
+            f = [h for h in front if first_seen[sets.find(index[id(h)])] == since]
+            b = [h for h in back if first_seen[sets.find(index[id(h)])] == since]
+            a_pts = np.array([h.centroid for h in f]).reshape(-1, 2)
+            b_pts = np.array([(h.centroid[0], widths[v] - 1 - h.centroid[1]) for h in b]).reshape(-1, 2)
+            for i, j, _ in _assign(a_pts, b_pts, np.array(spacings[v]), CROSS_MM):
+                if sets.find(index[id(f[i])]) != sets.find(index[id(b[j])]):
+                    sets.join(index[id(f[i])], index[id(b[j])])
     groups: dict[int, dict[int, list[Hotspot]]] = {}
     for i, (v, h) in enumerate(nodes):
         groups.setdefault(sets.find(i), {}).setdefault(v, []).append(h)
@@ -140,6 +155,15 @@ def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTra
     for number, lesion in enumerate(found_lesions, 1):
         lesion.number = number
     return Linking(found_lesions, pairs)
+
+
+def _first_seen(sets: _Sets, nodes: list[tuple[int, Hotspot]]) -> dict[int, int]:
+    """Earliest visit of each current lesion (by set root)."""
+    first: dict[int, int] = {}
+    for i, (v, _) in enumerate(nodes):
+        root = sets.find(i)
+        first[root] = min(first.get(root, v), v)
+    return first
 
 
 def _first_row(lesion: Lesion, at_baseline, by_view) -> float:

@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..errors import ConfigError, RunError
 from ..lesions.bsi import bone_scan_index
 from ..lesions.hotspots import Hotspot, StudyLesions
+from ..lesions.regions import BY_LABEL
 from ..lesions.truth import LesionTruth, load_truth
 from ..study import Study
 
@@ -63,7 +64,6 @@ def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.nda
 
 
 def _region_at(regions: np.ndarray, centroid: tuple[float, float]) -> str:
-    from ..lesions.regions import BY_LABEL
     r = int(np.clip(round(centroid[0]), 0, regions.shape[0] - 1))
     c = int(np.clip(round(centroid[1]), 0, regions.shape[1] - 1))
     region = BY_LABEL.get(int(regions[r, c]))

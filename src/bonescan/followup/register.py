@@ -62,12 +62,9 @@ class ViewTransform:
                 "translation_mm": [round(v, 2) for v in self.translation], "correlation": round(-self.metric, 4)}
 
 
-IDENTITY_METRIC = -1.0
-
-
 def identity(spacing: tuple[float, float]) -> ViewTransform:
     """The baseline's own transform."""
-    return ViewTransform(0.0, (0.0, 0.0), (0.0, 0.0), spacing, spacing, IDENTITY_METRIC)
+    return ViewTransform(0.0, (0.0, 0.0), (0.0, 0.0), spacing, spacing, -1.0)
 
 
 def _prepare(image: np.ndarray, spacing: tuple[float, float]) -> sitk.Image:
