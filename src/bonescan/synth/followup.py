@@ -36,7 +36,7 @@ from .case import RES, SyntheticCase, VisitInfo, _acquire, case_seed
 from .cohort import Demographics
 from .dicom import case_files
 from .findings import DifficultyProfile, FindingPainter, difficulty_profile, paint_findings
-from .phantom import MAX_COUNTS, MIN_COUNTS, ROWS, Anatomy, BoneSite, Patient, render_anatomy, sample_patient
+from .phantom import MAX_COUNTS, MIN_COUNTS, ROWS, BoneSite, Patient, render_anatomy, sample_patient
 from .sites import site_profile
 from .writer import (MANIFEST_FILE, STUDIES_DIR, TRUTH_DIR, CohortResult, SynthSettings, case_id_for, check_settings,
                      keep_freed_memory, manifest_frame, prepare_folder, truth_path, write_case)
