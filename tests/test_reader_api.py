@@ -279,3 +279,34 @@ def test_finishing_the_queue_shows_done(blinded):
     done = client.get("/read", follow_redirects=False)
     assert done.status_code == 200 and "finished all 3 cases" in done.text
     assert ReaderStore.open(blinded.study_dir).progress("bob") == (3, 3)
+
+
+def test_ai_consulted_phase_shows_hotspots_when_predictions_name_lesion_results(blinded, case_list):
+    from PIL import Image
+
+    predictions = write_predictions(case_list.parent, 4)
+    frame = pd.read_csv(predictions)
+    lesions = case_list.parent / "lesions"
+    lesions.mkdir(exist_ok=True)
+    for case_id in frame["case_id"][:3]:  # c3 has no lesion result
+        (lesions / f"{case_id}.json").write_text("{}")
+        Image.new("RGB", (20, 40), (200, 0, 0)).save(lesions / f"{case_id}.png")
+    frame["lesions"] = [f"lesions/{c}.json" for c in frame["case_id"][:3]] + [""]
+    frame.to_csv(predictions, index=False)
+    create_study(blinded.study_dir, mode="ai-consulted", predictions_csv=predictions, seed=3, close_open_reads=True)
+    store = ReaderStore.open(blinded.study_dir)
+    client = TestClient(create_app(blinded.study_dir, clock=FakeClock()))
+    sign_in(client, "bob", blinded.passwords["bob"])  # bob reads c0-c2: every case has hotspots
+    key = current_key(client)
+    assert "Show hotspots" not in client.get(f"/read/{key}").text
+    assert client.get(f"/image/{key}/hotspots").status_code == 403  # hidden until the own answer
+    answer(client, key, "no-metastasis", "2")
+    assert "Show hotspots" in client.get(f"/read/{key}").text
+    image = client.get(f"/image/{key}/hotspots")
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert store.get_read(key).case_id != "c3"
+    # A lesion JSON whose overlay is missing is one error naming the line.
+    (lesions / "c1.png").unlink()
+    with pytest.raises(Exception, match="hotspot overlay not found"):
+        create_study(case_list.parent / "again", mode="ai-consulted", cases_csv=case_list, readers=["carol"],
+                     predictions_csv=predictions)

@@ -117,8 +117,12 @@ def build_structured_report(
     headers: Sequence[Dataset],
     secondary_capture: Dataset,
     algorithm: AlgorithmInfo = AlgorithmInfo(),
+    extra_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] = (),
 ) -> hd.sr.ComprehensiveSR:
-    """A TID 1500 measurement report (Comprehensive SR) holding probability, decision and operating point."""
+    """A TID 1500 measurement report (Comprehensive SR) holding probability, decision and operating point.
+
+    `extra_groups` follow the study-level group (e.g. one per hotspot, `bonescan.lesions.dicom`).
+    """
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
@@ -160,7 +164,7 @@ def build_structured_report(
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=codes.LN.RadionuclideScanOfWholeBody,
-        imaging_measurements=[group],
+        imaging_measurements=[group, *extra_groups],
     )
     sr = hd.sr.ComprehensiveSR(
         # The SC comes first: the SR copies patient and study attributes from it, which are complete even when
@@ -192,17 +196,24 @@ def write_dicom_results(
     source_files: Sequence[str | Path],
     algorithm: AlgorithmInfo = AlgorithmInfo(),
     file_stem: str | None = None,
+    lesions=None,
 ) -> DicomResult:
     """Write the Secondary Capture and the SR of one study into `out_dir` (atomically) and return their paths.
 
     Files are named `<stem>_heatmap_sc.dcm` and `<stem>_report_sr.dcm`; the stem defaults to the study id.
+    `lesions` (a `bonescan.lesions.hotspots.StudyLesions`) adds the BSI and one measurement group per hotspot.
     """
     headers = read_source_headers(source_files)
     warnings = []
     if not headers:
         warnings.append("source is not DICOM: the DICOM results were placed in a new study")
     capture = build_secondary_capture(overlay_rgb, study, headers)
-    report = build_structured_report(result, headers, capture, algorithm)
+    extra = ()
+    if lesions is not None:
+        from .lesions.dicom import lesion_groups
+
+        extra = lesion_groups(lesions, headers)
+    report = build_structured_report(result, headers, capture, algorithm, extra)
     stem = file_stem or safe_file_stem(study.study_id)
     out_dir = Path(out_dir)
     paths = (out_dir / f"{stem}_heatmap_sc.dcm", out_dir / f"{stem}_report_sr.dcm")

@@ -568,7 +568,7 @@ class OutputWriter:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
-                                          file_stem=stem)
+                                          file_stem=stem, lesions=lesions[0] if lesions is not None else None)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
             outcome.warnings += written.warnings
 

@@ -1,4 +1,9 @@
-"""Training loop: cache -> DataLoader -> MultiViewNet, validation AUC per epoch, checkpoints, exact resume, DDP.
+"""Training loop: cache -> DataLoader -> network, validation score per epoch, checkpoints, exact resume, DDP.
+
+What is trained comes from a task (`TASKS`, chosen by `TrainConfig.task`): the study classifier (MultiViewNet,
+BCE, validation AUC; `ClassifierTask` below) or the lesion network (`bonescan.lesions.task`). A task supplies the
+model, the Dataset, the loss of a batch and a validation (loss, score); the loop, cache, checkpoints, resume, DDP
+and progress bars are shared.
 
 RUN folder:
     RUN/config.json              settings, seed, package versions, manifest hash, cache key, device, precision
@@ -129,7 +134,7 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
 ) -> TrainResult:
-    """Train MultiViewNet on the manifest's train split, selecting by validation AUC; write the RUN folder.
+    """Train the task's network on the manifest's train split, selecting by its validation score; write RUN.
 
     resume: continue from RUN/checkpoints/last.pt with the run's stored settings (`config` is then ignored).
     force: replace the training files of a previous run in RUN. stop_after_epochs: end this call after that

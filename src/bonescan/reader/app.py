@@ -17,12 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from .auth import check_credentials, hash_token, new_session_token
-from .store import SESSION_SECONDS, ReaderStore, ReadState
+from .store import SESSION_SECONDS, ReaderStore, ReadState, hotspot_image_name
 
 COOKIE = "bonescan_reader"
 PACKAGE_DIR = Path(__file__).parent
 ANSWERS = {"metastasis": 1, "no-metastasis": 0}
-VIEWS = ("anterior", "posterior", "heatmap")
+VIEWS = ("anterior", "posterior", "heatmap", "hotspots")
 MODE_TITLES = {"blinded": "Blinded reading", "ai-consulted": "AI-consulted reading"}
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
@@ -184,19 +184,23 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
             return RedirectResponse("/read", status_code=303)
         store.start_clock(read_key)
         done, total = store.progress(reader)
+        hotspots = read.ai is not None and (store.images_dir / hotspot_image_name(read.image_key)).is_file()
         return page(request, "read.html", read=read, reader=reader, done=done, total=total,
-                    mode_title=MODE_TITLES[read.phase])
+                    mode_title=MODE_TITLES[read.phase], hotspots=hotspots)
 
     @app.get("/image/{read_key}/{view}")
     def image(request: Request, read_key: str, view: str) -> Response:
         reader, read = signed_in_own_read(request, read_key)
         if view not in VIEWS:
             return forbidden(request, reader)
-        if view == "heatmap":
+        if view in ("heatmap", "hotspots"):
             # The AI's output stays hidden until the reader's own answer is on record.
-            if read.ai is None or read.ai.heatmap is None or read.own_answer is None:
+            if read.ai is None or read.own_answer is None:
                 return forbidden(request, reader)
-            path = store.images_dir / read.ai.heatmap
+            name = read.ai.heatmap if view == "heatmap" else hotspot_image_name(read.image_key)
+            if name is None or not (store.images_dir / name).is_file():
+                return forbidden(request, reader)
+            path = store.images_dir / name
         else:
             path = store.images_dir / f"{read.image_key}_{view}.png"
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -78,6 +78,11 @@ CREATE TABLE reads (
 """
 
 
+def hotspot_image_name(image_key: str) -> str:
+    """The file under images/ of a case's hotspot overlay (shown in the ai-consulted phase when present)."""
+    return f"{image_key}_hotspots.png"
+
+
 @dataclass(frozen=True)
 class CaseRecord:
     """One case of the study as stored."""

@@ -23,7 +23,7 @@ from ..errors import BoneScanError, ConfigError, ManifestError
 from ..fileio import atomic_path
 from .auth import hash_password, new_password
 from .render import render_heatmap, render_views
-from .store import MODES, AIRecord, CaseRecord, ReaderStore, is_reader_study
+from .store import MODES, AIRecord, CaseRecord, ReaderStore, hotspot_image_name, is_reader_study
 
 # `bonescan predict` writes "metastasis" / "no metastasis"; other tools write 0/1.
 DECISION_WORDS = {"1": 1, "0": 0, "metastasis": 1, "no metastasis": 0, "no-metastasis": 0}
@@ -271,6 +271,37 @@ def _render_cases(
     return records
 
 
+def load_hotspot_images(path: str | Path, case_ids: list[str]) -> dict[str, Path]:
+    """Numbered-hotspot overlays of the cases, from a predictions CSV written with `bonescan predict --lesions`.
+
+    Its `lesions` column names each study's lesion JSON; the overlay PNG lies beside it. {} without the column.
+    """
+    path = Path(path)
+    table = read_csv_table(path, "predictions")
+    if "lesions" not in table.columns:
+        return {}
+    base, wanted, found, problems = path.resolve().parent, set(case_ids), {}, []
+    for index, row in table.iterrows():
+        case_id, cell = row["case_id"].strip(), row["lesions"].strip()
+        if case_id not in wanted or not cell:
+            continue
+        image = (base / Path(cell).expanduser()).resolve().with_suffix(".png")
+        if image.is_file():
+            found[case_id] = image
+        else:
+            problems.append(f"line {index + 2} (case_id {case_id!r}): hotspot overlay not found: {image}")
+    if problems:
+        raise _problem_error(path, problems)
+    return found
+
+
+def _store_hotspots(store: ReaderStore, images: dict[str, Path]) -> None:
+    cases = store.cases()
+    for case_id, image in images.items():
+        with atomic_path(store.images_dir / hotspot_image_name(cases[case_id].image_key)) as tmp:
+            shutil.copyfile(image, tmp)
+
+
 def _store_ai(store: ReaderStore, predictions: list[tuple[str, float, int, Path | None]]) -> None:
     cases = store.cases()
     records = []
@@ -321,6 +352,7 @@ def create_study(
         if predictions_csv is not None
         else None
     )
+    hotspots = load_hotspot_images(predictions_csv, case_ids) if predictions_csv is not None else {}
 
     # Build beside the target and rename at the end: a failed create leaves nothing behind.
     study_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +364,7 @@ def create_study(
         store.add_readers({name: hash_password(pw) for name, pw in passwords.items()})
         if predictions is not None:
             _store_ai(store, predictions)
+            _store_hotspots(store, hotspots)
         queues = {
             name: make_queue([c.case_id for c in cases if c.readers is None or name in c.readers], seed, mode, name)
             for name in names
@@ -383,6 +416,7 @@ def _add_phase(
         if listed != case_ids:
             raise ConfigError(cases_csv, "lists other cases than the study holds; the consulted phase re-reads the same")
     _store_ai(store, load_predictions(predictions_csv, case_ids, threshold=threshold, decision_column=decision_column))
+    _store_hotspots(store, load_hotspot_images(predictions_csv, case_ids))
     queues = {}
     for name in names:
         before = store.queue(previous, name)

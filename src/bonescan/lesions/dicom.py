@@ -1,0 +1,53 @@
+"""Hotspots in the DICOM SR: one TID 1501 measurement group per hotspot, added to bonescan's TID 1500 report.
+
+Each group: tracking identifier "hotspot <n> (<view>)" with the hotspot's UID (the same UID as in hotspots.csv
+and the lesion JSON), finding type Lesion, finding site = the skeletal region's SNOMED CT code with its laterality
+(none outside the skeleton), measurements Area (mm2) and Probability (of metastasis), and the qualitative
+evaluation Bony metastasis Present / Absent at the malignancy threshold. A first group holds the Bone Scan Index
+(percent, local code BSI in the 99BONESCAN scheme, since no standard code names it).
+
+Not written: a DICOM Segmentation of hotspots and regions. highdicom (0.28) builds a SEG from a multi-frame source
+only in a patient coordinate system, which whole-body NM images (two planar frames, no Frame of Reference) do not
+have; the label maps are in lesions/<name>.npz instead.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+
+from .. import __version__
+from ..dicom_out import LOCAL_SCHEME
+from .hotspots import StudyLesions
+from .regions import BY_NAME
+
+BSI_CODE = hd.sr.CodedConcept(value="BSI", scheme_designator=LOCAL_SCHEME, meaning="Bone Scan Index")
+
+
+def lesion_groups(lesions: StudyLesions, source_images=()) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The BSI group, then one measurement group per hotspot."""
+    algorithm = hd.sr.AlgorithmIdentification(name="bonescan lesion network", version=__version__,
+                                              parameters=[f"malignancy_threshold={lesions.threshold:.6g}"])
+    sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in source_images] or None
+    groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Bone Scan Index, whole study"),
+        finding_type=codes.SCT.BonyMetastasis, algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=BSI_CODE, value=float(lesions.bsi), unit=codes.UCUM.Percent,
+                                        algorithm_id=algorithm)],
+        source_images=sources)]
+    for hotspot in lesions.hotspots:
+        region = BY_NAME.get(hotspot.region)
+        site = [hd.sr.FindingSite(anatomic_location=region.site, laterality=region.laterality)] if region else None
+        malignant = hotspot.malignancy >= lesions.threshold
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hotspot.uid,
+                                                         identifier=f"hotspot {hotspot.number} ({hotspot.view})"),
+            finding_type=codes.SCT.Lesion, finding_sites=site, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(hotspot.area_mm2),
+                                            unit=codes.UCUM.SquareMillimeter),
+                          hd.sr.Measurement(name=codes.DCM.Probability, value=float(hotspot.malignancy),
+                                            unit=codes.UCUM.NoUnits, algorithm_id=algorithm)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                name=codes.SCT.BonyMetastasis, value=codes.SCT.Present if malignant else codes.SCT.Absent)],
+            source_images=sources))
+    return groups
