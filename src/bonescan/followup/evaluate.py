@@ -137,7 +137,10 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
                        first_followup: bool = True, force: bool = False,
                        progress: Callable[[int, int, PatientResult], None] | None = None) -> list[PatientResult]:
     """Compare every patient of `manifest`, write each comparison to out/<patient_id>/ and a summary CSV."""
-    _, patients = manifest_patients(manifest)
+    table, patients = manifest_patients(manifest)
+    if isinstance(reader, OracleReader) and "truth" in table.columns:  # the manifest says where each truth file is
+        for _, row in table.iterrows():
+            reader.truth_files.update({str(f): row["truth"] for f in _visit_files(row) if row["truth"]})
     out = Path(out)
     results = []
     for n, (pid, rows) in enumerate(patients.items(), 1):
