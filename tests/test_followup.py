@@ -215,3 +215,41 @@ def test_followup_reads_lesions_with_a_trained_lesion_network(cohort, tmp_path, 
     assert "lesion network" in capsys.readouterr().out
     # A run that is not a lesion run is refused with one error.
     assert main(["followup", *paths[:2], "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+# --- linking hotspots into lesions (hand-made hotspots, no images) -----------------------------------------------
+
+def _spot(view: str, row: float, col: float, area: float = 100.0, malignancy: float = 0.9):
+    from bonescan.lesions.hotspots import Hotspot
+
+    return Hotspot(0, view, (0, 0, 1, 1), (row, col), area, "thoracic_spine", malignancy, 2.0, f"{view}{row}{col}")
+
+
+def _study(*spots):
+    from bonescan.lesions.hotspots import StudyLesions
+
+    return StudyLesions(list(spots), np.zeros((2, 4, 4), np.uint8), 0.0, {}, 1.0, 0.5)
+
+
+def test_new_lesions_are_not_hidden_by_old_ones_nearby_in_either_view():
+    from bonescan.followup.match import change_between, link_lesions
+    from bonescan.followup.register import identity
+
+    both = lambda r, c, **kw: (_spot("anterior", r, c, **kw), _spot("posterior", r, 255 - c, **kw))  # noqa: E731
+    baseline = _study(*both(300, 100), *both(700, 100), _spot("anterior", 900, 60, malignancy=0.1))
+    followup = _study(*both(301, 101, area=160.0), _spot("anterior", 500, 120), _spot("anterior", 600, 60),
+                      _spot("anterior", 900, 61, malignancy=0.8))  # benign before, called malignant now: not new
+    # Confirmatory: the old lesion, both new ones, and two more: one 4 pixels (10 mm) from the old lesion in both
+    # views, one far away.
+    confirm = _study(*both(300, 100), _spot("anterior", 500, 121), _spot("anterior", 600, 60), *both(304, 100),
+                     _spot("anterior", 800, 128))
+    results = [baseline, followup, confirm]
+    tr = [{w: identity((2.4, 2.4)) for w in ("anterior", "posterior")}] * 3
+    linking = link_lesions(results, tr, [(2.4, 2.4)] * 3, [256] * 3)
+    first = change_between(linking.lesions, results, 1, [0])
+    more = change_between(linking.lesions, results, 2, [0, 1])
+    assert len(first.new) == 2 and len(first.resolved) == 1 and len(first.grown) == 1
+    assert len(more.new) == 2  # the focus beside the old lesion is new, seen from the front and from behind
+    numbers = {les.number for les in linking.lesions}
+    assert set(first.new) | set(more.new) <= numbers and not set(first.new) & set(more.new)
+    assert pcwg3_verdict(len(first.new), len(more.new), 50).status == "progression"
