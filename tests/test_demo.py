@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     lines: list[str] = []
-    result = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2),
+    result = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2, difficulty="easy"),
                       say=lines.append, progress=False)
     return out, result, lines
 
@@ -42,7 +42,7 @@ def test_demo_writes_report_summary_and_results(demo_run):
 def test_demo_rerun_reuses_finished_stages(demo_run):
     out, first, _ = demo_run
     lines: list[str] = []
-    again = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2),
+    again = run_demo(out, DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2, difficulty="easy"),
                      say=lines.append, progress=False)
     assert any("0 written, 40 reused" in line for line in lines)
     # The finished run is resumed, not retrained: same best epoch and validation AUC.

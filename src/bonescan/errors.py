@@ -62,3 +62,8 @@ class EngineError(BoneScanError):
 class AnnotationError(BoneScanError):
     """Lesion or region annotations (Pascal VOC XML, COCO JSON, truth files) that cannot be used as training truth:
     the message lists every problem found in the file."""
+
+
+class FollowUpError(BoneScanError):
+    """Studies that cannot be compared as visits of one patient: another patient, a follow-up dated before its
+    baseline, a visit without both views."""

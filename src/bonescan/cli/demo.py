@@ -16,7 +16,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the cohort, run, report and results."),
         cases: int = typer.Option(600, "--cases", help="Synthetic studies to generate (paper-sized: 12222)."),
         preset: str = typer.Option("cpu-small", "--preset", help="Training preset: cpu-small, paper or tiny."),
-        difficulty: str = typer.Option("easy", "--difficulty", help="Synthetic cohort difficulty: easy, paper, hard."),
+        difficulty: str = typer.Option("demo", "--difficulty",
+                                       help="Cohort difficulty: demo (the paper's picture), easy, paper, hard."),
+        site: str = typer.Option("generic", "--site", help="Camera and site profile (see bonescan synth --help)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the preset's number of epochs."),
         seed: int = typer.Option(0, "--seed", help="Seed of the cohort, split and training."),
         workers: int = typer.Option(0, "--workers", help="Processes generating studies (0: one per core)."),
@@ -26,7 +28,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Generate a synthetic cohort, train, evaluate, predict with heat maps and DICOM results, summarise."""
         from ..demo import DemoSettings, run_demo
 
-        settings = DemoSettings(cases=cases, seed=seed, difficulty=difficulty, preset=preset, epochs=epochs,
+        settings = DemoSettings(cases=cases, seed=seed, difficulty=difficulty, site=site, preset=preset, epochs=epochs,
                                 workers=workers, pretrained=pretrained)
         result = run_demo(out, settings, fresh=fresh, say=typer.echo)
         typer.echo(f"Open the report: {result.report.resolve()}")

@@ -31,19 +31,32 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         cases: int = typer.Option(200, "--cases", help="Number of studies (cohort) or cases for --baseline."),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for studies/*.dcm, findings JSON, manifest.csv."),
         seed: int = typer.Option(0, "--seed", help="Cohort seed: the same seed gives identical pixel data."),
-        difficulty: str = typer.Option("paper", "--difficulty", help="easy | paper | hard."),
+        difficulty: str = typer.Option("paper", "--difficulty", help="easy | demo | paper | hard."),
+        site: str = typer.Option("generic", "--site", help="Camera and site profile: generic, ge-discovery, "
+                                 "siemens-symbia, philips-brightview or mixed (--realism: also 'all')."),
         workers: int = typer.Option(1, "--workers", help="Processes generating studies."),
         pixel_spacing: float = typer.Option(2.4, "--pixel-spacing", help="Pixel size in mm (2.0-3.0)."),
         preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG sheet of cases of each grade."),
         baseline: bool = typer.Option(False, "--baseline", help="Print held-out AUCs of two simple baselines."),
+        realism: Optional[list[Path]] = typer.Option(None, "--realism", help="Real reference study (file or folder; "
+                                                      "repeat for more): compare --cases synthetic studies with it."),
+        plot: Path = typer.Option(Path("realism.png"), "--plot", help="Where --realism writes its figure."),
+        follow_up: bool = typer.Option(False, "--follow-up", help="Followed patients instead of single studies: "
+                                       "--cases patients, 2-3 dated visits each with known change (manifest "
+                                       "columns patient_id, timepoint, change)."),
     ) -> None:
         """Generate a synthetic cohort (NM DICOM, findings JSON, manifest), a preview sheet, or a difficulty check."""
         from ..synth import generate_cohort, measure_baseline, preview_cases, write_preview
+        from ..synth.realism import all_sites, compare_realism, write_realism_plot
         from ..synth.writer import SynthSettings, check_settings
 
-        if out is None and preview is None and not baseline:
-            raise ConfigError("bonescan synth", "nothing to do: give --out DIR, --preview PNG or --baseline")
-        check_settings(cases, SynthSettings(seed, difficulty, pixel_spacing), workers)
+        if out is None and preview is None and not baseline and not realism:
+            raise ConfigError("bonescan synth", "nothing to do: give --out DIR, --preview PNG, --baseline or --realism")
+        sites = all_sites() if realism and site == "all" else [site]
+        for name in sites:
+            check_settings(cases, SynthSettings(seed, difficulty, pixel_spacing, name), workers)
+        if len(sites) > 1 and (out is not None or preview is not None or baseline):
+            raise ConfigError("--site", "'all' is for --realism only; a cohort, preview or baseline takes one site")
         if out is not None:
             step = max(cases // 20, 1)
 
@@ -51,17 +64,29 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 if done % step == 0 or done == total:
                     print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-            result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress)
+            if follow_up:
+                from ..synth.followup import generate_followup_cohort
+                result = generate_followup_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
+            else:
+                result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
             typer.echo(f"wrote {result.written} studies, kept {result.skipped} complete ones, in "
                        f"{result.seconds:.1f} s; manifest: {result.manifest}")
         if preview is not None:
-            write_preview(preview_cases(seed, difficulty, pixel_spacing=pixel_spacing), preview)
+            write_preview(preview_cases(seed, difficulty, pixel_spacing=pixel_spacing, site=site), preview)
             typer.echo(f"preview: {preview}")
         if baseline:
             r = measure_baseline(cases, seed, difficulty, pixel_spacing=pixel_spacing)
             typer.echo(f"difficulty {r.difficulty}: {r.n_train} training / {r.n_test} held-out cases, "
                        f"prevalence {r.prevalence:.2f}; held-out AUC logistic regression (64x16 per view) "
                        f"{r.auc_logistic:.3f}, max-pixel rule {r.auc_max_pixel:.3f}")
+        if realism:
+            report = compare_realism(realism, sites, cases, seed, difficulty)
+            for failure in report.failed_references:
+                print(f"reference not used: {failure}", file=sys.stderr)
+            typer.echo(f"{len(report.references)} reference view(s) against {cases} synthetic studies per site "
+                       f"(anterior views; median [2.5-97.5 %]; ok / OUT: every reference inside that range or not)")
+            typer.echo(report.table())
+            typer.echo(f"plot: {write_realism_plot(report, plot)}")
 
     @bench.command("synth")
     def bench_synth(

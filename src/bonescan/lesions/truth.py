@@ -5,7 +5,9 @@ Arrays (view 0 = anterior, 1 = posterior, both as stored in the study, rows head
 - `instances` uint16 [2, H, W]: 0 = none, k = the k-th finding (1-based); where findings overlap the later one wins;
 - `category`  str    [N]: metastasis | benign | artifact | physiological (bladder, kidneys, injection site);
 - `kind`      str    [N]: the finding's kind (e.g. metastasis, degenerative_knee, bladder);
-- `region`    str    [N]: region name holding the finding ("" when outside the skeleton, e.g. bladder).
+- `region`    str    [N]: region name holding the finding ("" when outside the skeleton, e.g. bladder);
+- `identity`  int32  [N], optional: the finding's number across the visits of one patient (0 = not followed);
+  written for follow-up cohorts only, so files without it stay readable (`LesionTruth.identity` is then None).
 A manifest references the file in its `truth` column. A box-only source (Pascal VOC) fills `instances` with its
 boxes and leaves `regions` all 0 with `has_regions = False`, so region losses skip it; `boxes = True` marks
 instances that are boxes rather than outlines (see `bonescan.lesions.annotations` for how they train);
@@ -39,6 +41,7 @@ class LesionTruth:
     has_regions: bool = True
     boxes: bool = False  # instances are annotated boxes, not outlines
     has_findings: bool = True  # False: findings were not annotated (region-only truth)
+    identity: list[int] | None = None
 
     def malignant_mask(self) -> np.ndarray:
         """[2, H, W] bool: pixels of metastasis instances."""
@@ -56,6 +59,8 @@ def save_truth(truth: LesionTruth, target: str | Path) -> Path:
               "category": np.array(truth.category, dtype=str), "kind": np.array(truth.kind, dtype=str),
               "region": np.array(truth.region, dtype=str), "has_regions": np.array(truth.has_regions),
               "boxes": np.array(truth.boxes), "has_findings": np.array(truth.has_findings)}
+    if truth.identity is not None:
+        arrays["identity"] = np.array(truth.identity, dtype=np.int32)
     with atomic_path(target) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             for name, array in arrays.items():
@@ -84,6 +89,8 @@ def load_truth(path: str | Path) -> LesionTruth:
         problems.append(f"instance id {int(instances.max())} but only {n} findings listed")
     if len(arrays["kind"]) != n or len(arrays["region"]) != n:
         problems.append("category, kind and region lists differ in length")
+    if "identity" in arrays and len(arrays["identity"]) != n:
+        problems.append(f"identity lists {len(arrays['identity'])} findings, category {n}")
     unknown = sorted(set(arrays["category"].tolist()) - set(CATEGORIES))
     if unknown:
         problems.append(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
@@ -91,4 +98,5 @@ def load_truth(path: str | Path) -> LesionTruth:
         raise AnnotationError(path, "; ".join(problems))
     return LesionTruth(regions, instances, arrays["category"].tolist(), arrays["kind"].tolist(),
                        arrays["region"].tolist(), bool(arrays.get("has_regions", np.array(True))),
-                       bool(arrays.get("boxes", np.array(False))), bool(arrays.get("has_findings", np.array(True))))
+                       bool(arrays.get("boxes", np.array(False))), bool(arrays.get("has_findings", np.array(True))),
+                       arrays["identity"].astype(int).tolist() if "identity" in arrays else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -12,10 +13,20 @@ from scipy.special import pdtr
 from .cohort import Demographics, sample_demographics
 from .findings import DifficultyProfile, Finding, FindingPainter, difficulty_profile, paint_findings
 from .phantom import MAX_COUNTS, MIN_COUNTS, Anatomy, Patient, render_anatomy, sample_patient
+from .sites import CameraModel, site_profile
 
 RES = 0.5  # anatomy canvas scale; upsampled to full size before the camera blur
-COLLIMATOR_SIGMA_MM = 3.2  # extra Gaussian blur (system FWHM ~ 9-10 mm with the drawn bone widths)
-BACKGROUND_COUNTS = 0.08  # room and scatter background per pixel outside the body
+
+
+@dataclass
+class VisitInfo:
+    """A study as one visit of a followed patient: who, when, what changed, and the lasting identity of findings."""
+
+    patient_id: str
+    timepoint: int  # days after the patient's baseline study
+    change: str  # stable | progression | response | flare (see `synth.followup`)
+    identities: list[int]  # per finding: the same number at every visit of the patient; 0 = not followed
+    baseline_date: dt.date
 
 
 @dataclass
@@ -30,7 +41,9 @@ class SyntheticCase:
     anterior: np.ndarray
     posterior: np.ndarray
     findings: list[Finding]
+    site: str = "generic"  # the camera / site profile it was made with (see `sites`)
     anatomy: Anatomy | None = field(default=None, repr=False)  # the drawn body, for region and lesion truth
+    visit: VisitInfo | None = None  # set for the visits of a follow-up cohort
 
     @property
     def n_metastases(self) -> int:
@@ -51,12 +64,17 @@ def case_seed(cohort_seed: int, index: int) -> int:
 
 
 def generate_case(case_id: str, seed: int, difficulty: str | DifficultyProfile = "paper",
-                  pixel_spacing: float = 2.4) -> SyntheticCase:
-    """Generate one study deterministically from `seed`."""
+                  pixel_spacing: float = 2.4, site: str = "generic") -> SyntheticCase:
+    """Generate one study deterministically from `seed`, as the camera and department of `site` would make it.
+
+    `pixel_spacing` applies to the generic site; a camera profile brings its own.
+    """
     profile = difficulty if isinstance(difficulty, DifficultyProfile) else difficulty_profile(difficulty)
+    camera = site_profile(site, seed)
+    pixel_spacing = camera.pixel_spacing_mm or pixel_spacing
     rng = np.random.default_rng(seed)
     demo = sample_demographics(rng, profile)
-    patient = sample_patient(rng, demo.sex, demo.age, pixel_spacing)
+    patient = sample_patient(rng, demo.sex, demo.age, pixel_spacing, camera.patients)
     patient.counts_per_view = float(np.clip(patient.counts_per_view * profile.counts_scale, MIN_COUNTS, MAX_COUNTS))
     if demo.superscan:
         # Intense skeletal uptake, faint or absent kidneys, little urinary activity, low soft tissue.
@@ -64,22 +82,31 @@ def generate_case(case_id: str, seed: int, difficulty: str | DifficultyProfile =
                                  kidney_scale=0.05, bladder_scale=0.15)
     else:
         anatomy = render_anatomy(patient, rng, RES)
-    painter = FindingPainter(anatomy, rng, pixel_spacing, RES)
-    paint_findings(painter, demo.grade, demo.age, profile, demo.superscan)
-    anterior, posterior = _acquire(anatomy.canvas.anterior, anatomy.canvas.posterior[:, ::-1], patient, rng)
-    return SyntheticCase(case_id, seed, profile.name, demo, patient, anterior, posterior, painter.findings, anatomy)
+    painter = FindingPainter(anatomy, rng, pixel_spacing, RES, wrist_injection_share=camera.wrist_injection_share)
+    paint_findings(painter, demo.grade, demo.age, profile, demo.superscan, sex=demo.sex,
+                   artifact_rates=camera.artifact_rates)
+    anterior, posterior = _acquire(anatomy.canvas.anterior, anatomy.canvas.posterior[:, ::-1], patient, rng,
+                                   camera.camera)
+    return SyntheticCase(case_id, seed, profile.name, demo, patient, anterior, posterior, painter.findings,
+                         camera.name, anatomy)
 
 
-def _acquire(anterior: np.ndarray, posterior: np.ndarray, patient: Patient,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Blur with the collimator response, scale to the count total, upsample to full size, add Poisson noise."""
+def _acquire(anterior: np.ndarray, posterior: np.ndarray, patient: Patient, rng: np.random.Generator,
+             camera: CameraModel = CameraModel()) -> tuple[np.ndarray, np.ndarray]:
+    """Blur with the collimator response, add scatter, scale to the count total, upsample, add Poisson noise."""
     # Blurring before the (linear) upsampling is equivalent up to interpolation error and 4x cheaper; so are the
     # count scaling and the background, as linear interpolation keeps sums and constants.
-    sigma = COLLIMATOR_SIGMA_MM / patient.pixel_spacing * RES
+    sigma = camera.collimator_sigma_mm / patient.pixel_spacing * RES
     views = gaussian_filter(np.stack([anterior, posterior]), (0.0, sigma, sigma), truncate=3.0)
+    if camera.scatter_fraction > 0:
+        # Scattered photons accepted by the energy window: a broad halo around the body, same total counts.
+        wide = camera.scatter_sigma_mm / patient.pixel_spacing * RES
+        halo = gaussian_filter(views, (0.0, wide, wide), mode="constant", truncate=3.0)
+        views *= np.float32(1.0 - camera.scatter_fraction)
+        views += np.float32(camera.scatter_fraction) * halo
     # Mean total of the two views at full size: each canvas pixel becomes 1 / RES**2 image pixels.
     views *= np.float32(patient.counts_per_view / max(0.5 * float(views.sum(dtype=np.float64)) / RES**2, 1e-6))
-    views += np.float32(BACKGROUND_COUNTS)
+    views += np.float32(camera.background_counts)
     counts = poisson_counts(rng, upsample2(views))
     np.minimum(counts, 65535, out=counts)
     counts = counts.astype(np.uint16)

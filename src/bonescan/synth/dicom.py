@@ -1,4 +1,8 @@
-"""Write a synthetic study as one two-frame NM Image Storage DICOM file, as a whole-body camera does."""
+"""Write a synthetic study as NM Image Storage DICOM, in the header convention of its site's camera.
+
+One two-frame file (frame 1 anterior, frame 2 posterior seen from behind; with or without view codes) or one
+single-frame file per view (`<case>_ant.dcm`, `<case>_post.dcm`), as `sites.HeaderConvention` says.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,17 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 from .. import __version__
 from ..fileio import atomic_path
 from .case import SyntheticCase
+from .sites import SITES, HeaderConvention
 
 MANUFACTURER = "bonescan synthetic"
+VIEW_SUFFIXES = {"anterior": "_ant", "posterior": "_post"}
 
 # View codes from DICOM PS3.16 CID 26 "Nuclear Medicine Projection" (as listed in pydicom.sr.codedict):
 # SCT 399321004 "Anterior projection" and SCT 399001007 "Posterior projection".
 VIEW_CODES = {"anterior": codes.SCT.AnteriorProjection, "posterior": codes.SCT.PosteriorProjection}
+# The same concepts in the SNOMED-RT codes older NM software writes (the reader accepts both).
+SRT_VIEW_CODES = {"anterior": ("G-5215", "SRT", "Anterior projection"),
+                  "posterior": ("G-5216", "SRT", "Posterior projection")}
 # Radiopharmaceutical from CID 25: SCT 96390006 "Technetium Tc^99m^ medronate" (99mTc-MDP).
 MDP_CODE = codes.SCT.TechnetiumTc99mMedronate
 
@@ -35,35 +44,82 @@ def _code_item(code) -> Dataset:
     return item
 
 
+def _view_code_item(view: str, scheme: str) -> Dataset:
+    if scheme == "SCT":
+        return _code_item(VIEW_CODES[view])
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = SRT_VIEW_CODES[view]
+    return item
+
+
+def header_convention(case: SyntheticCase) -> HeaderConvention:
+    """How the camera of the case's site writes DICOM."""
+    return SITES[case.site].header
+
+
+def case_files(target: str | Path, header: HeaderConvention) -> list[Path]:
+    """The files a study named by `target` (`<case>.dcm`) is written to: itself, or one per view."""
+    target = Path(target)
+    if header.files == 1:
+        return [target]
+    return [target.with_name(f"{target.stem}{VIEW_SUFFIXES[view]}{target.suffix}") for view in VIEW_SUFFIXES]
+
+
 def study_uids(case: SyntheticCase) -> dict[str, str]:
     """Study, series, instance and frame-of-reference UIDs derived from the case seed (stable across reruns)."""
     base = [str(case.seed), case.case_id, case.difficulty]
-    return {name: generate_uid(entropy_srcs=base + [name]) for name in ("study", "series", "instance", "frame")}
+    names = ("study", "series", "instance", "frame", "series-anterior", "instance-anterior", "series-posterior",
+             "instance-posterior")
+    return {name: generate_uid(entropy_srcs=base + [name]) for name in names}
 
 
 def build_dataset(case: SyntheticCase) -> Dataset:
-    """The NM dataset of a case: frame 1 anterior, frame 2 posterior (seen from behind), uint16 counts."""
-    static = _static_dataset()
+    """The two-frame NM dataset of a case: frame 1 anterior, frame 2 posterior (seen from behind), uint16 counts."""
+    header = header_convention(case)
+    if header.files != 1:
+        raise ValueError(f"site {case.site!r} writes one file per view; use build_datasets")
+    return build_datasets(case)[0]
+
+
+def build_datasets(case: SyntheticCase) -> list[Dataset]:
+    """The NM datasets of a case in its site's convention: one two-frame file, or (anterior, posterior) files."""
+    header = header_convention(case)
+    uids = study_uids(case)
+    if header.files == 1:
+        pixels = np.stack([case.anterior, case.posterior])
+        return [_dataset(case, header, None, pixels, uids["series"], uids["instance"], 1)]
+    return [_dataset(case, header, view, image[None], uids[f"series-{view}"], uids[f"instance-{view}"], number)
+            for number, (view, image) in enumerate((("anterior", case.anterior), ("posterior", case.posterior)), 1)]
+
+
+def _dataset(case: SyntheticCase, header: HeaderConvention, view: str | None, pixels: np.ndarray, series_uid: str,
+             instance_uid: str, series_number: int) -> Dataset:
+    static = _static_dataset(header, view)
     # The elements shared by every study are kept encoded (as read back from bytes) and written as they are.
     ds = Dataset(dict(static.items()))
     ds.set_original_encoding(False, True, static.original_character_set)
     uids = study_uids(case)
-    date = (dt.date(2016, 1, 1) + dt.timedelta(days=case.seed % 1500)).strftime("%Y%m%d")
-    ds.SOPInstanceUID = uids["instance"]
+    if case.visit is None:
+        date = (dt.date(2016, 1, 1) + dt.timedelta(days=case.seed % 1500)).strftime("%Y%m%d")
+    else:  # one patient, dated visits
+        date = (case.visit.baseline_date + dt.timedelta(days=case.visit.timepoint)).strftime("%Y%m%d")
+    ds.SOPInstanceUID = instance_uid
     ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
     ds.FrameOfReferenceUID = uids["frame"]
-    ds.PatientName = f"Synthetic^{case.case_id}"
-    ds.PatientID = case.case_id
+    patient_id = case.visit.patient_id if case.visit else case.case_id
+    ds.PatientName = f"Synthetic^{patient_id}"
+    ds.PatientID = patient_id
     ds.PatientSex = case.demographics.sex
     ds.PatientAge = f"{case.demographics.age:03d}Y"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
     ds.StudyID = case.case_id
-    ds.ImageComments = f"synthetic phantom, difficulty {case.difficulty}; ground truth in {case.case_id}.json"
-    anterior, posterior = case.anterior, case.posterior
-    ds.Rows, ds.Columns = anterior.shape
+    ds.ImageComments = (f"synthetic phantom, difficulty {case.difficulty}, site {case.site}; ground truth in "
+                        f"{case.case_id}.json")
+    ds.Rows, ds.Columns = pixels.shape[1:]
     ds.PixelSpacing = [f"{case.patient.pixel_spacing:.4g}"] * 2
-    ds.PixelData = np.stack([anterior, posterior]).astype("<u2", copy=False).tobytes()
+    ds.PixelData = pixels.astype("<u2", copy=False).tobytes()
     ds["PixelData"].VR = "OW"
 
     meta = FileMetaDataset(dict(static.file_meta.items()))
@@ -72,9 +128,10 @@ def build_dataset(case: SyntheticCase) -> Dataset:
     return ds
 
 
-@lru_cache(maxsize=1)
-def _static_dataset() -> Dataset:
-    """The elements every synthetic study shares, encoded once per process (Explicit VR Little Endian)."""
+@lru_cache(maxsize=16)
+def _static_dataset(header: HeaderConvention, view: str | None) -> Dataset:
+    """The elements every study of one convention (and view, for a file per view) shares, encoded once per
+    process (Explicit VR Little Endian). `view` None: both views as two frames."""
     ds = Dataset()
     ds.SOPClassUID = NuclearMedicineImageStorage
     ds.Modality = "NM"
@@ -84,31 +141,35 @@ def _static_dataset() -> Dataset:
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "Whole-body bone scintigraphy"
-    ds.SeriesDescription = "WB ANT/POST"
+    views = ("anterior", "posterior") if view is None else (view,)
+    word = {"anterior": "ANT", "posterior": "POST"}
+    ds.SeriesDescription = header.series_description.format(view=word[view]) if view else header.series_description
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.BodyPartExamined = "WHOLEBODY"
-    ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = "phantom"
+    ds.Manufacturer = header.manufacturer
+    ds.ManufacturerModelName = header.model
     ds.SoftwareVersions = __version__
     ds.PatientOrientation = ""
 
-    # Image pixel and multi-frame: two frames selected by the detector (the two heads of the camera).
+    # Image pixel and multi-frame: frames selected by the detector (head 1 anterior, head 2 posterior).
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.NumberOfFrames = 2
+    ds.NumberOfFrames = len(views)
     ds.FrameIncrementPointer = 0x00540020  # DetectorVector
-    ds.DetectorVector = [1, 2]
-    ds.EnergyWindowVector = [1, 1]
-    ds.NumberOfDetectors = 2
+    heads = {"anterior": 1, "posterior": 2}
+    ds.DetectorVector = [heads[v] for v in views]
+    ds.EnergyWindowVector = [1] * len(views)
+    ds.NumberOfDetectors = len(views)
     ds.NumberOfEnergyWindows = 1
     detectors = []
-    for view in ("anterior", "posterior"):
+    for name in views:
         item = Dataset()
-        item.ViewCodeSequence = Sequence([_code_item(VIEW_CODES[view])])
+        if header.view_codes is not None:
+            item.ViewCodeSequence = Sequence([_view_code_item(name, header.view_codes)])
         detectors.append(item)
     ds.DetectorInformationSequence = Sequence(detectors)
     window = Dataset()
@@ -134,9 +195,11 @@ def _static_dataset() -> Dataset:
     return dcmread(buffer)
 
 
-def write_case_dicom(case: SyntheticCase, target: str | Path) -> Path:
-    """Write the case as an NM DICOM file at `target`, atomically."""
-    ds = build_dataset(case)
-    with atomic_path(target) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return Path(target)
+def write_case_dicom(case: SyntheticCase, target: str | Path) -> list[Path]:
+    """Write the case as NM DICOM named by `target` (see `case_files`), each file atomically; the last file
+    written is the posterior view's (or the only file), so its presence marks a complete study."""
+    paths = case_files(target, header_convention(case))
+    for ds, path in zip(build_datasets(case), paths):
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+    return paths

@@ -32,15 +32,21 @@ class DifficultyProfile:
     superscan_share: float  # of grade 3
     grade3_share: float  # of metastatic cases
     counts_scale: float
+    lookalike_rate: float = 0.0  # expected metastasis look-alikes of an old man (see `lookalike_count_mean`)
+    lookalike_contrast: tuple[float, float] = (1.0, 2.5)  # relative to the bone, as metastases are
 
 
 DIFFICULTIES: dict[str, DifficultyProfile] = {
     # Clear multiple hot spots, few look-alikes: a small CNN at 384x128 learns it in minutes.
     "easy": DifficultyProfile("easy", (3, 6), (8, 30), (2.5, 4.5), (2.5, 5.0), (7.0, 11.0), 0.3, (0.5, 1.2),
                               0.5, 0.03, 0.7, 1.5),
+    # Between the two: lesions a small CNN finds in minutes, but older men's healed fractures and arthropathy are
+    # metastases' twins, so it reads older prostate patients worst, as the paper's network did (`make demo`).
+    "demo": DifficultyProfile("demo", (2, 4), (6, 30), (2.0, 3.5), (2.2, 4.5), (6.5, 10.5), 0.5, (0.6, 1.5),
+                              0.8, 0.04, 0.65, 1.4, lookalike_rate=1.0, lookalike_contrast=(1.8, 3.2)),
     # Faint solitary lesions and benign uptake of the same brightness, as in the paper's false negatives/positives.
     "paper": DifficultyProfile("paper", (1, 3), (4, 40), (0.7, 2.0), (1.0, 4.0), (4.0, 9.0), 1.0, (0.8, 3.0),
-                               1.0, 0.05, 0.6, 1.0),
+                               1.0, 0.05, 0.6, 1.0, lookalike_rate=0.9, lookalike_contrast=(0.8, 2.5)),
     "hard": DifficultyProfile("hard", (1, 2), (3, 15), (0.5, 1.2), (0.7, 2.5), (3.5, 7.0), 1.5, (1.0, 3.5),
                               1.3, 0.05, 0.5, 0.7),
 }
@@ -91,6 +97,7 @@ class FindingPainter:
     pixel_spacing: float
     res: float
     findings: list[Finding] = field(default_factory=list)
+    wrist_injection_share: float = 0.4  # of injection sites at the wrist (or the hand's back) rather than the elbow
 
     def _record(self, kind: str, category: str, site: BoneSite | None, region: str, centre: np.ndarray,
                 sigma_px: float, contrast: float, weights: tuple[float, float], bone: str = "",
@@ -204,13 +211,53 @@ class FindingPainter:
         else:
             raise ValueError(kind)
 
+    # Benign uptake that looks like a metastasis: one focal spot on a bone metastases favour, as bright as one.
+    # Healed fractures after falls and facet / costovertebral arthropathy; older men carry most of them, which is
+    # why the paper's network read prostate patients >= 60 worst (AUC 0.938 against 0.992 below 60).
+    LOOKALIKE_KINDS = {"healed_rib_fracture": 0.4, "facet_arthropathy": 0.3, "pelvic_fracture": 0.15,
+                       "costovertebral_arthropathy": 0.15}
+
+    def lookalike(self, kind: str, contrast: tuple[float, float], sigma_mm: tuple[float, float]) -> None:
+        """One benign spot of `kind` drawn like a solitary metastasis (same bones, size and contrast range)."""
+        rng = self.rng
+        by_name = {s.name: s for s in self.anatomy.sites}
+        side = "right" if rng.random() < 0.5 else "left"
+        lateral = 1.0 if side == "left" else -1.0
+        if kind == "healed_rib_fracture":
+            k = int(rng.integers(2, 13))
+            part = "anterior" if k <= 10 and rng.random() < 0.35 else "posterior"
+            site = by_name[f"{side} rib {k} {part}"]
+            centre, direction = site.point(rng, 0.25, 1.0)
+            elongation = 1.6
+        elif kind == "facet_arthropathy":  # the facet joints lie just beside the midline of the lumbar spine
+            site = by_name[["L1", "L2", "L3", "L4", "L5", "T11", "T12"][int(rng.integers(7))]]
+            centre, direction = site.points[0] + np.array([0.0, lateral * 0.6 * site.sigma]), np.array([1.0, 0.0])
+            elongation = float(rng.uniform(1.0, 1.4))
+        elif kind == "pelvic_fracture":  # sacral insufficiency or pubic ramus fracture
+            names = ["sacrum", f"{side} pubic ramus", f"{side} iliac wing", f"{side} sacroiliac joint"]
+            site = by_name[names[int(rng.integers(len(names)))]]
+            centre, direction = site.point(rng)
+            if len(site.points) == 1:
+                centre = centre + rng.normal(0, 0.45 * site.sigma, 2)
+            elongation = float(rng.uniform(1.0, 1.4))
+        elif kind == "costovertebral_arthropathy":
+            site = by_name[f"T{int(rng.integers(4, 13))}"]
+            centre, direction = site.points[0] + np.array([0.0, lateral * 1.4 * site.sigma]), np.array([1.0, 0.0])
+            elongation = 1.0
+        else:
+            raise ValueError(kind)
+        self.hot_spot(kind, "benign", site, centre, direction, float(rng.uniform(*sigma_mm)), elongation,
+                      float(rng.uniform(*contrast)))
+
     # --- artifacts ----------------------------------------------------------------------------------------------
     def artifact(self, kind: str) -> None:
-        """Injection site, urine contamination or a catheter line (not bone; contrast relative to a vertebra)."""
+        """Injection site, urine contamination, a catheter line or a urinary catheter with its bag (not bone;
+        contrast relative to a vertebra)."""
         rng, lm, h = self.rng, self.anatomy.landmarks, self.anatomy_height()
         side = "right" if rng.random() < 0.5 else "left"
         if kind == "injection_site":
-            where = lm[f"{side} {'elbow' if rng.random() < 0.6 else 'wrist'}"] + rng.normal(0, 1.0, 2)
+            where = lm[f"{side} {'wrist' if rng.random() < self.wrist_injection_share else 'elbow'}"] \
+                + rng.normal(0, 1.0, 2)
             self._spot(kind, where, float(rng.uniform(2.5, 4)), float(rng.lognormal(np.log(4.0), 0.8)), 0.3, 7)
         elif kind == "urine_contamination":
             base = lm["bladder"] + np.array([rng.uniform(0.03, 0.15), rng.uniform(-0.07, 0.07)]) * h
@@ -227,12 +274,35 @@ class FindingPainter:
             sigma = max(1.6 / self.pixel_spacing * self.res, 0.6)
             self.anatomy.canvas.tube(line, sigma, 0.25, depth_weights(0.1, 21))
             self._spot(kind, port, 5.0, float(rng.uniform(0.6, 1.5)), 0.05, 21)
+        elif kind == "urinary_catheter":
+            # Urine runs from the bladder down between the thighs to a collecting bag laid between the feet.
+            bladder = lm["bladder"]
+            soles = 0.5 * (lm["right sole"] + lm["left sole"])
+            knees = 0.5 * (lm["right knee"] + lm["left knee"])
+            bag = soles + np.array([-rng.uniform(0.02, 0.08) * h, rng.normal(0, 0.01 * h)])
+            sway = rng.normal(0, 0.012 * h)
+            line = np.array([bladder, 0.5 * (bladder + knees) + np.array([0.0, sway]),
+                             knees + np.array([0.0, 0.6 * sway]), bag])
+            self._line(kind, line, 2.0, float(rng.uniform(0.3, 1.0)), 0.3, 10)
+            # A bag holds a good part of the urine excreted since injection: often hotter than the bladder.
+            self._spot(kind, bag, float(rng.uniform(10, 18)), float(rng.lognormal(np.log(3.0), 0.5)), 0.5, 6)
         else:
             raise ValueError(kind)
 
     def anatomy_height(self) -> float:
         lm = self.anatomy.landmarks
         return float(0.5 * (lm["right sole"][0] + lm["left sole"][0]) - lm["vertex"][0])
+
+    def _line(self, kind: str, points: np.ndarray, sigma_mm: float, contrast: float, depth: float,
+              thickness: float) -> None:
+        """A tube of activity along `points` (canvas pixels), recorded as one finding at its midpoint."""
+        sigma = max(sigma_mm / self.pixel_spacing * self.res, 0.6)
+        weights = depth_weights(depth, thickness)
+        self.anatomy.canvas.tube(points, sigma, contrast, weights)
+        length = float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
+        # Size: the SD of positions along a uniform segment of that length (L / sqrt(12)).
+        self._record(kind, "artifact", None, "soft tissue", points[len(points) // 2], length / np.sqrt(12.0),
+                     contrast, weights, bone="none")
 
     def _spot(self, kind: str, centre: np.ndarray, sigma_mm: float, contrast: float, depth: float,
               thickness: float) -> None:
@@ -242,7 +312,7 @@ class FindingPainter:
         self._record(kind, "artifact", None, "soft tissue", centre, sigma, contrast, weights, bone="none")
 
 
-ARTIFACT_RATES = {"injection_site": 0.3, "urine_contamination": 0.05, "catheter": 0.04}
+ARTIFACT_RATES = {"injection_site": 0.3, "urine_contamination": 0.05, "catheter": 0.04}  # generic phantom
 
 
 def benign_count_mean(age: float, profile: DifficultyProfile) -> float:
@@ -250,9 +320,18 @@ def benign_count_mean(age: float, profile: DifficultyProfile) -> float:
     return profile.benign_rate * (0.25 + 1.6 / (1.0 + np.exp(-(age - 62.0) / 6.0)))
 
 
+def lookalike_count_mean(age: float, sex: str | None, profile: DifficultyProfile) -> float:
+    """Expected metastasis look-alikes of a patient with benign findings: few before 55, most in older men."""
+    return profile.lookalike_rate * (1.0 if sex != "F" else 0.45) / (1.0 + np.exp(-(age - 63.0) / 5.0))
+
+
 def paint_findings(painter: FindingPainter, grade: int, age: float, profile: DifficultyProfile,
-                   superscan: bool) -> None:
-    """Draw the findings that make a case of this grade, plus age-related benign uptake and artifacts."""
+                   superscan: bool, sex: str | None = None,
+                   artifact_rates: dict[str, float] | None = None) -> None:
+    """Draw the findings that make a case of this grade, plus age-related benign uptake and artifacts.
+
+    `artifact_rates` (kind -> probability per study) replaces ARTIFACT_RATES, e.g. with a site's own.
+    """
     rng = painter.rng
     kinds = list(FindingPainter.BENIGN_KINDS)
     kind_p = np.array(list(FindingPainter.BENIGN_KINDS.values()))
@@ -260,6 +339,13 @@ def paint_findings(painter: FindingPainter, grade: int, age: float, profile: Dif
     n_benign = 0 if grade == 0 else (1 + rng.poisson(mean) if grade == 1 else rng.poisson(0.6 * mean))
     for _ in range(int(n_benign)):
         painter.benign(kinds[rng.choice(len(kinds), p=kind_p / kind_p.sum())], profile.benign_contrast)
+    lookalikes = lookalike_count_mean(age, sex, profile) * (0.0 if grade == 0 else 1.0 if grade == 1 else 0.6)
+    if lookalikes > 0:
+        names = list(FindingPainter.LOOKALIKE_KINDS)
+        p = np.array(list(FindingPainter.LOOKALIKE_KINDS.values()))
+        for _ in range(int(rng.poisson(lookalikes))):
+            painter.lookalike(names[rng.choice(len(names), p=p / p.sum())], profile.lookalike_contrast,
+                              profile.lesion_sigma_mm)
     if grade == 2:
         lo, hi = profile.grade2_lesions
         painter.metastases(int(rng.integers(lo, hi + 1)), profile.grade2_contrast, profile.lesion_sigma_mm)
@@ -271,6 +357,6 @@ def paint_findings(painter: FindingPainter, grade: int, age: float, profile: Dif
         lo, hi = profile.grade3_lesions
         count = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
         painter.metastases(count, profile.grade3_contrast, profile.lesion_sigma_mm)
-    for kind, rate in ARTIFACT_RATES.items():
+    for kind, rate in (ARTIFACT_RATES if artifact_rates is None else artifact_rates).items():
         if rng.random() < rate * profile.artifact_rate:
             painter.artifact(kind)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .raster import ViewCanvas, depth_weights
+from .sites import PatientPrior
 
 ROWS, COLS = 1024, 256
 MIN_COUNTS, MAX_COUNTS = 0.3e6, 3.0e6  # mean counts per view, the clinical range of whole-body scans
@@ -46,31 +47,37 @@ class Patient:
         return self.height_mm / self.pixel_spacing
 
 
-def sample_patient(rng: np.random.Generator, sex: str, age: int, pixel_spacing: float) -> Patient:
-    """Draw a plausible body and acquisition for a patient of this sex and age."""
+def sample_patient(rng: np.random.Generator, sex: str, age: int, pixel_spacing: float,
+                   prior: PatientPrior | None = None) -> Patient:
+    """Draw a plausible body and acquisition for a patient of this sex and age (at a site: its `prior`)."""
+    prior = prior or PatientPrior()
     mean_height = 1690.0 if sex == "M" else 1580.0  # adult heights of the paper's population, mm
     height = float(np.clip(rng.normal(mean_height - 1.5 * max(age - 60, 0), 60.0), 1450.0, 1880.0))
     length_px = height / pixel_spacing
-    top = float(rng.uniform(25.0, max(30.0, ROWS - length_px - 25.0)))
-    folded = rng.random() < 0.15
+    if prior.top_margin_mm is None:
+        top = float(rng.uniform(25.0, max(30.0, ROWS - length_px - 25.0)))
+    else:  # the scan starts at the head; the feet must still fit
+        top = float(min(rng.uniform(*prior.top_margin_mm) / pixel_spacing, max(ROWS - length_px - 5.0, 5.0)))
+    folded = rng.random() < prior.folded_arms_share
+    median, sigma, lo, hi = prior.counts
     return Patient(
         sex=sex,
         age=age,
         height_mm=height,
-        build=float(np.clip(rng.normal(1.0, 0.09), 0.8, 1.3)),
+        build=float(np.clip(rng.normal(*prior.build), 0.8, 1.3)),
         pixel_spacing=pixel_spacing,
         top_row=top,
         centre_col=float(COLS / 2 + rng.normal(0, 3.0)),
         tilt_deg=float(rng.normal(0, 1.0)),
-        arm_abduction_deg=float(rng.uniform(4.0, 14.0)),
+        arm_abduction_deg=float(rng.uniform(*prior.arm_abduction_deg)),
         forearm_angle_deg=float(rng.uniform(35.0, 60.0) if folded else rng.uniform(-4.0, 6.0)),
         feet_apart=float(rng.uniform(-0.006, 0.012)),
-        bone_uptake=float(rng.lognormal(0.0, 0.15) * (1.15 if age < 40 else 1.0)),
-        soft_tissue=float(rng.lognormal(0.0, 0.2)),
+        bone_uptake=float(rng.lognormal(0.0, 0.15) * (1.15 if age < 40 else 1.0) * prior.bone_uptake),
+        soft_tissue=float(rng.lognormal(0.0, 0.2) * prior.soft_tissue),
         kidney_activity=float(rng.lognormal(np.log(0.35), 0.35)),
         bladder_activity=float(rng.lognormal(np.log(3.0), 0.6)),
         bladder_radius=float(rng.uniform(0.012, 0.026)),
-        counts_per_view=float(np.clip(rng.lognormal(np.log(0.9e6), 0.5), MIN_COUNTS, MAX_COUNTS)),
+        counts_per_view=float(np.clip(rng.lognormal(np.log(median), sigma), max(lo, MIN_COUNTS), min(hi, MAX_COUNTS))),
     )
 
 

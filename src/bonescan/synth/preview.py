@@ -15,11 +15,11 @@ CATEGORY_COLOURS = {"metastasis": "red", "benign": "orange", "artifact": "deepsk
 
 
 def preview_cases(seed: int = 0, difficulty: str = "paper", per_grade: int = 2, pixel_spacing: float = 2.4,
-                  max_tries: int = 200) -> list[SyntheticCase]:
+                  max_tries: int = 200, site: str = "generic") -> list[SyntheticCase]:
     """The first `per_grade` cases of each grade 0-3 of the cohort `seed` (same cases a cohort run writes)."""
     chosen: dict[int, list[SyntheticCase]] = {g: [] for g in range(4)}
     for index in range(max_tries):
-        case = generate_case(case_id_for(index, max_tries), case_seed(seed, index), difficulty, pixel_spacing)
+        case = generate_case(case_id_for(index, max_tries), case_seed(seed, index), difficulty, pixel_spacing, site)
         if len(chosen[case.demographics.grade]) < per_grade:
             chosen[case.demographics.grade].append(case)
         if all(len(v) >= per_grade for v in chosen.values()):
@@ -72,7 +72,7 @@ def write_preview(cases: list[SyntheticCase], target: str | Path, mark_findings:
         caption = (f"{case.case_id}  grade {d.grade}\n{d.cancer_type} {d.sex} {d.age}y\n"
                    + "\n".join(textwrap.wrap(case.findings_summary(), 24)))
         axes[k // per_row, 2 * (k % per_row)].set_title(caption, fontsize=7, loc="left")
-    fig.suptitle(f"bonescan synthetic cohort, difficulty '{cases[0].difficulty}' "
+    fig.suptitle(f"bonescan synthetic cohort, difficulty '{cases[0].difficulty}', site '{cases[0].site}' "
                  "(circles: red metastasis, orange benign, blue artifact)" if cases else "", fontsize=9)
     target = Path(target)
     with atomic_path(target) as tmp:

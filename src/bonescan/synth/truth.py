@@ -19,7 +19,8 @@ import numpy as np
 
 from ..lesions.regions import BY_NAME, N_LABELS
 from ..lesions.truth import LesionTruth
-from .case import COLLIMATOR_SIGMA_MM, SyntheticCase
+from .case import SyntheticCase
+from .sites import SITES
 from .findings import Finding
 from .phantom import Anatomy, BoneSite, Organ
 from .raster import LabelCanvas
@@ -61,7 +62,7 @@ def phantom_truth(case: SyntheticCase) -> LesionTruth:
     regions = _region_maps(case.anatomy.sites, case.anatomy.canvas.shape, shape)
     instances = np.zeros((2,) + shape, np.uint16)
     category, kind, region = [], [], []
-    blur = COLLIMATOR_SIGMA_MM / case.patient.pixel_spacing
+    blur = SITES[case.site].camera.collimator_sigma_mm / case.patient.pixel_spacing
     scale = shape[0] / case.anatomy.canvas.shape[0]
     for finding in case.findings:
         number = len(category) + 1
@@ -91,7 +92,9 @@ def phantom_truth(case: SyntheticCase) -> LesionTruth:
         category.append("physiological")
         kind.append(_organ_kind(organ))
         region.append("")
-    return LesionTruth(regions, instances, category, kind, region)
+    # Follow-up visits: each finding keeps its number across the patient's visits; organs are not followed.
+    identity = None if case.visit is None else case.visit.identities + [0] * len(case.anatomy.organs)
+    return LesionTruth(regions, instances, category, kind, region, identity=identity)
 
 
 def _organ_kind(organ: Organ) -> str:

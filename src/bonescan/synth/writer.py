@@ -2,7 +2,8 @@
 
 Layout of the output folder:
     synth.json               the settings the cohort was made with (a rerun must match them)
-    studies/<case>.dcm       two-frame NM DICOM (frame 1 anterior, frame 2 posterior seen from behind)
+    studies/<case>.dcm       two-frame NM DICOM (frame 1 anterior, frame 2 posterior seen from behind), or
+    studies/<case>_ant.dcm + studies/<case>_post.dcm   one file per view, where the site's camera writes so
     studies/<case>.json      ground truth: demographics, grade, findings with centres in both views
     truth/<case>.npz         lesion truth: skeletal-region label maps and finding instance masks, both views
                              (`bonescan.lesions.truth`; how they are drawn: `bonescan.synth.truth`)
@@ -34,8 +35,9 @@ from ..errors import ConfigError
 from ..fileio import write_text_atomic
 from .case import SyntheticCase, case_seed, generate_case
 from ..lesions.truth import save_truth
-from .dicom import write_case_dicom
+from .dicom import case_files, write_case_dicom
 from .findings import difficulty_profile
+from .sites import SITES, check_site, site_profile
 from .truth import phantom_truth
 
 SETTINGS_FILE = "synth.json"
@@ -43,9 +45,10 @@ MANIFEST_FILE = "manifest.csv"
 STUDIES_DIR = "studies"
 TRUTH_DIR = "truth"
 MANIFEST_COLUMNS = ["case_id", "path", "cancer_type", "sex", "age", "grade", "label", "split", "n_metastases",
-                    "findings", "difficulty", "seed", "truth"]
+                    "findings", "difficulty", "seed", "site", "truth"]
+PAIR_COLUMNS = ["anterior", "posterior"]  # added after `path` when some studies are one file per view
 PIXEL_SPACING_RANGE = (2.0, 3.0)  # mm; whole-body cameras use 2.2-2.5, and the body must fit 1024 rows
-_STUDY_FILE = re.compile(r"^syn\d+\.(dcm|json)$")
+_STUDY_FILE = re.compile(r"^syn\d+(_ant|_post)?\.(dcm|json)$")
 _TRUTH_FILE = re.compile(r"^syn\d+\.npz$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # left by an interrupted atomic write
 _TOP_FILES = re.compile(r"^(synth\.json|manifest\.csv|preview.*\.png)$")
@@ -58,9 +61,12 @@ class SynthSettings:
     seed: int
     difficulty: str
     pixel_spacing: float = 2.4
+    site: str = "generic"
+    follow_up: bool = False  # patients with 2-3 dated visits (`synth.followup`); `cases` counts patients
 
     def to_json(self) -> dict:
-        return {"seed": self.seed, "difficulty": self.difficulty, "pixel_spacing": self.pixel_spacing}
+        return {"seed": self.seed, "difficulty": self.difficulty, "pixel_spacing": self.pixel_spacing,
+                "site": self.site, "follow_up": self.follow_up}
 
 
 @dataclass
@@ -83,6 +89,7 @@ def check_settings(cases: int, settings: SynthSettings, workers: int = 1) -> Non
     if cases < 1:
         raise ConfigError("--cases", f"must be at least 1, got {cases}")
     difficulty_profile(settings.difficulty)
+    check_site(settings.site)
     lo, hi = PIXEL_SPACING_RANGE
     if not lo <= settings.pixel_spacing <= hi:
         raise ConfigError("--pixel-spacing", f"must be between {lo} and {hi} mm, got {settings.pixel_spacing}")
@@ -115,8 +122,10 @@ def prepare_folder(out: Path, settings: SynthSettings) -> None:
         if not isinstance(saved, dict):
             raise ConfigError(settings_path, "is not a bonescan synth settings file; choose an empty or new folder")
         wanted = settings.to_json()
-        if {k: saved.get(k) for k in wanted} != wanted:
-            raise ConfigError(out, f"holds a cohort made with {({k: saved.get(k) for k in wanted})}, not {wanted}; "
+        older = {"site": "generic", "follow_up": False}  # what cohorts made before these settings existed were
+        found = {k: saved.get(k, older.get(k)) for k in wanted}
+        if found != wanted:
+            raise ConfigError(out, f"holds a cohort made with {found}, not {wanted}; "
                                    "use the same settings to resume, or a new folder")
     elif studies.is_dir() and any(studies.iterdir()):
         raise ConfigError(out, f"has a {STUDIES_DIR}/ folder but no {SETTINGS_FILE}; choose an empty or new folder")
@@ -133,7 +142,7 @@ def case_record(case: SyntheticCase) -> dict:
     """The findings JSON of a case: manifest fields, patient parameters and every finding."""
     demo, patient = case.demographics, case.patient
     return {
-        "case_id": case.case_id, "seed": case.seed, "difficulty": case.difficulty,
+        "case_id": case.case_id, "seed": case.seed, "difficulty": case.difficulty, "site": case.site,
         "cancer_type": demo.cancer_type, "sex": demo.sex, "age": demo.age, "grade": demo.grade, "label": demo.label,
         "superscan": demo.superscan, "n_metastases": case.n_metastases, "findings_summary": case.findings_summary(),
         "patient": {"height_mm": round(patient.height_mm, 1), "build": round(patient.build, 3),
@@ -142,12 +151,16 @@ def case_record(case: SyntheticCase) -> dict:
         "image": {"rows": int(case.anterior.shape[0]), "columns": int(case.anterior.shape[1]),
                   "posterior_stored": "as seen from behind (patient's left on the image left)"},
         "findings": [f.to_json() for f in case.findings],
+        **({} if case.visit is None else {
+            "patient_id": case.visit.patient_id, "timepoint": case.visit.timepoint, "change": case.visit.change,
+            "identities": case.visit.identities}),
     }
 
 
 def write_case(case: SyntheticCase, studies: Path) -> dict:
     """Write a case's findings JSON and lesion truth, then its DICOM (the completion marker); return its record."""
     record = case_record(case)
+    record["files"] = [p.name for p in case_files(studies / f"{case.case_id}.dcm", SITES[case.site].header)]
     write_text_atomic(studies / f"{case.case_id}.json", json.dumps(record, indent=1) + "\n")
     save_truth(phantom_truth(case), truth_path(studies, case.case_id))
     write_case_dicom(case, studies / f"{case.case_id}.dcm")
@@ -178,11 +191,12 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 256 << 20)  # and free heap memory is returned only beyond 256 MiB
 
 
-def _make_one(job: tuple[str, int, str, float, str]) -> tuple[dict, bool]:
+def _make_one(job: tuple[str, int, str, float, str, str]) -> tuple[dict, bool]:
     """Worker: generate and write one case unless it is already complete. Returns (record, written)."""
-    case_id, seed, difficulty, spacing, studies = job
+    case_id, seed, difficulty, spacing, studies, site = job
     folder = Path(studies)
-    dcm, sidecar = folder / f"{case_id}.dcm", folder / f"{case_id}.json"
+    dcm = case_files(folder / f"{case_id}.dcm", site_profile(site, seed).header)[-1]
+    sidecar = folder / f"{case_id}.json"
     if dcm.exists() and sidecar.exists() and truth_path(folder, case_id).exists():
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -190,21 +204,22 @@ def _make_one(job: tuple[str, int, str, float, str]) -> tuple[dict, bool]:
                 return record, False
         except (OSError, ValueError):
             pass  # unreadable sidecar: regenerate the study
-    return write_case(generate_case(case_id, seed, difficulty, spacing), folder), True
+    return write_case(generate_case(case_id, seed, difficulty, spacing, site), folder), True
 
 
 def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str = "paper", workers: int = 1,
-                    pixel_spacing: float = 2.4, progress: Callable[[int, int], None] | None = None) -> CohortResult:
-    """Generate (or resume) a cohort of `cases` synthetic studies in `out` and write its manifest."""
-    settings = SynthSettings(int(seed), difficulty, float(pixel_spacing))
+                    pixel_spacing: float = 2.4, progress: Callable[[int, int], None] | None = None,
+                    site: str = "generic") -> CohortResult:
+    """Generate (or resume) a cohort of `cases` synthetic studies in `out` (cameras of `site`), write its manifest."""
+    settings = SynthSettings(int(seed), difficulty, float(pixel_spacing), site)
     check_settings(cases, settings, workers)
     out = Path(out)
     prepare_folder(out, settings)
     studies = out / STUDIES_DIR
     studies.mkdir(exist_ok=True)
     (out / TRUTH_DIR).mkdir(exist_ok=True)
-    jobs = [(case_id_for(i, cases), case_seed(settings.seed, i), difficulty, settings.pixel_spacing, str(studies))
-            for i in range(cases)]
+    jobs = [(case_id_for(i, cases), case_seed(settings.seed, i), difficulty, settings.pixel_spacing, str(studies),
+             settings.site) for i in range(cases)]
     start = time.perf_counter()
     records: list[dict] = []
     written = 0
@@ -232,10 +247,20 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
 
 def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
     """Build the manifest from case records, split it 8:1:1 by cancer type x label, write it atomically."""
+    df, columns = manifest_frame(out, records)
+    df = split_manifest(df, seed=seed)
+    return write_manifest(df[columns], out / MANIFEST_FILE)
+
+
+def manifest_frame(out: Path, records: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest rows of case records (without split) and the manifest's column order."""
     studies = (out / STUDIES_DIR).resolve()
+    files = [r.get("files") or [f"{r['case_id']}.dcm"] for r in records]
     df = pd.DataFrame({
         "case_id": [r["case_id"] for r in records],
-        "path": [str(studies / f"{r['case_id']}.dcm") for r in records],
+        "path": [str(studies / f[0]) if len(f) == 1 else "" for f in files],
+        "anterior": [str(studies / f[0]) if len(f) == 2 else "" for f in files],
+        "posterior": [str(studies / f[1]) if len(f) == 2 else "" for f in files],
         "cancer_type": [r["cancer_type"] for r in records],
         "sex": [r["sex"] for r in records],
         "age": [r["age"] for r in records],
@@ -245,7 +270,9 @@ def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
         "findings": [r["findings_summary"] for r in records],
         "difficulty": [r["difficulty"] for r in records],
         "seed": [r["seed"] for r in records],
+        "site": [r.get("site", "generic") for r in records],
         "truth": [str(truth_path(studies, r["case_id"])) for r in records],
     })
-    df = split_manifest(df, seed=seed)
-    return write_manifest(df[MANIFEST_COLUMNS], out / MANIFEST_FILE)
+    columns = MANIFEST_COLUMNS[:2] + PAIR_COLUMNS + MANIFEST_COLUMNS[2:] if any(len(f) == 2 for f in files) \
+        else MANIFEST_COLUMNS
+    return df, columns

@@ -1,0 +1,88 @@
+"""`bonescan followup`: what changed between a baseline and later studies of one patient (new lesions, change in
+BSI, PCWG3 verdict), for one patient or a manifest; with --evaluate, against a synthetic cohort's truth."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+
+READERS = ("auto", "network", "oracle")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    """Add `followup` to the bonescan app."""
+
+    @app.command("followup")
+    def followup(
+        studies: Optional[list[Path]] = typer.Argument(None, help="BASELINE FOLLOWUP [CONFIRMATORY]: each a study "
+                                                       "file or a folder holding one study."),
+        out: Path = typer.Option(..., "--out", help="Folder for followup.json, followup_regions.csv, followup.png, "
+                                                    "followup_sr.dcm (a manifest: one folder per patient)."),
+        run: Optional[Path] = typer.Option(None, "--run", help="Training run with the lesion network."),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", help="Manifest with patient_id and timepoint "
+                                                "(days) per visit: compare every patient."),
+        reader: str = typer.Option("auto", "--reader", help="Lesion reader: network (needs --run), oracle (the "
+                                   "synthetic truth files; an upper bound), auto (network if --run is given)."),
+        evaluate: bool = typer.Option(False, "--evaluate", help="With --manifest of a synthetic follow-up cohort: "
+                                      "measure against its truth and write followup_report.html."),
+        later_scan: bool = typer.Option(False, "--later-scan", help="FOLLOWUP is a later scan and BASELINE the "
+                                        "first post-treatment scan (PCWG3 rule for later scans)."),
+        force: bool = typer.Option(False, "--force", help="Compare studies whose PatientIDs differ."),
+    ) -> None:
+        """Compare a baseline with follow-up studies: new / resolved / persistent / grown lesions per region,
+        change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
+        from ..followup import NetworkReader, OracleReader, compare_visits, load_visit
+        from ..followup.evaluate import run_followup_batch, summarize, write_followup_report
+        from ..followup.output import write_comparison
+        from ..followup.visits import ROLES
+
+        if reader not in READERS:
+            raise ConfigError("--reader", f"unknown reader {reader!r}; choose one of {', '.join(READERS)}")
+        if (manifest is None) == (not studies):
+            raise ConfigError("bonescan followup", "give either BASELINE FOLLOWUP [CONFIRMATORY] or --manifest")
+        if studies and not 2 <= len(studies) <= 3:
+            raise ConfigError("bonescan followup", f"give a baseline, a follow-up and optionally a confirmatory "
+                                                   f"study, not {len(studies)}")
+        if evaluate and manifest is None:
+            raise ConfigError("--evaluate", "needs --manifest (a synthetic follow-up cohort with its truth)")
+        if reader == "oracle":
+            lesion_reader = OracleReader()
+        elif run is not None:
+            lesion_reader = NetworkReader(run)
+        else:
+            raise ConfigError("--run", "the lesion network's run is needed (or --reader oracle on a synthetic cohort)")
+        if manifest is not None:
+            def progress(done: int, total: int, result) -> None:
+                what = result.error or f"{result.verdict}; {result.new} new"
+                print(f"[{done}/{total}] {result.patient_id}: {what}", file=sys.stderr, flush=True)
+
+            results = run_followup_batch(manifest, lesion_reader, out, evaluate, not later_scan, force, progress)
+            failed = sum(bool(r.error) for r in results)
+            typer.echo(f"compared {len(results) - failed} of {len(results)} patients (reader: {lesion_reader.name}); "
+                       f"summary: {out / 'followup_summary.csv'}")
+            if evaluate:
+                s = summarize(results)
+                report = write_followup_report(out, results, lesion_reader.name, manifest)
+                t = s["two_new"]
+                fmt = lambda x: "n/a" if x is None else f"{x[0]:.3f}"  # noqa: E731
+                typer.echo(f">= 2 new lesions: sensitivity {fmt(t['sensitivity'])}, specificity "
+                           f"{fmt(t['specificity'])}; PCWG3 sensitivity {fmt(s['pcwg3']['sensitivity'])}, "
+                           f"specificity {fmt(s['pcwg3']['specificity'])}; flare called progression "
+                           f"{fmt(s['flare_progression'])}; matching median {s['matching']['median_mm'] or 0:.1f} mm; "
+                           f"median {s['seconds']['median'] or 0:.2f} s per comparison")
+                typer.echo(f"report: {report}")
+            return
+        visits = [load_visit(path, role) for path, role in zip(studies, ROLES)]
+        comparison = compare_visits(visits, lesion_reader, not later_scan, force)
+        paths = write_comparison(comparison, out)
+        change = comparison.followup
+        typer.echo(f"PCWG3: {comparison.verdict.status} ({comparison.verdict.reason})")
+        typer.echo(f"follow-up: {len(change.new)} new, {len(change.resolved)} resolved, {len(change.persistent)} "
+                   f"persistent ({len(change.grown)} grown); BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} % "
+                   f"(reader: {comparison.reader}; {comparison.seconds['total']:.1f} s)")
+        typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

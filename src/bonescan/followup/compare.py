@@ -1,0 +1,84 @@
+"""The comparison of one patient's visits: lesions of each visit, registration, linking, change, PCWG3 verdict."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .match import Change, Lesion, MatchedPair, change_between, link_lesions
+from .pcwg3 import Verdict, pcwg3_verdict
+from .readers import LesionReader
+from .register import ViewTransform, identity, register_study
+from .visits import Visit, check_visits
+
+
+@dataclass
+class Comparison:
+    """Everything found when comparing a baseline with a follow-up (and a confirmatory) study."""
+
+    reader: str
+    visits: list[Visit]
+    transforms: list[dict[str, ViewTransform]]
+    lesions: list[Lesion]
+    pairs: list[MatchedPair]
+    followup: Change  # the follow-up against the baseline (or reference)
+    confirmatory: Change | None  # first follow-up: new on neither earlier visit; later scan: against the reference
+    verdict: Verdict
+    first_followup: bool
+    seconds: dict[str, float]
+
+    @property
+    def patient_id(self) -> str | None:
+        return next((v.study.meta.patient_id for v in self.visits if v.study.meta.patient_id), None)
+
+    def to_json(self) -> dict:
+        return {
+            "patient_id": self.patient_id, "reader": self.reader,
+            "rule": "PCWG3, first follow-up after the start of treatment" if self.first_followup
+                    else "PCWG3, later scan against the first post-treatment scan",
+            "verdict": self.verdict.to_json(),
+            "visits": [{"role": v.role, "source": v.source, "study_uid": v.study.meta.study_uid,
+                        "study_date": v.study.meta.study_date, "timepoint_days": v.timepoint,
+                        "registration": {w: t.to_json() for w, t in tr.items()} if i else "reference",
+                        "n_hotspots": len(v.lesions.hotspots), "n_malignant": v.lesions.n_malignant,
+                        "bsi": round(v.lesions.bsi, 3)}
+                       for i, (v, tr) in enumerate(zip(self.visits, self.transforms))],
+            "followup": self.followup.to_json(),
+            "confirmatory": self.confirmatory.to_json() if self.confirmatory else None,
+            "lesions": [{"number": les.number, "region": les.region,
+                         "visits": {self.visits[v].role: [h.to_json() for h in hs] for v, hs in sorted(les.hotspots.items())}}
+                        for les in self.lesions],
+            "seconds": {k: round(s, 3) for k, s in self.seconds.items()},
+        }
+
+
+def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup: bool = True,
+                   force: bool = False) -> Comparison:
+    """Compare visits (baseline, follow-up[, confirmatory]): refuse bad sets first, then read, register, link."""
+    visits = list(visits)
+    check_visits(visits, force)
+    t0 = time.perf_counter()
+    for visit in visits:
+        visit.lesions = reader.read(visit.study, visit.files)
+    t1 = time.perf_counter()
+    base = visits[0].study
+    transforms = [{w: identity(base.pixel_spacing or (1.0, 1.0)) for w in ("anterior", "posterior")}]
+    transforms += [register_study(base, v.study) for v in visits[1:]]
+    t2 = time.perf_counter()
+    results = [v.lesions for v in visits]
+    linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
+                           [v.study.anterior.shape[1] for v in visits])
+    followup = change_between(linking.lesions, results, 1, [0])
+    confirmatory = None
+    if len(visits) == 3:
+        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0])
+    days = None
+    if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
+        days = visits[2].timepoint - visits[1].timepoint
+    verdict = pcwg3_verdict(len(followup.new), len(confirmatory.new) if confirmatory else None, days,
+                            first_followup)
+    t3 = time.perf_counter()
+    return Comparison(reader.name, visits, transforms, linking.lesions, linking.pairs, followup, confirmatory,
+                      verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
+                                                "total": t3 - t0})

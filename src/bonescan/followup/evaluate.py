@@ -1,0 +1,281 @@
+"""Follow-up over a manifest: every patient compared, and (with truth) measured against what really changed.
+
+Batch: the manifest's rows are grouped by `patient_id` and ordered by `timepoint` (days); the first three visits
+are baseline, first follow-up and confirmatory. A patient that cannot be compared is recorded with its reason and
+the batch goes on.
+
+Evaluation (needs the synthetic truth files with `identity`, i.e. a `bonescan synth --follow-up` cohort):
+- truth new lesions on the follow-up: metastases whose identity the baseline does not hold; on the confirmatory
+  scan: metastases on neither earlier visit; the truth PCWG3 verdict applies `pcwg3_verdict` to those counts;
+- ">= 2 new lesions" and the PCWG3 verdict ("progression" positive) as tests against the truth: sensitivity and
+  specificity with Wilson 95 % intervals, per patient;
+- new-lesion count agreement (exact, within one, mean difference, Pearson r); change in BSI agreement (Pearson r,
+  mean difference, 95 % limits of agreement, Bland and Altman 1986);
+- per course (stable, progression, response, flare): how often ">= 2 new" and PCWG3 progression were called;
+- matching: distance after registration between linked hotspots (mm), and the share of links joining the same
+  true finding (the identity under each hotspot's centroid).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..cohort import load_manifest
+from ..errors import BoneScanError, ManifestError
+from ..fileio import write_text_atomic
+from ..lesions.bsi import bone_scan_index
+from ..lesions.truth import LesionTruth, load_truth
+from .compare import Comparison, compare_visits
+from .output import write_comparison
+from .pcwg3 import MIN_NEW, pcwg3_verdict
+from .readers import LesionReader, OracleReader
+from .visits import ROLES, load_visit
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_NAME = "followup_report.html.j2"
+SUMMARY_FILE = "followup_summary.csv"
+REPORT_FILE = "followup_report.html"
+
+
+@dataclass
+class PatientResult:
+    """One patient's comparison in a batch (or why it failed), with the truth beside it when known."""
+
+    patient_id: str
+    change: str = ""
+    n_visits: int = 0
+    verdict: str = ""
+    reason: str = ""
+    new: int | None = None
+    confirm_new: int | None = None
+    days_to_confirm: int | None = None
+    bsi_change: float | None = None
+    seconds: float | None = None
+    truth_new: int | None = None
+    truth_confirm_new: int | None = None
+    truth_verdict: str = ""
+    truth_bsi_change: float | None = None
+    error: str = ""
+    distances: list[float] = field(default_factory=list, repr=False)
+    links_correct: int = 0
+    links_judged: int = 0
+
+
+def manifest_patients(manifest: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The validated manifest and its visits per patient (ordered by timepoint)."""
+    df = load_manifest(manifest)
+    missing = [c for c in ("patient_id", "timepoint") if c not in df.columns]
+    if missing:
+        raise ManifestError(manifest, f"a follow-up manifest needs the columns {', '.join(missing)} (one row per "
+                                      "visit: patient_id and timepoint in days); bonescan synth --follow-up writes one")
+    bad = [str(v) for v in df["timepoint"] if pd.isna(pd.to_numeric(v, errors="coerce"))]
+    if bad:
+        raise ManifestError(manifest, f"timepoint must be a number of days, got {', '.join(bad[:5])}")
+    df = df.assign(timepoint=pd.to_numeric(df["timepoint"]).astype(int), patient_id=df["patient_id"].astype(str))
+    return df, {pid: g.sort_values("timepoint", kind="stable") for pid, g in df.groupby("patient_id", sort=True)}
+
+
+def _visit_files(row: pd.Series) -> list[str]:
+    path = row.get("path")
+    if isinstance(path, str) and path:
+        return [path]
+    return [row["anterior"], row["posterior"]]
+
+
+def compare_patient(rows: pd.DataFrame, reader: LesionReader, first_followup: bool = True,
+                    force: bool = False) -> Comparison:
+    """Compare the first three visits of one patient's manifest rows."""
+    rows = rows.head(3)
+    start = int(rows["timepoint"].iloc[0])
+    visits = [load_visit(files if len(files) == 2 else files[0], role, int(t) - start)
+              for files, role, t in zip((_visit_files(r) for _, r in rows.iterrows()), ROLES, rows["timepoint"])]
+    return compare_visits(visits, reader, first_followup, force)
+
+
+def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
+    """The truth files of a patient's visits (they must carry finding identities)."""
+    truths = [load_truth(p) for p in rows.head(3)["truth"]]
+    for path, truth in zip(rows["truth"], truths):
+        if truth.identity is None:
+            raise ManifestError(path, "this truth file has no finding identities; evaluation needs a follow-up "
+                                      "cohort (bonescan synth --follow-up)")
+    return truths
+
+
+def truth_changes(truths: list[LesionTruth]) -> tuple[int, int | None, float]:
+    """(new metastases on the follow-up, more new on the confirmatory or None, change in BSI follow-up - baseline)."""
+    def metastases(t: LesionTruth) -> set[int]:
+        return {i for i, c in zip(t.identity, t.category) if i and c == "metastasis"}
+
+    def seen(t: LesionTruth) -> set[int]:
+        return {i for i in t.identity if i}
+
+    new = len(metastases(truths[1]) - seen(truths[0]))
+    more = len(metastases(truths[2]) - seen(truths[0]) - seen(truths[1])) if len(truths) > 2 else None
+    bsi = [bone_scan_index(t.regions, t.malignant_mask())[0] for t in truths[:2]]
+    return new, more, bsi[1] - bsi[0]
+
+
+def _identity_at(truth: LesionTruth, view: str, centroid: tuple[float, float]) -> int:
+    v = 0 if view == "anterior" else 1
+    r = int(np.clip(round(centroid[0]), 0, truth.instances.shape[1] - 1))
+    c = int(np.clip(round(centroid[1]), 0, truth.instances.shape[2] - 1))
+    k = int(truth.instances[v, r, c])
+    return truth.identity[k - 1] if k else 0
+
+
+def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Path, evaluate: bool = False,
+                       first_followup: bool = True, force: bool = False,
+                       progress: Callable[[int, int, PatientResult], None] | None = None) -> list[PatientResult]:
+    """Compare every patient of `manifest`, write each comparison to out/<patient_id>/ and a summary CSV."""
+    table, patients = manifest_patients(manifest)
+    if isinstance(reader, OracleReader) and "truth" in table.columns:  # the manifest says where each truth file is
+        for _, row in table.iterrows():
+            reader.truth_files.update({str(f): row["truth"] for f in _visit_files(row) if row["truth"]})
+    out = Path(out)
+    results = []
+    for n, (pid, rows) in enumerate(patients.items(), 1):
+        result = PatientResult(pid, str(rows["change"].iloc[0]) if "change" in rows else "", min(len(rows), 3))
+        try:
+            truths = truth_of(rows) if evaluate else None
+            start = time.perf_counter()
+            comparison = compare_patient(rows, reader, first_followup, force)
+            seconds = time.perf_counter() - start  # reading the studies included, writing the outputs not
+            write_comparison(comparison, out / _safe(pid))
+        except BoneScanError as error:
+            result.error = str(error)
+        else:
+            _fill(result, comparison, truths)
+            result.seconds = seconds
+        results.append(result)
+        if progress:
+            progress(n, len(patients), result)
+    summary = pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "distances"} for r in results])
+    write_text_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
+    return results
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "patient"
+
+
+def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTruth] | None) -> None:
+    result.verdict, result.reason = comparison.verdict.status, comparison.verdict.reason
+    result.new = len(comparison.followup.new)
+    result.confirm_new = len(comparison.confirmatory.new) if comparison.confirmatory else None
+    visits = comparison.visits
+    if len(visits) > 2 and visits[2].timepoint is not None and visits[1].timepoint is not None:
+        result.days_to_confirm = visits[2].timepoint - visits[1].timepoint
+    result.bsi_change = comparison.followup.bsi_change
+    result.distances = [p.distance_mm for p in comparison.pairs]
+    if truths is None:
+        return
+    result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths)
+    result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
+                                         comparison.first_followup).status
+    for pair in comparison.pairs:
+        a = _identity_at(truths[pair.earlier], pair.view, pair.first.centroid)
+        b = _identity_at(truths[pair.later], pair.view, pair.second.centroid)
+        if a or b:
+            result.links_judged += 1
+            result.links_correct += bool(a and a == b)
+
+
+# --- metrics ------------------------------------------------------------------------------------------------------
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float] | None:
+    """Proportion k / n with its Wilson score 95 % interval; None when n = 0."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binary_test(truth: list[bool], called: list[bool]) -> dict:
+    """Sensitivity and specificity (Wilson intervals) of `called` against `truth`, with the counts."""
+    tp = sum(t and c for t, c in zip(truth, called))
+    fn = sum(t and not c for t, c in zip(truth, called))
+    tn = sum(not t and not c for t, c in zip(truth, called))
+    fp = sum(not t and c for t, c in zip(truth, called))
+    return {"tp": tp, "fn": fn, "tn": tn, "fp": fp, "sensitivity": wilson(tp, tp + fn),
+            "specificity": wilson(tn, tn + fp)}
+
+
+def agreement(truth: list[float], measured: list[float]) -> dict:
+    """Pearson r, mean difference (measured - truth) and 95 % limits of agreement."""
+    t, m = np.asarray(truth, float), np.asarray(measured, float)
+    if len(t) < 2:
+        return {"n": len(t), "r": None, "bias": None, "limits": None}
+    d = m - t
+    r = float(np.corrcoef(t, m)[0, 1]) if t.std() > 0 and m.std() > 0 else None
+    sd = float(d.std(ddof=1))
+    return {"n": len(t), "r": r, "bias": float(d.mean()), "limits": (float(d.mean() - 1.96 * sd),
+                                                                     float(d.mean() + 1.96 * sd))}
+
+
+def summarize(results: list[PatientResult]) -> dict:
+    """Every evaluation figure of a batch with truth (see the module docstring)."""
+    done = [r for r in results if not r.error and r.truth_new is not None]
+    new_truth = [r.truth_new >= MIN_NEW for r in done]
+    new_called = [r.new >= MIN_NEW for r in done]
+    counts = [(r.truth_new, r.new) for r in done]
+    per_change = {}
+    for change in sorted({r.change for r in done}):
+        group = [r for r in done if r.change == change]
+        per_change[change] = {
+            "n": len(group),
+            "truth_two_new": sum(r.truth_new >= MIN_NEW for r in group),
+            "called_two_new": wilson(sum(r.new >= MIN_NEW for r in group), len(group)),
+            "truth_progression": sum(r.truth_verdict == "progression" for r in group),
+            "called_progression": wilson(sum(r.verdict == "progression" for r in group), len(group)),
+            "mean_new": float(np.mean([r.new for r in group])), "mean_truth_new": float(np.mean([r.truth_new for r in group])),
+            "mean_bsi_change": float(np.mean([r.bsi_change for r in group])),
+            "mean_truth_bsi_change": float(np.mean([r.truth_bsi_change for r in group])),
+        }
+    distances = [d for r in done for d in r.distances]
+    judged = sum(r.links_judged for r in done)
+    statuses = ("progression", "unconfirmed", "no progression")
+    return {
+        "patients": len(results), "compared": len(done), "failed": [(r.patient_id, r.error) for r in results if r.error],
+        "two_new": binary_test(new_truth, new_called),
+        "pcwg3": binary_test([r.truth_verdict == "progression" for r in done],
+                             [r.verdict == "progression" for r in done]),
+        "pcwg3_table": [[sum(r.truth_verdict == t and r.verdict == c for r in done) for c in statuses]
+                        for t in statuses],
+        "statuses": statuses,
+        "new_count": {"exact": wilson(sum(t == m for t, m in counts), len(counts)),
+                      "within_one": wilson(sum(abs(t - m) <= 1 for t, m in counts), len(counts)),
+                      **agreement([t for t, _ in counts], [m for _, m in counts])},
+        "bsi_change": agreement([r.truth_bsi_change for r in done], [r.bsi_change for r in done]),
+        "per_change": per_change,
+        "flare_two_new": per_change.get("flare", {}).get("called_two_new"),
+        "flare_progression": per_change.get("flare", {}).get("called_progression"),
+        "matching": {"links": len(distances), "median_mm": float(np.median(distances)) if distances else None,
+                     "p95_mm": float(np.percentile(distances, 95)) if distances else None,
+                     "correct": wilson(sum(r.links_correct for r in done), judged)},
+        "seconds": {"median": float(np.median([r.seconds for r in done])) if done else None,
+                    "max": float(max(r.seconds for r in done)) if done else None},
+    }
+
+
+def write_followup_report(out: str | Path, results: list[PatientResult], reader: str, manifest: str | Path,
+                          note: str = "") -> Path:
+    """The evaluation as out/followup_report.html (own template)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    html = env.get_template(TEMPLATE_NAME).render(
+        summary=summarize(results), results=results, reader=reader, manifest=str(manifest), version=__version__,
+        note=note, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), oracle=reader == OracleReader.name)
+    return write_text_atomic(Path(out) / REPORT_FILE, html)

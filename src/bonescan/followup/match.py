@@ -1,0 +1,230 @@
+"""Hotspots of several visits linked into numbered lesions, and what changed between two visits.
+
+A lesion is what one bone focus leaves across views and visits:
+- between visits, in each view, hotspots are paired one to one (Hungarian assignment on distance) after the
+  later study is registered to the baseline, when they lie within MATCH_MM; a hotspot of the newest visit is
+  first paired with the visit before it, and what stays unpaired with the visits before that;
+- within a visit, an anterior and a posterior hotspot are one lesion when the posterior one, mirrored (it is
+  stored as seen from behind), lies within CROSS_MM of the anterior one (a vertebra shows in both views), and
+  both belong to lesions first seen on the same visit: in a spine full of metastases a new focus must not be
+  joined, through the other view, to an old one nearby.
+All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
+next is not counted as new. A lesion is reported when it is malignant on at least one visit.
+
+Status of a lesion on a later visit against reference visits: new (malignant now, absent on every reference),
+resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
+and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..lesions.hotspots import Hotspot, StudyLesions
+from .register import ViewTransform
+
+VIEWS = ("anterior", "posterior")
+MATCH_MM = 20.0  # vertebral bodies are ~25-30 mm apart: a gate below that keeps neighbours apart
+CROSS_MM = 20.0
+GROWTH = 1.25
+
+
+@dataclass
+class Lesion:
+    """One focus followed across visits: its hotspots per visit (one per view at most, usually)."""
+
+    number: int
+    hotspots: dict[int, list[Hotspot]]
+    thresholds: list[float] = field(repr=False)
+
+    def present(self, visit: int) -> bool:
+        return bool(self.hotspots.get(visit))
+
+    def malignant(self, visit: int) -> bool:
+        return any(h.malignancy >= self.thresholds[visit] for h in self.hotspots.get(visit, []))
+
+    def area(self, visit: int) -> float:
+        return max((h.area_mm2 for h in self.hotspots.get(visit, [])), default=0.0)
+
+    @property
+    def region(self) -> str:
+        """The region named most often by its hotspots, latest visit first on a tie."""
+        names = [h.region for v in sorted(self.hotspots, reverse=True) for h in self.hotspots[v] if h.region]
+        return Counter(names).most_common(1)[0][0] if names else ""
+
+
+@dataclass
+class MatchedPair:
+    """Two hotspots of one view linked between an earlier and a later visit, and their distance after
+    registration (mm, in the baseline's pixel frame)."""
+
+    earlier: int
+    later: int
+    view: str
+    distance_mm: float
+    first: Hotspot = field(repr=False)
+    second: Hotspot = field(repr=False)
+
+
+@dataclass
+class Linking:
+    lesions: list[Lesion]
+    pairs: list[MatchedPair]
+
+
+class _Sets:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _assign(a: np.ndarray, b: np.ndarray, scale: np.ndarray, gate: float) -> list[tuple[int, int, float]]:
+    """One-to-one pairs (i, j, distance mm) of points a and b (pixels, row/col mm per pixel in `scale`)."""
+    if not len(a) or not len(b):
+        return []
+    cost = np.linalg.norm((a[:, None, :] - b[None, :, :]) * scale, axis=2)
+    rows, cols = linear_sum_assignment(np.where(cost <= gate, cost, 1e6))
+    return [(int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols) if cost[i, j] <= gate]
+
+
+def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTransform]],
+                 spacings: list[tuple[float, float]], widths: list[int]) -> Linking:
+    """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline.
+
+    Visit by visit: first each view's hotspots are paired with earlier visits, then anterior and posterior hotspots
+    are paired within the visit, but only those whose lesions were first seen on the same visit, so a new focus
+    seen from the front is never joined to an old one seen from behind (which would hide it).
+    """
+    nodes: list[tuple[int, Hotspot]] = [(v, h) for v, result in enumerate(lesions) for h in result.hotspots]
+    index = {id(h): i for i, (_, h) in enumerate(nodes)}
+    sets = _Sets(len(nodes))
+    base_scale = np.array(spacings[0])
+    by_view: dict[tuple[int, str], list[Hotspot]] = {(v, w): [h for h in r.hotspots if h.view == w]
+                                                      for v, r in enumerate(lesions) for w in VIEWS}
+    at_baseline = {(v, w): transforms[v][w].to_fixed(np.array([h.centroid for h in hs]).reshape(-1, 2))
+                   if hs else np.zeros((0, 2)) for (v, w), hs in by_view.items()}
+    pairs: list[MatchedPair] = []
+    followed: set[int] = set()  # hotspots already paired with a later visit: no longer open to older gaps
+    for v in range(len(lesions)):
+        # Between visits, view by view, in the baseline frame: the visit before first, then, for what stays
+        # unpaired, hotspots of earlier visits that were missing since (a focus not seen on the visit between).
+        for w in VIEWS:
+            todo = list(range(len(by_view[(v, w)])))
+            for u in range(v - 1, -1, -1):
+                open_ = [j for j, h in enumerate(by_view[(u, w)]) if id(h) not in followed]
+                if not todo or not open_:
+                    continue
+                found = _assign(at_baseline[(v, w)][todo], at_baseline[(u, w)][open_], base_scale, MATCH_MM)
+                for i, j, distance in found:
+                    first, second = by_view[(u, w)][open_[j]], by_view[(v, w)][todo[i]]
+                    sets.join(index[id(first)], index[id(second)])
+                    followed.add(id(first))
+                    pairs.append(MatchedPair(u, v, w, distance, first, second))
+                done = {todo[i] for i, _, _ in found}
+                todo = [k for k in todo if k not in done]
+        # Anterior-posterior pairs within the visit, among lesions first seen on the same visit.
+        first_seen = _first_seen(sets, nodes)
+        front, back = by_view[(v, "anterior")], by_view[(v, "posterior")]
+        for since in sorted({first_seen[sets.find(index[id(h)])] for h in front + back}):
+            f = [h for h in front if first_seen[sets.find(index[id(h)])] == since]
+            b = [h for h in back if first_seen[sets.find(index[id(h)])] == since]
+            a_pts = np.array([h.centroid for h in f]).reshape(-1, 2)
+            b_pts = np.array([(h.centroid[0], widths[v] - 1 - h.centroid[1]) for h in b]).reshape(-1, 2)
+            for i, j, _ in _assign(a_pts, b_pts, np.array(spacings[v]), CROSS_MM):
+                if sets.find(index[id(f[i])]) != sets.find(index[id(b[j])]):
+                    sets.join(index[id(f[i])], index[id(b[j])])
+    groups: dict[int, dict[int, list[Hotspot]]] = {}
+    for i, (v, h) in enumerate(nodes):
+        groups.setdefault(sets.find(i), {}).setdefault(v, []).append(h)
+    thresholds = [r.threshold for r in lesions]
+    found_lesions = [Lesion(0, g, thresholds) for g in groups.values()]
+    found_lesions = [les for les in found_lesions if any(les.malignant(v) for v in les.hotspots)]
+    found_lesions.sort(key=lambda les: (min(les.hotspots), _first_row(les, at_baseline, by_view)))
+    for number, lesion in enumerate(found_lesions, 1):
+        lesion.number = number
+    return Linking(found_lesions, pairs)
+
+
+def _first_seen(sets: _Sets, nodes: list[tuple[int, Hotspot]]) -> dict[int, int]:
+    """Earliest visit of each current lesion (by set root)."""
+    first: dict[int, int] = {}
+    for i, (v, _) in enumerate(nodes):
+        root = sets.find(i)
+        first[root] = min(first.get(root, v), v)
+    return first
+
+
+def _first_row(lesion: Lesion, at_baseline, by_view) -> float:
+    v = min(lesion.hotspots)
+    h = lesion.hotspots[v][0]
+    return float(at_baseline[(v, h.view)][by_view[(v, h.view)].index(h)][0])
+
+
+@dataclass
+class Change:
+    """What changed on visit `visit` against the reference visits (resolved: against the first of them)."""
+
+    visit: int
+    reference: list[int]
+    new: list[int]
+    resolved: list[int]
+    persistent: list[int]
+    grown: list[int]
+    by_region: dict[str, dict[str, int]]
+    bsi_before: float
+    bsi_after: float
+    bsi_by_region: dict[str, float]  # change per region, percentage points
+
+    @property
+    def bsi_change(self) -> float:
+        return self.bsi_after - self.bsi_before
+
+    def to_json(self) -> dict:
+        return {"visit": self.visit, "reference": self.reference, "n_new": len(self.new), "new": self.new,
+                "resolved": self.resolved, "persistent": self.persistent, "grown": self.grown,
+                "by_region": self.by_region, "bsi_before": round(self.bsi_before, 3),
+                "bsi_after": round(self.bsi_after, 3), "bsi_change": round(self.bsi_change, 3),
+                "bsi_change_by_region": {k: round(d, 3) for k, d in self.bsi_by_region.items() if abs(d) >= 5e-4}}
+
+
+STATUSES = ("new", "resolved", "persistent", "grown")
+
+
+def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int]) -> Change:
+    """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI."""
+    first = reference[0]
+    status: dict[str, list[int]] = {name: [] for name in STATUSES}
+    regions: dict[str, dict[str, int]] = {}
+    for lesion in lesions:
+        seen_before = any(lesion.present(u) for u in reference)
+        tags = []
+        if lesion.malignant(visit) and not seen_before:
+            tags.append("new")
+        elif lesion.malignant(first) and not lesion.present(visit):
+            tags.append("resolved")
+        elif lesion.present(visit) and seen_before:
+            tags.append("persistent")
+            last = max(u for u in reference if lesion.present(u))
+            if lesion.area(visit) >= GROWTH * max(lesion.area(last), 1e-6):
+                tags.append("grown")
+        for tag in tags:
+            status[tag].append(lesion.number)
+            row = regions.setdefault(lesion.region or "outside the skeleton", dict.fromkeys(STATUSES, 0))
+            row[tag] += 1
+    before, after = results[first], results[visit]
+    names = sorted(set(before.bsi_by_region) | set(after.bsi_by_region))
+    delta = {n: after.bsi_by_region.get(n, 0.0) - before.bsi_by_region.get(n, 0.0) for n in names}
+    return Change(visit, list(reference), status["new"], status["resolved"], status["persistent"], status["grown"],
+                  regions, before.bsi, after.bsi, delta)

@@ -1,0 +1,189 @@
+"""What a comparison leaves on disk: JSON, a per-region CSV, a side-by-side PNG and a DICOM SR.
+
+Everything is built in memory first and only then written, each file atomically, so a comparison that fails
+(bad input, an unreadable header) leaves nothing behind.
+
+The SR (Comprehensive SR, TID 1500 measurement report) joins the newest study and references every study
+compared (the newest in its evidence, the earlier ones as pertinent other evidence). It holds one measurement
+group per lesion (tracking identifier and UID shared by the lesion across visits, finding site = its skeletal
+region, its area on the newest visit where it is seen, and its status: new, persistent, grown or resolved) and
+one group for the patient (PCWG3 verdict, number of new lesions, change in BSI).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from .. import __version__
+from ..dicom_out import LOCAL_SCHEME, read_source_headers
+from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
+from ..lesions.regions import BY_NAME
+from .compare import Comparison
+from .match import STATUSES
+
+SR_SERIES_NUMBER = 9903
+COLOURS = {"new": (220, 30, 30), "grown": (240, 140, 0), "persistent": (230, 200, 0), "resolved": (40, 110, 230),
+           "seen": (120, 120, 120)}
+
+
+def _local(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator=LOCAL_SCHEME, meaning=meaning)
+
+
+FOLLOWUP_STATUS = _local("FU-STATUS", "Follow-up status")
+PCWG3_VERDICT = _local("PCWG3", "PCWG3 bone progression")
+NEW_LESIONS = _local("FU-NEW", "Number of new lesions")
+BSI_CHANGE = _local("BSI-CHANGE", "Change in Bone Scan Index")
+
+
+def lesion_status(comparison: Comparison, number: int) -> str:
+    """The lesion's status on the newest visit compared (confirmatory, else follow-up), else on the follow-up."""
+    for change in filter(None, (comparison.confirmatory, comparison.followup)):
+        for name in ("new", "grown", "resolved"):
+            if number in getattr(change, name):
+                return name
+    return "persistent"
+
+
+def regions_csv(comparison: Comparison) -> str:
+    """One row per region and comparison: counts of new, resolved, persistent and grown lesions."""
+    lines = ["comparison,region," + ",".join(STATUSES)]
+    for name, change in (("follow-up", comparison.followup), ("confirmatory", comparison.confirmatory)):
+        if change is None:
+            continue
+        for region, counts in sorted(change.by_region.items()):
+            lines.append(f"{name},{region}," + ",".join(str(counts[s]) for s in STATUSES))
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side_png(comparison: Comparison) -> bytes:
+    """Anterior and posterior view of each visit side by side; a lesion carries the same number on every panel."""
+    font = ImageFont.load_default()
+    panels = []
+    for v, visit in enumerate(comparison.visits):
+        for view in ("anterior", "posterior"):
+            image = np.sqrt(np.maximum(np.asarray(getattr(visit.study, view), np.float32), 0))
+            top = float(np.percentile(image, 99.5)) or 1.0
+            grey = (255 - np.clip(image / top * 255, 0, 255)).astype(np.uint8)  # dark uptake on white, as read
+            panel = Image.fromarray(grey).convert("RGB")
+            draw = ImageDraw.Draw(panel)
+            for lesion in comparison.lesions:
+                for h in lesion.hotspots.get(v, []):
+                    if h.view != view:
+                        continue
+                    status = _panel_status(comparison, lesion.number, v)
+                    r, c = h.centroid
+                    radius = max(6.0, np.sqrt(h.area_mm2) / (visit.study.pixel_spacing or (2.4, 2.4))[0])
+                    draw.ellipse([c - radius, r - radius, c + radius, r + radius], outline=COLOURS[status], width=2)
+                    draw.text((c + radius + 1, r - 6), str(lesion.number), fill=COLOURS[status], font=font)
+            when = f"day {visit.timepoint}" if visit.timepoint is not None else "date unknown"
+            draw.text((3, 3), f"{visit.role} ({when})", fill=(0, 0, 0), font=font)
+            draw.text((3, 15), f"{view}  BSI {visit.lesions.bsi:.2f} %", fill=(0, 0, 0), font=font)
+            panels.append(panel)
+    height = max(p.height for p in panels) + 28
+    sheet = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), height), (255, 255, 255))
+    x = 0
+    for panel in panels:
+        sheet.paste(panel, (x, 0))
+        x += panel.width + 4
+    draw = ImageDraw.Draw(sheet)
+    legend = "  ".join(f"{k}" for k in ("new", "grown", "persistent", "resolved"))
+    draw.text((3, height - 26), f"PCWG3: {comparison.verdict.status}. {comparison.verdict.reason}"[:220],
+              fill=(0, 0, 0), font=font)
+    draw.text((3, height - 13), f"reader: {comparison.reader}; colours: {legend}", fill=(0, 0, 0), font=font)
+    x = 3 + draw.textlength(f"reader: {comparison.reader}; colours: ", font=font)
+    for name in ("new", "grown", "persistent", "resolved"):
+        draw.text((x, height - 13), name, fill=COLOURS[name], font=font)
+        x += draw.textlength(name + "  ", font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _panel_status(comparison: Comparison, number: int, visit: int) -> str:
+    if visit == 0:
+        return "resolved" if number in comparison.followup.resolved else "seen"
+    change = comparison.followup if visit == 1 else comparison.confirmatory
+    for name in ("new", "grown", "persistent"):
+        if number in getattr(change, name):
+            return name
+    return "seen"
+
+
+def build_sr(comparison: Comparison) -> Dataset | None:
+    """The follow-up SR, or None when no compared study is DICOM (nothing to reference)."""
+    headers = [read_source_headers(v.files) for v in comparison.visits]
+    if not all(headers):
+        return None
+    algorithm = hd.sr.AlgorithmIdentification(name="bonescan follow-up", version=__version__,
+                                              parameters=[f"reader={comparison.reader}"])
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name="bonescan",
+                                                       manufacturer_name="bonescan", model_name="bonescan follow-up")
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    groups = []
+    for lesion in comparison.lesions:
+        visit = max(lesion.hotspots)
+        region = BY_NAME.get(lesion.region)
+        sites = [hd.sr.FindingSite(anatomic_location=region.site, laterality=region.laterality)] if region else None
+        status = lesion_status(comparison, lesion.number)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"lesion {lesion.number}"),
+            finding_type=codes.SCT.Lesion, finding_sites=sites, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(lesion.area(visit)),
+                                            unit=codes.UCUM.SquareMillimeter)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FOLLOWUP_STATUS,
+                                                                 value=_local(status.upper(), status))],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in headers[visit]]))
+    newest = comparison.confirmatory or comparison.followup
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="bone progression, patient"),
+        finding_type=codes.SCT.BonyMetastasis, algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=NEW_LESIONS, value=len(comparison.followup.new),
+                                        unit=hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")),
+                      hd.sr.Measurement(name=BSI_CHANGE, value=round(newest.bsi_change, 4),
+                                        unit=codes.UCUM.Percent)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=PCWG3_VERDICT, value=_local(comparison.verdict.status.upper().replace(" ", "-"),
+                                             comparison.verdict.status))]))
+    report = hd.sr.MeasurementReport(observation_context=context,
+                                     procedure_reported=codes.LN.RadionuclideScanOfWholeBody,
+                                     imaging_measurements=groups)
+    evidence = [h for visit_headers in reversed(headers) for h in visit_headers]  # newest study first: the SR joins it
+    sr = hd.sr.ComprehensiveSR(evidence=evidence, content=report[0], series_instance_uid=generate_uid(),
+                               series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+                               manufacturer="bonescan", is_complete=True)
+    sr.SeriesDescription = "bonescan follow-up: new lesions, BSI change, PCWG3"
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = LOCAL_SCHEME
+    scheme.CodingSchemeName = "bonescan follow-up concepts"
+    scheme.CodingSchemeResponsibleOrganization = "bonescan"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def write_comparison(comparison: Comparison, out: str | Path, stem: str = "followup") -> dict[str, Path]:
+    """Write <stem>.json, <stem>_regions.csv, <stem>.png and <stem>_sr.dcm (when the studies are DICOM) to `out`."""
+    out = Path(out)
+    text = json.dumps(comparison.to_json(), indent=1) + "\n"
+    table = regions_csv(comparison)
+    png = side_by_side_png(comparison)
+    sr = build_sr(comparison)
+    paths = {"json": out / f"{stem}.json", "regions": out / f"{stem}_regions.csv", "png": out / f"{stem}.png"}
+    write_text_atomic(paths["json"], text)
+    write_text_atomic(paths["regions"], table)
+    write_bytes_atomic(paths["png"], png)
+    if sr is not None:
+        paths["sr"] = out / f"{stem}_sr.dcm"
+        with atomic_path(paths["sr"]) as tmp:
+            sr.save_as(tmp, enforce_file_format=True)
+    return paths

@@ -1,0 +1,133 @@
+"""Lesion readers: what turns one visit's study into StudyLesions (hotspots, regions, BSI).
+
+- `NetworkReader`: the trained lesion network of a run (`bonescan train` with the lesion task).
+- `OracleReader`: the synthetic truth file of the study (truth/<case>.npz beside studies/): every finding on
+  bone or skin becomes a hotspot, metastases with malignancy 1 and the rest 0; kidneys and bladder are left out.
+  It reads perfectly, so figures made with it are upper bounds of what a network can reach.
+Every output names the reader that produced it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from pydicom.uid import generate_uid
+from scipy import ndimage
+
+from ..errors import ConfigError, RunError
+from ..lesions.bsi import bone_scan_index
+from ..lesions.hotspots import Hotspot, StudyLesions
+from ..lesions.regions import BY_LABEL
+from ..lesions.truth import LesionTruth, load_truth
+from ..study import Study
+
+VIEWS = ("anterior", "posterior")
+_VIEW_SUFFIX = re.compile(r"_(ant|post)$")
+
+
+class LesionReader(Protocol):
+    """Reads the lesions of one study; `name` says in every output which reader produced the numbers."""
+
+    name: str
+
+    def read(self, study: Study, files: Sequence[Path]) -> StudyLesions: ...
+
+
+def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.ndarray, malignancy: dict[int, float],
+                            region_of: dict[int, str], key: str) -> list[Hotspot]:
+    """Hotspots of labelled instance masks ([2, H, W]; ids in `malignancy`), numbered in reading order."""
+    row_mm, col_mm = study.pixel_spacing or (1.0, 1.0)
+    hotspots = []
+    for v, view in enumerate(VIEWS):
+        image = np.asarray(getattr(study, view), np.float32)
+        bone = (regions[v] > 0) & (instances[v] == 0)
+        normal = float(np.median(image[bone])) if bone.any() else float(np.median(image[image > 0]))
+        for k, box in enumerate(ndimage.find_objects(instances[v]), start=1):
+            if box is None or k not in malignancy:
+                continue
+            mask = instances[v][box] == k
+            rows, cols = np.nonzero(mask)
+            r0, c0 = box[0].start, box[1].start
+            centroid = (float(rows.mean() + r0), float(cols.mean() + c0))
+            region = region_of.get(k) or _region_at(regions[v], centroid)
+            hotspots.append(Hotspot(0, view, (r0, c0, box[0].stop, box[1].stop), centroid,
+                                    float(mask.sum() * row_mm * col_mm), region, malignancy[k],
+                                    float(image[box][mask].mean() / max(normal, 1e-6)),
+                                    generate_uid(entropy_srcs=[key, view, str(k)]), mask))
+    hotspots.sort(key=lambda h: (VIEWS.index(h.view), h.centroid))
+    for number, hotspot in enumerate(hotspots, 1):
+        hotspot.number = number
+    return hotspots
+
+
+def _region_at(regions: np.ndarray, centroid: tuple[float, float]) -> str:
+    r = int(np.clip(round(centroid[0]), 0, regions.shape[0] - 1))
+    c = int(np.clip(round(centroid[1]), 0, regions.shape[1] - 1))
+    region = BY_LABEL.get(int(regions[r, c]))
+    return region.name if region else ""
+
+
+class OracleReader:
+    """Hotspots from the synthetic truth file of each study: the upper bound of any lesion reader."""
+
+    name = "oracle (synthetic truth)"
+
+    def __init__(self, truth_files: dict[str, Path] | None = None):
+        self.truth_files = truth_files or {}  # source file -> truth file (a manifest's `truth` column)
+
+    def truth_path(self, files: Sequence[Path]) -> Path:
+        """The study's truth file: given by the manifest, else truth/<case>.npz beside the studies/ folder."""
+        for path in files:
+            if str(path) in self.truth_files:
+                return Path(self.truth_files[str(path)])
+        first = Path(files[0])
+        candidate = first.parent.parent / "truth" / f"{_VIEW_SUFFIX.sub('', first.stem)}.npz"
+        if not candidate.is_file():
+            raise ConfigError(first, f"the oracle reader needs the study's truth file, and {candidate} does not "
+                                     "exist; it reads synthetic cohorts (bonescan synth) only")
+        return candidate
+
+    def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
+        path = self.truth_path(files)
+        truth = load_truth(path)
+        shape = np.asarray(study.anterior).shape
+        if truth.instances.shape[1:] != shape:
+            raise ConfigError(path, f"truth is {truth.instances.shape[1:]} pixels, the study {shape}")
+        return lesions_from_truth(study, truth, str(path))
+
+
+def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesions:
+    """StudyLesions that a perfect reader would report for this truth."""
+    malignancy = {i + 1: float(c == "metastasis") for i, c in enumerate(truth.category) if c != "physiological"}
+    region_of = {i + 1: r for i, r in enumerate(truth.region)}
+    hotspots = hotspots_from_instances(study, truth.regions, truth.instances, malignancy, region_of, key)
+    bsi, by_region = bone_scan_index(truth.regions, truth.malignant_mask())
+    return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5)
+
+
+class NetworkReader:
+    """The lesion network of a training run (`bonescan train --preset cpu-small-lesion`), behind the reader API:
+    the same preprocessing and post-processing as `bonescan predict --lesions`."""
+
+    def __init__(self, run: str | Path, device: str = "auto"):
+        from ..lesions.infer import load_lesion_run
+
+        self.run = Path(run)
+        if not self.run.is_dir():
+            raise RunError(self.run, "no such training run folder")
+        self.model = load_lesion_run(self.run, device=device)
+        self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
+
+    def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
+        from ..lesions.infer import study_lesions
+        from ..preprocess import preprocess_views
+
+        config = self.model.config.preprocess
+        maps = self.model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
+        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
+        lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
+                                   study_key=study.study_id)
+        return lesions

@@ -1,0 +1,255 @@
+"""Follow-up: synthetic visits with lasting finding identities, registration, PCWG3, comparison and its outputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from bonescan.cli import main
+from bonescan.errors import FollowUpError
+from bonescan.followup import Visit, check_visits, pcwg3_verdict
+from bonescan.followup.register import register_view
+from bonescan.lesions.truth import LesionTruth, load_truth, save_truth
+from bonescan.study import Study, StudyMeta
+from bonescan.synth import case_seed, generate_case
+from bonescan.synth.followup import generate_followup_cohort, generate_patient, plan_patient
+
+
+# --- PCWG3 "2+2" rule, hand cases -------------------------------------------------------------------------------
+
+def test_pcwg3_first_followup_needs_two_new_confirmed_by_two_more_six_weeks_later():
+    assert pcwg3_verdict(1).status == "no progression"
+    assert pcwg3_verdict(2).status == "unconfirmed"  # no confirmatory scan yet
+    assert pcwg3_verdict(2, 2, 42).status == "progression"  # exactly six weeks is enough
+    early = pcwg3_verdict(2, 5, 41)
+    assert early.status == "unconfirmed" and "41 days" in early.reason
+    assert pcwg3_verdict(2, 2, None).status == "unconfirmed"  # window cannot be checked
+    flare = pcwg3_verdict(4, 1, 60)
+    assert flare.status == "no progression" and "not confirmed" in flare.reason
+    assert pcwg3_verdict(0, 0, 60).status == "no progression"
+    # Fewer than 2 new on the first follow-up but >= 2 new on the next scan: the later-scan rule starts.
+    assert pcwg3_verdict(1, 3, 60).status == "unconfirmed"
+    with pytest.raises(ValueError):
+        pcwg3_verdict(-1)
+
+
+def test_pcwg3_later_scan_needs_two_new_still_seen_six_weeks_later():
+    assert pcwg3_verdict(1, first_followup=False).status == "no progression"
+    assert pcwg3_verdict(2, first_followup=False).status == "unconfirmed"
+    # On a later scan, confirmation means the new lesions are still there (no further 2 needed).
+    assert pcwg3_verdict(2, 2, 50, first_followup=False).status == "progression"
+    assert pcwg3_verdict(3, 1, 50, first_followup=False).status == "no progression"
+    assert pcwg3_verdict(3, 3, 30, first_followup=False).status == "unconfirmed"
+    # The same counts on a first follow-up would need 2 MORE, not 2 persisting: the rules differ.
+    assert pcwg3_verdict(2, 1, 50).status == "no progression"
+
+
+# --- visits checked together ------------------------------------------------------------------------------------
+
+def _visit(role: str, patient: str | None, date: str | None, views: int = 2) -> Visit:
+    image = np.ones((512, 128), np.float32)
+    study = Study(f"{role}.dcm", image, image if views == 2 else None, (2.4, 2.4),
+                  StudyMeta(patient_id=patient, study_date=date))
+    return Visit(role, (study.source,), study)
+
+
+def test_visits_of_other_patients_or_out_of_order_are_refused_with_one_error():
+    with pytest.raises(FollowUpError, match="different patients"):
+        check_visits([_visit("baseline", "A", "20200101"), _visit("follow-up", "B", "20200301")])
+    forced = [_visit("baseline", "A", "20200101"), _visit("follow-up", "B", "20200301")]
+    check_visits(forced, force=True)
+    assert forced[1].timepoint == 60
+    with pytest.raises(FollowUpError, match="before its baseline"):
+        check_visits([_visit("baseline", "A", "20200301"), _visit("follow-up", "A", "20200101")])
+    with pytest.raises(FollowUpError, match="before its follow-up"):
+        check_visits([_visit("baseline", "A", "20200101"), _visit("follow-up", "A", "20200401"),
+                      _visit("confirmatory", "A", "20200301")])
+
+
+# --- registration -----------------------------------------------------------------------------------------------
+
+def test_registration_recovers_a_known_shift_and_rotation_across_pixel_sizes():
+    case = generate_case("r0", case_seed(3, 0), "paper")
+    fixed = case.anterior.astype(np.float32)
+    spacing = case.patient.pixel_spacing
+    image = sitk.GetImageFromArray(fixed)
+    image.SetSpacing((spacing, spacing))
+    known = sitk.Euler2DTransform()
+    known.SetCenter((128 * spacing, 512 * spacing))
+    known.SetAngle(np.deg2rad(3.0))
+    known.SetTranslation((14.0, -25.0))  # mm
+    # The moving study: another camera at 2.1 mm per pixel, the body moved by `known` (output point -> input).
+    moving_spacing = 2.1
+    size = (int(256 * spacing / moving_spacing), int(1024 * spacing / moving_spacing))
+    moving = sitk.Resample(image, size, known, sitk.sitkLinear, (0.0, 0.0), (moving_spacing, moving_spacing))
+    result = register_view(fixed, sitk.GetArrayFromImage(moving), (spacing, spacing),
+                           (moving_spacing, moving_spacing))
+    points = np.array([[200.0, 120.0], [600.0, 90.0], [900.0, 160.0]])  # moving pixels (row, col)
+    expected = np.array([known.TransformPoint((c * moving_spacing, r * moving_spacing)) for r, c in points])
+    expected = expected[:, ::-1] / spacing  # baseline pixels (row, col)
+    error_mm = np.linalg.norm(result.to_fixed(points) - expected, axis=1) * spacing
+    assert error_mm.max() < 3.0, error_mm
+    assert abs(np.rad2deg(result.angle) + 3.0) < 0.5  # ITK maps baseline -> moving: the inverse of `known`
+
+
+# --- synthetic follow-up ----------------------------------------------------------------------------------------
+
+def _metastases(case) -> dict[int, float]:
+    return {i: f.contrast for i, f in zip(case.visit.identities, case.findings) if i and f.category == "metastasis"}
+
+
+def test_synthetic_courses_change_what_they_should_and_keep_identities():
+    base = plan_patient(5, 0)
+    timepoints = (0, 70, 130)
+    flare = generate_patient(replace(base, change="flare", grade=3, timepoints=timepoints))
+    before, during, after = (_metastases(c) for c in flare)
+    assert before and set(during) == set(before) and set(after) <= set(before)  # nothing new
+    assert all(during[i] > before[i] for i in before)  # brighter early after therapy
+    response = generate_patient(replace(base, change="response", grade=3, timepoints=timepoints[:2]))
+    first, second = (_metastases(c) for c in response)
+    assert set(second) <= set(first) and all(second[i] < first[i] for i in second)
+    progression = generate_patient(replace(base, change="progression", grade=2, timepoints=timepoints,
+                                           confirmed=True))
+    first, second, third = (set(_metastases(c)) for c in progression)
+    assert first <= second and len(second - first) >= 1 and len(third - second) >= 2
+    # Visits differ as real ones do: placement, count level; the body is the same one.
+    a, b = progression[0], progression[1]
+    assert (a.patient.top_row, a.patient.tilt_deg) != (b.patient.top_row, b.patient.tilt_deg)
+    assert a.patient.height_mm == b.patient.height_mm and a.anterior.sum() != b.anterior.sum()
+
+
+def test_truth_files_without_identity_stay_readable(tmp_path):
+    truth = LesionTruth(np.zeros((2, 8, 4), np.uint8), np.zeros((2, 8, 4), np.uint16), [], [], [])
+    assert load_truth(save_truth(truth, tmp_path / "old.npz")).identity is None
+    truth.identity = []
+    assert load_truth(save_truth(truth, tmp_path / "new.npz")).identity == []
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three followed patients of seed 0 (stable; flare; progression with 5 new, unconfirmed), mixed cameras."""
+    out = tmp_path_factory.mktemp("followup") / "cohort"
+    generate_followup_cohort(out, patients=3, seed=0, site="mixed")
+    return out
+
+
+def test_followup_cohort_manifest_links_visits_of_each_patient(cohort):
+    df = pd.read_csv(cohort / "manifest.csv")
+    assert {"patient_id", "timepoint", "change", "truth"} <= set(df.columns)
+    for _, visits in df.groupby("patient_id"):
+        assert visits["split"].nunique() == 1 and visits["timepoint"].min() == 0
+        assert visits["timepoint"].is_monotonic_increasing and len(visits) in (2, 3)
+    assert df.groupby("patient_id")["site"].nunique().max() > 1  # visits on different cameras
+    stable = df[df["change"] == "stable"].sort_values("timepoint")
+    first, second = (load_truth(cohort / p) for p in stable["truth"])
+    followed = {i for i in first.identity if i}
+    assert followed and followed <= set(second.identity)
+
+
+def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["followup", "--manifest", str(cohort / "manifest.csv"), "--reader", "oracle", "--evaluate",
+                 "--out", str(out)]) == 0
+    html = (out / "followup_report.html").read_text()
+    assert "oracle (synthetic truth)" in html and "upper bound" in html
+    summary = pd.read_csv(out / "followup_summary.csv").set_index("change")
+    assert summary["error"].isna().all()
+    # Counts and verdicts follow the truth (the oracle reads perfectly; only registration and matching can err).
+    assert summary.loc["progression", "new"] == summary.loc["progression", "truth_new"] >= 2
+    assert summary.loc["flare", "new"] == 0 and summary.loc["flare", "verdict"] != "progression"
+    df = pd.read_csv(cohort / "manifest.csv")
+    for change in ("progression", "flare"):
+        patient = df[df["change"] == change]["patient_id"].iloc[0]
+        result = json.loads((out / patient / "followup.json").read_text())
+        assert result["reader"] == "oracle (synthetic truth)" and result["verdict"]["reason"]
+        sr = pydicom.dcmread(out / patient / "followup_sr.dcm")
+        referenced = {item.StudyInstanceUID for seq in ("CurrentRequestedProcedureEvidenceSequence",
+                                                        "PertinentOtherEvidenceSequence") for item in sr.get(seq, [])}
+        studies = {pydicom.dcmread(cohort / p, stop_before_pixels=True).StudyInstanceUID
+                   for p in df[df["patient_id"] == patient]["path"].fillna(df["anterior"])}
+        assert referenced == studies and sr.StudyInstanceUID in studies
+        assert (out / patient / "followup.png").stat().st_size > 10_000
+        numbers = [les["number"] for les in result["lesions"]]
+        assert sorted(numbers) == list(range(1, len(numbers) + 1))
+        assert set(result["followup"]["new"]) <= set(numbers)
+    assert "reader: oracle" in capsys.readouterr().out
+
+
+def test_followup_refuses_a_visit_without_both_views_and_writes_nothing(cohort, tmp_path, capsys):
+    df = pd.read_csv(cohort / "manifest.csv")
+    pairs = df[df["anterior"].fillna("") != ""]
+    if pairs.empty:
+        pytest.skip("no one-file-per-view camera among these visits")
+    row = pairs.iloc[0]
+    baseline = df[(df["patient_id"] == row["patient_id"]) & (df["timepoint"] == 0)].iloc[0]
+    base = cohort / (baseline["path"] if isinstance(baseline["path"], str) else baseline["anterior"])
+    out = tmp_path / "out"
+    code = main(["followup", str(base), str(cohort / row["anterior"]), "--reader", "oracle", "--out", str(out)])
+    assert code == 2 and "only the anterior view" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow  # trains a tiny lesion run (one epoch, 20 studies)
+def test_followup_reads_lesions_with_a_trained_lesion_network(cohort, tmp_path, capsys):
+    from bonescan.synth import generate_cohort
+
+    train = generate_cohort(tmp_path / "train", cases=20, seed=2, difficulty="easy")
+    run = tmp_path / "run"
+    assert main(["train", "--manifest", str(train.manifest), "--preset", "tiny-lesion", "--epochs", "1",
+                 "--out", str(run), "--precision", "fp32", "--workers", "0"]) == 0
+    df = pd.read_csv(cohort / "manifest.csv")
+    single_files = df.groupby("patient_id")["path"].apply(lambda p: p.notna().all())
+    visits = df[df["patient_id"] == single_files[single_files].index[0]].sort_values("timepoint")
+    paths = [str(cohort / p) for p in visits["path"]]
+    out = tmp_path / "net"
+    assert main(["followup", *paths, "--run", str(run), "--out", str(out)]) == 0
+    result = json.loads((out / "followup.json").read_text())
+    assert result["reader"].startswith("lesion network") and len(result["visits"]) == len(paths)
+    assert result["verdict"]["status"] in ("progression", "unconfirmed", "no progression")
+    assert "lesion network" in capsys.readouterr().out
+    # A run that is not a lesion run is refused with one error.
+    assert main(["followup", *paths[:2], "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+# --- linking hotspots into lesions (hand-made hotspots, no images) -----------------------------------------------
+
+def _spot(view: str, row: float, col: float, area: float = 100.0, malignancy: float = 0.9):
+    from bonescan.lesions.hotspots import Hotspot
+
+    return Hotspot(0, view, (0, 0, 1, 1), (row, col), area, "thoracic_spine", malignancy, 2.0, f"{view}{row}{col}")
+
+
+def _study(*spots):
+    from bonescan.lesions.hotspots import StudyLesions
+
+    return StudyLesions(list(spots), np.zeros((2, 4, 4), np.uint8), 0.0, {}, 1.0, 0.5)
+
+
+def test_new_lesions_are_not_hidden_by_old_ones_nearby_in_either_view():
+    from bonescan.followup.match import change_between, link_lesions
+    from bonescan.followup.register import identity
+
+    both = lambda r, c, **kw: (_spot("anterior", r, c, **kw), _spot("posterior", r, 255 - c, **kw))  # noqa: E731
+    baseline = _study(*both(300, 100), *both(700, 100), _spot("anterior", 900, 60, malignancy=0.1))
+    followup = _study(*both(301, 101, area=160.0), _spot("anterior", 500, 120), _spot("anterior", 600, 60),
+                      _spot("anterior", 900, 61, malignancy=0.8))  # benign before, called malignant now: not new
+    # Confirmatory: the old lesion, both new ones, and two more: one 4 pixels (10 mm) from the old lesion in both
+    # views, one far away.
+    confirm = _study(*both(300, 100), _spot("anterior", 500, 121), _spot("anterior", 600, 60), *both(304, 100),
+                     _spot("anterior", 800, 128))
+    results = [baseline, followup, confirm]
+    tr = [{w: identity((2.4, 2.4)) for w in ("anterior", "posterior")}] * 3
+    linking = link_lesions(results, tr, [(2.4, 2.4)] * 3, [256] * 3)
+    first = change_between(linking.lesions, results, 1, [0])
+    more = change_between(linking.lesions, results, 2, [0, 1])
+    assert len(first.new) == 2 and len(first.resolved) == 1 and len(first.grown) == 1
+    assert len(more.new) == 2  # the focus beside the old lesion is new, seen from the front and from behind
+    numbers = {les.number for les in linking.lesions}
+    assert set(first.new) | set(more.new) <= numbers and not set(first.new) & set(more.new)
+    assert pcwg3_verdict(len(first.new), len(more.new), 50).status == "progression"
