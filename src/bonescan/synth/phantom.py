@@ -77,7 +77,8 @@ def sample_patient(rng: np.random.Generator, sex: str, age: int, pixel_spacing: 
         kidney_activity=float(rng.lognormal(np.log(0.35), 0.35)),
         bladder_activity=float(rng.lognormal(np.log(3.0), 0.6)),
         bladder_radius=float(rng.uniform(0.012, 0.026)),
-        counts_per_view=float(np.clip(rng.lognormal(np.log(median), sigma), max(lo, MIN_COUNTS), min(hi, MAX_COUNTS))),
+        counts_per_view=float(np.clip(rng.lognormal(np.log(median), sigma), max(lo, MIN_COUNTS),
+                                      min(hi, MAX_COUNTS))),
     )
 
 
