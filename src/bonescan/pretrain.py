@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,6 @@ def contrastive_pretrain(table: pd.DataFrame, out: str | Path, config: PretrainC
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(cache) // config.batch_size  # full batches only: NT-Xent's negatives stay comparable
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * config.epochs)
-    augment = replace(CONTRASTIVE_AUGMENT)
     losses, top1s = [], []
     from tqdm import tqdm
 
@@ -128,7 +127,7 @@ def contrastive_pretrain(table: pd.DataFrame, out: str | Path, config: PretrainC
                    leave=False)
         for step in bar:
             rows = order[step * config.batch_size:(step + 1) * config.batch_size]
-            copies = [_augmented(cache, rows, augment, config.seed, 2 * epoch + k).to(device) for k in (0, 1)]
+            copies = [_augmented(cache, rows, CONTRASTIVE_AUGMENT, config.seed, 2 * epoch + k).to(device) for k in (0, 1)]
             loss, top1 = nt_xent(model(copies[0]), model(copies[1]), config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

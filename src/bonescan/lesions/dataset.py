@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ..errors import AnnotationError
-from ..data import ArrayCache, augment_pair, sample_generator
+from ..data import ArrayCache, CachedScans, augment_pair, sample_generator
 from ..fileio import atomic_path, write_text_atomic
 from ..presets import AugmentConfig
 from ..preprocess import PreprocessConfig
@@ -127,7 +126,7 @@ def _write_targets(folder: Path, cache: ArrayCache, paths: list[str]) -> None:
                                                          "failures": failures}))
 
 
-class LesionScans(Dataset):
+class LesionScans(CachedScans):
     """(images 2 x H x W, regions 2 x H x W, hot 2 x H x W, weights [has_truth, has_regions]) for chosen rows.
 
     Augmentation: the scan-level intensity changes of `augment_pair` (count statistics, gain), then a left-right
@@ -137,17 +136,10 @@ class LesionScans(Dataset):
 
     def __init__(self, cache: ArrayCache, targets: LesionTargets, rows: Sequence[int],
                  augment: AugmentConfig | None = None, seed: int = 0):
-        self.cache, self.targets = cache, targets
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
+        super().__init__(cache, rows, augment, seed)
+        self.targets = targets
+        # Geometry is applied here to images and targets together; augment_pair only changes intensities.
+        self.intensity = None if augment is None else replace(augment, shift=0.0, scale=0.0, flip_probability=0.0)
 
     def __getitem__(self, index: int):
         row = int(self.rows[index])
@@ -156,8 +148,7 @@ class LesionScans(Dataset):
         hot = torch.from_numpy(np.asarray(self.targets.hot[row], dtype=np.int64))
         if self.augment is not None and self.augment.enabled:
             generator = sample_generator(self.seed, self.epoch, row)
-            intensity = replace(self.augment, shift=0.0, scale=0.0, flip_probability=0.0)
-            pair = augment_pair(pair, intensity, generator)
+            pair = augment_pair(pair, self.intensity, generator)
             if float(torch.rand((), generator=generator)) < self.augment.flip_probability:
                 pair, hot = pair.flip(-1), hot.flip(-1)
                 regions = torch.from_numpy(FLIP_LABELS)[regions.flip(-1)]
