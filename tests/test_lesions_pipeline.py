@@ -42,6 +42,48 @@ def test_small_lesions_survive_downscaling_and_posterior_targets_are_mirrored():
     assert (small_regions[0, 5:10, 1:4] == BY_NAME["ribs_right"].label).all()
 
 
+def test_box_truth_trains_its_core_and_leaves_the_band_out_of_the_loss():
+    from bonescan.lesions.annotations import box_supervision
+    from bonescan.lesions.dataset import IGNORE
+    from bonescan.lesions.task import lesion_loss
+    from bonescan.lesions.truth import LesionTruth
+
+    instances = np.zeros((2, 64, 32), np.uint16)
+    instances[0, 20:32, 8:20] = 1  # a 12 x 12 box around a metastasis
+    truth = LesionTruth(np.zeros((2, 64, 32), np.uint8), instances, ["metastasis"], ["box"], [""],
+                        has_regions=False, boxes=True)
+    core, ignore = box_supervision(truth, band=2)
+    _, hot = targets_in_network_geometry(truth.regions, core, [1], PreprocessConfig(height=32, width=16), ignore)
+    assert (hot[0, 12:14, 6:8] == 2).all()  # the core, at half size
+    assert (hot[0, 9, 4:10] == IGNORE).all() and (hot[0, 16, 4:10] == IGNORE).all()  # the band above and below
+    assert (hot[0, :8] == 0).all() and (hot[1] == 0).all()
+    logits = torch.zeros((1, 2, N_LABELS + 2, 32, 16), requires_grad=True)
+    lesion_loss(logits, torch.zeros((1, 2, 32, 16), dtype=torch.long), torch.from_numpy(hot[None].astype(np.int64)),
+                torch.tensor([[1.0, 0.0]])).backward()
+    grad = logits.grad[0, 0, N_LABELS:].abs().sum(0)
+    band = torch.from_numpy(hot[0] == IGNORE)
+    assert grad[band].max() == 0 and (grad[~band] > 0).all()
+    assert logits.grad[0, :, :N_LABELS].abs().max() == 0  # box-only truth has no regions to learn
+
+
+def test_metastasis_map_learns_a_small_lesion_beside_a_large_kidney():
+    """The metastasis map has its own loss: a 4-pixel metastasis is not drowned by a 200-pixel kidney."""
+    from bonescan.lesions.network import HOTSPOT, MALIGNANCY
+    from bonescan.lesions.task import lesion_loss
+
+    hot = torch.zeros((1, 2, 32, 16), dtype=torch.long)
+    hot[0, :, 4:24, 2:12] = 1  # a kidney
+    hot[0, :, 28:30, 13:15] = 2  # a metastasis
+    logits = torch.zeros((1, 2, N_LABELS + 2, 32, 16), requires_grad=True)
+    lesion_loss(logits, torch.zeros((1, 2, 32, 16), dtype=torch.long), hot, torch.tensor([[1.0, 0.0]])).backward()
+    metastasis_grad = logits.grad[0, 0, MALIGNANCY]
+    # gradient descent raises the metastasis logit on the metastasis and lowers it on the kidney, harder there than
+    # on plain background
+    assert (metastasis_grad[28:30, 13:15] < 0).all() and (metastasis_grad[4:24, 2:12] > 0).all()
+    assert metastasis_grad[10, 5] > metastasis_grad[31, 0] > 0
+    assert (logits.grad[0, 0, HOTSPOT][28:30, 13:15] < 0).all()
+
+
 def test_flip_augmentation_swaps_left_and_right_regions():
     assert FLIP_LABELS[BY_NAME["femur_left"].label] == BY_NAME["femur_right"].label
     assert FLIP_LABELS[BY_NAME["skull"].label] == BY_NAME["skull"].label
@@ -62,22 +104,26 @@ def test_hotspots_are_numbered_components_with_region_malignancy_uptake_and_bsi(
     shape = (64, 32)
     maps = np.zeros((2, 3, 32, 16), np.float32)  # network size: half the stored size
     maps[:, 0, 4:28, 4:12] = BY_NAME["pelvis"].label
-    maps[0, 1, 8:12, 6:10] = 0.9  # a hotspot in the pelvis, anterior
-    maps[0, 2, 6:14, 4:12] = 0.8
+    maps[0, 1, 8:12, 6:10] = 0.9  # a hotspot in the pelvis, anterior, peaking at 0.8 in the metastasis map
+    maps[0, 2, 8:12, 6:10] = 0.6
+    maps[0, 2, 9:11, 7:9] = 0.8
     maps[0, 1, 20:24, 6:10] = 0.9  # a second one lower down, benign
     maps[0, 2, 18:26, 4:12] = 0.1
     maps[1, 1, 30, 1] = 0.4  # below the hotspot threshold
+    maps[1, 1, 4:8, 4:8] = 0.3  # faint in the hotspot map, but the metastasis map finds it: a hotspot too
+    maps[1, 2, 4:8, 4:8] = 0.7
     anterior = np.full(shape, 10.0, np.float32)
     anterior[16:24, 12:20] = 40.0
     lesions, numbers = study_lesions(maps, anterior, anterior.copy(), pixel_spacing=2.4, study_key="s1")
-    assert [h.number for h in lesions.hotspots] == [1, 2] and numbers.shape == (2,) + shape
-    first, second = lesions.hotspots
+    assert [h.number for h in lesions.hotspots] == [1, 2, 3] and numbers.shape == (2,) + shape
+    first, second, third = lesions.hotspots
     assert first.view == "anterior" and first.region == "pelvis" and first.centroid[0] < second.centroid[0]
     assert first.malignancy == pytest.approx(0.8, abs=0.05) and second.malignancy < 0.5
+    assert third.view == "posterior" and third.malignancy == pytest.approx(0.7, abs=0.05)
     assert first.uptake_ratio == pytest.approx(4.0, rel=0.2) and second.uptake_ratio == pytest.approx(1.0, rel=0.2)
     assert first.area_mm2 == pytest.approx((numbers[0] == 1).sum() * 2.4**2)
-    assert lesions.n_malignant == 1 and lesions.probability == pytest.approx(first.malignancy)
-    bsi, _ = bone_scan_index(lesions.regions, numbers == 1)
+    assert lesions.n_malignant == 2 and lesions.probability == pytest.approx(first.malignancy)
+    bsi, _ = bone_scan_index(lesions.regions, (numbers == 1) | (numbers == 3))
     assert lesions.bsi == pytest.approx(bsi) and lesions.bsi > 0
     again, _ = study_lesions(maps, anterior, anterior.copy(), pixel_spacing=2.4, study_key="s1")
     assert again.hotspots[0].uid == first.uid  # tracking UIDs are stable across runs
@@ -174,3 +220,84 @@ def _content_values(dataset) -> list[str]:
                 values.append(str(item[key][0].CodeMeaning))
         values += _content_values(item)
     return values
+
+
+def _segment_masks(path) -> dict[str, np.ndarray]:
+    """Segment label -> mask, rebuilt from a SEG file's frames."""
+    seg = pydicom.dcmread(path)
+    labels = {item.SegmentNumber: item.SegmentLabel for item in seg.SegmentSequence}
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    masks = {}
+    for frame, groups in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        identification = groups.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        masks[labels[identification[0].ReferencedSegmentNumber]] = frame.astype(bool)
+    return masks
+
+
+def test_segmentation_per_view_points_at_the_source_frame_and_keeps_tracking_uids(tmp_path, lesion_setup):
+    from bonescan.dicom_out import ReadingResult, write_dicom_results
+    from bonescan.io import read_study
+    from bonescan.io.dicom import decide_views
+    from bonescan.lesions.hotspots import Hotspot, StudyLesions
+    from bonescan.lesions.truth import load_truth
+
+    _, manifest_path, manifest, _, _ = lesion_setup
+    source = manifest.loc[0, "path"]
+    study = read_study(source)
+    truth = load_truth(manifest.loc[0, "truth"])
+    numbers = np.zeros(truth.regions.shape, np.uint16)
+    numbers[0, 100:106, 60:66] = 1
+    numbers[1, 300:310, 120:128] = 2
+    hotspots = [Hotspot(1, "anterior", (100, 60, 106, 66), (102.5, 62.5), 207.0, "skull", 0.9, 2.0, "1.2.3.9.1"),
+                Hotspot(2, "posterior", (300, 120, 310, 128), (304.5, 123.5), 460.0, "pelvis", 0.2, 1.5,
+                        "1.2.3.9.2")]
+    lesions = StudyLesions(hotspots, truth.regions, 0.3, {"skull": 0.3}, 0.9, 0.5)
+    written = write_dicom_results(tmp_path, study, np.zeros((40, 30, 3), np.uint8),
+                                  ReadingResult(0.8, True, "youden", 0.5), [source], lesions=lesions,
+                                  hotspot_numbers=numbers)
+    assert len(written.segmentations) == 2
+    frame_of = {view: k + 1 for k, view in enumerate(decide_views(pydicom.dcmread(source), 2).views)}
+    source_uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    for index, (path, view, number) in enumerate(zip(written.segmentations, ("anterior", "posterior"), (1, 2))):
+        seg = pydicom.dcmread(path)
+        assert seg.Modality == "SEG" and path.name.endswith(f"_seg_{view}.dcm")
+        references = [item for groups in seg.PerFrameFunctionalGroupsSequence
+                      for item in groups.DerivationImageSequence[0].SourceImageSequence]
+        assert {(item.ReferencedSOPInstanceUID, item.ReferencedFrameNumber) for item in references} \
+            == {(source_uid, frame_of[view])}
+        masks = _segment_masks(path)
+        assert np.array_equal(masks[f"hotspot {number}"], numbers[index] == number)
+        assert f"hotspot {3 - number}" not in masks  # the other view's hotspot is in the other SEG
+        skull = BY_NAME["skull"]
+        assert np.array_equal(masks[skull.title], truth.regions[index] == skull.label)
+        tracked = {item.SegmentLabel: item.get("TrackingUID") for item in seg.SegmentSequence}
+        assert tracked[f"hotspot {number}"] == hotspots[number - 1].uid
+    if DCIODVFY:
+        for path in written.segmentations:
+            check = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+            assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1_path):
+    from bonescan.dicom_out import ReadingResult, write_dicom_results
+    from bonescan.io import read_study
+    from bonescan.lesions.hotspots import StudyLesions
+
+    study = read_study(nm1_path)
+    rows, cols = study.anterior.shape
+    regions = np.zeros((2, rows, cols), np.uint8)
+    regions[:, : rows // 8] = BY_NAME["skull"].label
+    lesions = StudyLesions([], regions, 0.0, {}, 0.0, 0.5)
+    written = write_dicom_results(tmp_path, study, np.zeros((40, 30, 3), np.uint8),
+                                  ReadingResult(0.2, False, "youden", 0.5), [nm1_path], lesions=lesions,
+                                  hotspot_numbers=np.zeros((2, rows, cols), np.uint16))
+    assert len(written.segmentations) == 1 and written.segmentations[0].name.endswith("_seg_anterior.dcm")
+    seg = pydicom.dcmread(written.segmentations[0])
+    assert "ReferencedFrameNumber" not in seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0] \
+        .SourceImageSequence[0]
+    assert list(_segment_masks(written.segmentations[0])) == [BY_NAME["skull"].title]
+    png = tmp_path / "plain"
+    written = write_dicom_results(png, study, np.zeros((40, 30, 3), np.uint8), ReadingResult(0.2, False, "youden",
+                                  0.5), [], lesions=lesions, hotspot_numbers=np.zeros((2, rows, cols), np.uint16))
+    assert written.segmentations == [] and any("no Segmentation" in w for w in written.warnings)

@@ -62,6 +62,7 @@ class DicomResult:
     secondary_capture: Path
     structured_report: Path
     warnings: list[str] = field(default_factory=list)
+    segmentations: list[Path] = field(default_factory=list)  # hotspots and regions, one SEG per view
 
 
 def read_source_headers(files: Sequence[str | Path]) -> list[Dataset]:
@@ -197,11 +198,14 @@ def write_dicom_results(
     algorithm: AlgorithmInfo = AlgorithmInfo(),
     file_stem: str | None = None,
     lesions=None,
+    hotspot_numbers: np.ndarray | None = None,
 ) -> DicomResult:
     """Write the Secondary Capture and the SR of one study into `out_dir` (atomically) and return their paths.
 
     Files are named `<stem>_heatmap_sc.dcm` and `<stem>_report_sr.dcm`; the stem defaults to the study id.
-    `lesions` (a `bonescan.lesions.hotspots.StudyLesions`) adds the BSI and one measurement group per hotspot.
+    `lesions` (a `bonescan.lesions.hotspots.StudyLesions`) adds the BSI and one measurement group per hotspot;
+    with its hotspot number map ([2, H, W]) and DICOM sources, also `<stem>_seg_<view>.dcm`, the DICOM
+    Segmentation of each view (`bonescan.lesions.segmentation`).
     """
     headers = read_source_headers(source_files)
     warnings = []
@@ -217,10 +221,21 @@ def write_dicom_results(
     stem = file_stem or safe_file_stem(study.study_id)
     out_dir = Path(out_dir)
     paths = (out_dir / f"{stem}_heatmap_sc.dcm", out_dir / f"{stem}_report_sr.dcm")
-    for dataset, path in zip((capture, report), paths):
+    datasets, paths = [capture, report], list(paths)
+    if lesions is not None and hotspot_numbers is not None:
+        from .lesions.segmentation import build_segmentations
+
+        if headers:
+            for view, seg in build_segmentations(lesions, hotspot_numbers, headers).items():
+                datasets.append(seg)
+                paths.append(out_dir / f"{stem}_seg_{view}.dcm")
+        else:
+            warnings.append("source is not DICOM: no Segmentation written (it must reference the source frames)")
+    for dataset, path in zip(datasets, paths):
         with atomic_path(path) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)
-    return DicomResult(secondary_capture=paths[0], structured_report=paths[1], warnings=warnings)
+    return DicomResult(secondary_capture=paths[0], structured_report=paths[1], warnings=warnings,
+                       segmentations=paths[2:])
 
 
 def safe_file_stem(study_id: str) -> str:

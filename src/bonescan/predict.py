@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
-LESION_FIELDS = ("bsi", "n_malignant", "probability_from_lesions", "lesions")
+LESION_FIELDS = ("bsi", "n_malignant", "probability_from_lesions", "lesions", "dicom_seg")
 ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
@@ -104,6 +104,7 @@ class StudyOutcome:
     n_malignant: int | None = None
     probability_from_lesions: float | None = None
     lesions: str | None = None
+    dicom_seg: str | None = None  # with --dicom-out: the Segmentation files (one per view), separated by ";"
 
     @property
     def name(self) -> str:
@@ -568,8 +569,11 @@ class OutputWriter:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
-                                          file_stem=stem, lesions=lesions[0] if lesions is not None else None)
+                                          file_stem=stem, lesions=lesions[0] if lesions is not None else None,
+                                          hotspot_numbers=lesions[1] if lesions is not None else None)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
+            if written.segmentations:
+                outcome.dicom_seg = ";".join(str(path) for path in written.segmentations)
             outcome.warnings += written.warnings
 
 

@@ -2,9 +2,11 @@
 
 Targets per cached study and view, at the preprocessed size (posterior mirrored like the images):
 - `regions` uint8: skeletal-region labels, sampled at the pixel centres (nearest);
-- `hot` uint8: 0 background, 1 hotspot that is not a metastasis (benign, artifact, physiological), 2 metastasis.
-  A network pixel is hot when at least a quarter of its area is, so a lesion a few stored pixels wide survives
-  the downscaling.
+- `hot` uint8: 0 background, 1 hotspot that is not a metastasis (benign, artifact, physiological), 2 metastasis,
+  3 (IGNORE) neither: the band around a box of box-only truth, which may or may not be lesion. A network pixel is
+  hot when at least a quarter of its area is, so a lesion a few stored pixels wide survives the downscaling.
+  Box-only truth (`truth.boxes`) trains through `annotations.box_supervision`: each box's core is the hotspot,
+  the band around its edge is ignored, the rest is background.
 Studies without truth (no `truth` column, or an empty cell) keep weight 0 in every lesion loss; box-only truth
 (`has_regions` false) keeps weight 0 in the region loss only.
 """
@@ -28,10 +30,13 @@ from ..data import ArrayCache, CachedScans, augment_pair, sample_generator
 from ..fileio import atomic_path, write_text_atomic
 from ..presets import AugmentConfig
 from ..preprocess import PreprocessConfig
+from .annotations import box_supervision
 from .regions import BY_NAME, N_LABELS, REGIONS
 from .truth import load_truth
 
 HOT_FRACTION = 0.25
+IGNORE = 3
+TARGETS_FORMAT = 2  # part of the targets folder name: a new format rebuilds the targets
 # Region labels swapped by a left-right flip (a mirrored body's left ribs are where its right ribs were).
 FLIP_LABELS = np.arange(N_LABELS, dtype=np.int64)
 for _region in REGIONS:
@@ -52,20 +57,28 @@ class LesionTargets:
 
 
 def targets_in_network_geometry(regions: np.ndarray, instances: np.ndarray, malignant_ids: Sequence[int],
-                                preprocess: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(regions, hot) [2, h, w] uint8 from stored-size [2, H, W] truth, laid out as the preprocessed images."""
+                                preprocess: PreprocessConfig,
+                                ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(regions, hot) [2, h, w] uint8 from stored-size [2, H, W] truth, laid out as the preprocessed images.
+
+    `ignore` [2, H, W] bool: stored pixels that are neither lesion nor background; network pixels that are not hot
+    and touch one become IGNORE."""
     regions, instances = np.asarray(regions), np.asarray(instances)
+    ignore = np.zeros(instances.shape, bool) if ignore is None else np.asarray(ignore, bool)
     if preprocess.mirror_posterior:
         regions = np.stack([regions[0], regions[1, :, ::-1]])
         instances = np.stack([instances[0], instances[1, :, ::-1]])
+        ignore = np.stack([ignore[0], ignore[1, :, ::-1]])
     rows, cols = regions.shape[1:]
     h, w = preprocess.height, preprocess.width
     r = np.clip(((np.arange(h) + 0.5) * rows / h).astype(np.int64), 0, rows - 1)
     c = np.clip(((np.arange(w) + 0.5) * cols / w).astype(np.int64), 0, cols - 1)
     small_regions = regions[:, r][:, :, c]
-    masks = torch.from_numpy(np.stack([instances > 0, np.isin(instances, list(malignant_ids))]).astype(np.float32))
-    area = F.interpolate(masks.reshape(4, 1, rows, cols), size=(h, w), mode="area").reshape(2, 2, h, w).numpy()
-    hot = np.where(area[1] >= HOT_FRACTION, 2, np.where(area[0] >= HOT_FRACTION, 1, 0)).astype(np.uint8)
+    masks = torch.from_numpy(np.stack([instances > 0, np.isin(instances, list(malignant_ids)), ignore])
+                             .astype(np.float32))
+    area = F.interpolate(masks.reshape(6, 1, rows, cols), size=(h, w), mode="area").reshape(3, 2, h, w).numpy()
+    hot = np.where(area[1] >= HOT_FRACTION, 2, np.where(area[0] >= HOT_FRACTION, 1,
+                                                         np.where(area[2] > 0, IGNORE, 0))).astype(np.uint8)
     return small_regions.astype(np.uint8), hot
 
 
@@ -83,7 +96,7 @@ def build_targets(cache: ArrayCache, manifest: pd.DataFrame, build: bool = True)
         except OSError:
             stat = None
         stamps.append([path, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
-    digest = hashlib.sha256(json.dumps([cache.key, stamps]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([TARGETS_FORMAT, cache.key, stamps]).encode()).hexdigest()[:16]
     folder = cache.folder / f"lesions-{digest}"
     if build and not (folder / "index.json").is_file():
         _write_targets(folder, cache, paths)
@@ -113,8 +126,9 @@ def _write_targets(folder: Path, cache: ArrayCache, paths: list[str]) -> None:
             failures.append({"case_id": cache.case_ids[row], "source": path, "reason": str(error)})
             continue
         malignant = [i + 1 for i, c in enumerate(truth.category) if c == "metastasis"]
-        regions[row], hot[row] = targets_in_network_geometry(truth.regions, truth.instances, malignant,
-                                                             cache.preprocess)
+        instances, ignore = box_supervision(truth)
+        regions[row], hot[row] = targets_in_network_geometry(truth.regions, instances, malignant, cache.preprocess,
+                                                             ignore)
         # Region-only truth (no findings annotated) teaches regions only; the lesion losses leave it out.
         has_truth[row], has_regions[row] = truth.has_findings, truth.has_regions
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 
 From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesions` at the stored image size:
 - regions: the most likely class per network pixel, repeated to the stored size (nearest), posterior mirrored back;
-- hotspots: connected components (8-neighbourhood) of the hotspot probability >= HOTSPOT_THRESHOLD after bilinear
-  upsampling to the stored size, dropping components under MIN_AREA_MM2; malignancy is the mean malignancy
-  probability inside the component; the region is the most common skeletal region under it ("" if none);
+- hotspots: connected components (8-neighbourhood) of pixels whose hotspot or metastasis probability is
+  >= HOTSPOT_THRESHOLD after bilinear upsampling to the stored size, dropping components under MIN_AREA_MM2;
+  malignancy is the largest metastasis probability inside the component (a small metastasis peaks at its centre;
+  a mean would dilute it with its rim); the region is the most common skeletal region under it ("" if none);
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
   of the same view;
 - BSI: `bone_scan_index` over the pixels of hotspots whose malignancy reaches the threshold;
@@ -97,7 +98,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     hotspots: list[Hotspot] = []
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
     for view in range(2):
-        components, n = ndimage.label(probabilities[view, 0] >= HOTSPOT_THRESHOLD, structure=_EIGHT)
+        components, n = ndimage.label(probabilities[view].max(axis=0) >= HOTSPOT_THRESHOLD, structure=_EIGHT)
         if n == 0:
             continue
         found = []
@@ -121,7 +122,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                 box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
                 centroid=(float(rows.mean() + window[0].start), float(cols.mean() + window[1].start)),
                 area_mm2=area * pixel_spacing**2, region=region,
-                malignancy=float(probabilities[view, 1][window][mask].mean()),
+                malignancy=float(probabilities[view, 1][window][mask].max()),
                 uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
                     entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
                 mask=mask.copy()))

@@ -1,12 +1,18 @@
 """The lesion training task: what `bonescan train` does differently when `TrainConfig.task` is "lesion".
 
 Loss per batch, over the studies with truth only (the others are counted in the log and stay out):
-- regions: cross-entropy over background + 20 regions, per view (studies whose truth has region maps);
-- hotspots: binary cross-entropy plus a soft Dice on the foreground (Dice keeps the few hot pixels, ~0.5 % of a
-  view, from drowning in background);
-- malignancy: binary cross-entropy inside true hotspots (metastasis 1, every other hotspot 0).
-Validation score: the mean of the region Dice (averaged over the 20 regions) and the Dice of malignant hotspot
-pixels (predicted hot and malignant against true metastasis pixels), on the validation split.
+- regions: cross-entropy plus a soft Dice averaged over the regions present (studies whose truth has region maps);
+- hotspot map (any hotspot): binary cross-entropy plus a soft Dice over the batch (Dice keeps the few hot pixels,
+  ~0.5 % of a view, from drowning in background);
+- metastasis map: P(pixel belongs to a metastasis), its own cross-entropy (metastasis pixels weighted
+  METASTASIS_WEIGHT, non-metastatic hotspots OTHER_HOTSPOT_WEIGHT as the hard negatives) plus a soft Dice on
+  metastasis pixels only. Separate from the hotspot map on purpose: with one Dice over all hotspots, kidneys and
+  bladder (~160 network pixels each against ~20 for a metastasis) dominate and metastases are never learned
+  (measured). The map is unconditional (not "malignant if hot"), so a spurious blob the hotspot map finds still
+  gets a low malignancy.
+Pixels marked IGNORE (the band around a box of box-only truth, see `annotations.box_supervision`) count in neither.
+Validation score: the mean of the region Dice (averaged over the 20 regions) and the Dice of metastasis pixels
+(metastasis map >= 0.5 against true metastasis pixels), on the validation split.
 """
 
 from __future__ import annotations
@@ -24,9 +30,15 @@ from ..device import Precision
 from ..errors import ManifestError
 from ..presets import TrainConfig
 from ..train import DistContext
-from .dataset import LesionScans, build_targets
+from .dataset import IGNORE, LesionScans, build_targets
 from .network import HOTSPOT, MALIGNANCY, build_lesion_net
 from .regions import N_LABELS
+
+# Pixel weights of the metastasis map's cross-entropy: hotspots that are not metastases (kidneys, bladder, injection
+# sites, benign uptake) are its hard negatives; metastasis pixels weigh more so the rare positives are not drowned,
+# but far from the ~1,000x of full class balance, which paints the whole skeleton (measured).
+OTHER_HOTSPOT_WEIGHT = 2.0
+METASTASIS_WEIGHT = 5.0
 
 
 class LesionTask:
@@ -100,28 +112,49 @@ class LesionTask:
 
 
 def lesion_loss(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Region CE + hotspot BCE and soft Dice + malignancy BCE, over the studies with truth (see the module doc)."""
+    """Region CE + soft Dice, hotspot BCE + Dice, metastasis weighted BCE + Dice (see the module doc)."""
     has_truth, has_regions = weights[:, 0], weights[:, 1]
     b, views = logits.shape[:2]
     flat = logits.reshape(b * views, *logits.shape[2:])
-    study_weight = has_truth.repeat_interleave(views)
-    region_weight = has_regions.repeat_interleave(views)
-    per_view = F.cross_entropy(flat[:, :N_LABELS], regions.reshape(b * views, *regions.shape[2:]),
-                               reduction="none").mean(dim=(1, 2))
-    region_loss = (per_view * region_weight).sum() / region_weight.sum().clamp_min(1.0)
-    truth_hot = (hot.reshape(b * views, *hot.shape[2:]) > 0).float()
-    hot_logit = flat[:, HOTSPOT]
-    bce = F.binary_cross_entropy_with_logits(hot_logit, truth_hot, reduction="none").mean(dim=(1, 2))
-    mask = study_weight[:, None, None]
-    probability = torch.sigmoid(hot_logit) * mask
-    target = truth_hot * mask
-    dice = 1.0 - (2.0 * (probability * target).sum() + 1.0) / (probability.sum() + target.sum() + 1.0)
-    hot_loss = (bce * study_weight).sum() / study_weight.sum().clamp_min(1.0) + dice
-    inside = truth_hot * mask
-    malignant = (hot.reshape(b * views, *hot.shape[2:]) == 2).float()
-    malignancy = F.binary_cross_entropy_with_logits(flat[:, MALIGNANCY], malignant, reduction="none")
-    malignancy_loss = (malignancy * inside).sum() / inside.sum().clamp_min(1.0)
-    return region_loss + hot_loss + malignancy_loss
+    region_views = has_regions.repeat_interleave(views).bool()
+    region_loss = logits.new_zeros(())
+    if region_views.any():
+        region_logits = flat[region_views, :N_LABELS]
+        region_truth = regions.reshape(b * views, *regions.shape[2:])[region_views]
+        region_loss = F.cross_entropy(region_logits, region_truth) + _region_dice_loss(region_logits, region_truth)
+    truth_views = has_truth.repeat_interleave(views).bool()
+    if not truth_views.any():
+        return region_loss
+    hot = hot.reshape(b * views, *hot.shape[2:])[truth_views]
+    hot_logit, metastasis_logit = flat[truth_views, HOTSPOT], flat[truth_views, MALIGNANCY]
+    counted = (hot != IGNORE).float()
+    any_hot, metastasis = ((hot == 1) | (hot == 2)).float(), (hot == 2).float()
+    hot_loss = _bce_and_dice(hot_logit, any_hot, counted, counted)
+    # Non-metastatic hotspots are the hard negatives of the metastasis map.
+    weight = counted * (1.0 + (OTHER_HOTSPOT_WEIGHT - 1.0) * (hot == 1).float() + (METASTASIS_WEIGHT - 1.0) * metastasis)
+    metastasis_loss = _bce_and_dice(metastasis_logit, metastasis, weight, counted)
+    return region_loss + hot_loss + metastasis_loss
+
+
+def _bce_and_dice(logit: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                  counted: torch.Tensor) -> torch.Tensor:
+    """Pixel-weighted mean binary cross-entropy plus 1 - soft Dice over the batch (IGNORE pixels out of both)."""
+    bce = F.binary_cross_entropy_with_logits(logit, target, weight=weight, reduction="sum") / counted.sum().clamp_min(1)
+    probability = torch.sigmoid(logit) * counted
+    dice = (2.0 * (probability * target).sum() + 1.0) / (probability.sum() + target.sum() + 1.0)
+    return bce + 1.0 - dice
+
+
+def _region_dice_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the region classes present in the batch (background excluded): small bones weigh as
+    much as the skull, which cross-entropy alone lets them not do."""
+    probability = torch.softmax(logits, dim=1)[:, 1:]
+    target = F.one_hot(truth, N_LABELS).permute(0, 3, 1, 2)[:, 1:].to(probability.dtype)
+    overlap = (probability * target).sum(dim=(0, 2, 3))
+    total = probability.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    present = target.sum(dim=(0, 2, 3)) > 0
+    dice = (2.0 * overlap + 1.0) / (total + 1.0)
+    return 1.0 - dice[present].mean() if present.any() else logits.new_zeros(())
 
 
 def _overlaps(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -133,7 +166,7 @@ def _overlaps(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, we
     t = F.one_hot(truth.reshape(-1), N_LABELS).bool()
     region = torch.stack([(p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0)]).reshape(-1).double()
     has = weights[:, 0].bool()
-    malignant_pred = (logits[has][:, :, HOTSPOT] > 0) & (logits[has][:, :, MALIGNANCY] > 0)
+    malignant_pred = logits[has][:, :, MALIGNANCY] > 0
     malignant_true = hot[has] == 2
     lesion = torch.stack([(malignant_pred & malignant_true).sum(), (malignant_pred & ~malignant_true).sum(),
                           (~malignant_pred & malignant_true).sum()]).double()
