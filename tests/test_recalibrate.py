@@ -69,3 +69,18 @@ def test_recalibrate_command_writes_a_new_run_and_leaves_the_old_one(tmp_path, c
     assert main(["recalibrate", "--run", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "r2")]) == 2
     assert "not empty" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r2.")]
+    # Predictions with the recalibrated run report the probability after its temperature beside the model's own;
+    # the decision still compares the model's probability with the re-chosen threshold.
+    import pandas as pd
+
+    from bonescan.evaluate.calibration import apply_temperature
+
+    assert main(["predict", "--run", str(tmp_path / "r2"), "--manifest", str(manifest), "--split", "test",
+                 "--engine", "torch", "--out", str(tmp_path / "p2.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "p2.csv")
+    assert np.allclose(rows["calibrated_probability"], apply_temperature(rows["probability"], points["temperature"]),
+                       atol=1e-6)
+    assert ((rows["probability"] >= points["youden"]) == (rows["decision"] == "metastasis")).all()
+    assert main(["predict", "--run", str(run), "--manifest", str(manifest), "--split", "test", "--engine", "torch",
+                 "--out", str(tmp_path / "p1.csv")]) == 0
+    assert "calibrated_probability" not in pd.read_csv(tmp_path / "p1.csv").columns

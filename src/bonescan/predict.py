@@ -23,6 +23,7 @@ import copy
 import functools
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,16 @@ class OperatingPoint:
     name: str
     threshold: float
     warning: str | None = None
+    # Fitted by `bonescan recalibrate` (or evaluate's temperature scaling): the probability reported as calibrated
+    # is expit(logit(p) / temperature). Decisions compare the model's own probability with the threshold.
+    temperature: float | None = None
+
+    def calibrated(self, probability: float) -> float | None:
+        if self.temperature is None:
+            return None
+        from .evaluate.calibration import apply_temperature  # scipy only, no torch: the exported engine path
+
+        return round(float(apply_temperature([probability], self.temperature)[0]), 6)
 
 
 def resolve_operating_point(run_dir: str | Path, name: str = "youden") -> OperatingPoint:
@@ -78,7 +89,17 @@ def resolve_operating_point(run_dir: str | Path, name: str = "youden") -> Operat
     threshold = float(points[name])
     if not 0.0 <= threshold <= 1.0:
         raise RunError(path, f"threshold {threshold} for {name!r} is not a probability")
-    return OperatingPoint(name=name, threshold=threshold)
+    return OperatingPoint(name=name, threshold=threshold, temperature=load_temperature(path))
+
+
+def load_temperature(path: Path) -> float | None:
+    """The temperature stored beside the thresholds, None when there is none; RunError when it is not usable."""
+    value = json.loads(path.read_text(encoding="utf-8")).get("temperature")
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RunError(path, f"temperature {value!r} must be a positive number")
+    return float(value)
 
 
 @dataclass
@@ -89,6 +110,8 @@ class StudyOutcome:
     source: str
     status: str  # "ok" or "failed"
     probability: float | None = None
+    # With a run recalibrated for this site (`bonescan recalibrate`): the probability after its temperature.
+    calibrated_probability: float | None = None
     decision: str | None = None  # "metastasis" / "no metastasis"
     operating_point: str | None = None
     threshold: float | None = None
@@ -141,6 +164,8 @@ class PredictionReport:
         fields = [name for name in StudyOutcome.__dataclass_fields__ if name != "case_id"]
         if all(s.lesions is None for s in self.studies):  # no lesion run: the CSV keeps its classifier columns
             fields = [name for name in fields if name not in LESION_FIELDS]
+        if all(s.calibrated_probability is None for s in self.studies):  # run not recalibrated
+            fields.remove("calibrated_probability")
         return ["case_id", *fields] if self.keyed_by_case else fields
 
     def to_frame(self) -> pd.DataFrame:
@@ -510,6 +535,7 @@ def _outcome(source: StudySource, item: _Item, probability: float, point: Operat
         source=source.source,
         status="ok",
         probability=probability,
+        calibrated_probability=point.calibrated(probability),
         decision="metastasis" if probability >= point.threshold else "no metastasis",
         operating_point=point.name,
         threshold=point.threshold,
