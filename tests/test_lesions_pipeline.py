@@ -301,3 +301,33 @@ def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1
     written = write_dicom_results(png, study, np.zeros((40, 30, 3), np.uint8), ReadingResult(0.2, False, "youden",
                                   0.5), [], lesions=lesions, hotspot_numbers=np.zeros((2, rows, cols), np.uint16))
     assert written.segmentations == [] and any("no Segmentation" in w for w in written.warnings)
+
+
+def test_hotspots_csv_of_a_sharded_job_is_rebuilt_from_every_study(tmp_path):
+    """Two processes each write their share's hotspots.csv into one folder; the merge holds every study, in order."""
+    from bonescan.lesions.hotspots import Hotspot, StudyLesions
+    from bonescan.lesions.outputs import LesionOutputs, merge_hotspots
+
+    views = np.zeros((64, 32), np.float32), np.zeros((64, 32), np.float32)
+
+    def lesions(n):
+        spots = [Hotspot(k + 1, "anterior", (2 * k, 1, 2 * k + 2, 3), (2 * k + 0.5, 1.5), 11.5, "skull",
+                         0.3 + 0.2 * k, 1.5, f"1.2.{n}.{k}") for k in range(n)]
+        numbers = np.zeros((2, 64, 32), np.uint16)
+        for spot in spots:
+            numbers[0, spot.box[0]:spot.box[2], 1:3] = spot.number
+        return StudyLesions(spots, np.zeros((2, 64, 32), np.uint8), 0.0, {}, 0.5, 0.5), numbers
+
+    single, shards = LesionOutputs(tmp_path / "single"), [LesionOutputs(tmp_path / "job"), LesionOutputs(tmp_path / "job")]
+    files = []
+    for index, name in enumerate(["a", "b", "c", "d"]):
+        single.write_study(name, *lesions(index % 3 + 1), *views)
+        files.append(shards[index % 2].write_study(name, *lesions(index % 3 + 1), *views))
+    single.finish()
+    for shard in shards:
+        shard.finish()  # the second overwrites the first: only its own studies
+    assert set(pd.read_csv(tmp_path / "job" / "hotspots.csv")["case_id"]) == {"b", "d"}
+    merge_hotspots(files)
+    merged = pd.read_csv(tmp_path / "job" / "hotspots.csv")
+    pd.testing.assert_frame_equal(merged, pd.read_csv(tmp_path / "single" / "hotspots.csv"))
+    assert list(merged["case_id"]) == ["a", "b", "b", "c", "c", "c", "d"] and merged["malignant"].sum() == 3

@@ -51,19 +51,37 @@ class LesionOutputs:
         with atomic_path(folder / f"{stem}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
         write_png(folder / f"{stem}.png", render_lesions(anterior, posterior, lesions, numbers, title or name))
-        for h in lesions.hotspots:
-            self.rows.append({"case_id": name, "number": h.number, "view": h.view, "row0": h.box[0],
-                              "col0": h.box[1], "row1": h.box[2], "col1": h.box[3],
-                              "centroid_row": round(h.centroid[0], 1), "centroid_col": round(h.centroid[1], 1),
-                              "area_mm2": round(h.area_mm2, 1), "region": h.region,
-                              "malignancy": round(h.malignancy, 4), "uptake_ratio": round(h.uptake_ratio, 3),
-                              "malignant": h.malignancy >= lesions.threshold, "uid": h.uid})
+        self.rows += hotspot_rows(record)
         return target
 
     def finish(self) -> Path:
         """Write hotspots.csv (header only when no study had a hotspot)."""
-        frame = pd.DataFrame(self.rows, columns=HOTSPOT_COLUMNS)
-        return write_text_atomic(self.folder / "hotspots.csv", frame.to_csv(index=False))
+        return _write_hotspots(self.folder, self.rows)
+
+
+def hotspot_rows(record: dict) -> list[dict]:
+    """The hotspots.csv rows of one study's lesion JSON record."""
+    threshold = record["malignancy_threshold"]
+    return [{"case_id": record["case_id"], "number": h["number"], "view": h["view"], "row0": h["box"][0],
+             "col0": h["box"][1], "row1": h["box"][2], "col1": h["box"][3], "centroid_row": h["centroid"][0],
+             "centroid_col": h["centroid"][1], "area_mm2": h["area_mm2"], "region": h["region"],
+             "malignancy": h["malignancy"], "uptake_ratio": h["uptake_ratio"],
+             "malignant": h["malignancy"] >= threshold, "uid": h["uid"]} for h in record["hotspots"]]
+
+
+def merge_hotspots(lesion_files: list[str | Path]) -> Path:
+    """Rewrite hotspots.csv from the studies' lesion JSON files, in the given order (all in one lesions/ folder).
+
+    A prediction job sharded over processes (`predict_sharded`) writes each study's files from the rank that
+    predicted it; rank 0 then makes the one hotspots.csv of the whole job from them.
+    """
+    paths = [Path(p) for p in lesion_files]
+    rows = [row for path in paths for row in hotspot_rows(json.loads(path.read_text(encoding="utf-8")))]
+    return _write_hotspots(paths[0].parent.parent, rows)
+
+
+def _write_hotspots(folder: Path, rows: list[dict]) -> Path:
+    return write_text_atomic(folder / "hotspots.csv", pd.DataFrame(rows, columns=HOTSPOT_COLUMNS).to_csv(index=False))
 
 
 def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLesions, numbers: np.ndarray,
