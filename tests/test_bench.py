@@ -44,10 +44,18 @@ def test_bench_training_reports_every_setting(monkeypatch):
     # The roofline itself is measured by a large matmul; a fixed figure keeps this test short.
     monkeypatch.setattr(bonescan.bench, "matmul_peak_gflops", lambda dtype: 1.0)
     previous = torch.get_num_threads()
-    lines = bench_training(["tiny"], ["fp32", "bf16"], steps=1, batch_size=2, threads=1, emulated_bf16=True)
+    lines = bench_training(["tiny", "tiny-lesion"], ["fp32", "bf16"], steps=1, batch_size=2, threads=1,
+                           emulated_bf16=True)
     assert torch.get_num_threads() == previous  # --threads applies only while the benchmark runs
-    rows = [line for line in lines if line.startswith("tiny")]
+    rows = [line for line in lines if line.startswith("tiny ")]
     assert len(rows) == 2 and "fp32" in rows[0] and "bf16" in rows[1]
+    lesion_rows = [line.split() for line in lines if line.startswith("tiny-lesion ")]
+    assert [row[1] for row in lesion_rows] == ["fp32", "bf16"] and lesion_rows[0][2] == "64x32"
+    from bonescan.lesions.network import LesionNetConfig, build_lesion_net
+
+    small, large = (model_gflop_per_case(build_lesion_net(LesionNetConfig()), h, w, backward=True)
+                    for h, w in ((64, 32), (128, 64)))
+    assert 0 < small and large == pytest.approx(4 * small, rel=0.05)  # the lesion network's FLOPs are counted
     assert all("MiB" in row and "%" in row for row in rows)
     assert any(line.startswith("matmul roofline: fp32 1.0 GFLOP/s, bf16 1.0") for line in lines)
     with pytest.raises(ConfigError, match="unknown precision"):

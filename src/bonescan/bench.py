@@ -65,13 +65,13 @@ def _time_matmuls(a: torch.Tensor, b: torch.Tensor, repeats: int, device: torch.
     return time.perf_counter() - start
 
 
-def model_gflop_per_case(model: MultiViewNet, height: int, width: int, backward: bool = False) -> float:
+def model_gflop_per_case(model: nn.Module, height: int, width: int, backward: bool = False) -> float:
     """GFLOP of one study (2 views) through the network: the forward pass, or with `backward` a training step's
     forward + backward. Counted by torch's FLOP counter on a meta-device copy, so nothing is computed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        meta_model = MultiViewNet(model.config)
+        meta_model = type(model)(model.config)  # the classifier or the lesion network
     meta_model.train(backward)
     inputs = torch.empty(1, 2, height, width, device="meta")
     with FlopCounterMode(display=False) as counter:
@@ -93,6 +93,22 @@ def peak_rss_mib(include_children: bool = False) -> float:
 
 # ---------------------------------------------------------------------------------------------------------------
 # bonescan bench train
+
+
+def _network_and_loss(config, batch_size: int):
+    """The preset's network and its training loss on random targets (classifier or lesion task)."""
+    if config.task == "lesion":
+        from .lesions.network import build_lesion_net
+        from .lesions.regions import N_LABELS
+        from .lesions.task import lesion_loss
+
+        h, w = config.preprocess.height, config.preprocess.width
+        regions = torch.randint(0, N_LABELS, (batch_size, 2, h, w))
+        hot = torch.randint(0, 3, (batch_size, 2, h, w))
+        weights = torch.ones(batch_size, 2)
+        return build_lesion_net(config.lesion), lambda logits: lesion_loss(logits, regions, hot, weights)
+    labels = (torch.rand(batch_size) > 0.5).float()
+    return build_model(config.model), lambda logits: nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
 def bench_training(
@@ -119,7 +135,7 @@ def bench_training(
             f"machine: {torch.get_num_threads()} torch threads, "
             f"oneDNN bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, allocator {allocator}",
             "matmul roofline: " + ", ".join(f"{name} {peak:.1f} GFLOP/s" for name, peak in peaks.items()),
-            f"{'preset':<10} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
+            f"{'preset':<16} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
             f"{'roofline':>9} {'peak RSS':>9}",
         ]
         for name in presets:
@@ -127,25 +143,24 @@ def bench_training(
             height, width = config.preprocess.height, config.preprocess.width
             for precision_name in precisions:
                 if precision_name == "bf16" and not cpu_supports_bf16() and not emulated_bf16:
-                    lines.append(f"{name:<10} {precision_name:<5} skipped: this CPU has no bf16 kernels "
+                    lines.append(f"{name:<16} {precision_name:<5} skipped: this CPU has no bf16 kernels "
                                  "(emulated bf16 is far slower than fp32; --emulated-bf16 times it anyway)")
                     continue
                 precision = choose_precision(device, precision_name)
                 torch.manual_seed(0)
-                model = build_model(config.model)
+                model, loss_of = _network_and_loss(config, batch_size)
                 if precision.channels_last:
                     model = model.to(memory_format=torch.channels_last)
                 model.train()
                 optimizer = make_optimizer(model, config)
                 images = torch.rand(batch_size, 2, height, width)
-                labels = (torch.rand(batch_size) > 0.5).float()
                 step_gflop = model_gflop_per_case(model, height, width, backward=True)
 
                 def step() -> None:
                     optimizer.zero_grad(set_to_none=True)
                     with precision.autocast():
                         logits = model(images)
-                    nn.functional.binary_cross_entropy_with_logits(logits.float(), labels).backward()
+                    loss_of(logits.float()).backward()
                     optimizer.step()
 
                 step()  # warm-up: allocations, oneDNN kernel selection
@@ -157,7 +172,7 @@ def bench_training(
                 seconds_per_case = float(np.median(times)) / batch_size
                 achieved_gflops = step_gflop / seconds_per_case
                 lines.append(
-                    f"{name:<10} {precision_name:<5} {height:>4}x{width:<4} "
+                    f"{name:<16} {precision_name:<5} {height:>4}x{width:<4} "
                     f"{step_gflop:>11.1f} {seconds_per_case:>8.3f} {1 / seconds_per_case:>8.2f} "
                     f"{achieved_gflops / peaks[precision_name]:>8.1%} {peak_rss_mib():>6.0f} MiB"
                 )
