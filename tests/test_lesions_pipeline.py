@@ -161,6 +161,14 @@ def test_lesion_task_trains_through_the_shared_loop(lesion_setup):
     with pytest.raises(ManifestError, match="no training study has lesion truth"):
         train(manifest.drop(columns=["truth"]), folder / "no-truth", preset_config("tiny-lesion", precision="fp32"),
               cache_dir=folder / "cache", progress=False)
+    # The lesion task is validated by Dice, not AUC: a val split of one label is fine for it, not for the classifier.
+    one_label = manifest[(manifest["split"] == "train") | (manifest["label"] == 1)]
+    run = train(one_label, folder / "one-label-val", preset_config("tiny-lesion", precision="fp32", epochs=1),
+                cache_dir=folder / "cache", progress=False)
+    assert run.epochs_run == 1 and np.isfinite(run.metrics["val_score"]).all()
+    with pytest.raises(ManifestError, match="only label 1"):
+        train(one_label, folder / "one-label-classifier", preset_config("tiny", precision="fp32", epochs=1),
+              cache_dir=folder / "cache", progress=False)
 
 
 def test_predict_writes_hotspots_and_lesion_files(lesion_setup):

@@ -147,7 +147,7 @@ def train(
     manifest_digest = manifest_hash(manifest)
     if checkpoint is not None and checkpoint["manifest_hash"] != manifest_digest:
         raise RunError(paths.root, "the manifest differs from the one this run was trained on; cannot resume")
-    _check_splits(manifest, source=str(manifest_path or "manifest"))
+    _check_splits(manifest, source=str(manifest_path or "manifest"), needs_both_labels=config.task == "classify")
 
     if config.exact:
         cap_onednn_for_exact_runs()  # before the first convolution of this process
@@ -188,7 +188,7 @@ def _train(
     ctx.barrier()
     if cache is None:
         cache = build_cache(manifest, config.preprocess, cache_dir, fail_fast=fail_fast, progress=False)
-    train_rows, val_rows = _split_rows(cache, str(manifest_path or "manifest"))
+    train_rows, val_rows = _split_rows(cache, str(manifest_path or "manifest"), config.task == "classify")
 
     if ctx.is_main and force and checkpoint is None:
         _clear_run(paths)
@@ -501,7 +501,8 @@ def _epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool):
                 file=sys.stderr)
 
 
-def _check_splits(manifest: pd.DataFrame, source: str) -> None:
+def _check_splits(manifest: pd.DataFrame, source: str, needs_both_labels: bool = True) -> None:
+    """Train and val rows present; for the classifier (validated by AUC) both labels in val."""
     if "split" not in manifest.columns:
         raise ManifestError(source, "no `split` column; training needs train and val rows (see `bonescan cohort split`)")
     if "label" not in manifest.columns:
@@ -511,18 +512,18 @@ def _check_splits(manifest: pd.DataFrame, source: str) -> None:
         if not (splits == name).any():
             raise ManifestError(source, f"no rows with split = {name!r}; training needs both train and val rows")
     val_labels = manifest.loc[splits == "val", "label"].unique()
-    if len(val_labels) < 2:
+    if needs_both_labels and len(val_labels) < 2:
         raise ManifestError(
             source, f"the val split has only label {val_labels[0]}, so the validation AUC is undefined; "
             "it needs positive and negative cases"
         )
 
 
-def _split_rows(cache: ArrayCache, source: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_rows(cache: ArrayCache, source: str, needs_both_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
     train_rows, val_rows = cache.rows("train"), cache.rows("val")
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ManifestError(source, f"after skipping {len(cache.failures)} unreadable studies, no train or no val rows are left")
-    if len(np.unique(cache.labels[val_rows])) < 2:
+    if needs_both_labels and len(np.unique(cache.labels[val_rows])) < 2:
         raise ManifestError(source, "after skipping unreadable studies, the val split has one class: AUC undefined")
     return train_rows, val_rows
 
