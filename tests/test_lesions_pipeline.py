@@ -123,8 +123,13 @@ def test_hotspots_are_numbered_components_with_region_malignancy_uptake_and_bsi(
     assert first.uptake_ratio == pytest.approx(4.0, rel=0.2) and second.uptake_ratio == pytest.approx(1.0, rel=0.2)
     assert first.area_mm2 == pytest.approx((numbers[0] == 1).sum() * 2.4**2)
     assert lesions.n_malignant == 2 and lesions.probability == pytest.approx(first.malignancy)
-    bsi, _ = bone_scan_index(lesions.regions, (numbers == 1) | (numbers == 3))
-    assert lesions.bsi == pytest.approx(bsi) and lesions.bsi > 0
+    # BSI counts the metastasis map's outline inside the malignant hotspots: part of hotspots 1 and 3, none of 2.
+    whole, _ = bone_scan_index(lesions.regions, (numbers == 1) | (numbers == 3))
+    assert 0 < lesions.bsi <= whole
+    faint = maps.copy()
+    faint[:, 2] = np.minimum(faint[:, 2], 0.45)  # nothing reaches the malignancy threshold: hotspots stay, BSI 0
+    unsure, _ = study_lesions(faint, anterior, anterior.copy(), pixel_spacing=2.4)
+    assert len(unsure.hotspots) == 3 and unsure.bsi == 0 and unsure.n_malignant == 0
     again, _ = study_lesions(maps, anterior, anterior.copy(), pixel_spacing=2.4, study_key="s1")
     assert again.hotspots[0].uid == first.uid  # tracking UIDs are stable across runs
 
@@ -339,3 +344,19 @@ def test_hotspots_csv_of_a_sharded_job_is_rebuilt_from_every_study(tmp_path):
     merged = pd.read_csv(tmp_path / "job" / "hotspots.csv")
     pd.testing.assert_frame_equal(merged, pd.read_csv(tmp_path / "single" / "hotspots.csv"))
     assert list(merged["case_id"]) == ["a", "b", "b", "c", "c", "c", "d"] and merged["malignant"].sum() == 3
+
+
+def test_touching_metastases_are_split_at_their_peaks_and_faint_ones_are_still_listed():
+    from bonescan.lesions.infer import hotspot_components
+
+    rows, cols = np.mgrid[:40, :20]
+    metastasis = 0.8 * np.exp(-((rows - 10) ** 2 + (cols - 10) ** 2) / 8) \
+        + 0.7 * np.exp(-((rows - 16) ** 2 + (cols - 10) ** 2) / 8)
+    metastasis += 0.3 * np.exp(-((rows - 30) ** 2 + (cols - 15) ** 2) / 4)  # faint: below 0.5, above 0.2
+    hot = np.zeros_like(metastasis)
+    hot[30:34, 2:6] = 0.9  # a kidney-like blob with no metastasis peak stays whole
+    labels, n = hotspot_components(hot, metastasis)
+    assert n == 4
+    assert labels[10, 10] != labels[16, 10] and labels[10, 10] > 0 and labels[16, 10] > 0
+    assert labels[12, 10] == labels[10, 10] and labels[14, 10] == labels[16, 10]  # each pixel to its nearest peak
+    assert labels[30, 15] > 0 and len(np.unique(labels[30:34, 2:6])) == 1

@@ -8,7 +8,8 @@ From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesio
   a mean would dilute it with its rim); the region is the most common skeletal region under it ("" if none);
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
   of the same view;
-- BSI: `bone_scan_index` over the pixels of hotspots whose malignancy reaches the threshold;
+- BSI: `bone_scan_index` over the hotspot pixels whose metastasis probability reaches the threshold (the network's
+  outline of the metastasis, not the whole candidate hotspot, which may reach into the faint rim around it);
 - study probability from the lesions: the largest hotspot malignancy (0 without hotspots).
 Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
 """
@@ -33,6 +34,9 @@ from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
 from .regions import BY_LABEL, N_LABELS
 
 HOTSPOT_THRESHOLD = 0.5
+METASTASIS_CANDIDATE = 0.2
+PEAK_DISTANCE = 3  # stored pixels (7 mm at 2.4 mm): closer peaks are one lesion
+PEAK_TOLERANCE = 0.02
 MALIGNANCY_THRESHOLD = 0.5
 MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
 VIEWS = ("anterior", "posterior")
@@ -76,6 +80,40 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
     return LesionModel(model.to(chosen.device).eval(), config, chosen, paths.root)
 
 
+def hotspot_components(hot: np.ndarray, metastasis: np.ndarray) -> tuple[np.ndarray, int]:
+    """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps.
+
+    Candidate pixels: hotspot map >= HOTSPOT_THRESHOLD, or metastasis map >= METASTASIS_CANDIDATE (lower: a faint
+    metastasis the network is unsure of should still be listed, with its low malignancy, rather than vanish; the
+    malignancy threshold decides what counts). A connected group of candidate pixels that holds several peaks of
+    the metastasis map (>= METASTASIS_CANDIDATE, at least PEAK_DISTANCE pixels apart) is split between them, each
+    pixel going to its nearest peak, so neighbouring lesions are separate hotspots with their own centroids.
+    """
+    candidates = (hot >= HOTSPOT_THRESHOLD) | (metastasis >= METASTASIS_CANDIDATE)
+    components, n = ndimage.label(candidates, structure=_EIGHT)
+    if n == 0:
+        return components, 0
+    size = 2 * PEAK_DISTANCE + 1
+    # A peak: within PEAK_TOLERANCE of the highest value around it, so a flat top (or interpolation's rounding on
+    # it) is one connected seed, not several.
+    peaks = metastasis >= ndimage.maximum_filter(metastasis, size=size) - PEAK_TOLERANCE
+    peaks &= metastasis >= METASTASIS_CANDIDATE
+    peaks &= candidates
+    seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)  # a flat top is one peak
+    per_component = np.bincount(components[seeds > 0], minlength=n + 1) if n_seeds else np.zeros(n + 1, int)
+    if not n_seeds or per_component.max() < 2:
+        return components, n
+    # Each candidate pixel of a component with several peaks goes to its nearest peak; other components stay whole.
+    _, (near_r, near_c) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = seeds[near_r, near_c] + n  # peak pieces numbered after the components
+    split = np.where(per_component[components] >= 2, nearest, components)
+    split[~candidates] = 0
+    kept = np.unique(split[split > 0])  # renumber the pieces 1..count
+    lookup = np.zeros(int(split.max()) + 1, np.int32)
+    lookup[kept] = np.arange(1, kept.size + 1)
+    return lookup[split], int(kept.size)
+
+
 def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
                   mirror_posterior: bool = True, study_key: str = "",
                   threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
@@ -98,7 +136,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     hotspots: list[Hotspot] = []
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
     for view in range(2):
-        components, n = ndimage.label(probabilities[view].max(axis=0) >= HOTSPOT_THRESHOLD, structure=_EIGHT)
+        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1])
         if n == 0:
             continue
         found = []
@@ -131,7 +169,6 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
         for hotspot in hotspots:
             if hotspot.view == VIEWS[view]:
                 hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
-    malignant_numbers = [h.number for h in hotspots if h.malignancy >= threshold]
-    bsi, by_region = bone_scan_index(regions, np.isin(numbers, malignant_numbers))
+    bsi, by_region = bone_scan_index(regions, (probabilities[:, 1] >= threshold) & (numbers > 0))
     probability = max((h.malignancy for h in hotspots), default=0.0)
     return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold), numbers
