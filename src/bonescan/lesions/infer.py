@@ -53,8 +53,8 @@ class LesionModel:
     run_dir: Path
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
-        """B x 2 x H x W preprocessed studies -> B x 2 views x (regions + hotspot + malignancy) maps (probabilities
-        for hotspot and malignancy, region class ids in the region slot 0), float32, network size."""
+        """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
+        then the two probabilities), float32, network size."""
         with torch.no_grad(), self.precision.autocast():
             logits = self.model(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.precision.device))
         logits = logits.float()

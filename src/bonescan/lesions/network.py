@@ -1,9 +1,10 @@
-"""The lesion network: per-pixel skeletal regions, hotspot foreground and malignancy for both views of a study.
+"""The lesion network: per-pixel skeletal regions, hotspot foreground and metastasis for both views of a study.
 
 Input: B x 2 x H x W in [0, 1] from `bonescan.preprocess` (anterior, posterior mirrored into the anterior's
 left-right layout), plus two coordinate channels (row and column, -1..1) so that a pixel knows where in the body it
 lies: ribs left and right, or thoracic and lumbar vertebrae, look alike and differ by position. Output: logits
-B x 2 (views) x (N_LABELS + 2) x H x W: region classes (background + 20 regions), hotspot foreground, malignancy.
+B x 2 (views) x (N_LABELS + 2) x H x W: region classes (background + 20 regions), hotspot foreground (any hot
+uptake), metastasis (the pixel belongs to a metastasis; a hotspot's malignancy is read from it).
 One pass serves both views (the measured layout: 4 channels in, 2 x 23 out), so a lesion faint in one view borrows
 evidence from the other, at half the cost of running the views as separate images.
 
@@ -70,7 +71,7 @@ class LesionNetConfig:
 
 
 class LesionNet(nn.Module):
-    """MONAI UNet over (anterior, posterior, row, column) -> region, hotspot and malignancy logits per view."""
+    """MONAI UNet over (anterior, posterior, row, column) -> region, hotspot and metastasis logits per view."""
 
     def __init__(self, config: LesionNetConfig | None = None):
         super().__init__()
