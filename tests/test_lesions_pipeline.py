@@ -364,3 +364,39 @@ def test_touching_metastases_are_split_at_their_peaks_and_faint_ones_are_still_l
     assert labels[10, 10] != labels[16, 10] and labels[10, 10] > 0 and labels[16, 10] > 0
     assert labels[12, 10] == labels[10, 10] and labels[14, 10] == labels[16, 10]  # each pixel to its nearest peak
     assert labels[30, 15] > 0 and len(np.unique(labels[30:34, 2:6])) == 1
+
+
+def test_threshold_at_a_false_positive_budget_is_read_off_the_froc_curve():
+    from bonescan.evaluate.froc import StudyDetections, froc_curve
+    from bonescan.lesions.threshold import threshold_at_fp
+
+    # Two studies: lesions scored 0.9, 0.6, 0.3 (one missed); false positives at 0.95, 0.7, 0.5, 0.2.
+    detections = [StudyDetections(np.array([0.9, 0.3]), np.array([0.95, 0.5]), np.array([1, 2])),
+                  StudyDetections(np.array([0.6, -np.inf]), np.array([0.7, 0.2]), np.array([1, 2]))]
+    curve = froc_curve(detections)
+    # <= 1 FP per study allows 2 false positives: down to threshold 0.6 (FPs 0.95, 0.7), 2 of 4 lesions found.
+    assert threshold_at_fp(curve, 1.0) == pytest.approx((0.6, 0.5, 1.0))
+    assert threshold_at_fp(curve, 0.5) == pytest.approx((0.9, 0.25, 0.5))
+    assert threshold_at_fp(curve, 0.1) == (1.0, 0.0, 0.0)  # the first false positive outscores every lesion
+
+
+def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesion_setup, capsys):
+    from bonescan.cli import main
+    from bonescan.lesions.threshold import THRESHOLD_FILE, freeze_malignancy_threshold
+
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    run = folder / "lesion-run"
+    assert load_lesion_run(run).threshold == 0.5  # nothing frozen yet
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path)]) == 0
+    assert "malignancy threshold" in capsys.readouterr().out
+    record = json.loads((run / THRESHOLD_FILE).read_text())
+    try:
+        assert record["n_studies"] == 2 and record["fp_per_study_there"] <= 1.0
+        assert load_lesion_run(run).threshold == pytest.approx(record["malignancy_threshold"])
+        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 3}')
+        with pytest.raises(RunError, match="not a probability"):
+            load_lesion_run(run)
+    finally:
+        (run / THRESHOLD_FILE).unlink()
+    with pytest.raises(ManifestError, match="lesion truth"):
+        freeze_malignancy_threshold(run, manifest.drop(columns=["truth"]), "val")

@@ -17,7 +17,7 @@ from ..errors import BoneScanError
 # One module per job; each defines register(app, bench).
 COMMAND_MODULES = (
     "inspect", "cohort", "synth", "train", "evaluate", "predict", "quantize", "recalibrate", "pretrain", "reader",
-    "demo", "node", "annotations", "imports", "followup",
+    "demo", "node", "annotations", "imports", "followup", "lesions",
 )
 
 app = typer.Typer(

@@ -129,5 +129,5 @@ class NetworkReader:
         maps = self.model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
         spacing = (study.pixel_spacing or (2.4, 2.4))[0]
         lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
-                                   study_key=study.study_id)
+                                   study_key=study.study_id, threshold=self.model.threshold)
         return lesions

@@ -51,6 +51,7 @@ class LesionModel:
     config: TrainConfig
     precision: Precision
     run_dir: Path
+    threshold: float = MALIGNANCY_THRESHOLD  # RUN/malignancy_threshold.json when frozen (`lesions.threshold`)
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
@@ -77,7 +78,10 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
     model = build_lesion_net(config.lesion)
     model.load_state_dict(state["model"])
     chosen = choose_precision(select_device(device), precision)
-    return LesionModel(model.to(chosen.device).eval(), config, chosen, paths.root)
+    from .threshold import load_malignancy_threshold
+
+    return LesionModel(model.to(chosen.device).eval(), config, chosen, paths.root,
+                       load_malignancy_threshold(paths.root))
 
 
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray) -> tuple[np.ndarray, int]:

@@ -43,7 +43,8 @@ class LesionStep:
         for item, outcome, study_maps in zip(items, outcomes, maps):
             spacing = item.spacing if item.spacing else 2.4
             results.append(study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
-                                         study_key=f"{outcome.study_id}:{outcome.name}"))
+                                         study_key=f"{outcome.study_id}:{outcome.name}",
+                                         threshold=self.model.threshold))
         self.seconds += time.perf_counter() - start
         self.studies += len(items)
         self.last = {item.index: result for item, result in zip(items, results)}

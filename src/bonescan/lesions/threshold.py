@@ -1,0 +1,97 @@
+"""A lesion run's frozen malignancy threshold, chosen on its validation studies at a false-positive budget.
+
+A hotspot counts as malignant (in n_malignant, BSI, the overlay's red, the SR's "Bony metastasis: Present" and the
+follow-up's new-lesion count) when its malignancy reaches the run's threshold. 0.5 is the network's own midpoint,
+but a small network trained briefly calls many hotspots malignant at 0.5 (2.8 false positives per study measured
+on the `paper` test split), and every count built on them inherits that. `bonescan lesions threshold` reads the
+validation split with the run, draws its FROC curve (`evaluate.froc`: the same hit criterion as the lesion
+evaluation) and freezes the lowest threshold whose false positives per study stay within the budget, in
+RUN/malignancy_threshold.json; `load_lesion_run` then uses it everywhere. Runs without the file keep 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ManifestError, RunError
+from ..evaluate.froc import FrocCurve, froc_curve, match_hotspots, study_detections
+from ..fileio import write_text_atomic
+from .truth import load_truth
+
+THRESHOLD_FILE = "malignancy_threshold.json"
+DEFAULT_THRESHOLD = 0.5
+
+
+def threshold_at_fp(curve: FrocCurve, fp_per_study: float) -> tuple[float, float, float]:
+    """(threshold, sensitivity, false positives per study) of the FROC point with the most sensitivity whose false
+    positives per study are at most `fp_per_study`; threshold 1.0 when no hotspot can be called at that budget."""
+    allowed = np.flatnonzero(np.asarray(curve.fp_per_study) <= fp_per_study)
+    best = allowed[np.argmax(np.asarray(curve.sensitivity)[allowed])] if allowed.size else 0
+    threshold = float(curve.thresholds[best])
+    if not math.isfinite(threshold):
+        return 1.0, 0.0, 0.0
+    return min(threshold, 1.0), float(curve.sensitivity[best]), float(curve.fp_per_study[best])
+
+
+def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, split: str = "val",
+                                fp_per_study: float = 1.0, device: str = "auto") -> dict:
+    """Choose the run's malignancy threshold on `split` studies with truth and write RUN/malignancy_threshold.json.
+
+    Returns what was written. ManifestError when the split has no study with lesion truth.
+    """
+    from ..io import read_study
+    from ..preprocess import preprocess_views
+    from .infer import load_lesion_run, study_lesions
+
+    if not fp_per_study > 0:
+        raise RunError(run_dir, f"the false-positive budget must be > 0 per study, got {fp_per_study}")
+    rows = manifest[(manifest.get("split", pd.Series("", index=manifest.index)) == split)]
+    if "truth" in rows.columns:
+        rows = rows[rows["truth"].fillna("").astype(str) != ""]
+    if "truth" not in manifest.columns or rows.empty:
+        raise ManifestError("manifest", f"no {split!r} study with lesion truth (a `truth` column) to choose on")
+    model = load_lesion_run(run_dir, device=device)
+    config = model.config.preprocess
+    detections = []
+    for row in rows.itertuples():
+        source = row.path if isinstance(getattr(row, "path", None), str) and row.path else [row.anterior,
+                                                                                              row.posterior]
+        study = read_study(source)
+        maps = model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
+        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
+        lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior)
+        truth = load_truth(row.truth)
+        present = np.bincount(truth.instances.ravel(), minlength=len(truth.category) + 1) > 0
+        ids = [i + 1 for i, c in enumerate(truth.category) if c == "metastasis" and present[i + 1]]
+        views = [0 if h.view == "anterior" else 1 for h in lesions.hotspots]
+        centroids = np.array([h.centroid for h in lesions.hotspots], dtype=float).reshape(-1, 2)
+        hits = match_hotspots(truth.instances, ids, views, centroids)
+        detections.append(study_detections(ids, hits, [h.malignancy for h in lesions.hotspots]))
+    curve = froc_curve(detections)
+    threshold, sensitivity, fp = threshold_at_fp(curve, fp_per_study)
+    record = {"malignancy_threshold": threshold, "fp_per_study_budget": fp_per_study,
+              "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
+              "sensitivity_there": sensitivity, "fp_per_study_there": fp,
+              "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
+                      "on the chosen split (FROC of bonescan.evaluate.froc)"}
+    write_text_atomic(Path(run_dir) / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def load_malignancy_threshold(run_dir: str | Path) -> float:
+    """The run's frozen threshold, DEFAULT_THRESHOLD without the file; RunError when the file is unusable."""
+    path = Path(run_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return DEFAULT_THRESHOLD
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["malignancy_threshold"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(path, f"cannot read the malignancy threshold ({error})") from error
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise RunError(path, f"malignancy threshold {value!r} is not a probability")
+    return float(value)
