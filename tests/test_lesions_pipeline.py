@@ -335,7 +335,8 @@ def test_hotspots_csv_of_a_sharded_job_is_rebuilt_from_every_study(tmp_path):
             numbers[0, spot.box[0]:spot.box[2], 1:3] = spot.number
         return StudyLesions(spots, np.zeros((2, 64, 32), np.uint8), 0.0, {}, 0.5, 0.5), numbers
 
-    single, shards = LesionOutputs(tmp_path / "single"), [LesionOutputs(tmp_path / "job"), LesionOutputs(tmp_path / "job")]
+    single = LesionOutputs(tmp_path / "single")
+    shards = [LesionOutputs(tmp_path / "job"), LesionOutputs(tmp_path / "job")]
     files = []
     for index, name in enumerate(["a", "b", "c", "d"]):
         single.write_study(name, *lesions(index % 3 + 1), *views)

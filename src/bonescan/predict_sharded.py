@@ -9,13 +9,14 @@
   headers are read once rather than N x K times. Study i goes to rank i mod world size: round-robin keeps the
   shares within one study of each other, and a folder of large studies is spread over the ranks.
 - Each rank predicts its share with the ordinary batch loop and writes the heat maps, DICOM results and lesion
-  files (`--lesions`) of its own studies into the shared output folders, then its rows, atomically, into a hidden partial file beside `--out`
-  (the current folder without `--out`): `.<out name>.<job>.rank<r>of<W>.json`. Several nodes need those folders
-  on a file system they all share.
+  files (`--lesions`) of its own studies into the shared output folders, then its rows, atomically, into a
+  hidden partial file beside `--out` (the current folder without `--out`): `.<out name>.<job>.rank<r>of<W>.json`.
+  Several nodes need those folders on a file system they all share.
 - One gather over the process group then tells every rank how each rank fared. Rank 0 reads the partial files,
   puts the rows back into the one-process order (each study exactly once, failures included), removes the files,
-  rewrites hotspots.csv from every study's lesion JSON (each rank wrote one of its own share) and returns one report, which the CLI writes and summarises. The other ranks print nothing and exit 0 once they
-  have handed in their share (or their error): the job's exit status is rank 0's, 2 when any study failed. (A
+  rewrites hotspots.csv from every study's lesion JSON (each rank wrote one of its own share) and returns one
+  report, which the CLI writes and summarises. The other ranks print nothing and exit 0 once they have handed in
+  their share (or their error): the job's exit status is rank 0's, 2 when any study failed. (A
   rank that exits non-zero makes torchrun stop the others, so a non-zero exit on rank 1 could kill rank 0 before
   it has written the output.) When a study failed, torchrun itself exits 1 and its report shows rank 0's 2.
 - The merged output equals a one-process run's in rows, order and values, except what belongs to the process

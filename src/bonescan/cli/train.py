@@ -101,7 +101,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @bench.command("train")
     def bench_train(
-        presets: str = typer.Option("paper,cpu-small", "--presets", help="Comma-separated presets (lesion presets too, e.g. cpu-small-lesion)."),
+        presets: str = typer.Option("paper,cpu-small", "--presets",
+                                    help="Comma-separated presets (lesion presets too, e.g. cpu-small-lesion)."),
         precisions: str = typer.Option("fp32,bf16", "--precisions", help="Comma-separated: fp32, bf16."),
         steps: int = typer.Option(2, "--steps", help="Timed steps per setting (after one warm-up step)."),
         batch_size: int = typer.Option(2, "--batch-size", help="Cases per step."),

@@ -102,8 +102,7 @@ def hotspot_components(hot: np.ndarray, metastasis: np.ndarray) -> tuple[np.ndar
     # it) is one connected seed, not several.
     peaks = metastasis >= ndimage.maximum_filter(metastasis, size=size) - PEAK_TOLERANCE
     peaks &= metastasis >= METASTASIS_CANDIDATE
-    peaks &= candidates
-    seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)  # a flat top is one peak
+    seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
     per_component = np.bincount(components[seeds > 0], minlength=n + 1) if n_seeds else np.zeros(n + 1, int)
     if not n_seeds or per_component.max() < 2:
         return components, n

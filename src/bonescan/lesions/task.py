@@ -130,8 +130,8 @@ def lesion_loss(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, 
     counted = (hot != IGNORE).float()
     any_hot, metastasis = ((hot == 1) | (hot == 2)).float(), (hot == 2).float()
     hot_loss = _bce_and_dice(hot_logit, any_hot, counted, counted)
-    # Non-metastatic hotspots are the hard negatives of the metastasis map.
-    weight = counted * (1.0 + (OTHER_HOTSPOT_WEIGHT - 1.0) * (hot == 1).float() + (METASTASIS_WEIGHT - 1.0) * metastasis)
+    weight = counted * (1.0 + (OTHER_HOTSPOT_WEIGHT - 1.0) * (hot == 1).float()
+                        + (METASTASIS_WEIGHT - 1.0) * metastasis)
     metastasis_loss = _bce_and_dice(metastasis_logit, metastasis, weight, counted)
     return region_loss + hot_loss + metastasis_loss
 
