@@ -46,11 +46,11 @@ class ViewSource:
 def view_sources(headers: list[Dataset]) -> dict[str, ViewSource]:
     """Which instance and frame holds each view, by the rules that read the study; views not found are absent."""
     found: dict[str, ViewSource] = {}
-    for header in headers:
+    for position, header in enumerate(headers):
         n_frames = int(header.get("NumberOfFrames", 1) or 1)
         views = decide_views(header, n_frames).views
         if n_frames == 1 and views[0] is None and len(headers) == 2:
-            views = [VIEWS[headers.index(header)]]  # a file pair given in anterior, posterior order
+            views = [VIEWS[position]]  # a file pair given in anterior, posterior order
         for frame, view in enumerate(views, start=1):
             if view in VIEWS and view not in found:
                 found[view] = ViewSource(header, frame)
