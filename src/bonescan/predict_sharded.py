@@ -108,6 +108,7 @@ class PredictJob:
     job_id: str = "job"
     n_studies: int | None = None  # the whole job's, once listed
     indices: list[int] = field(default_factory=list)  # this rank's share
+    gathered: bool = False  # every rank's status arrived: all ranks were alive then
 
     @property
     def is_main(self) -> bool:
@@ -138,6 +139,10 @@ class PredictJob:
                 return self._run(predict, args, kwargs, start)
             finally:
                 if self.initialised_here and _dist().is_initialized():
+                    if self.gathered:
+                        # Every rank is alive and past the gather: leave together, after rank 0's merge. A rank
+                        # that tears gloo down while another still holds its connections can abort at exit.
+                        _dist().barrier()
                     _dist().destroy_process_group()
 
         return run
@@ -171,6 +176,7 @@ class PredictJob:
                 traceback.print_exc()  # an unexpected failure keeps its traceback, on the rank where it happened
         try:
             statuses = self._gather(status)
+            self.gathered = True
         except ShardError:
             _discard(status)
             raise
