@@ -180,13 +180,17 @@ def build_structured_report(
         is_complete=True,
     )
     sr.SeriesDescription = "bonescan bone metastasis report"
-    # Declare the local coding scheme so validators and viewers know where the operating-point codes come from.
+    declare_local_scheme(sr, "bonescan frozen operating points")
+    return sr
+
+
+def declare_local_scheme(sr: Dataset, name: str) -> None:
+    """Declare the local coding scheme in an SR, so validators and viewers know where its local codes come from."""
     scheme = Dataset()
     scheme.CodingSchemeDesignator = LOCAL_SCHEME
-    scheme.CodingSchemeName = "bonescan frozen operating points"
+    scheme.CodingSchemeName = name
     scheme.CodingSchemeResponsibleOrganization = "bonescan"
     sr.CodingSchemeIdentificationSequence = [scheme]
-    return sr
 
 
 def write_dicom_results(

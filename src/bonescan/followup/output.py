@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from .. import __version__
-from ..dicom_out import LOCAL_SCHEME, read_source_headers
+from ..dicom_out import LOCAL_SCHEME, declare_local_scheme, read_source_headers
 from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
 from ..lesions.regions import BY_NAME
 from .compare import Comparison
@@ -163,11 +163,7 @@ def build_sr(comparison: Comparison) -> Dataset | None:
                                series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
                                manufacturer="bonescan", is_complete=True)
     sr.SeriesDescription = "bonescan follow-up: new lesions, BSI change, PCWG3"
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = LOCAL_SCHEME
-    scheme.CodingSchemeName = "bonescan follow-up concepts"
-    scheme.CodingSchemeResponsibleOrganization = "bonescan"
-    sr.CodingSchemeIdentificationSequence = [scheme]
+    declare_local_scheme(sr, "bonescan follow-up concepts")
     return sr
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -39,7 +37,7 @@ from .findings import DifficultyProfile, FindingPainter, difficulty_profile, pai
 from .phantom import MAX_COUNTS, MIN_COUNTS, ROWS, BoneSite, Patient, render_anatomy, sample_patient
 from .sites import site_profile
 from .writer import (MANIFEST_FILE, STUDIES_DIR, TRUTH_DIR, CohortResult, SynthSettings, case_id_for, check_settings,
-                     keep_freed_memory, manifest_frame, prepare_folder, truth_path, write_case)
+                     generated, manifest_frame, prepare_folder, truth_path, write_case)
 
 CHANGES = {"stable": 0.3, "progression": 0.3, "response": 0.2, "flare": 0.2}
 VISITS_PER_PATIENT = 3  # at most; case ids leave room for three per patient
@@ -325,23 +323,13 @@ def generate_followup_cohort(out: str | Path, patients: int, seed: int = 0, diff
     start = time.perf_counter()
     records: list[dict] = []
     written = done = 0
-    if workers == 1:
-        keep_freed_memory()
-        results, executor = map(_make_patient, jobs), None
-    else:
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=keep_freed_memory)
-        results = executor.map(_make_patient, jobs, chunksize=max(1, min(8, patients // (4 * workers))))
-    try:
+    with generated(_make_patient, jobs, workers, chunksize=max(1, min(8, patients // (4 * workers)))) as results:
         for patient_records, was_written in results:
             records += patient_records
             written += len(patient_records) if was_written else 0
             done += 1
             if progress:
                 progress(done, patients)
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
     df, columns = manifest_frame(out, records)
     for column in FOLLOWUP_COLUMNS:
         df[column] = [r[column] for r in records]

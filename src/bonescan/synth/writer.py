@@ -16,6 +16,7 @@ interrupted run can be rerun: complete studies are kept and skipped, the rest ar
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import multiprocessing
@@ -25,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -172,6 +173,23 @@ def truth_path(studies: Path, case_id: str) -> Path:
     return studies.parent / TRUTH_DIR / f"{case_id}.npz"
 
 
+@contextlib.contextmanager
+def generated(make: Callable, jobs: list, workers: int, chunksize: int) -> Iterator[Iterable]:
+    """`make` over `jobs`, results in job order: in this process (one worker) or in `workers` spawned processes,
+    which are shut down (pending jobs cancelled) when the caller leaves, finished or not."""
+    if workers == 1:
+        keep_freed_memory()
+        yield map(make, jobs)
+        return
+    # spawn: workers never inherit threads or state of the parent process (torch may be imported there).
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=keep_freed_memory)
+    try:
+        yield executor.map(make, jobs, chunksize=chunksize)
+    finally:
+        executor.shutdown(cancel_futures=True)
+
+
 def keep_freed_memory() -> None:
     """Let glibc keep freed memory of this process for reuse instead of returning it to the system.
 
@@ -223,24 +241,12 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
     start = time.perf_counter()
     records: list[dict] = []
     written = 0
-    if workers == 1:
-        keep_freed_memory()
-        results = map(_make_one, jobs)
-        executor = None
-    else:
-        # spawn: workers never inherit threads or state of the parent process (torch may be imported there).
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=keep_freed_memory)
-        results = executor.map(_make_one, jobs, chunksize=max(1, min(16, cases // (4 * workers))))
-    try:
+    with generated(_make_one, jobs, workers, chunksize=max(1, min(16, cases // (4 * workers)))) as results:
         for record, was_written in results:
             records.append(record)
             written += was_written
             if progress:
                 progress(len(records), cases)
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
     manifest = write_cohort_manifest(out, records, settings.seed)
     return CohortResult(manifest, written, cases - written, time.perf_counter() - start)
 
