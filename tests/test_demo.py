@@ -32,7 +32,10 @@ def test_demo_writes_report_summary_and_results(demo_run):
     assert set(summary["stage_seconds"]) == {"cohort", "table 1", "training", "evaluation", "heat maps and DICOM"}
     manifest = pd.read_csv(out / "cohort" / "manifest.csv")
     assert summary["test_auc"]["n"] == (manifest["split"] == "test").sum() > 0
-    assert summary["studies_predicted"] >= 2 and summary["studies_failed"] == 0
+    # The demo's 5:1:4 split: the test split outnumbers validation, so its AUC has a usable CI.
+    assert (manifest["split"] == "test").sum() > 2 * (manifest["split"] == "val").sum()
+    settings = DemoSettings()
+    assert 2 <= summary["studies_predicted"] <= settings.error_examples + 2 and summary["studies_failed"] == 0
     assert list((out / "predict" / "heatmaps").glob("*.png"))
     assert len(list((out / "predict" / "dicom").rglob("*.dcm"))) >= 2  # SC + SR per study
     assert (out / "run" / "operating_points.json").is_file()
@@ -57,6 +60,11 @@ def test_fresh_refuses_to_delete_a_folder_the_demo_did_not_write(tmp_path):
     assert (tmp_path / "thesis.docx").read_text() == "precious"
 
 
-def test_demo_cli_refuses_too_few_cases(tmp_path, capsys):
+def test_demo_cli_refuses_too_few_cases_and_bad_ratios(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--cases", "5"]) == 2
     assert "--cases" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--ratios", "0.9,0.2,0.1"]) == 2
+    assert "--ratios" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--cases", "100", "--ratios", "0.99,0.01,0"]) == 2
+    assert "fewer than 2" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

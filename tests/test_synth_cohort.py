@@ -132,6 +132,27 @@ def test_cli_writes_a_cohort_and_refuses_bad_input(tmp_path, capsys):
     assert "nightmare" in capsys.readouterr().err
 
 
+def test_ratios_set_the_manifest_split_and_a_rerun_only_resplits(tmp_path, capsys):
+    import pandas as pd
+
+    from bonescan.cohort import split_manifest
+
+    out = tmp_path / "c"
+    assert main(["synth", "--cases", "12", "--out", str(out), "--seed", "4", "--difficulty", "easy",
+                 "--ratios", "0.25,0.25,0.5"]) == 0
+    first = pd.read_csv(out / "manifest.csv")
+    expected = split_manifest(first.drop(columns="split"), (0.25, 0.25, 0.5), seed=4)
+    assert list(first["split"]) == list(expected["split"])
+    assert (first["split"] == "test").sum() > (first["split"] == "val").sum()
+    capsys.readouterr()
+    assert main(["synth", "--cases", "12", "--out", str(out), "--seed", "4", "--difficulty", "easy"]) == 0
+    assert "wrote 0 studies" in capsys.readouterr().out
+    again = pd.read_csv(out / "manifest.csv")
+    assert list(again["split"]) == list(split_manifest(first.drop(columns="split"), seed=4)["split"])
+    assert main(["synth", "--cases", "2", "--out", str(tmp_path / "bad"), "--ratios", "0.5,0.6,0.1"]) == 2
+    assert "--ratios" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_a_smaller_cohort_holds_the_same_first_studies(cohort, tmp_path):
     generate_cohort(tmp_path / "two", 2, seed=5, difficulty="paper")
     first_two = dict(list(_pixel_hashes(cohort).items())[:2])

@@ -338,6 +338,17 @@ def _as_float(text: str) -> float | None:
 # --- split and Table 1 --------------------------------------------------------------------------------------
 
 
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """"0.8,0.1,0.1" -> (0.8, 0.1, 0.1): train, val and test fractions as the CLI takes them; ConfigError if not."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError("--ratios", f"{text!r} is not three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
+    if len(values) != 3:
+        raise ConfigError("--ratios", f"{text!r} must give exactly three ratios: train,val,test")
+    return _check_ratios(values)
+
+
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or any(r < 0 or not math.isfinite(r) for r in values) or abs(sum(values) - 1.0) > 1e-6:

@@ -8,18 +8,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
-
-
-def _parse_ratios(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError("--ratios", f"{text!r} is not three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
-    if len(values) != 3:
-        raise ConfigError("--ratios", f"{text!r} must give exactly three ratios: train,val,test")
-    return values  # type: ignore[return-value]
-
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add the `cohort` command group to the bonescan app."""
@@ -49,7 +37,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """
         from .. import cohort  # here, not at the top: pandas would slow every other command's start
 
-        fractions = _parse_ratios(ratios)
+        fractions = cohort.parse_ratios(ratios)
         table = cohort.load_manifest(manifest)
         groups = None
         if check:

@@ -41,6 +41,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         realism: Optional[list[Path]] = typer.Option(None, "--realism", help="Real reference study (file or folder; "
                                                       "repeat for more): compare --cases synthetic studies with it."),
         plot: Path = typer.Option(Path("realism.png"), "--plot", help="Where --realism writes its figure."),
+        ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,val,test fractions of the manifest's "
+                                   "split (sum to 1)."),
         follow_up: bool = typer.Option(False, "--follow-up", help="Followed patients instead of single studies: "
                                        "--cases patients, 2-3 dated visits each with known change (manifest "
                                        "columns patient_id, timepoint, change)."),
@@ -58,6 +60,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if len(sites) > 1 and (out is not None or preview is not None or baseline):
             raise ConfigError("--site", "'all' is for --realism only; a cohort, preview or baseline takes one site")
         if out is not None:
+            from ..cohort import parse_ratios
+
+            fractions = parse_ratios(ratios)
             step = max(cases // 20, 1)
 
             def progress(done: int, total: int) -> None:
@@ -66,9 +71,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
             if follow_up:
                 from ..synth.followup import generate_followup_cohort
-                result = generate_followup_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
+                result = generate_followup_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site,
+                                                  fractions)
             else:
-                result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site)
+                result = generate_cohort(out, cases, seed, difficulty, workers, pixel_spacing, progress, site, fractions)
             typer.echo(f"wrote {result.written} studies, kept {result.skipped} complete ones, in "
                        f"{result.seconds:.1f} s; manifest: {result.manifest}")
         if preview is not None:

@@ -305,8 +305,10 @@ def _make_patient(job: tuple[int, int, int, str, float, str, str]) -> tuple[list
 def generate_followup_cohort(out: str | Path, patients: int, seed: int = 0, difficulty: str = "paper",
                              workers: int = 1, pixel_spacing: float = 2.4,
                              progress: Callable[[int, int], None] | None = None,
-                             site: str = "generic") -> CohortResult:
-    """Generate (or resume) `patients` followed patients (2-3 visits each) in `out`; write the manifest.
+                             site: str = "generic", ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+                             ) -> CohortResult:
+    """Generate (or resume) `patients` followed patients (2-3 visits each) in `out`; write the manifest, patients
+    split train:val:test by `ratios`.
 
     The manifest has one row per visit, with `patient_id`, `timepoint` (days after the patient's baseline) and
     `change` (the patient's course); all visits of a patient share one split.
@@ -334,7 +336,7 @@ def generate_followup_cohort(out: str | Path, patients: int, seed: int = 0, diff
     for column in FOLLOWUP_COLUMNS:
         df[column] = [r[column] for r in records]
     # Split by patient, stratified on the baseline visit, so no patient straddles training and test.
-    baseline = split_manifest(df[df["timepoint"] == 0], seed=settings.seed)
+    baseline = split_manifest(df[df["timepoint"] == 0], ratios, seed=settings.seed)
     df["split"] = df["patient_id"].map(dict(zip(baseline["patient_id"], baseline["split"])))
     manifest = write_manifest(df[columns + FOLLOWUP_COLUMNS], out / MANIFEST_FILE)
     return CohortResult(manifest, written, len(records) - written, time.perf_counter() - start)

@@ -227,8 +227,9 @@ def _make_one(job: tuple[str, int, str, float, str, str]) -> tuple[dict, bool]:
 
 def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str = "paper", workers: int = 1,
                     pixel_spacing: float = 2.4, progress: Callable[[int, int], None] | None = None,
-                    site: str = "generic") -> CohortResult:
-    """Generate (or resume) a cohort of `cases` synthetic studies in `out` (cameras of `site`), write its manifest."""
+                    site: str = "generic", ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> CohortResult:
+    """Generate (or resume) a cohort of `cases` synthetic studies in `out` (cameras of `site`), write its manifest
+    split train:val:test by `ratios`."""
     settings = SynthSettings(int(seed), difficulty, float(pixel_spacing), site)
     check_settings(cases, settings, workers)
     out = Path(out)
@@ -247,14 +248,15 @@ def generate_cohort(out: str | Path, cases: int, seed: int = 0, difficulty: str 
             written += was_written
             if progress:
                 progress(len(records), cases)
-    manifest = write_cohort_manifest(out, records, settings.seed)
+    manifest = write_cohort_manifest(out, records, settings.seed, ratios)
     return CohortResult(manifest, written, cases - written, time.perf_counter() - start)
 
 
-def write_cohort_manifest(out: Path, records: list[dict], seed: int) -> Path:
-    """Build the manifest from case records, split it 8:1:1 by cancer type x label, write it atomically."""
+def write_cohort_manifest(out: Path, records: list[dict], seed: int,
+                          ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
+    """Build the manifest from case records, split it by `ratios` within cancer type x label, write it atomically."""
     df, columns = manifest_frame(out, records)
-    df = split_manifest(df, seed=seed)
+    df = split_manifest(df, ratios, seed=seed)
     return write_manifest(df[columns], out / MANIFEST_FILE)
 
 
