@@ -100,7 +100,7 @@ def split_manifest(
     takes the rest. With equal val and test ratios (the paper's 8:1:1) val and test therefore get identical
     cancer type x label counts, as in the paper's Table 1, whose counts this rule reproduces.
     """
-    r_train, r_val, r_test = _check_ratios(ratios)
+    r_train, r_val, r_test = check_ratios(ratios)
     out = df.copy()
     if "cancer_type" not in out.columns:
         out["cancer_type"] = UNKNOWN
@@ -346,10 +346,11 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         raise ConfigError("--ratios", f"{text!r} is not three comma-separated numbers, e.g. 0.8,0.1,0.1") from None
     if len(values) != 3:
         raise ConfigError("--ratios", f"{text!r} must give exactly three ratios: train,val,test")
-    return _check_ratios(values)
+    return check_ratios(values)
 
 
-def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """The train, val and test fractions as floats; ConfigError unless three non-negative numbers summing to 1."""
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or any(r < 0 or not math.isfinite(r) for r in values) or abs(sum(values) - 1.0) > 1e-6:
         raise ConfigError("--ratios", f"split ratios {ratios!r} must be three non-negative numbers summing to 1")

@@ -42,9 +42,9 @@ class DemoSettings:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        from .cohort import _check_ratios
+        from .cohort import check_ratios
 
-        ratios = _check_ratios(self.ratios)
+        ratios = check_ratios(self.ratios)
         if min(ratios[:2]) * self.cases < 2 or (ratios[2] > 0 and ratios[2] * self.cases < 2):
             raise ConfigError("--cases", f"{self.cases} studies split {':'.join(f'{r:g}' for r in ratios)} leave a "
                               "split with fewer than 2 studies")
