@@ -351,20 +351,29 @@ def test_hotspots_csv_of_a_sharded_job_is_rebuilt_from_every_study(tmp_path):
     assert list(merged["case_id"]) == ["a", "b", "b", "c", "c", "c", "d"] and merged["malignant"].sum() == 3
 
 
-def test_touching_metastases_are_split_at_their_peaks_and_faint_ones_are_still_listed():
+def test_touching_metastases_are_split_at_their_count_peaks_and_faint_ones_are_still_listed():
     from bonescan.lesions.infer import hotspot_components
 
     rows, cols = np.mgrid[:40, :20]
-    metastasis = 0.8 * np.exp(-((rows - 10) ** 2 + (cols - 10) ** 2) / 8) \
-        + 0.7 * np.exp(-((rows - 16) ** 2 + (cols - 10) ** 2) / 8)
+    # Two touching foci 8 pixels apart: the metastasis map is one saturated plateau over both, the counts have two
+    # maxima (and Poisson noise, which must not split anything else).
+    counts = 20 + 200 * np.exp(-((rows - 10) ** 2 + (cols - 10) ** 2) / 8) \
+        + 170 * np.exp(-((rows - 18) ** 2 + (cols - 10) ** 2) / 8) \
+        + 60 * np.exp(-((rows - 30) ** 2 + (cols - 15) ** 2) / 4)
+    counts = np.random.default_rng(0).poisson(counts).astype(np.float32)
+    metastasis = np.zeros((40, 20))
+    metastasis[7:22, 7:14] = 0.99
     metastasis += 0.3 * np.exp(-((rows - 30) ** 2 + (cols - 15) ** 2) / 4)  # faint: below 0.5, above 0.2
     hot = np.zeros_like(metastasis)
     hot[30:34, 2:6] = 0.9  # a kidney-like blob with no metastasis peak stays whole
-    labels, n = hotspot_components(hot, metastasis)
+    labels, n = hotspot_components(hot, metastasis, counts)
     assert n == 4
-    assert labels[10, 10] != labels[16, 10] and labels[10, 10] > 0 and labels[16, 10] > 0
-    assert labels[12, 10] == labels[10, 10] and labels[14, 10] == labels[16, 10]  # each pixel to its nearest peak
+    assert labels[10, 10] != labels[18, 10] and labels[10, 10] > 0 and labels[18, 10] > 0
+    assert labels[12, 10] == labels[10, 10] and labels[16, 10] == labels[18, 10]  # each pixel to its nearest peak
     assert labels[30, 15] > 0 and len(np.unique(labels[30:34, 2:6])) == 1
+    # Without the second focus in the counts the plateau stays one hotspot.
+    single = np.random.default_rng(0).poisson(20 + 200 * np.exp(-((rows - 14) ** 2 + (cols - 10) ** 2) / 8))
+    assert len(np.unique(hotspot_components(hot, metastasis, single.astype(np.float32))[0][7:22, 7:14])) == 1
 
 
 def test_threshold_at_a_false_positive_budget_is_read_off_the_froc_curve():

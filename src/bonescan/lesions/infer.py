@@ -2,8 +2,8 @@
 
 From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesions` at the stored image size:
 - regions: the most likely class per network pixel, repeated to the stored size (nearest), posterior mirrored back;
-- hotspots: connected components (8-neighbourhood) of pixels whose hotspot or metastasis probability is
-  >= HOTSPOT_THRESHOLD after bilinear upsampling to the stored size, dropping components under MIN_AREA_MM2;
+- hotspots: connected components (8-neighbourhood) of candidate pixels (see `hotspot_components`) after bilinear
+  upsampling to the stored size, split at their count peaks, dropping pieces under MIN_AREA_MM2;
   malignancy is the largest metastasis probability inside the component (a small metastasis peaks at its centre;
   a mean would dilute it with its rim); the region is the most common skeletal region under it ("" if none);
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
@@ -36,7 +36,7 @@ from .regions import BY_LABEL, N_LABELS
 HOTSPOT_THRESHOLD = 0.5
 METASTASIS_CANDIDATE = 0.2
 PEAK_DISTANCE = 3  # stored pixels (7 mm at 2.4 mm): closer peaks are one lesion
-PEAK_TOLERANCE = 0.02
+PEAK_SMOOTHING = 2.0  # stored pixels (Gaussian sigma): Poisson noise would otherwise make peaks of its own
 MALIGNANCY_THRESHOLD = 0.5
 MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
 VIEWS = ("anterior", "posterior")
@@ -84,23 +84,23 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
                        load_malignancy_threshold(paths.root))
 
 
-def hotspot_components(hot: np.ndarray, metastasis: np.ndarray) -> tuple[np.ndarray, int]:
-    """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps.
+def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps and its counts.
 
     Candidate pixels: hotspot map >= HOTSPOT_THRESHOLD, or metastasis map >= METASTASIS_CANDIDATE (lower: a faint
     metastasis the network is unsure of should still be listed, with its low malignancy, rather than vanish; the
-    malignancy threshold decides what counts). A connected group of candidate pixels that holds several peaks of
-    the metastasis map (>= METASTASIS_CANDIDATE, at least PEAK_DISTANCE pixels apart) is split between them, each
-    pixel going to its nearest peak, so neighbouring lesions are separate hotspots with their own centroids.
+    malignancy threshold decides what counts). A connected group of candidate pixels that holds several count
+    peaks (maxima of the counts smoothed over PEAK_SMOOTHING pixels, PEAK_DISTANCE apart, where the metastasis map
+    reaches METASTASIS_CANDIDATE) is split between them, each pixel going to its nearest peak, so neighbouring
+    lesions are separate hotspots with their own centroids. The counts, not the metastasis map, locate the peaks:
+    over touching metastases that map saturates into one plateau, while each focus keeps its own count maximum.
     """
     candidates = (hot >= HOTSPOT_THRESHOLD) | (metastasis >= METASTASIS_CANDIDATE)
     components, n = ndimage.label(candidates, structure=_EIGHT)
     if n == 0:
         return components, 0
-    size = 2 * PEAK_DISTANCE + 1
-    # A peak: within PEAK_TOLERANCE of the highest value around it, so a flat top (or interpolation's rounding on
-    # it) is one connected seed, not several.
-    peaks = metastasis >= ndimage.maximum_filter(metastasis, size=size) - PEAK_TOLERANCE
+    smooth = ndimage.gaussian_filter(np.asarray(counts, np.float32), PEAK_SMOOTHING)
+    peaks = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
     peaks &= metastasis >= METASTASIS_CANDIDATE
     seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
     per_component = np.bincount(components[seeds > 0], minlength=n + 1) if n_seeds else np.zeros(n + 1, int)
@@ -139,7 +139,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     hotspots: list[Hotspot] = []
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
     for view in range(2):
-        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1])
+        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1], counts[view])
         if n == 0:
             continue
         found = []
