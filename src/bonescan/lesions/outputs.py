@@ -84,6 +84,27 @@ def _write_hotspots(folder: Path, rows: list[dict]) -> Path:
     return write_text_atomic(folder / "hotspots.csv", pd.DataFrame(rows, columns=HOTSPOT_COLUMNS).to_csv(index=False))
 
 
+_RED, _BLUE = (0.839, 0.153, 0.157, 1.0), (0.122, 0.467, 0.706, 1.0)  # matplotlib's tab:red and tab:blue
+
+
+def _contours(numbers: np.ndarray, by_number: dict, threshold: float) -> np.ndarray:
+    """RGBA image of every hotspot's outline (its pixels next to another label), red if malignant, else blue.
+
+    One pass over the view for all hotspots: a study can have dozens, and one erosion each was most of the time
+    `predict --lesions` spent per study.
+    """
+    edge = (numbers > 0) & ((ndimage.grey_erosion(numbers, size=3) != numbers) |
+                            (ndimage.grey_dilation(numbers, size=3) != numbers))
+    malignant = np.zeros(int(numbers.max()) + 1, bool)
+    for number, hotspot in by_number.items():
+        if number < malignant.size:
+            malignant[number] = hotspot.malignancy >= threshold
+    image = np.zeros(numbers.shape + (4,), np.float32)
+    image[edge & malignant[numbers]] = _RED
+    image[edge & ~malignant[numbers]] = _BLUE
+    return image
+
+
 def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLesions, numbers: np.ndarray,
                    title: str) -> np.ndarray:
     """Both views (counts inverted, as read), numbered hotspot contours and a BSI caption; H x W x 3 uint8."""
@@ -100,14 +121,11 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
         axes = figure.add_axes((0.02 + index * 0.49, 90 / height_px, 0.47, rows / height_px))
         ceiling = float(np.percentile(counts, 99.5)) or float(counts.max()) or 1.0
         axes.imshow(counts, cmap="gray_r", vmin=0.0, vmax=ceiling, interpolation="nearest")
-        view_numbers = numbers[index]
+        view_numbers = numbers[index].astype(np.int64)
+        axes.imshow(_contours(view_numbers, by_number, lesions.threshold), interpolation="nearest")
         for number in np.unique(view_numbers[view_numbers > 0]):
             hotspot = by_number[int(number)]
-            malignant = hotspot.malignancy >= lesions.threshold
-            colour = "tab:red" if malignant else "tab:blue"
-            edge = (view_numbers == number) & ~ndimage.binary_erosion(view_numbers == number)
-            r, c = np.nonzero(edge)
-            axes.scatter(c, r, s=0.6, c=colour, marker="s", linewidths=0)
+            colour = "tab:red" if hotspot.malignancy >= lesions.threshold else "tab:blue"
             axes.text(hotspot.box[3] + 2, hotspot.box[0], str(hotspot.number), color=colour, fontsize=6,
                       va="top", ha="left")
         axes.set_xlim(-0.5, cols - 0.5)
