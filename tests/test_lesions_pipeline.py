@@ -160,6 +160,16 @@ def test_lesion_task_trains_through_the_shared_loop(lesion_setup):
     assert record["settings"]["task"] == "lesion" and record["lesion_truth"]["studies_without_truth"] == 0
     loaded = load_lesion_run(folder / "lesion-run")
     assert loaded.maps(np.zeros((1, 2, 64, 32), np.float32)).shape == (1, 2, 3, 64, 32)
+    # The loaded network runs channels-last; its probabilities are the plain layout's.
+    from bonescan.lesions.network import build_lesion_net
+    from bonescan.train import RunPaths, load_checkpoint
+
+    plain = build_lesion_net(loaded.config.lesion)
+    plain.load_state_dict(load_checkpoint(RunPaths(folder / "lesion-run").best)["model"])
+    inputs = np.random.default_rng(3).random((2, 2, 64, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(plain.eval()(torch.from_numpy(inputs))[:, :, -2:]).numpy()
+    np.testing.assert_allclose(loaded.maps(inputs)[:, :, 1:], expected, atol=1e-4)
     with pytest.raises(RunError, match="not a lesion run"):
         load_lesion_run(folder / "classifier")
     # Studies without truth stay out of the lesion loss; with none at all there is nothing to learn from.
