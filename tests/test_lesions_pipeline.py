@@ -425,12 +425,12 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
 def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_shared_borders():
     from types import SimpleNamespace
 
-    from bonescan.lesions.outputs import _BLUE, _RED, _contours
+    from bonescan.lesions.outputs import _contours
 
     numbers = np.zeros((20, 20), np.int64)
     numbers[2:8, 2:8] = 1
     numbers[2:8, 8:14] = 2  # a split piece touching hotspot 1
-    image = _contours(numbers, {1: SimpleNamespace(malignancy=0.9), 2: SimpleNamespace(malignancy=0.1)}, 0.5)
-    assert tuple(image[2, 2]) == pytest.approx(_RED) and tuple(image[5, 7]) == pytest.approx(_RED)
-    assert tuple(image[5, 8]) == pytest.approx(_BLUE) and tuple(image[7, 13]) == pytest.approx(_BLUE)
-    assert image[5, 5, 3] == 0 and image[5, 10, 3] == 0 and image[15, 15, 3] == 0  # insides and background clear
+    red, blue = _contours(numbers, {1: SimpleNamespace(malignancy=0.9), 2: SimpleNamespace(malignancy=0.1)}, 0.5)
+    assert red[2, 2] and red[5, 7] and not blue[2, 2] and not blue[5, 7]
+    assert blue[5, 8] and blue[7, 13] and not red[5, 8]
+    assert not (red | blue)[5, 5] and not (red | blue)[5, 10] and not (red | blue)[15, 15]  # insides, background
