@@ -10,6 +10,7 @@ from .match import Change, Lesion, MatchedPair, change_between, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
+from .uptake import UptakeCheck
 from .visits import Visit, check_visits
 
 
@@ -69,10 +70,12 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     results = [v.lesions for v in visits]
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
                            [v.study.anterior.shape[1] for v in visits])
-    followup = change_between(linking.lesions, results, 1, [0])
+    # A reader that can err must show that the uptake rose where it calls a lesion new (see `uptake`).
+    rose = None if getattr(reader, "exact", False) else UptakeCheck([v.study for v in visits], results, transforms).rose
+    followup = change_between(linking.lesions, results, 1, [0], rose)
     confirmatory = None
     if len(visits) == 3:
-        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0])
+        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], rose)
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint

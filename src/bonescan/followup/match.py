@@ -11,7 +11,8 @@ A lesion is what one bone focus leaves across views and visits:
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit.
 
-Status of a lesion on a later visit against reference visits: new (malignant now, absent on every reference),
+Status of a lesion on a later visit against reference visits: new (malignant now, absent on every reference, and
+its uptake risen since the baseline: `uptake`),
 resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
 and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -186,6 +188,9 @@ class Change:
     bsi_before: float
     bsi_after: float
     bsi_by_region: dict[str, float]  # change per region, percentage points
+    # Malignant now and unseen before by the reader, but the count image shows the uptake was already there
+    # (`uptake.UptakeCheck`): not counted new.
+    already_there: list[int] = field(default_factory=list)
 
     @property
     def bsi_change(self) -> float:
@@ -196,21 +201,31 @@ class Change:
                 "resolved": self.resolved, "persistent": self.persistent, "grown": self.grown,
                 "by_region": self.by_region, "bsi_before": round(self.bsi_before, 3),
                 "bsi_after": round(self.bsi_after, 3), "bsi_change": round(self.bsi_change, 3),
+                "already_there": self.already_there,
                 "bsi_change_by_region": {k: round(d, 3) for k, d in self.bsi_by_region.items() if abs(d) >= 5e-4}}
 
 
 STATUSES = ("new", "resolved", "persistent", "grown")
 
 
-def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int]) -> Change:
-    """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI."""
+def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int],
+                   rose: Callable[[list[Hotspot], int], bool] | None = None) -> Change:
+    """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI.
+
+    `rose(hotspots, visit)`, when given, must confirm a would-be new lesion (see `uptake.UptakeCheck.rose`);
+    one it does not confirm is listed in `already_there` instead.
+    """
     first = reference[0]
     status: dict[str, list[int]] = {name: [] for name in STATUSES}
     regions: dict[str, dict[str, int]] = {}
+    already_there: list[int] = []
     for lesion in lesions:
         seen_before = any(lesion.present(u) for u in reference)
         tags = []
         if lesion.malignant(visit) and not seen_before:
+            if rose is not None and not rose(lesion.hotspots[visit], visit):
+                already_there.append(lesion.number)
+                continue
             tags.append("new")
         elif lesion.malignant(first) and not lesion.present(visit):
             tags.append("resolved")
@@ -227,4 +242,4 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
     names = sorted(set(before.bsi_by_region) | set(after.bsi_by_region))
     delta = {n: after.bsi_by_region.get(n, 0.0) - before.bsi_by_region.get(n, 0.0) for n in names}
     return Change(visit, list(reference), status["new"], status["resolved"], status["persistent"], status["grown"],
-                  regions, before.bsi, after.bsi, delta)
+                  regions, before.bsi, after.bsi, delta, already_there)

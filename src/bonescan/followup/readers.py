@@ -29,9 +29,11 @@ _VIEW_SUFFIX = re.compile(r"_(ant|post)$")
 
 
 class LesionReader(Protocol):
-    """Reads the lesions of one study; `name` says in every output which reader produced the numbers."""
+    """Reads the lesions of one study; `name` says in every output which reader produced the numbers. `exact`: its
+    calls are the truth (the oracle), so a would-be new lesion needs no check against the count images."""
 
     name: str
+    exact: bool
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions: ...
 
@@ -74,6 +76,7 @@ class OracleReader:
     """Hotspots from the synthetic truth file of each study: the upper bound of any lesion reader."""
 
     name = "oracle (synthetic truth)"
+    exact = True
 
     def __init__(self, truth_files: dict[str, Path] | None = None):
         self.truth_files = truth_files or {}  # source file -> truth file (a manifest's `truth` column)
@@ -111,6 +114,8 @@ def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesio
 class NetworkReader:
     """The lesion network of a training run (`bonescan train --preset cpu-small-lesion`), behind the reader API:
     the same preprocessing and post-processing as `bonescan predict --lesions`."""
+
+    exact = False
 
     def __init__(self, run: str | Path, device: str = "auto"):
         from ..lesions.infer import load_lesion_run

@@ -1,0 +1,90 @@
+"""Did the uptake really rise where a lesion looks new? The count images of both visits, not the reader's calls.
+
+A lesion is new when the reader calls it malignant on the follow-up and saw no hotspot there before. A lesion
+network also calls hotspots that come and go between visits on unchanged bone: a focus it missed on the
+baseline, or normal bone it flags on one visit only. The count images settle it: a metastasis that appeared since
+the baseline raises the uptake where it lies, one already there (or none at all) does not. So a lesion counts as
+new only when its uptake relative to normal bone is at least RISE times what the baseline shows at the same place
+(after registration).
+
+Uptake at a place: the mean counts in a square of the hotspot's size (side = its equivalent diameter), the highest
+such mean within SEARCH_MM of the place (about a pixel: a wider search finds the uptake of a neighbouring bone or
+lesion and hides a new metastasis beside it),
+divided by the view's normal-bone level (median counts of the reader's skeletal-region pixels outside every
+hotspot). RISE = 1.2: on 30 synthetic `paper` patients read by the cpu-small lesion network, the 42 would-be new
+lesions that were truly new rose a median 1.45-fold (88 % at least 1.2-fold), the 365 others a median 1.01-fold
+(13 % at least 1.2-fold); 1.5 kept only a third of the truly new ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..lesions.hotspots import Hotspot, StudyLesions
+from .register import ViewTransform
+
+RISE = 1.2
+SEARCH_MM = 3.0  # about one pixel: registration error, not a neighbour's uptake
+VIEWS = ("anterior", "posterior")
+
+
+def normal_bone_level(counts: np.ndarray, lesions: StudyLesions, view: str) -> float:
+    """Median counts of the view's skeletal-region pixels outside every hotspot (0 when there are none)."""
+    index = VIEWS.index(view)
+    bone = lesions.regions[index] > 0
+    for hotspot in lesions.hotspots:
+        if hotspot.view == view and hotspot.mask is not None:
+            r0, c0, r1, c1 = hotspot.box
+            bone[r0:r1, c0:c1] &= ~hotspot.mask
+    return float(np.median(counts[bone])) if bone.any() else 0.0
+
+
+def local_uptake(counts: np.ndarray, level: float, point_rc: Sequence[float], spacing: tuple[float, float],
+                 diameter_mm: float, search_mm: float = SEARCH_MM) -> float:
+    """Highest mean counts in a diameter_mm square within search_mm of point_rc, over the normal-bone level."""
+    side = [max(1, int(round(diameter_mm / s))) for s in spacing]
+    reach = [int(math.ceil(search_mm / s)) for s in spacing]
+    centre = [int(round(p)) for p in point_rc]
+    lo = [max(0, c - r - d) for c, r, d in zip(centre, reach, side)]
+    hi = [min(n, c + r + d + 1) for c, r, d, n in zip(centre, reach, side, counts.shape)]
+    if lo[0] >= hi[0] or lo[1] >= hi[1]:
+        return 0.0  # outside the image: nothing there to compare with
+    window = ndimage.uniform_filter(np.asarray(counts[lo[0]:hi[0], lo[1]:hi[1]], np.float32), size=side,
+                                    mode="nearest")
+    rows, cols = np.ogrid[lo[0]:hi[0], lo[1]:hi[1]]
+    near = ((rows - point_rc[0]) * spacing[0]) ** 2 + ((cols - point_rc[1]) * spacing[1]) ** 2 <= search_mm ** 2
+    if not near.any():
+        return 0.0
+    return float(window[near].max()) / level if level > 0 else float("inf")
+
+
+class UptakeCheck:
+    """Compares a later visit's hotspots with the baseline's count image at the same place."""
+
+    def __init__(self, studies: Sequence, lesions: Sequence[StudyLesions],
+                 transforms: Sequence[dict[str, ViewTransform]]):
+        self.studies, self.transforms = list(studies), list(transforms)
+        self.levels = [{view: normal_bone_level(getattr(study, view), result, view) for view in VIEWS}
+                       for study, result in zip(self.studies, lesions)]
+
+    def ratio(self, hotspot: Hotspot, visit: int) -> tuple[float, float]:
+        """(uptake now, uptake on the baseline at the same place) of a hotspot of `visit`."""
+        view, study, base = hotspot.view, self.studies[visit], self.studies[0]
+        diameter = 2.0 * math.sqrt(max(hotspot.area_mm2, 0.0) / math.pi)
+        spacing, base_spacing = study.pixel_spacing or (1.0, 1.0), base.pixel_spacing or (1.0, 1.0)
+        now = local_uptake(getattr(study, view), self.levels[visit][view], hotspot.centroid, spacing, diameter)
+        there = self.transforms[visit][view].to_fixed(np.array([hotspot.centroid]))[0]
+        before = local_uptake(getattr(base, view), self.levels[0][view], there, base_spacing, diameter)
+        return now, before
+
+    def rose(self, hotspots: Sequence[Hotspot], visit: int) -> bool:
+        """True when the uptake of any of these hotspots (one lesion on `visit`) rose RISE-fold since the baseline."""
+        for hotspot in hotspots:
+            now, before = self.ratio(hotspot, visit)
+            if now >= RISE * before:
+                return True
+        return False

@@ -1,0 +1,59 @@
+"""The uptake check of new lesions: a focus the reader calls new counts only where the count image rose."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bonescan.followup.register import identity
+from bonescan.followup.uptake import RISE, UptakeCheck, local_uptake, normal_bone_level
+from bonescan.lesions.hotspots import Hotspot, StudyLesions
+
+SPACING = (2.4, 2.4)
+
+
+def _view(lesion_counts: float | None, rng: np.random.Generator) -> np.ndarray:
+    """A 60 x 30 view: a bone strip of 100 counts (columns 10-20), a 6 x 6 focus of `lesion_counts` at rows 30-36."""
+    mean = np.full((60, 30), 5.0)
+    mean[:, 10:20] = 100.0
+    if lesion_counts is not None:
+        mean[30:36, 12:18] = lesion_counts
+    return rng.poisson(mean).astype(np.float32)
+
+
+def _lesions(focus: bool) -> StudyLesions:
+    regions = np.zeros((2, 60, 30), np.uint8)
+    regions[:, :, 10:20] = 3
+    hotspots = [Hotspot(1, "anterior", (30, 12, 36, 18), (32.5, 14.5), 36 * 2.4 ** 2, "lumbar_spine", 0.9, 0.0,
+                        "1.2.3", np.ones((6, 6), bool))] if focus else []
+    return StudyLesions(hotspots, regions, 0.0, {}, 0.9 if focus else 0.0, 0.5)
+
+
+def _study(anterior: np.ndarray) -> SimpleNamespace:
+    return SimpleNamespace(anterior=anterior, posterior=anterior.copy(), pixel_spacing=SPACING)
+
+
+def test_local_uptake_is_the_focus_mean_over_normal_bone():
+    view = _view(300.0, np.random.default_rng(0))
+    level = normal_bone_level(view, _lesions(True), "anterior")
+    assert level == pytest.approx(100, rel=0.05)  # the focus is left out of normal bone
+    assert local_uptake(view, level, (32.5, 14.5), SPACING, 6 * 2.4) == pytest.approx(3.0, rel=0.1)
+    assert local_uptake(view, level, (10, 14.5), SPACING, 6 * 2.4) == pytest.approx(1.0, rel=0.1)
+    assert local_uptake(view, level, (500, 500), SPACING, 6 * 2.4) == 0.0  # outside the image
+
+
+@pytest.mark.parametrize("baseline_focus, expected", [(None, True), (300.0, False), (260.0, False), (200.0, True)])
+def test_a_focus_counts_as_new_only_where_the_uptake_rose(baseline_focus, expected):
+    rng = np.random.default_rng(1)
+    baseline, followup = _study(_view(baseline_focus, rng)), _study(_view(300.0, rng))
+    # The reader saw nothing on the baseline (a focus it missed, or none); 260 -> 300 counts is a 1.13-fold rise of
+    # the footprint mean, 200 -> 300 a 1.40-fold one.
+    check = UptakeCheck([baseline, followup], [_lesions(False), _lesions(True)],
+                        [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2)
+    hotspot = _lesions(True).hotspots[0]
+    now, before = check.ratio(hotspot, 1)
+    # The square has the hotspot's equivalent diameter (7 pixels): the 6 x 6 focus and a rim of bone.
+    assert now == pytest.approx((36 * 300 + 13 * 100) / 49 / 100, rel=0.1)
+    assert check.rose([hotspot], 1) is expected and (now >= RISE * before) is expected
