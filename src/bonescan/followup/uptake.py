@@ -9,9 +9,8 @@ new only when its uptake relative to normal bone is at least RISE times what the
 
 Uptake at a place: the mean counts in a square of the hotspot's size (side = its equivalent diameter), the highest
 such mean within SEARCH_MM of the place (about a pixel: a wider search finds the uptake of a neighbouring bone or
-lesion and hides a new metastasis beside it),
-divided by the view's normal-bone level (median counts of the reader's skeletal-region pixels outside every
-hotspot). RISE = 1.2: on 30 synthetic `paper` patients read by the cpu-small lesion network, the 42 would-be new
+lesion and hides a new metastasis beside it), divided by the view's normal-bone level (median counts of the
+reader's skeletal-region pixels outside every hotspot). RISE = 1.2: on 30 synthetic `paper` patients read by the cpu-small lesion network, the 42 would-be new
 lesions that were truly new rose a median 1.45-fold (88 % at least 1.2-fold), the 365 others a median 1.01-fold
 (13 % at least 1.2-fold); 1.5 kept only a third of the truly new ones.
 """

@@ -103,20 +103,11 @@ def _contours(numbers: np.ndarray, by_number: dict, threshold: float) -> tuple[n
     return edge & malignant[numbers], edge & ~malignant[numbers]
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: its small bitmap font
-        return ImageFont.load_default()
-
-
 def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLesions, numbers: np.ndarray,
                    title: str) -> np.ndarray:
     """Both views (counts inverted, as read) at one image pixel per scan pixel, numbered hotspot outlines and a
     BSI caption; H x W x 3 uint8. Drawn with Pillow: a matplotlib figure of the same took 0.3 s per study."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     rows, cols = anterior.shape
     width, height = 2 * cols + 2 * _MARGIN + _GAP, rows + _TOP + _BOTTOM
@@ -133,7 +124,7 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
         view[malignant], view[other] = _RED, _BLUE
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    small, normal = _font(10), _font(13)
+    small, normal = ImageFont.load_default(size=10), ImageFont.load_default(size=13)  # Pillow's own FreeType font
     for index, (name, sides) in enumerate((("Anterior", ("R", "L")), ("Posterior", ("L", "R")))):
         left = lefts[index]
         draw.text((left + cols / 2, _TOP - 6), name, fill=(0, 0, 0), font=normal, anchor="ms")
