@@ -434,3 +434,22 @@ def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_share
     assert red[2, 2] and red[5, 7] and not blue[2, 2] and not blue[5, 7]
     assert blue[5, 8] and blue[7, 13] and not red[5, 8]
     assert not (red | blue)[5, 5] and not (red | blue)[5, 10] and not (red | blue)[15, 15]  # insides, background
+
+
+def test_count_peaks_per_component_window_equal_the_whole_view():
+    from scipy import ndimage
+
+    from bonescan.lesions.infer import PEAK_DISTANCE, PEAK_SMOOTHING, count_peaks
+
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(rng.uniform(5, 200, (120, 60))).astype(np.float32)
+    components, _ = ndimage.label(rng.random((120, 60)) > 0.97, structure=np.ones((3, 3), bool))
+    components[0:4, 0:5] = components.max() + 1  # one at the image corner: the border reflects alike
+    smooth = ndimage.gaussian_filter(counts, PEAK_SMOOTHING)
+    whole = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
+    boxes = np.zeros(counts.shape, bool)
+    for box in ndimage.find_objects(components):
+        boxes[box] = True
+    windowed = count_peaks(counts, components)
+    assert np.array_equal(windowed[boxes], whole[boxes]) and not windowed[~boxes].any()
+    assert windowed.any()

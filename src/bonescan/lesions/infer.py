@@ -101,9 +101,7 @@ def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarr
     components, n = ndimage.label(candidates, structure=_EIGHT)
     if n == 0:
         return components, 0
-    smooth = ndimage.gaussian_filter(np.asarray(counts, np.float32), PEAK_SMOOTHING)
-    peaks = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
-    peaks &= metastasis >= METASTASIS_CANDIDATE
+    peaks = count_peaks(np.asarray(counts, np.float32), components) & (metastasis >= METASTASIS_CANDIDATE)
     seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
     per_component = np.bincount(components[seeds > 0], minlength=n + 1) if n_seeds else np.zeros(n + 1, int)
     if not n_seeds or per_component.max() < 2:
@@ -117,6 +115,25 @@ def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarr
     lookup = np.zeros(int(split.max()) + 1, np.int32)
     lookup[kept] = np.arange(1, kept.size + 1)
     return lookup[split], int(kept.size)
+
+
+def count_peaks(counts: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Bool map of the count peaks inside labelled components: pixels where the counts smoothed over PEAK_SMOOTHING
+    are the highest within PEAK_DISTANCE.
+
+    Computed per component in its box widened by the smoothing's reach plus PEAK_DISTANCE, so inside the box the
+    result is the whole view's, for a fraction of the work (the whole view took half the post-processing time).
+    """
+    margin = int(4.0 * PEAK_SMOOTHING + 0.5) + PEAK_DISTANCE  # gaussian_filter reaches 4 sigma
+    peaks = np.zeros(counts.shape, bool)
+    for box in ndimage.find_objects(components):
+        if box is None:
+            continue
+        outer = tuple(slice(max(0, b.start - margin), min(size, b.stop + margin)) for b, size in zip(box, counts.shape))
+        smooth = ndimage.gaussian_filter(counts[outer], PEAK_SMOOTHING)
+        local = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
+        peaks[box] |= local[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))]
+    return peaks
 
 
 def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
