@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bonescan.followup.register import identity
-from bonescan.followup.uptake import RISE, UptakeCheck, local_uptake, normal_bone_level
-from bonescan.lesions.hotspots import Hotspot, StudyLesions
+from bonescan.followup.uptake import RISE, UptakeCheck, local_uptake
+from bonescan.lesions.hotspots import Hotspot, StudyLesions, normal_bone_level
 
 SPACING = (2.4, 2.4)
 
@@ -23,12 +23,12 @@ def _view(lesion_counts: float | None, rng: np.random.Generator) -> np.ndarray:
     return rng.poisson(mean).astype(np.float32)
 
 
-def _lesions(focus: bool) -> StudyLesions:
+def _lesions(focus: bool, level: float = 100.0) -> StudyLesions:
     regions = np.zeros((2, 60, 30), np.uint8)
     regions[:, :, 10:20] = 3
     hotspots = [Hotspot(1, "anterior", (30, 12, 36, 18), (32.5, 14.5), 36 * 2.4 ** 2, "lumbar_spine", 0.9, 0.0,
                         "1.2.3", np.ones((6, 6), bool))] if focus else []
-    return StudyLesions(hotspots, regions, 0.0, {}, 0.9 if focus else 0.0, 0.5)
+    return StudyLesions(hotspots, regions, 0.0, {}, 0.9 if focus else 0.0, 0.5, (level, level))
 
 
 def _study(anterior: np.ndarray) -> SimpleNamespace:
@@ -37,8 +37,11 @@ def _study(anterior: np.ndarray) -> SimpleNamespace:
 
 def test_local_uptake_is_the_focus_mean_over_normal_bone():
     view = _view(300.0, np.random.default_rng(0))
-    level = normal_bone_level(view, _lesions(True), "anterior")
+    bone, focus = np.zeros(view.shape, bool), np.zeros(view.shape, bool)
+    bone[:, 10:20], focus[30:36, 12:18] = True, True
+    level = normal_bone_level(view, bone, focus)
     assert level == pytest.approx(100, rel=0.05)  # the focus is left out of normal bone
+    assert normal_bone_level(view, np.zeros_like(bone), focus) < 50  # no bone: the median of all counted pixels
     assert local_uptake(view, level, (32.5, 14.5), SPACING, 6 * 2.4) == pytest.approx(3.0, rel=0.1)
     assert local_uptake(view, level, (10, 14.5), SPACING, 6 * 2.4) == pytest.approx(1.0, rel=0.1)
     assert local_uptake(view, level, (500, 500), SPACING, 6 * 2.4) == 0.0  # outside the image

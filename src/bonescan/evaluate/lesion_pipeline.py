@@ -245,8 +245,7 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
     if centroids.size and ((centroids < -0.5).any() or (centroids[:, 0] > height).any()
                            or (centroids[:, 1] > width).any()):
         raise PredictionsError(source, f"hotspot centroids outside the truth's {height} x {width} image")
-    present = np.bincount(truth.instances.ravel(), minlength=len(truth.category) + 1) > 0
-    lesion_ids = [i + 1 for i, c in enumerate(truth.category) if c == "metastasis" and present[i + 1]]
+    lesion_ids = truth.metastasis_ids()
     hits = match_hotspots(truth.instances, lesion_ids, views, centroids, inputs.tolerance)
     detections = study_detections(lesion_ids, hits, scores)
     images, spacing = _study_images(inputs.images.get(case_id), truth)

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError, RunError
 from ..lesions.bsi import bone_scan_index
-from ..lesions.hotspots import Hotspot, StudyLesions
+from ..lesions.hotspots import Hotspot, StudyLesions, normal_bone_level
 from ..lesions.regions import BY_LABEL
 from ..lesions.truth import LesionTruth, load_truth
 from ..study import Study
@@ -39,14 +39,16 @@ class LesionReader(Protocol):
 
 
 def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.ndarray, malignancy: dict[int, float],
-                            region_of: dict[int, str], key: str) -> list[Hotspot]:
-    """Hotspots of labelled instance masks ([2, H, W]; ids in `malignancy`), numbered in reading order."""
+                            region_of: dict[int, str], key: str) -> tuple[list[Hotspot], tuple[float, float]]:
+    """Hotspots of labelled instance masks ([2, H, W]; ids in `malignancy`), numbered in reading order, and each
+    view's normal-bone level (outside every instance)."""
     row_mm, col_mm = study.pixel_spacing or (1.0, 1.0)
     hotspots = []
+    levels = []
     for v, view in enumerate(VIEWS):
         image = np.asarray(getattr(study, view), np.float32)
-        bone = (regions[v] > 0) & (instances[v] == 0)
-        normal = float(np.median(image[bone])) if bone.any() else float(np.median(image[image > 0]))
+        normal = normal_bone_level(image, regions[v] > 0, instances[v] > 0)
+        levels.append(normal)
         for k, box in enumerate(ndimage.find_objects(instances[v]), start=1):
             if box is None or k not in malignancy:
                 continue
@@ -62,7 +64,7 @@ def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.nda
     hotspots.sort(key=lambda h: (VIEWS.index(h.view), h.centroid))
     for number, hotspot in enumerate(hotspots, 1):
         hotspot.number = number
-    return hotspots
+    return hotspots, (levels[0], levels[1])
 
 
 def _region_at(regions: np.ndarray, centroid: tuple[float, float]) -> str:
@@ -106,9 +108,9 @@ def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesio
     """StudyLesions that a perfect reader would report for this truth."""
     malignancy = {i + 1: float(c == "metastasis") for i, c in enumerate(truth.category) if c != "physiological"}
     region_of = {i + 1: r for i, r in enumerate(truth.region)}
-    hotspots = hotspots_from_instances(study, truth.regions, truth.instances, malignancy, region_of, key)
+    hotspots, levels = hotspots_from_instances(study, truth.regions, truth.instances, malignancy, region_of, key)
     bsi, by_region = bone_scan_index(truth.regions, truth.malignant_mask())
-    return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5)
+    return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5, levels)
 
 
 class NetworkReader:
@@ -127,12 +129,4 @@ class NetworkReader:
         self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
-        from ..lesions.infer import study_lesions
-        from ..preprocess import preprocess_views
-
-        config = self.model.config.preprocess
-        maps = self.model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
-        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
-        lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
-                                   study_key=study.study_id, threshold=self.model.threshold)
-        return lesions
+        return self.model.read(study, study_key=study.study_id)[0]

@@ -29,6 +29,15 @@ class Hotspot:
                 "uptake_ratio": round(self.uptake_ratio, 2), "uid": self.uid}
 
 
+def normal_bone_level(counts: np.ndarray, bone: np.ndarray, hotspot_pixels: np.ndarray) -> float:
+    """Median counts of skeletal-region pixels outside every hotspot; without such pixels, of all counted pixels."""
+    normal = bone & ~hotspot_pixels
+    if normal.any():
+        return float(np.median(counts[normal]))
+    counted = counts[counts > 0]
+    return float(np.median(counted)) if counted.size else 0.0
+
+
 @dataclass
 class StudyLesions:
     """Lesion-level result of one study."""
@@ -39,6 +48,9 @@ class StudyLesions:
     bsi_by_region: dict[str, float]
     probability: float  # study-level probability of metastasis from the lesions
     threshold: float  # malignancy probability at which a hotspot counts as malignant
+    # Per view (anterior, posterior): median counts of normal bone, the reference of every uptake ratio
+    # (`normal_bone_level`); 0 where unknown.
+    normal_bone: tuple[float, float] = (0.0, 0.0)
 
     @property
     def n_malignant(self) -> int:

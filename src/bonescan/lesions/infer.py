@@ -27,9 +27,10 @@ from scipy import ndimage
 
 from ..device import Precision, choose_precision, select_device
 from ..errors import RunError
+from ..preprocess import preprocess_views
 from ..presets import TrainConfig
 from .bsi import bone_scan_index
-from .hotspots import Hotspot, StudyLesions
+from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
 from .regions import BY_LABEL, N_LABELS
 
@@ -63,6 +64,14 @@ class LesionModel:
         regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
         probabilities = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])
         return torch.cat([regions, probabilities], 2).cpu().numpy()
+
+    def read(self, study, study_key: str = "") -> tuple[StudyLesions, np.ndarray]:
+        """One study's lesions and hotspot number map (`study_lesions`) with the run's threshold."""
+        config = self.config.preprocess
+        maps = self.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
+        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
+        return study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
+                             study_key=study_key, threshold=self.threshold)
 
 
 def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
@@ -169,7 +178,6 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                 continue
             found.append((window[0].start, window, mask, area))
         found.sort(key=lambda entry: (entry[0], entry[1][1].start))
-        bone = regions[view] > 0
         for _, window, mask, area in found:
             number = len(hotspots) + 1
             numbers[view][window][mask] = number
@@ -186,11 +194,11 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                 uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
                     entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
                 mask=mask.copy()))
-        normal = bone & (numbers[view] == 0)
-        reference = float(np.median(counts[view][normal])) if normal.any() else 0.0
-        for hotspot in hotspots:
-            if hotspot.view == VIEWS[view]:
-                hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
+    # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not).
+    levels = tuple(normal_bone_level(counts[view], regions[view] > 0, numbers[view] > 0) for view in range(2))
+    for hotspot in hotspots:
+        reference = levels[VIEWS.index(hotspot.view)]
+        hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
     bsi, by_region = bone_scan_index(regions, (probabilities[:, 1] >= threshold) & (numbers > 0))
     probability = max((h.malignancy for h in hotspots), default=0.0)
-    return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold), numbers
+    return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels), numbers

@@ -45,8 +45,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
     Returns what was written. ManifestError when the split has no study with lesion truth.
     """
     from ..io import read_study
-    from ..preprocess import preprocess_views
-    from .infer import load_lesion_run, study_lesions
+    from .infer import load_lesion_run
 
     if not fp_per_study > 0:
         raise RunError(run_dir, f"the false-positive budget must be > 0 per study, got {fp_per_study}")
@@ -56,18 +55,13 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
     if "truth" not in manifest.columns or rows.empty:
         raise ManifestError("manifest", f"no {split!r} study with lesion truth (a `truth` column) to choose on")
     model = load_lesion_run(run_dir, device=device)
-    config = model.config.preprocess
     detections = []
     for row in rows.itertuples():
         source = row.path if isinstance(getattr(row, "path", None), str) and row.path else [row.anterior,
                                                                                               row.posterior]
-        study = read_study(source)
-        maps = model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
-        spacing = (study.pixel_spacing or (2.4, 2.4))[0]
-        lesions, _ = study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior)
+        lesions, _ = model.read(read_study(source))
         truth = load_truth(row.truth)
-        present = np.bincount(truth.instances.ravel(), minlength=len(truth.category) + 1) > 0
-        ids = [i + 1 for i, c in enumerate(truth.category) if c == "metastasis" and present[i + 1]]
+        ids = truth.metastasis_ids()
         views = [0 if h.view == "anterior" else 1 for h in lesions.hotspots]
         centroids = np.array([h.centroid for h in lesions.hotspots], dtype=float).reshape(-1, 2)
         hits = match_hotspots(truth.instances, ids, views, centroids)

@@ -43,6 +43,12 @@ class LesionTruth:
     has_findings: bool = True  # False: findings were not annotated (region-only truth)
     identity: list[int] | None = None
 
+    def metastasis_ids(self) -> list[int]:
+        """Instance ids of the metastases that show in the image (a finding may leave no pixel: lesion evaluation
+        counts only what can be found)."""
+        present = np.bincount(self.instances.ravel(), minlength=len(self.category) + 1) > 0
+        return [i + 1 for i, c in enumerate(self.category) if c == "metastasis" and present[i + 1]]
+
     def malignant_mask(self) -> np.ndarray:
         """[2, H, W] bool: pixels of metastasis instances."""
         ids = [i + 1 for i, c in enumerate(self.category) if c == "metastasis"]
