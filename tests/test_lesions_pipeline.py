@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 from bonescan.cohort import load_manifest
-from bonescan.errors import ManifestError, RunError
+from bonescan.errors import ConfigError, ManifestError, RunError
 from bonescan.lesions.bsi import bone_scan_index
 from bonescan.lesions.dataset import FLIP_LABELS, LesionScans, LesionTargets, targets_in_network_geometry
 from bonescan.lesions.infer import load_lesion_run, study_lesions
+from bonescan.lesions.task import warm_start_weights
 from bonescan.lesions.regions import BY_NAME, N_LABELS
 from bonescan.predict import predict_studies
 from bonescan.preprocess import PreprocessConfig
@@ -185,6 +187,26 @@ def test_lesion_task_trains_through_the_shared_loop(lesion_setup):
     bf16 = train(one_label, folder / "bf16", preset_config("tiny-lesion", precision="bf16", epochs=1, exact=False),
                  cache_dir=folder / "cache", progress=False)
     assert np.isfinite(bf16.metrics[["train_loss", "val_loss", "val_score"]].to_numpy()).all()
+    # Warm start from an earlier lesion run: at a vanishing learning rate the weights stay the earlier run's.
+    earlier = load_checkpoint(RunPaths(folder / "lesion-run").best)["model"]
+    warm = train(one_label, folder / "warm", preset_config("tiny-lesion", precision="fp32", epochs=1, lr=1e-12,
+                                                           pretrained=str(folder / "lesion-run")),
+                 cache_dir=folder / "cache", progress=False)
+    after = load_checkpoint(RunPaths(warm.run_dir).last)["model"]
+    weights = [k for k, v in earlier.items() if v.ndim > 1]
+    assert weights and all(torch.allclose(after[k], earlier[k], atol=1e-6) for k in weights)
+    fresh = build_lesion_net(loaded.config.lesion).state_dict()
+    assert not all(torch.allclose(fresh[k], earlier[k], atol=1e-3) for k in weights)
+    tiny = preset_config("tiny-lesion")
+    with pytest.raises(ConfigError, match="not a lesion run"):
+        warm_start_weights(folder / "classifier", tiny)
+    with pytest.raises(ConfigError, match="no ImageNet weights"):
+        warm_start_weights("imagenet", tiny)
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        warm_start_weights(folder / "nowhere.pt", tiny)
+    wider = replace(tiny, lesion=replace(tiny.lesion, channels=(8, 16, 32)))
+    with pytest.raises(ConfigError, match="differs from this run's"):
+        warm_start_weights(folder / "lesion-run", wider)
     with pytest.raises(ManifestError, match="only label 1"):
         train(one_label, folder / "one-label-classifier", preset_config("tiny", precision="fp32", epochs=1),
               cache_dir=folder / "cache", progress=False)

@@ -18,6 +18,7 @@ Validation score: the mean of the region Dice (averaged over the 20 regions) and
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from ..data import ArrayCache
 from ..device import Precision
-from ..errors import ManifestError
+from ..errors import ConfigError, ManifestError, RunError
 from ..presets import TrainConfig
 from ..train import DistContext
 from .dataset import IGNORE, LesionScans, build_targets
@@ -39,6 +40,31 @@ from .regions import N_LABELS
 # but far from the ~1,000x of full class balance, which paints the whole skeleton (measured).
 OTHER_HOTSPOT_WEIGHT = 2.0
 METASTASIS_WEIGHT = 5.0
+
+
+def warm_start_weights(pretrained: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights of an earlier lesion run (its folder: best checkpoint; or a checkpoint file) to start from.
+
+    Training on from them with a fresh schedule (a warm restart) or on another site's studies; ConfigError naming
+    --pretrained when the file is not a lesion run's or its network differs from this run's.
+    """
+    from ..train import RunPaths, load_checkpoint
+
+    path = Path(pretrained)
+    if str(pretrained) == "imagenet":
+        raise ConfigError("--pretrained imagenet", "the lesion network has no ImageNet weights; give an earlier "
+                                                   "lesion run (its folder or a checkpoint file), or leave it out")
+    try:
+        checkpoint = load_checkpoint(RunPaths(path).best if path.is_dir() else path)
+    except RunError as error:
+        raise ConfigError(f"--pretrained {pretrained}", error.reason) from None
+    earlier = TrainConfig.from_dict(checkpoint["config"])
+    if earlier.task != "lesion":
+        raise ConfigError(f"--pretrained {pretrained}", f"is a {earlier.task!r} run, not a lesion run")
+    if (earlier.lesion.channels, earlier.lesion.residual_units) != (config.lesion.channels, config.lesion.residual_units):
+        raise ConfigError(f"--pretrained {pretrained}", f"its lesion network {earlier.lesion.to_dict()} differs "
+                                                        f"from this run's {config.lesion.to_dict()}")
+    return checkpoint["model"]
 
 
 class LesionTask:
@@ -65,7 +91,10 @@ class LesionTask:
                                             "written by `bonescan synth` or imported annotations)")
 
     def build_model(self, pretrained: str | None) -> nn.Module:
-        return build_lesion_net(self.config.lesion)
+        net = build_lesion_net(self.config.lesion)
+        if pretrained:
+            net.load_state_dict(warm_start_weights(pretrained, self.config))
+        return net
 
     def dataset(self, rows: np.ndarray) -> LesionScans:
         return LesionScans(self.cache, self.targets, rows, self.config.augment, seed=self.config.seed)
