@@ -61,7 +61,7 @@ same = a[["label", "n_metastases", "findings"]].equals(b[["label", "n_metastases
 print(f"lesion cohort: same case ids and splits as {sys.argv[1]}; findings {'identical' if same else 'DIFFER'}")
 PY
   fi
-  local from="$LESION_FROM" chunk=1
+  local from="$LESION_FROM" chunk=1 best_score=-1
   while [ "$(left "$LESION_UNTIL")" -gt 60 ]; do
     stamp "lesion training, restart $chunk from ${from:-scratch}"
     timeout "$(left "$LESION_UNTIL")" $BONESCAN train --manifest "$WORK/lesion-cohort/manifest.csv" \
@@ -71,9 +71,19 @@ PY
     local status=$?
     [ -f "$WORK/lesion-run$chunk/checkpoints/best.pt" ] || break
     sed "s/^/$chunk,/" "$WORK/lesion-run$chunk/metrics.csv" | tail -n +2 >>"$RESULTS/lesion_metrics.csv"
-    cp "$WORK/lesion-run$chunk/checkpoints/best.pt" "$RESULTS/lesion_best.pt"
-    cp "$WORK/lesion-run$chunk/config.json" "$RESULTS/lesion_config.json"
-    from="$WORK/lesion-run$chunk"
+    # Kept only when this restart beat the earlier ones: a restart stopped early may not have.
+    if "$PY" - "$WORK/lesion-run$chunk/metrics.csv" "$best_score" <<'PY'
+import sys
+import pandas as pd
+sys.exit(0 if pd.read_csv(sys.argv[1])["best_val_score"].max() > float(sys.argv[2]) else 1)
+PY
+    then
+      best_score="$("$PY" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['best_val_score'].max())" \
+        "$WORK/lesion-run$chunk/metrics.csv")"
+      cp "$WORK/lesion-run$chunk/checkpoints/best.pt" "$RESULTS/lesion_best.pt"
+      cp "$WORK/lesion-run$chunk/config.json" "$RESULTS/lesion_config.json"
+      from="$WORK/lesion-run$chunk"
+    fi
     [ "$status" -eq 0 ] || break  # stopped by the time limit
     chunk=$(( chunk + 1 ))
   done

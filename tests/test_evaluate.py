@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import pytest
 
 from bonescan.cli import main
@@ -251,28 +252,37 @@ def test_cli_refuses_predictions_without_labels(tmp_path, capsys):
     assert "missing column(s): label" in capsys.readouterr().err
 
 
-def test_run_mode_predicts_val_and_test_and_freezes_points_into_the_run(tmp_path, monkeypatch):
+def test_run_mode_predicts_val_and_test_and_freezes_points_into_the_run(tmp_path, monkeypatch, capsys):
     manifest, _, frame = _manifest_and_predictions(tmp_path)
     probability = dict(zip(frame["case_id"], frame["probability"]))
-    calls = []
+    calls, loads = [], []
 
-    def predict_manifest(run_dir, manifest_df, split):
-        calls.append(split)
+    def load_run(run_dir, device, precision):
+        loads.append((device, precision))
+        return run_dir
+
+    def predict_manifest(loaded, manifest_df, split):
+        calls.append((loaded, split))
         part = manifest_df[manifest_df["split"] == split]
         return pd.DataFrame({"case_id": part["case_id"], "probability": [probability[c] for c in part["case_id"]]})
 
     fake = types.ModuleType("bonescan.inference")
-    fake.predict_manifest = predict_manifest
+    fake.predict_manifest, fake.load_run = predict_manifest, load_run
     monkeypatch.setitem(sys.modules, "bonescan.inference", fake)
     run = tmp_path / "run"
     run.mkdir()
     assert main(["evaluate", "--run", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "o"),
-                 "--no-report"]) == 0
+                 "--no-report", "--device", "cpu"]) == 0
     assert not (tmp_path / "o" / "report.html").exists()
-    assert calls == ["val", "test"]
+    # The run is loaded once, on the CPU in fp32, and predicts the val split (operating points) and the test split.
+    assert loads == [("cpu", "fp32")] and calls == [(run, "val"), (run, "test")]
     frozen = json.loads((run / "operating_points.json").read_text())
     written = json.loads((tmp_path / "o" / "operating_points.json").read_text())
     assert frozen["youden"] == written["youden"] and frozen["chosen_on"] == "val"
+    if not torch.cuda.is_available():
+        assert main(["evaluate", "--run", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "g"),
+                     "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and len(loads) == 1
 
 
 def test_cli_refuses_predictions_with_no_rows(tmp_path, capsys):

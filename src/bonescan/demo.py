@@ -156,7 +156,7 @@ def _train(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, settings:
 def _evaluate(run_dir: Path, manifest: pd.DataFrame, out: Path):
     from .evaluate import evaluate_predictions, predictions_from_run
 
-    frame = predictions_from_run(run_dir, manifest, "test")
+    frame = predictions_from_run(run_dir, manifest, "test", device="auto")
     result = evaluate_predictions(frame, out, split="test", report=False,
                                   inputs={"run": str(run_dir), "predictions": f"computed from {run_dir}"})
     # Frozen on the validation split, so `bonescan predict --run` uses the same thresholds.

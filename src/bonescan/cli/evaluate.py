@@ -40,6 +40,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lesions: Path | None = typer.Option(None, "--lesions", help="Folder of <case_id>.json/.npz lesion outputs "
                                             "(default: lesions/ beside --predictions, used when present and the "
                                             "manifest has a truth column)."),
+        device: str = typer.Option("auto", "--device", help="With --run: auto (a GPU when there is one, in its "
+                                   "fast precision; else the CPU in fp32) | cpu | cuda."),
         hit_tolerance: float = typer.Option(3.0, "--hit-tolerance", help="A hotspot hits a truth metastasis when "
                                             "its centroid is within this many pixels of it."),
     ) -> None:
@@ -59,7 +61,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if run is not None:
             if manifest is None:
                 raise ConfigError("--run", "needs --manifest to know the cases and their splits")
-            result = ev.evaluate_run(run, manifest, out, split=split, **options)
+            result = ev.evaluate_run(run, manifest, out, split=split, device=device, **options)
         else:
             from ..evaluate.lesion_pipeline import find_lesion_inputs
 

@@ -147,20 +147,28 @@ def load_predictions(predictions_csv: str | Path, manifest: str | Path | pd.Data
     return _check_frame(frame, str(predictions_csv))
 
 
-def predictions_from_run(run_dir: str | Path, manifest: pd.DataFrame, split: str = "test") -> pd.DataFrame:
-    """Run a trained model on the validation split and on `split`, joined to the manifest's clinical columns."""
+def predictions_from_run(run_dir: str | Path, manifest: pd.DataFrame, split: str = "test",
+                         device: str = "cpu") -> pd.DataFrame:
+    """Run a trained model on the validation split and on `split`, joined to the manifest's clinical columns.
+
+    device: "cpu" (fp32), "cuda" (bf16 autocast where the GPU has it) or "auto" (the GPU when there is one).
+    """
     try:
-        from ..inference import predict_manifest  # heavy (torch): imported only when a run is evaluated
+        from ..device import select_device
+        from ..inference import load_run, predict_manifest  # heavy (torch): imported only when a run is evaluated
     except ImportError as error:
         raise RunError(run_dir, f"cannot load bonescan.inference to predict with this run: {error}") from error
 
     if "split" not in manifest.columns:
         raise PredictionsError("manifest", "has no split column: cannot tell validation from test cases")
+    # fp32 on the CPU (where bf16 may be emulated, and exact figures cost little); the GPU's fast precision there.
+    on_gpu = select_device(device).type == "cuda"
+    loaded = load_run(run_dir, device=device, precision="auto" if on_gpu else "fp32")
     parts = []
     for name in dict.fromkeys(["val", split]):
         if not (manifest["split"].astype(str) == name).any():
             continue
-        predicted = predict_manifest(run_dir, manifest, name)
+        predicted = predict_manifest(loaded, manifest, name)
         predicted = predicted[["case_id", "probability"]].copy()
         parts.append(predicted)
     if not parts:
@@ -376,7 +384,7 @@ def evaluate_predictions(
 
 
 def evaluate_run(run_dir: str | Path, manifest: str | Path, out_dir: str | Path, split: str = "test",
-                 **options: Any) -> EvaluationResult:
+                 device: str = "cpu", **options: Any) -> EvaluationResult:
     """Predict with a trained run on val and `split`, evaluate, and freeze the operating points into RUN/."""
     from ..cohort import load_manifest
 
@@ -384,7 +392,7 @@ def evaluate_run(run_dir: str | Path, manifest: str | Path, out_dir: str | Path,
     if not run_dir.is_dir():
         raise PredictionsError(run_dir, "run folder not found")
     table = load_manifest(manifest)
-    frame = predictions_from_run(run_dir, table, split)
+    frame = predictions_from_run(run_dir, table, split, device)
     inputs = {"run": str(run_dir), "manifest": str(manifest), "predictions": f"computed from {run_dir}"}
     result = evaluate_predictions(frame, out_dir, split=split, inputs=inputs, **options)
     # Thresholds chosen on the test cases would leak into every later prediction: only val-chosen ones are frozen.
