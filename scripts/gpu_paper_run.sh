@@ -109,11 +109,14 @@ paper_job() {
 if command -v nvidia-smi >/dev/null; then  # GPU load and memory every 15 s: is the GPU or the data loading the limit?
   nvidia-smi dmon -s um -d 15 >"$RESULTS/gpu_load.log" 2>&1 &
 fi
-lesion_job >"$RESULTS/lesion.log" 2>&1 &
-lesion_pid=$!
+lesion_pid=""
+if [ "$LESION_UNTIL" -gt 0 ]; then  # LESION_UNTIL=0: the paper job alone
+  lesion_job >"$RESULTS/lesion.log" 2>&1 &
+  lesion_pid=$!
+fi
 paper_job >"$RESULTS/paper.log" 2>&1
-wait "$lesion_pid"
-cat "$RESULTS/paper.log" "$RESULTS/lesion.log" | grep -v "^\s*$" | tail -n 40
+[ -z "$lesion_pid" ] || wait "$lesion_pid"
+cat "$RESULTS"/*.log | grep -v "^\s*$" | tail -n 40
 
 "$PY" - "$RESULTS" <<'PY'
 import json, sys
