@@ -23,7 +23,7 @@ def bone_scan_index(regions: np.ndarray, malignant: np.ndarray) -> tuple[float, 
     for view in range(regions.shape[0]):
         labels = regions[view].ravel()
         area = np.bincount(labels, minlength=n_labels)
-        involved = np.bincount(labels, weights=malignant[view].ravel().astype(np.float64), minlength=n_labels)
+        involved = np.bincount(labels[malignant[view].ravel().astype(bool)], minlength=n_labels)  # few pixels
         fractions[view] = np.divide(involved, area, out=np.zeros(n_labels), where=area > 0)
     per_region = {region.name: float(fractions[:, region.label].max()) * region.mass_percent for region in REGIONS}
     return float(sum(per_region.values())), per_region
