@@ -38,7 +38,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
         pretrained: Optional[str] = typer.Option(
             None, "--pretrained", help="'imagenet' (local torch hub cache), a torchvision state-dict file, or a file from "
-                    "`bonescan pretrain`; lesion task: an earlier lesion run (folder or checkpoint) to train on from."
+                    "`bonescan pretrain`; lesion task: an earlier lesion run (folder or checkpoint) to train on "
+                    "from."
         ),
         allow_download: bool = typer.Option(
             False, "--allow-download", help="With --pretrained imagenet: let torchvision download the weights "

@@ -61,7 +61,8 @@ def warm_start_weights(pretrained: str | Path, config: TrainConfig) -> dict[str,
     earlier = TrainConfig.from_dict(checkpoint["config"])
     if earlier.task != "lesion":
         raise ConfigError(f"--pretrained {pretrained}", f"is a {earlier.task!r} run, not a lesion run")
-    if (earlier.lesion.channels, earlier.lesion.residual_units) != (config.lesion.channels, config.lesion.residual_units):
+    shape = (config.lesion.channels, config.lesion.residual_units)  # what the weights must fit; dropout may differ
+    if (earlier.lesion.channels, earlier.lesion.residual_units) != shape:
         raise ConfigError(f"--pretrained {pretrained}", f"its lesion network {earlier.lesion.to_dict()} differs "
                                                         f"from this run's {config.lesion.to_dict()}")
     return checkpoint["model"]
