@@ -14,8 +14,8 @@
 #    the merged output must list the same studies with the same decisions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BONESCAN=.venv/bin/bonescan
-PY=.venv/bin/python
+PY="${PY:-.venv/bin/python}"  # the Python that runs bonescan (on a machine without .venv: PY=python3)
+BONESCAN="${BONESCAN:-$PY -m bonescan}"
 DATA="${DATA:-/tmp/bonescan-gpu-check-studies}"
 WORK="${WORK:-/tmp/bonescan-gpu-check}"
 WORKERS="${WORKERS:-$(( $(nproc) / 2 ))}"
@@ -30,19 +30,19 @@ PY
 for precision in auto fp16; do
   echo "=== bench predict: cuda, precision ${precision}, batch 32, ${WORKERS} reader processes ==="
   # The first run generates the 400 studies into $DATA (not timed); the second reads them.
-  "$BONESCAN" bench predict --cases 400 --data "$DATA" --device cuda --precision "$precision" \
+  $BONESCAN bench predict --cases 400 --data "$DATA" --device cuda --precision "$precision" \
     --batch-size 32 --workers "$WORKERS" --parity-cases 32 --model-cases 256 --engine torch --no-cold-start
 done
 
 echo "=== a small run trained on the GPU; int8 gate; the engine predict chooses on GPU and CPU ==="
-"$BONESCAN" synth --cases 120 --difficulty easy --out "$WORK/cohort" --workers "$WORKERS" >/dev/null
-"$BONESCAN" cohort split --manifest "$WORK/cohort/manifest.csv" --out "$WORK/split.csv" --seed 0
-"$BONESCAN" train --manifest "$WORK/split.csv" --out "$WORK/run" --preset cpu-small --epochs 2 --device cuda \
+$BONESCAN synth --cases 120 --difficulty easy --out "$WORK/cohort" --workers "$WORKERS" >/dev/null
+$BONESCAN cohort split --manifest "$WORK/cohort/manifest.csv" --out "$WORK/split.csv" --seed 0
+$BONESCAN train --manifest "$WORK/split.csv" --out "$WORK/run" --preset cpu-small --epochs 2 --device cuda \
   --cache-dir "$WORK/cache" --force --quiet
-"$BONESCAN" evaluate --run "$WORK/run" --manifest "$WORK/split.csv" --out "$WORK/eval" >/dev/null
-"$BONESCAN" quantize --run "$WORK/run" --manifest "$WORK/split.csv" || echo "(int8 refused by its gate: figures above)"
-"$BONESCAN" predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --out "$WORK/gpu.json"
-"$BONESCAN" predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --device cpu --out "$WORK/cpu.json"
+$BONESCAN evaluate --run "$WORK/run" --manifest "$WORK/split.csv" --out "$WORK/eval" >/dev/null
+$BONESCAN quantize --run "$WORK/run" --manifest "$WORK/split.csv" || echo "(int8 refused by its gate: figures above)"
+$BONESCAN predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --out "$WORK/gpu.json"
+$BONESCAN predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --device cpu --out "$WORK/cpu.json"
 "$PY" - "$WORK" <<'PY'
 import json, sys
 work = sys.argv[1]
@@ -52,9 +52,9 @@ for name in ("gpu", "cpu"):
 PY
 
 echo "=== torchrun: 2 processes vs 1 on the GPU ==="
-.venv/bin/torchrun --standalone --nproc_per_node=2 -m bonescan -- predict --run "$WORK/run" \
+"$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m bonescan -- predict --run "$WORK/run" \
   --manifest "$WORK/split.csv" --split test --device cuda --out "$WORK/ddp.csv"
-"$BONESCAN" predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --device cuda --out "$WORK/one.csv"
+$BONESCAN predict --run "$WORK/run" --manifest "$WORK/split.csv" --split test --device cuda --out "$WORK/one.csv"
 "$PY" - "$WORK" <<'PY'
 import sys
 import pandas as pd
