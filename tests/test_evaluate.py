@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import pytest
+import torch
 
 from bonescan.cli import main
 from bonescan.errors import PredictionsError

@@ -18,8 +18,8 @@ from bonescan.errors import ConfigError, ManifestError, RunError
 from bonescan.lesions.bsi import bone_scan_index
 from bonescan.lesions.dataset import FLIP_LABELS, LesionScans, LesionTargets, targets_in_network_geometry
 from bonescan.lesions.infer import load_lesion_run, study_lesions
-from bonescan.lesions.task import warm_start_weights
 from bonescan.lesions.regions import BY_NAME, N_LABELS
+from bonescan.lesions.task import warm_start_weights
 from bonescan.predict import predict_studies
 from bonescan.preprocess import PreprocessConfig
 from bonescan.presets import AugmentConfig, preset_config
