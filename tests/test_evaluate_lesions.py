@@ -142,6 +142,17 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert dice["ribs_left"]["n"] == 0
     assert metrics["bsi"]["pearson_r"] > 0.95 and metrics["bsi"]["loa_low"] < metrics["bsi"]["bias"]
     assert metrics["counts"]["n"] == len(test_cases)
+    # Per patient: called with >= 1 malignant hotspot; located when one of them hits a metastasis (the last hotspot
+    # of each study is the bladder's).
+    metastatic = [c for c in test_cases if int(c[1:]) % 4]
+    free = [c for c in test_cases if not int(c[1:]) % 4]
+    per_patient = metrics["per_patient"]
+    called = sum(details[c]["n_malignant"] > 0 for c in metastatic)
+    located = sum(any(h["malignancy"] >= 0.5 for h in details[c]["hotspots"][:-1]) for c in metastatic)
+    cleared = sum(details[c]["n_malignant"] == 0 for c in free)
+    assert (per_patient["sensitivity"]["x"], per_patient["sensitivity"]["n"]) == (called, len(metastatic))
+    assert (per_patient["located"]["x"], per_patient["located"]["n"]) == (located, len(metastatic))
+    assert (per_patient["specificity"]["x"], per_patient["specificity"]["n"]) == (cleared, len(free))
     with_mets = sum(int(c[1:]) % 4 > 0 for c in test_cases)  # studies without either are not scored
     assert 0.3 < metrics["malignant_dice"]["mean"] < 1.0
     assert with_mets <= metrics["malignant_dice"]["n_studies"] <= len(test_cases)
@@ -149,7 +160,7 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert metrics["roc"]["versus_classifier"]["BSI"]["p_value"] is not None
     html = (out / "report.html").read_text()
     for text in ("Lesions: hotspots, skeletal regions and BSI", 'alt="FROC curve"', "Bland–Altman",
-                 'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine"):
+                 'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine", "Per patient"):
         assert text in html
 
 
@@ -217,3 +228,22 @@ def test_malignant_dice_counts_hotspots_at_or_above_the_threshold():
     assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (6 + 4))
     detail["hotspots"][1]["malignancy"] = 0.5
     assert _malignant_dice(hotspots, detail, truth) == pytest.approx(2 * 4 / (10 + 4))
+
+
+def test_per_patient_calls_are_counted_apart_from_where_the_malignant_hotspots_lie():
+    from bonescan.evaluate.froc import StudyDetections
+    from bonescan.evaluate.lesion_pipeline import _per_patient, _Study
+
+    def study(truth_count: int, predicted_count: int, lesion_scores: list[float]) -> _Study:
+        detections = StudyDetections(np.array(lesion_scores, float), np.zeros(0), np.arange(1, len(lesion_scores) + 1))
+        return _Study("s", detections, [], [], [], [], np.zeros(0), truth_count, predicted_count, None, 0.0, None,
+                      None, True)
+
+    studies = [study(2, 1, [0.9, -np.inf]),  # called, on one of its metastases
+               study(1, 1, [0.3]),  # called by a malignant hotspot elsewhere; its metastasis scored below threshold
+               study(1, 0, [-np.inf]),  # missed
+               study(0, 0, []), study(0, 2, [])]  # cleared; called without metastases
+    per_patient = _per_patient(studies, 0.5, 0.95)
+    assert (per_patient["sensitivity"]["x"], per_patient["sensitivity"]["n"]) == (2, 3)
+    assert (per_patient["located"]["x"], per_patient["located"]["n"]) == (1, 3)
+    assert (per_patient["specificity"]["x"], per_patient["specificity"]["n"]) == (1, 2)

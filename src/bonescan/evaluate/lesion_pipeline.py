@@ -71,6 +71,9 @@ METHODS = {
     "counts": "predicted n_malignant against truth metastases per study; ICC(A,1), quadratic-weighted kappa on "
               "classes 0, 1, 2, 3-5, >=6",
     "roc": "AUCs with DeLong CIs; paired DeLong test of each lesion score against the classifier",
+    "per_patient": "at the malignancy threshold a study is called metastatic when it has >= 1 malignant hotspot; "
+                   "sensitivity over studies with truth metastases, specificity over studies without (Wilson CIs); "
+                   "located: called with >= 1 malignant hotspot hitting a truth metastasis",
 }
 OUTSIDE = "outside skeleton"
 
@@ -357,6 +360,7 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
                            for name, groups in by.items()},
         "malignant_dice": _mean_of([s.malignant_dice for s in studies]),
         "counts": count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
+        "per_patient": _per_patient(studies, threshold, confidence),
     })
     with_bsi = [s for s in studies if s.truth_bsi is not None]
     if len(with_bsi) < len(studies):
@@ -376,6 +380,18 @@ def _at_threshold(studies: list[_Study], lesion_scores: np.ndarray, threshold: f
     n_fp = sum(fp_kinds.values())
     return {"sensitivity": wilson_interval(found, lesion_scores.size, confidence).as_dict(),
             "false_positives": n_fp, "fp_per_study": n_fp / len(studies), "false_positives_on": dict(fp_kinds)}
+
+
+def _per_patient(studies: list[_Study], threshold: float, confidence: float) -> dict:
+    """Study-level calls from the hotspots, as the commercial readers are compared (per patient)."""
+    metastatic = [s for s in studies if s.truth_count > 0]
+    free = [s for s in studies if s.truth_count == 0]
+    called = sum(s.predicted_count > 0 for s in metastatic)
+    located = sum(bool((s.detections.lesion_scores >= threshold).any()) for s in metastatic)
+    cleared = sum(s.predicted_count == 0 for s in free)
+    return {"sensitivity": wilson_interval(called, len(metastatic), confidence).as_dict(),
+            "located": wilson_interval(located, len(metastatic), confidence).as_dict(),
+            "specificity": wilson_interval(cleared, len(free), confidence).as_dict()}
 
 
 def _mean_of(values: list[float | None]) -> dict:
