@@ -122,7 +122,8 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     out = tmp_path / "eval"
     code = main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out", str(out),
                  "--bootstrap", "100", "--max-errors", "0"])
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     metrics = json.loads((out / "metrics.json").read_text())["lesions"]
     test_cases = [f"s{i:02d}" for i in range(24) if i % 3]
     n_lesions, found, fps = _expected_found(details, test_cases, 0.5)
@@ -153,6 +154,8 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert (per_patient["sensitivity"]["x"], per_patient["sensitivity"]["n"]) == (called, len(metastatic))
     assert (per_patient["located"]["x"], per_patient["located"]["n"]) == (located, len(metastatic))
     assert (per_patient["specificity"]["x"], per_patient["specificity"]["n"]) == (cleared, len(free))
+    assert (f"per patient (>= 1 malignant hotspot): sensitivity {called}/{len(metastatic)}, specificity "
+            f"{cleared}/{len(free)}") in printed.out
     with_mets = sum(int(c[1:]) % 4 > 0 for c in test_cases)  # studies without either are not scored
     assert 0.3 < metrics["malignant_dice"]["mean"] < 1.0
     assert with_mets <= metrics["malignant_dice"]["n_studies"] <= len(test_cases)

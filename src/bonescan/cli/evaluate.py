@@ -81,6 +81,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             ci = "" if row["ci_low"] is None else f" (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f})"
             typer.echo(f"lesions: {lesion['n_studies']} studies, {lesion['n_lesions']} metastases; sensitivity "
                        f"{row['sensitivity']:.3f}{ci} at <= {row['fp_per_study']:g} false positive per study")
+        patients = lesion.get("per_patient")
+        if patients and patients["sensitivity"]["n"] and patients["specificity"]["n"]:
+            sens, spec = patients["sensitivity"], patients["specificity"]
+            typer.echo(f"lesions per patient (>= 1 malignant hotspot): sensitivity {sens['x']}/{sens['n']}, "
+                       f"specificity {spec['x']}/{spec['n']}")
         for warning in result.metrics["warnings"]:
             typer.echo(f"warning: {warning}", err=True)
         for name, path in result.files.items():
