@@ -75,14 +75,10 @@ PY
     [ -f "$WORK/lesion-run$chunk/checkpoints/best.pt" ] || break
     sed "s/^/$chunk,/" "$WORK/lesion-run$chunk/metrics.csv" | tail -n +2 >>"$RESULTS/lesion_metrics.csv"
     # Kept only when this restart beat the earlier ones: a restart stopped early may not have.
-    if "$PY" - "$WORK/lesion-run$chunk/metrics.csv" "$best_score" <<'PY'
-import sys
-import pandas as pd
-sys.exit(0 if pd.read_csv(sys.argv[1])["best_val_score"].max() > float(sys.argv[2]) else 1)
-PY
-    then
-      best_score="$("$PY" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['best_val_score'].max())" \
-        "$WORK/lesion-run$chunk/metrics.csv")"
+    score="$("$PY" -c "import pandas as pd, sys; print(pd.read_csv(sys.argv[1])['best_val_score'].max())" \
+      "$WORK/lesion-run$chunk/metrics.csv")"
+    if awk -v now="$score" -v before="$best_score" 'BEGIN { exit !(now > before) }'; then
+      best_score="$score"
       cp "$WORK/lesion-run$chunk/checkpoints/best.pt" "$RESULTS/lesion_best.pt"
       cp "$WORK/lesion-run$chunk/config.json" "$RESULTS/lesion_config.json"
       from="$WORK/lesion-run$chunk"

@@ -32,7 +32,7 @@ class LesionStep:
     studies: int = 0
     # The last batch's results by item index, for the DICOM writer: (StudyLesions, hotspot number map).
     last: dict = field(default_factory=dict)
-    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto") -> "LesionStep":
