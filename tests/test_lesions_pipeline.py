@@ -408,6 +408,27 @@ def test_touching_metastases_are_split_at_their_count_peaks_and_faint_ones_are_s
     assert len(np.unique(hotspot_components(hot, metastasis, single.astype(np.float32))[0][7:22, 7:14])) == 1
 
 
+def test_a_metastasis_touching_a_kidney_is_its_own_hotspot_with_its_rim():
+    from bonescan.lesions.infer import hotspot_components
+
+    rows, cols = np.mgrid[:40, :30]
+    counts = (20 + 150 * np.exp(-((rows - 20) ** 2 + (cols - 8) ** 2) / 60)  # kidney
+              + 200 * np.exp(-((rows - 20) ** 2 + (cols - 19) ** 2) / 6)).astype(np.float32)  # rib lesion
+    kidney = ((rows - 20) ** 2 / 100 + (cols - 8) ** 2 / 25) <= 1
+    lesion = ((rows - 20) ** 2 + (cols - 19) ** 2) <= 4  # the metastasis map's core
+    rim = (((rows - 20) ** 2 + (cols - 19) ** 2) <= 9) & ~lesion  # hot, not metastatic: the lesion's edge
+    bridge = (rows >= 19) & (rows <= 21) & (cols >= 12) & (cols <= 17)  # hot pixels joining the two
+    hot = np.where(kidney | lesion | rim | bridge, 0.9, 0.0)
+    metastasis = np.where(lesion, 0.95, 0.01)
+    labels, n = hotspot_components(hot, metastasis, counts)
+    assert n == 2
+    assert labels[20, 19] > 0 and labels[20, 8] > 0 and labels[20, 19] != labels[20, 8]
+    assert (labels[rim] == labels[20, 19]).all()  # the rim joins the metastasis
+    assert (labels[kidney] == labels[20, 8]).all()
+    centroid = np.argwhere(labels == labels[20, 19]).mean(axis=0)
+    assert np.hypot(*(centroid - (20, 19))) < 1.5  # where the lesion is, not pulled into the kidney
+
+
 def test_threshold_at_a_false_positive_budget_is_read_off_the_froc_curve():
     from bonescan.evaluate.froc import StudyDetections, froc_curve
     from bonescan.lesions.threshold import threshold_at_fp

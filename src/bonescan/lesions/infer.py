@@ -2,8 +2,8 @@
 
 From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesions` at the stored image size:
 - regions: the most likely class per network pixel, repeated to the stored size (nearest), posterior mirrored back;
-- hotspots: connected components (8-neighbourhood) of candidate pixels (see `hotspot_components`) after bilinear
-  upsampling to the stored size, split at their count peaks, dropping pieces under MIN_AREA_MM2;
+- hotspots: metastatic candidates split at their count peaks, then the other hot pixels (see
+  `hotspot_components`), after bilinear upsampling to the stored size, dropping pieces under MIN_AREA_MM2;
   malignancy is the largest metastasis probability inside the component (a small metastasis peaks at its centre;
   a mean would dilute it with its rim); the region is the most common skeletal region under it ("" if none);
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
@@ -38,6 +38,7 @@ HOTSPOT_THRESHOLD = 0.5
 METASTASIS_CANDIDATE = 0.2
 PEAK_DISTANCE = 3  # stored pixels (7 mm at 2.4 mm): closer peaks are one lesion
 PEAK_SMOOTHING = 2.0  # stored pixels (Gaussian sigma): Poisson noise would otherwise make peaks of its own
+RIM_DISTANCE = 2.0  # stored pixels: hot pixels this close to a metastatic candidate are its rim
 MALIGNANCY_THRESHOLD = 0.5
 MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
 VIEWS = ("anterior", "posterior")
@@ -107,28 +108,47 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
     """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps and its counts.
 
-    Candidate pixels: hotspot map >= HOTSPOT_THRESHOLD, or metastasis map >= METASTASIS_CANDIDATE (lower: a faint
-    metastasis the network is unsure of should still be listed, with its low malignancy, rather than vanish; the
-    malignancy threshold decides what counts). A connected group of candidate pixels that holds several count
-    peaks (maxima of the counts smoothed over PEAK_SMOOTHING pixels, PEAK_DISTANCE apart, where the metastasis map
-    reaches METASTASIS_CANDIDATE) is split between them, each pixel going to its nearest peak, so neighbouring
-    lesions are separate hotspots with their own centroids. The counts, not the metastasis map, locate the peaks:
-    over touching metastases that map saturates into one plateau, while each focus keeps its own count maximum.
+    Two kinds of hotspot, so a metastasis touching a kidney, the bladder or a benign focus is not swallowed by it
+    (its centroid would then lie in the larger neighbour):
+    - metastatic candidates: connected pixels with metastasis map >= METASTASIS_CANDIDATE (lower than the malignancy
+      threshold: a faint metastasis the network is unsure of should still be listed, with its low malignancy, rather
+      than vanish). A group that holds several count peaks (maxima of the counts smoothed over PEAK_SMOOTHING
+      pixels, PEAK_DISTANCE apart) is split between them, each pixel going to its nearest peak, so neighbouring
+      lesions are separate hotspots with their own centroids. The counts, not the metastasis map, locate the peaks:
+      over touching metastases that map saturates into one plateau, while each focus keeps its own count maximum.
+      Hot pixels (hotspot map >= HOTSPOT_THRESHOLD) within RIM_DISTANCE of such a hotspot join it: its rim.
+    - the other hot pixels: connected groups of their own (kidneys, bladder, benign uptake), malignancy below
+      METASTASIS_CANDIDATE.
     """
-    candidates = (hot >= HOTSPOT_THRESHOLD) | (metastasis >= METASTASIS_CANDIDATE)
-    components, n = ndimage.label(candidates, structure=_EIGHT)
+    candidate = metastasis >= METASTASIS_CANDIDATE
+    labels, n = _split_at_count_peaks(candidate, np.asarray(counts, np.float32))
+    rest = (hot >= HOTSPOT_THRESHOLD) & ~candidate
+    if n and rest.any():
+        distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        rim = rest & (distance <= RIM_DISTANCE)
+        labels[rim] = labels[near_r[rim], near_c[rim]]
+        rest &= ~rim
+    others, m = ndimage.label(rest, structure=_EIGHT)
+    labels[others > 0] = others[others > 0] + n
+    return labels, n + m
+
+
+def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels int32, count): connected groups of `candidate`, each split between its count peaks if it has several."""
+    components, n = ndimage.label(candidate, structure=_EIGHT)
+    components = components.astype(np.int32)
     if n == 0:
         return components, 0
-    peaks = count_peaks(np.asarray(counts, np.float32), components) & (metastasis >= METASTASIS_CANDIDATE)
+    peaks = count_peaks(counts, components) & candidate
     seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
     per_component = np.bincount(components[seeds > 0], minlength=n + 1) if n_seeds else np.zeros(n + 1, int)
     if not n_seeds or per_component.max() < 2:
         return components, n
-    # Each candidate pixel of a component with several peaks goes to its nearest peak; other components stay whole.
+    # Each pixel of a group with several peaks goes to its nearest peak; other groups stay whole.
     _, (near_r, near_c) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
     nearest = seeds[near_r, near_c] + n  # peak pieces numbered after the components
     split = np.where(per_component[components] >= 2, nearest, components)
-    split[~candidates] = 0
+    split[~candidate] = 0
     kept = np.unique(split[split > 0])  # renumber the pieces 1..count
     lookup = np.zeros(int(split.max()) + 1, np.int32)
     lookup[kept] = np.arange(1, kept.size + 1)
