@@ -86,6 +86,35 @@ def test_metastasis_map_learns_a_small_lesion_beside_a_large_kidney():
     assert (logits.grad[0, 0, HOTSPOT][28:30, 13:15] < 0).all()
 
 
+def test_small_metastases_weigh_more_per_pixel_than_large_ones():
+    from bonescan.lesions.task import SMALL_LESION_MAX_BOOST, small_lesion_boost
+
+    metastasis = torch.zeros((1, 40, 40))
+    metastasis[0, 5:7, 5:8] = 1  # 6 pixels
+    metastasis[0, 20:36, 20:36] = 1  # 256 pixels
+    boost = small_lesion_boost(metastasis)[0]
+    assert (boost[5:7, 5:8] == SMALL_LESION_MAX_BOOST).all()
+    assert boost[28, 28] == 1.0 and 1.0 < boost[20, 20] < SMALL_LESION_MAX_BOOST  # inside, and at a corner
+    assert (boost >= 1.0).all()
+
+
+def test_validation_counts_metastases_found_false_and_missed_as_lesions():
+    from bonescan.lesions.dataset import IGNORE
+    from bonescan.lesions.task import lesion_counts
+
+    hot = np.zeros((30, 20), np.int64)
+    hot[2:4, 2:4] = 2  # found, by a group that only overlaps it
+    hot[10:12, 10:12] = 2  # missed
+    hot[20:22, 2:4] = hot[20:22, 6:8] = 2  # two metastases under one predicted group: one found
+    hot[26:28, 14:16] = IGNORE  # a box's band: a group here is neither found nor false
+    hot[26:28, 2:4] = 1  # a kidney: a group on it is false
+    predicted = np.zeros_like(hot, bool)
+    predicted[3:5, 3:5] = predicted[20:22, 2:8] = predicted[26:28, 14:16] = predicted[26:28, 2:4] = True
+    predicted[0, 19] = True  # a lone false pixel
+    assert lesion_counts(predicted, hot) == (2, 2, 2)
+    assert lesion_counts(np.zeros_like(predicted), hot) == (0, 0, 4)
+
+
 def test_flip_augmentation_swaps_left_and_right_regions():
     assert FLIP_LABELS[BY_NAME["femur_left"].label] == BY_NAME["femur_right"].label
     assert FLIP_LABELS[BY_NAME["skull"].label] == BY_NAME["skull"].label

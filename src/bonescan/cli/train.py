@@ -94,7 +94,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for failure in result.failures:
             typer.echo(f"skipped {failure['case_id']}: {failure['reason']}", err=True)
         ending = "stopped early" if result.stopped_early else "finished"
-        score = "validation AUC" if config.task == "classify" else "validation score (region and lesion Dice)"
+        score = "validation AUC" if config.task == "classify" else "validation score (region Dice and lesion F1)"
         typer.echo(
             f"{ending} after {result.epochs_run} epochs; best {score} {result.best_val_auc:.4f} "
             f"at epoch {result.best_epoch}; run: {out}"

@@ -5,14 +5,16 @@ Loss per batch, over the studies with truth only (the others are counted in the 
 - hotspot map (any hotspot): binary cross-entropy plus a soft Dice over the batch (Dice keeps the few hot pixels,
   ~0.5 % of a view, from drowning in background);
 - metastasis map: P(pixel belongs to a metastasis), its own cross-entropy (metastasis pixels weighted
-  METASTASIS_WEIGHT, non-metastatic hotspots OTHER_HOTSPOT_WEIGHT as the hard negatives) plus a soft Dice on
-  metastasis pixels only. Separate from the hotspot map on purpose: with one Dice over all hotspots, kidneys and
+  METASTASIS_WEIGHT, up to SMALL_LESION_MAX_BOOST times more in small lesions, non-metastatic hotspots
+  OTHER_HOTSPOT_WEIGHT as the hard negatives) plus a soft Dice on metastasis pixels only. Separate from the hotspot map on purpose: with one Dice over all hotspots, kidneys and
   bladder (~160 network pixels each against ~20 for a metastasis) dominate and metastases are never learned
   (measured). The map is unconditional (not "malignant if hot"), so a spurious blob the hotspot map finds still
   gets a low malignancy.
 Pixels marked IGNORE (the band around a box of box-only truth, see `annotations.box_supervision`) count in neither.
-Validation score: the mean of the region Dice (averaged over the 20 regions) and the Dice of metastasis pixels
-(metastasis map >= 0.5 against true metastasis pixels), on the validation split.
+Validation score, on the validation split: the mean of the region Dice (averaged over the 20 regions) and the
+lesion-level F1 of the metastasis map (`lesion_counts`: its connected groups >= 0.5 against the true metastases, at
+network size). Lesions, not pixels: what the goal counts is metastases found at few false positives, and a pixel
+Dice rewards outlining the large lesions well over finding the small ones.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..data import ArrayCache
 from ..device import Precision
@@ -40,6 +43,13 @@ from .regions import N_LABELS
 # but far from the ~1,000x of full class balance, which paints the whole skeleton (measured).
 OTHER_HOTSPOT_WEIGHT = 2.0
 METASTASIS_WEIGHT = 5.0
+# Small metastases weigh more: a metastasis pixel's weight is multiplied by SMALL_LESION_FRACTION / (metastasis
+# share of its SMALL_LESION_WINDOW^2 neighbourhood), between 1 and SMALL_LESION_MAX_BOOST. Inside a large lesion
+# the share is ~1 (no boost); a lesion of 6 network pixels has a share of ~0.12 and weighs 4x per pixel, so it
+# counts in the loss about as much as a lesion of 25 pixels instead of a quarter of it.
+SMALL_LESION_WINDOW = 7
+SMALL_LESION_FRACTION = 0.5
+SMALL_LESION_MAX_BOOST = 4.0
 
 
 def warm_start_weights(pretrained: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -110,7 +120,7 @@ class LesionTask:
                  ctx: DistContext) -> tuple[float, float]:
         rows = rows[self.targets.has_truth[rows]]
         mine = rows[ctx.rank::ctx.world_size]
-        sums = np.zeros(2 + 3 * N_LABELS + 3)  # loss, studies, region tp/fp/fn, malignant tp/fp/fn
+        sums = np.zeros(2 + 3 * N_LABELS + 3)  # loss, studies, region tp/fp/fn, metastases found/false/missed
         model.eval()
         dataset = LesionScans(self.cache, self.targets, mine)
         with torch.no_grad():
@@ -130,9 +140,9 @@ class LesionTask:
             sums = total.cpu().numpy()
         region = sums[2:2 + 3 * N_LABELS].reshape(3, N_LABELS)[:, 1:]
         region_dice = _dice(*region)
-        malignant_dice = float(_dice(*sums[-3:]))
+        lesion_f1 = float(_dice(*sums[-3:]))  # 2 found / (2 found + false + missed)
         present = region.sum(axis=0) > 0
-        score = 0.5 * (float(region_dice[present].mean()) if present.any() else 0.0) + 0.5 * malignant_dice
+        score = 0.5 * (float(region_dice[present].mean()) if present.any() else 0.0) + 0.5 * lesion_f1
         return float(sums[0] / max(sums[1], 1)), score
 
     def record(self) -> dict:
@@ -161,9 +171,16 @@ def lesion_loss(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, 
     any_hot, metastasis = ((hot == 1) | (hot == 2)).float(), (hot == 2).float()
     hot_loss = _bce_and_dice(hot_logit, any_hot, counted, counted)
     weight = counted * (1.0 + (OTHER_HOTSPOT_WEIGHT - 1.0) * (hot == 1).float()
-                        + (METASTASIS_WEIGHT - 1.0) * metastasis)
+                        + (METASTASIS_WEIGHT * small_lesion_boost(metastasis) - 1.0) * metastasis)
     metastasis_loss = _bce_and_dice(metastasis_logit, metastasis, weight, counted)
     return region_loss + hot_loss + metastasis_loss
+
+
+def small_lesion_boost(metastasis: torch.Tensor) -> torch.Tensor:
+    """Per-pixel factor (>= 1) for the metastasis pixels of N x H x W truth: larger where the lesion is small."""
+    share = F.avg_pool2d(metastasis[:, None], SMALL_LESION_WINDOW, stride=1, padding=SMALL_LESION_WINDOW // 2,
+                         count_include_pad=True)[:, 0]
+    return (SMALL_LESION_FRACTION / share.clamp_min(1e-3)).clamp(1.0, SMALL_LESION_MAX_BOOST)
 
 
 def _bce_and_dice(logit: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -196,11 +213,29 @@ def _overlaps(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, we
     t = F.one_hot(truth.reshape(-1), N_LABELS).bool()
     region = torch.stack([(p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0)]).reshape(-1).double()
     has = weights[:, 0].bool()
-    malignant_pred = logits[has][:, :, MALIGNANCY] > 0
-    malignant_true = hot[has] == 2
-    lesion = torch.stack([(malignant_pred & malignant_true).sum(), (malignant_pred & ~malignant_true).sum(),
-                          (~malignant_pred & malignant_true).sum()]).double()
-    return torch.cat([region, lesion])
+    predicted_maps = (logits[has][:, :, MALIGNANCY] > 0).cpu().numpy()
+    truth_maps = hot[has].cpu().numpy()
+    lesion = np.zeros(3)
+    for predicted_view, truth_view in zip(predicted_maps.reshape(-1, *predicted_maps.shape[-2:]),
+                                          truth_maps.reshape(-1, *truth_maps.shape[-2:])):
+        lesion += lesion_counts(predicted_view, truth_view)
+    return torch.cat([region, torch.from_numpy(lesion).to(region.device)])
+
+
+def lesion_counts(predicted: np.ndarray, hot: np.ndarray) -> tuple[int, int, int]:
+    """(found, false, missed) of one view at network size, from the bool map `predicted` and the targets `hot`.
+
+    True metastases are the connected groups of `hot` == 2. Found: those touched by a predicted group, but a group
+    touching several finds one of them (a hotspot's centroid hits one lesion), so found = the smaller of the
+    metastases touched and the groups touching them. False: predicted groups touching no metastasis and no IGNORE
+    pixel. Missed: the other metastases."""
+    eight = np.ones((3, 3), bool)
+    truth, n_truth = ndimage.label(hot == 2, structure=eight)
+    groups, n_groups = ndimage.label(predicted, structure=eight)
+    on_truth = (groups > 0) & (truth > 0)
+    found = min(np.unique(truth[on_truth]).size, np.unique(groups[on_truth]).size)
+    explained = np.unique(groups[(groups > 0) & ((hot == 2) | (hot == IGNORE))]).size
+    return found, n_groups - explained, n_truth - found
 
 
 def _dice(tp, fp, fn):
