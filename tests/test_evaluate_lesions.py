@@ -165,6 +165,18 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     for text in ("Lesions: hotspots, skeletal regions and BSI", 'alt="FROC curve"', "Bland–Altman",
                  'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine", "Per patient"):
         assert text in html
+    assert metrics["by_site"] == {} and "Per acquisition site" not in html
+    # Studies from two cameras: detection per site in metrics.json and the report.
+    pd.read_csv(manifest).assign(site=lambda m: np.where(np.arange(len(m)) % 2, "camera B", "camera A")) \
+        .to_csv(manifest, index=False)
+    assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "by-site"), "--bootstrap", "100", "--max-errors", "0"]) == 0
+    assert "lesions at camera B:" in capsys.readouterr().out
+    by_site = json.loads((tmp_path / "by-site" / "metrics.json").read_text())["lesions"]["by_site"]
+    assert list(by_site) == ["camera A", "camera B"]
+    assert sum(row["n_lesions"] for row in by_site.values()) == n_lesions
+    assert sum(row["sensitivity"]["x"] for row in by_site.values()) == found
+    assert "Per acquisition site" in (tmp_path / "by-site" / "report.html").read_text()
 
 
 def test_without_lesion_outputs_evaluate_is_unchanged(tmp_path, capsys):
@@ -250,3 +262,27 @@ def test_per_patient_calls_are_counted_apart_from_where_the_malignant_hotspots_l
     assert (per_patient["sensitivity"]["x"], per_patient["sensitivity"]["n"]) == (2, 3)
     assert (per_patient["located"]["x"], per_patient["located"]["n"]) == (1, 3)
     assert (per_patient["specificity"]["x"], per_patient["specificity"]["n"]) == (1, 2)
+
+
+def test_detection_is_reported_per_site_when_studies_come_from_several():
+    from bonescan.evaluate.froc import StudyDetections
+    from bonescan.evaluate.lesion_pipeline import _by_site, _Study
+
+    def study(case_id: str, lesion_scores: list[float], fp_scores: list[float], predicted: int) -> _Study:
+        detections = StudyDetections(np.array(lesion_scores, float), np.array(fp_scores, float),
+                                     np.arange(1, len(lesion_scores) + 1))
+        return _Study(case_id, detections, [], [], [], ["no finding"] * len(fp_scores), np.array(fp_scores, float),
+                      len(lesion_scores), predicted, None, 0.0, None, None, True)
+
+    studies = [study("a", [0.9, 0.8], [0.2], 2), study("b", [], [], 0),  # camera A: both found, no false call
+               study("c", [0.9, -np.inf], [0.95, 0.7, 0.6], 4), study("d", [], [0.9], 1)]  # camera B: fires widely
+    evaluated = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "site": ["A", "A", "B", "B"]})
+    by_site = _by_site(studies, evaluated, 0.5, 0.95)
+    assert list(by_site) == ["A", "B"]
+    assert by_site["A"]["sensitivity_at_1fp"] == 1.0 and by_site["A"]["fp_per_study"] == 0.0
+    assert by_site["A"]["per_patient"]["specificity"]["x"] == 1
+    # B: 4 false positives at >= 0.5 over 2 studies; at <= 1 per study (2 FPs: 0.95, 0.9) its lesion at 0.9 counts
+    assert by_site["B"]["fp_per_study"] == 2.0 and by_site["B"]["sensitivity_at_1fp"] == 0.5
+    assert by_site["B"]["sensitivity"]["x"] == 1 and by_site["B"]["per_patient"]["specificity"]["x"] == 0
+    assert _by_site(studies, evaluated.assign(site="A"), 0.5, 0.95) == {}  # one site: nothing to compare
+    assert _by_site(studies, evaluated.drop(columns=["site"]), 0.5, 0.95) == {}

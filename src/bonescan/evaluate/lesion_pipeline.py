@@ -42,6 +42,7 @@ from .froc import (
     froc_curve,
     lesion_sensitivity_by,
     match_hotspots,
+    sensitivity_at_fp,
     sensitivity_at_fp_ci,
     study_detections,
 )
@@ -361,6 +362,7 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
         "malignant_dice": _mean_of([s.malignant_dice for s in studies]),
         "counts": count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
         "per_patient": _per_patient(studies, threshold, confidence),
+        "by_site": _by_site(studies, evaluated, threshold, confidence),
     })
     with_bsi = [s for s in studies if s.truth_bsi is not None]
     if len(with_bsi) < len(studies):
@@ -392,6 +394,28 @@ def _per_patient(studies: list[_Study], threshold: float, confidence: float) -> 
     return {"sensitivity": wilson_interval(called, len(metastatic), confidence).as_dict(),
             "located": wilson_interval(located, len(metastatic), confidence).as_dict(),
             "specificity": wilson_interval(cleared, len(free), confidence).as_dict()}
+
+
+def _by_site(studies: list[_Study], evaluated: pd.DataFrame, threshold: float, confidence: float) -> dict:
+    """Detection per acquisition site (the `site` column), when the studies come from more than one: a lesion
+    network trained on one camera's scans may fail on another's, which the pooled figures hide."""
+    if "site" not in evaluated.columns:
+        return {}
+    site_of = {str(c): s for c, s in zip(evaluated["case_id"], evaluated["site"]) if isinstance(s, str) and s}
+    groups: dict[str, list[_Study]] = {}
+    for study in studies:
+        groups.setdefault(site_of.get(study.case_id, "unknown"), []).append(study)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for site, members in sorted(groups.items()):
+        scores = np.concatenate([s.detections.lesion_scores for s in members])
+        at = _at_threshold(members, scores, threshold, confidence)
+        at_one = sensitivity_at_fp(froc_curve([s.detections for s in members]), (1.0,))[0]
+        out[site] = {"n_studies": len(members), "n_lesions": int(scores.size),
+                     "sensitivity_at_1fp": float(at_one), "sensitivity": at["sensitivity"],
+                     "fp_per_study": at["fp_per_study"], "per_patient": _per_patient(members, threshold, confidence)}
+    return out
 
 
 def _mean_of(values: list[float | None]) -> dict:
