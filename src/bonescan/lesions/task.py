@@ -6,10 +6,10 @@ Loss per batch, over the studies with truth only (the others are counted in the 
   ~0.5 % of a view, from drowning in background);
 - metastasis map: P(pixel belongs to a metastasis), its own cross-entropy (metastasis pixels weighted
   METASTASIS_WEIGHT, up to SMALL_LESION_MAX_BOOST times more in small lesions, non-metastatic hotspots
-  OTHER_HOTSPOT_WEIGHT as the hard negatives) plus a soft Dice on metastasis pixels only. Separate from the hotspot map on purpose: with one Dice over all hotspots, kidneys and
-  bladder (~160 network pixels each against ~20 for a metastasis) dominate and metastases are never learned
-  (measured). The map is unconditional (not "malignant if hot"), so a spurious blob the hotspot map finds still
-  gets a low malignancy.
+  OTHER_HOTSPOT_WEIGHT as the hard negatives) plus a soft Dice on metastasis pixels only. Separate from the hotspot
+  map on purpose: with one Dice over all hotspots, kidneys and bladder (~160 network pixels each against ~20 for a
+  metastasis) dominate and metastases are never learned (measured). The map is unconditional (not "malignant if
+  hot"), so a spurious blob the hotspot map finds still gets a low malignancy.
 Pixels marked IGNORE (the band around a box of box-only truth, see `annotations.box_supervision`) count in neither.
 Validation score, on the validation split: the mean of the region Dice (averaged over the 20 regions) and the
 lesion-level F1 of the metastasis map (`lesion_counts`: its connected groups >= 0.5 against the true metastases, at
