@@ -525,3 +525,23 @@ def test_count_peaks_per_component_window_equal_the_whole_view():
     windowed = count_peaks(counts, components)
     assert np.array_equal(windowed[boxes], whole[boxes]) and not windowed[~boxes].any()
     assert windowed.any()
+
+
+def test_rim_labels_per_window_equal_the_whole_view_distance_transform():
+    from scipy import ndimage
+
+    from bonescan.lesions.infer import nearest_label_within
+
+    rng = np.random.default_rng(1)
+    labels, _ = ndimage.label(rng.random((200, 80)) > 0.985, structure=np.ones((3, 3), bool))
+    labels = ndimage.grey_dilation(labels, size=(2, 2)).astype(np.int32)
+    labels[0:3, 0:3] = labels.max() + 1  # one at the corner
+    pixels = rng.random((200, 80)) > 0.3
+    windowed = nearest_label_within(labels, pixels, 2.0)
+    distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    whole = np.where(pixels & (distance <= 2.0), labels[near_r, near_c], 0)
+    assert (whole > 0).sum() > 100 and np.array_equal(windowed > 0, whole > 0)
+    for row, col in np.argwhere(windowed != whole):  # only where two labels are equally near
+        a, b = (np.hypot(*(np.argwhere(labels == k) - (row, col)).T).min() for k in (windowed[row, col],
+                                                                                      whole[row, col]))
+        assert a == pytest.approx(b)

@@ -124,13 +124,36 @@ def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarr
     labels, n = _split_at_count_peaks(candidate, np.asarray(counts, np.float32))
     rest = (hot >= HOTSPOT_THRESHOLD) & ~candidate
     if n and rest.any():
-        distance, (near_r, near_c) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-        rim = rest & (distance <= RIM_DISTANCE)
-        labels[rim] = labels[near_r[rim], near_c[rim]]
-        rest &= ~rim
+        rim = nearest_label_within(labels, rest, RIM_DISTANCE)
+        labels[rim > 0] = rim[rim > 0]
+        rest &= rim == 0
     others, m = ndimage.label(rest, structure=_EIGHT)
     labels[others > 0] = others[others > 0] + n
     return labels, n + m
+
+
+def nearest_label_within(labels: np.ndarray, pixels: np.ndarray, reach: float) -> np.ndarray:
+    """For each of `pixels` (bool) within `reach` of a labelled pixel, the nearest label (0 elsewhere).
+
+    Computed in each label's box widened by 2 x reach (a pixel within reach of a label lies within reach of its box,
+    and its nearest labelled pixel within reach of itself), so the result is the whole view's distance transform's
+    for a fraction of its cost (the whole view took 10-20 ms).
+    """
+    out = np.zeros(labels.shape, labels.dtype)
+    inner, outer = int(np.ceil(reach)), 2 * int(np.ceil(reach))
+    for box in ndimage.find_objects(labels):
+        if box is None:
+            continue
+        window = tuple(slice(max(0, b.start - outer), min(size, b.stop + outer)) for b, size in zip(box, labels.shape))
+        distance, (near_r, near_c) = ndimage.distance_transform_edt(labels[window] == 0, return_indices=True)
+        near = labels[window][near_r, near_c]
+        # only the pixels within reach of this label's box: there the window holds every label within reach
+        keep = np.zeros(distance.shape, bool)
+        keep[tuple(slice(max(0, b.start - inner) - w.start, min(size, b.stop + inner) - w.start)
+                   for b, w, size in zip(box, window, labels.shape))] = True
+        keep &= pixels[window] & (distance <= reach) & (out[window] == 0)
+        out[window][keep] = near[keep]
+    return out
 
 
 def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
