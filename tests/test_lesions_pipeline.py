@@ -98,21 +98,40 @@ def test_small_metastases_weigh_more_per_pixel_than_large_ones():
     assert (boost >= 1.0).all()
 
 
-def test_validation_counts_metastases_found_false_and_missed_as_lesions():
+def test_validation_scores_metastases_and_false_positives_as_the_hotspot_finder_sees_them():
     from bonescan.lesions.dataset import IGNORE
-    from bonescan.lesions.task import lesion_counts
+    from bonescan.lesions.task import lesion_detections
 
     hot = np.zeros((30, 20), np.int64)
-    hot[2:4, 2:4] = 2  # found, by a group that only overlaps it
+    hot[2:4, 2:4] = 2  # found by a candidate that only overlaps it
     hot[10:12, 10:12] = 2  # missed
-    hot[20:22, 2:4] = hot[20:22, 6:8] = 2  # two metastases under one predicted group: one found
-    hot[26:28, 14:16] = IGNORE  # a box's band: a group here is neither found nor false
-    hot[26:28, 2:4] = 1  # a kidney: a group on it is false
-    predicted = np.zeros_like(hot, bool)
-    predicted[3:5, 3:5] = predicted[20:22, 2:8] = predicted[26:28, 14:16] = predicted[26:28, 2:4] = True
-    predicted[0, 19] = True  # a lone false pixel
-    assert lesion_counts(predicted, hot) == (2, 2, 2)
-    assert lesion_counts(np.zeros_like(predicted), hot) == (0, 0, 4)
+    hot[20:22, 2:4] = hot[20:22, 6:9] = 2  # two metastases under one candidate: one found
+    hot[26:28, 14:16] = IGNORE  # a box's band: a candidate here is neither found nor false
+    hot[26:28, 2:4] = 1  # a kidney: a candidate on it is false
+    probability = np.zeros(hot.shape)
+    probability[3:5, 3:5] = 0.9
+    probability[20:22, 2:9] = 0.6  # overlaps the right one of the pair more (6 pixels against 4): it is found,
+    probability[21, 4] = 0.7  # at the candidate's peak
+    probability[26:28, 14:16] = 0.8
+    probability[26:28, 2:4] = 0.3
+    probability[0, 19] = 0.25  # faint, still a candidate (>= 0.2)
+    probability[15, 15] = 0.1  # below the candidate level: nothing
+    lesions, false = lesion_detections(probability, hot)
+    np.testing.assert_allclose(lesions, [0.9, -1.0, -1.0, 0.7])  # truth groups numbered in raster order
+    np.testing.assert_allclose(sorted(false), [0.25, 0.3])
+    lesions, false = lesion_detections(np.zeros(hot.shape), hot)
+    assert (lesions == -1).all() and false.size == 0
+
+
+def test_validation_sensitivity_is_read_at_one_false_positive_per_study():
+    from bonescan.lesions.task import SCORE_BINS, _histogram, sensitivity_at_one_fp
+
+    # 4 lesions scored 0.95, 0.85, 0.35 (one never found); false positives at 0.9, 0.8, 0.3.
+    found, false = _histogram(np.array([0.95, 0.85, 0.35])), _histogram(np.array([0.9, 0.8, 0.3]))
+    assert found.size == SCORE_BINS and found.sum() == 3
+    assert sensitivity_at_one_fp(found, false, 4, 1) == 0.5  # 1 false positive allowed: down to 0.85, 2 of 4
+    assert sensitivity_at_one_fp(found, false, 4, 2) == 0.75  # 2 allowed: down to 0.35 (0.9, 0.8 above it)
+    assert sensitivity_at_one_fp(found, false, 0, 2) == 0.0
 
 
 def test_flip_augmentation_swaps_left_and_right_regions():

@@ -12,9 +12,10 @@ Loss per batch, over the studies with truth only (the others are counted in the 
   hot"), so a spurious blob the hotspot map finds still gets a low malignancy.
 Pixels marked IGNORE (the band around a box of box-only truth, see `annotations.box_supervision`) count in neither.
 Validation score, on the validation split: the mean of the region Dice (averaged over the 20 regions) and the
-lesion-level F1 of the metastasis map (`lesion_counts`: its connected groups >= 0.5 against the true metastases, at
-network size). Lesions, not pixels: what the goal counts is metastases found at few false positives, and a pixel
-Dice rewards outlining the large lesions well over finding the small ones.
+sensitivity for metastases at <= 1 false positive per study, at network size (`lesion_detections`): the goal's
+measure, so the kept checkpoint is the one that finds most lesions at the false-positive budget. A pixel Dice of the
+metastasis map rewards outlining large lesions over finding small ones; an F1 at one threshold misses a map that is
+mildly raised all over the skeleton (a camera it was not trained on), which floods the hotspot finder's candidates.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..errors import ConfigError, ManifestError, RunError
 from ..presets import TrainConfig
 from ..train import DistContext
 from .dataset import IGNORE, LesionScans, build_targets
+from .infer import METASTASIS_CANDIDATE
 from .network import HOTSPOT, MALIGNANCY, build_lesion_net
 from .regions import N_LABELS
 
@@ -50,6 +52,7 @@ METASTASIS_WEIGHT = 5.0
 SMALL_LESION_WINDOW = 7
 SMALL_LESION_FRACTION = 0.5
 SMALL_LESION_MAX_BOOST = 4.0
+SCORE_BINS = 100  # validation: lesion and false-positive scores are counted in bins, so DDP ranks can sum them
 
 
 def warm_start_weights(pretrained: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -120,7 +123,8 @@ class LesionTask:
                  ctx: DistContext) -> tuple[float, float]:
         rows = rows[self.targets.has_truth[rows]]
         mine = rows[ctx.rank::ctx.world_size]
-        sums = np.zeros(2 + 3 * N_LABELS + 3)  # loss, studies, region tp/fp/fn, metastases found/false/missed
+        # loss, studies, region tp/fp/fn, histograms of found-lesion and false-positive scores, lesions
+        sums = np.zeros(2 + 3 * N_LABELS + 2 * SCORE_BINS + 1)
         model.eval()
         dataset = LesionScans(self.cache, self.targets, mine)
         with torch.no_grad():
@@ -140,9 +144,10 @@ class LesionTask:
             sums = total.cpu().numpy()
         region = sums[2:2 + 3 * N_LABELS].reshape(3, N_LABELS)[:, 1:]
         region_dice = _dice(*region)
-        lesion_f1 = float(_dice(*sums[-3:]))  # 2 found / (2 found + false + missed)
+        found, false = sums[2 + 3 * N_LABELS:-1].reshape(2, SCORE_BINS)
+        sensitivity = sensitivity_at_one_fp(found, false, sums[-1], sums[1])
         present = region.sum(axis=0) > 0
-        score = 0.5 * (float(region_dice[present].mean()) if present.any() else 0.0) + 0.5 * lesion_f1
+        score = 0.5 * (float(region_dice[present].mean()) if present.any() else 0.0) + 0.5 * sensitivity
         return float(sums[0] / max(sums[1], 1)), score
 
     def record(self) -> dict:
@@ -213,29 +218,60 @@ def _overlaps(logits: torch.Tensor, regions: torch.Tensor, hot: torch.Tensor, we
     t = F.one_hot(truth.reshape(-1), N_LABELS).bool()
     region = torch.stack([(p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0)]).reshape(-1).double()
     has = weights[:, 0].bool()
-    predicted_maps = (logits[has][:, :, MALIGNANCY] > 0).cpu().numpy()
+    probability_maps = torch.sigmoid(logits[has][:, :, MALIGNANCY].float()).cpu().numpy()
     truth_maps = hot[has].cpu().numpy()
-    lesion = np.zeros(3)
-    for predicted_view, truth_view in zip(predicted_maps.reshape(-1, *predicted_maps.shape[-2:]),
-                                          truth_maps.reshape(-1, *truth_maps.shape[-2:])):
-        lesion += lesion_counts(predicted_view, truth_view)
-    return torch.cat([region, torch.from_numpy(lesion).to(region.device)])
+    found, false, lesions = np.zeros(SCORE_BINS), np.zeros(SCORE_BINS), 0
+    for probability, truth in zip(probability_maps.reshape(-1, *probability_maps.shape[-2:]),
+                                  truth_maps.reshape(-1, *truth_maps.shape[-2:])):
+        lesion_scores, false_scores = lesion_detections(probability, truth)
+        found += _histogram(lesion_scores[lesion_scores >= 0])
+        false += _histogram(false_scores)
+        lesions += lesion_scores.size
+    detection = torch.from_numpy(np.concatenate([found, false, [lesions]])).to(region.device)
+    return torch.cat([region, detection])
 
 
-def lesion_counts(predicted: np.ndarray, hot: np.ndarray) -> tuple[int, int, int]:
-    """(found, false, missed) of one view at network size, from the bool map `predicted` and the targets `hot`.
+def lesion_detections(probability: np.ndarray, hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score of each true metastasis, scores of the false positives) of one view at network size.
 
-    True metastases are the connected groups of `hot` == 2. Found: those touched by a predicted group, but a group
-    touching several finds one of them (a hotspot's centroid hits one lesion), so found = the smaller of the
-    metastases touched and the groups touching them. False: predicted groups touching no metastasis and no IGNORE
-    pixel. Missed: the other metastases."""
+    Candidates are the connected groups of the metastasis map >= METASTASIS_CANDIDATE, as the hotspot finder takes
+    them, each scored by its peak. True metastases are the connected groups of `hot` == 2; a candidate on truth
+    finds the one it overlaps most (a candidate over several touching metastases finds one, as a hotspot's centroid
+    hits one), and a metastasis scores the best candidate that found it (-1: none). A candidate touching no
+    metastasis and no IGNORE pixel is a false positive.
+    """
     eight = np.ones((3, 3), bool)
     truth, n_truth = ndimage.label(hot == 2, structure=eight)
-    groups, n_groups = ndimage.label(predicted, structure=eight)
-    on_truth = (groups > 0) & (truth > 0)
-    found = min(np.unique(truth[on_truth]).size, np.unique(groups[on_truth]).size)
-    explained = np.unique(groups[(groups > 0) & ((hot == 2) | (hot == IGNORE))]).size
-    return found, n_groups - explained, n_truth - found
+    groups, n_groups = ndimage.label(probability >= METASTASIS_CANDIDATE, structure=eight)
+    lesion_scores = np.full(n_truth, -1.0)
+    if n_groups == 0:
+        return lesion_scores, np.zeros(0)
+    peaks = np.asarray(ndimage.maximum(probability, groups, np.arange(1, n_groups + 1)))
+    both = (groups > 0) & (truth > 0)
+    pairs, overlap = np.unique(groups[both].astype(np.int64) * (n_truth + 1) + truth[both], return_counts=True)
+    group_of, truth_of = pairs // (n_truth + 1), pairs % (n_truth + 1)
+    order = np.lexsort((-overlap, group_of))  # per candidate, its largest overlap first
+    first = np.unique(group_of[order], return_index=True)[1]
+    for group, lesion in zip(group_of[order][first], truth_of[order][first]):
+        lesion_scores[lesion - 1] = max(lesion_scores[lesion - 1], peaks[group - 1])
+    explained = np.zeros(n_groups + 1, bool)
+    explained[groups[(groups > 0) & ((hot == 2) | (hot == IGNORE))]] = True
+    return lesion_scores, peaks[~explained[1:]]
+
+
+def sensitivity_at_one_fp(found: np.ndarray, false: np.ndarray, lesions: float, studies: float) -> float:
+    """Sensitivity at <= 1 false positive per study from score histograms (`SCORE_BINS` bins over 0-1): the best
+    over thresholds at the bins' lower edges, as the FROC curve is read (`evaluate.froc`)."""
+    if lesions <= 0:
+        return 0.0
+    found_above = np.cumsum(found[::-1])[::-1]  # lesions scored in this bin or higher
+    false_above = np.cumsum(false[::-1])[::-1]
+    allowed = false_above <= max(studies, 1.0)
+    return float(found_above[allowed].max() / lesions) if allowed.any() else 0.0
+
+
+def _histogram(scores: np.ndarray) -> np.ndarray:
+    return np.bincount(np.minimum((scores * SCORE_BINS).astype(np.int64), SCORE_BINS - 1), minlength=SCORE_BINS)
 
 
 def _dice(tp, fp, fn):
