@@ -7,8 +7,10 @@
 #    learning within 10 epochs; the README's figures come from
 #    PAPER_PRESET=cpu-small PAPER_EPOCHS=6 PAPER_LR=1e-3 PAPER_WORKERS=14 TRAIN_UNTIL=150 LESION_UNTIL=0.
 # 2. The lesion network trained on from an earlier lesion run (LESION_FROM) on the lesion cohort (1200 studies,
-#    seed 11, `paper` difficulty), in warm restarts of LESION_CHUNK epochs (each a full cosine cycle) until
-#    LESION_UNTIL seconds have passed; each restart starts from the best weights so far. LESION_UNTIL=0 skips it.
+#    seed 11, `paper` difficulty) merged with LESION_MIXED_CASES studies of other cameras (seed 21, `--site mixed`;
+#    0 leaves them out: a network trained on the generic phantom alone fails on GE scans, see the README), in warm
+#    restarts of LESION_CHUNK epochs (each a full cosine cycle) until LESION_UNTIL seconds have passed; each
+#    restart starts from the best weights so far. LESION_UNTIL=0 skips it.
 #
 # Everything worth keeping is copied to RESULTS (default $WORK/results): the evaluation's metrics.json, training
 # metrics, the lesion network's best checkpoint, GPU load and the logs. Each job is limited in time, so a slow
@@ -31,6 +33,7 @@ TRAIN_UNTIL="${TRAIN_UNTIL:-440}"  # seconds after the start: training stops by 
 LESION_CASES="${LESION_CASES:-1200}"
 LESION_PRESET="${LESION_PRESET:-cpu-small-lesion}"
 LESION_FROM="${LESION_FROM:-}"
+LESION_MIXED_CASES="${LESION_MIXED_CASES:-800}"
 LESION_MANIFEST="${LESION_MANIFEST:-}"  # the same cohort's manifest from elsewhere: checked to be identical
 LESION_CHUNK="${LESION_CHUNK:-30}"
 LESION_LR="${LESION_LR:-1e-3}"
@@ -64,10 +67,19 @@ same = a[["label", "n_metastases", "findings"]].equals(b[["label", "n_metastases
 print(f"lesion cohort: same case ids and splits as {sys.argv[1]}; findings {'identical' if same else 'DIFFER'}")
 PY
   fi
+  local manifest="$WORK/lesion-cohort/manifest.csv"
+  if [ "$LESION_MIXED_CASES" -gt 0 ]; then
+    stamp "other cameras: $LESION_MIXED_CASES studies"
+    $BONESCAN synth --cases "$LESION_MIXED_CASES" --seed 21 --site mixed --difficulty paper \
+      --out "$WORK/lesion-mixed" --workers "$CORES" >/dev/null || return 1
+    manifest="$WORK/lesion-train/manifest.csv"
+    $BONESCAN cohort merge "$WORK/lesion-cohort/manifest.csv" "$WORK/lesion-mixed/manifest.csv" \
+      --name generic --name mixed --out "$manifest" || return 1
+  fi
   local from="$LESION_FROM" chunk=1 best_score=-1
   while [ "$(left "$LESION_UNTIL")" -gt 60 ]; do
     stamp "lesion training, restart $chunk from ${from:-scratch}"
-    timeout "$(left "$LESION_UNTIL")" $BONESCAN train --manifest "$WORK/lesion-cohort/manifest.csv" \
+    timeout "$(left "$LESION_UNTIL")" $BONESCAN train --manifest "$manifest" \
       --out "$WORK/lesion-run$chunk" --preset "$LESION_PRESET" --epochs "$LESION_CHUNK" --patience "$LESION_CHUNK" \
       --lr "$LESION_LR" --device "$DEVICE" --workers "$LESION_WORKERS" --cache-dir "$WORK/lesion-cache" --quiet \
       ${from:+--pretrained "$from"}

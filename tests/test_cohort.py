@@ -343,3 +343,41 @@ def _touched(folder, rows):
     path = write_manifest(folder, rows)
     (folder / "gone.dcm").unlink()
     return path
+
+
+def test_merged_manifests_keep_splits_and_files_and_prefix_shared_case_ids(tmp_path, capsys):
+    for name, site in (("generic", "generic"), ("mixed", "ge-discovery")):
+        folder = tmp_path / name
+        (folder / "studies").mkdir(parents=True)
+        rows = []
+        for i, split in enumerate(("train", "val", "test")):
+            (folder / "studies" / f"syn{i}.dcm").write_bytes(b"x")
+            rows.append({"case_id": f"syn{i}", "path": f"studies/syn{i}.dcm", "label": i % 2, "split": split,
+                         "site": site, **({"patient_id": f"p{i}"} if name == "mixed" else {})})
+        pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    out = tmp_path / "merged" / "manifest.csv"
+    assert cli.main(["cohort", "merge", str(tmp_path / "generic" / "manifest.csv"),
+                     str(tmp_path / "mixed" / "manifest.csv"), "--out", str(out)]) == 0
+    assert "3 case ids occur in more than one manifest" in capsys.readouterr().err
+    merged = load_manifest(out)  # every file found from the merged manifest's folder
+    assert merged["case_id"].tolist() == [f"{c}-syn{i}" for c in ("generic", "mixed") for i in range(3)]
+    assert merged["split"].tolist() == ["train", "val", "test"] * 2
+    assert merged["cohort"].tolist() == ["generic"] * 3 + ["mixed"] * 3
+    assert merged["path"].iloc[4].endswith("mixed/studies/syn1.dcm")
+    assert merged["patient_id"].iloc[3:].tolist() == ["mixed-p0", "mixed-p1", "mixed-p2"]
+    assert merged["patient_id"].iloc[:3].isna().all()  # no patient ids in that cohort: none invented
+    # Named cohorts; without shared ids nothing is prefixed.
+    pd.read_csv(tmp_path / "mixed" / "manifest.csv").assign(case_id=lambda m: "ge" + m["case_id"]) \
+        .to_csv(tmp_path / "mixed" / "manifest.csv", index=False)
+    assert cli.main(["cohort", "merge", str(tmp_path / "generic" / "manifest.csv"),
+                     str(tmp_path / "mixed" / "manifest.csv"), "--out", str(out), "--name", "a", "--name", "b"]) == 0
+    merged = load_manifest(out)
+    assert merged["case_id"].tolist()[:4] == ["syn0", "syn1", "syn2", "gesyn0"]
+    assert merged["cohort"].tolist() == ["a"] * 3 + ["b"] * 3
+    # Bad input: every manifest's problem in one error, exit code 2, nothing written.
+    (tmp_path / "generic" / "studies" / "syn1.dcm").unlink()
+    assert cli.main(["cohort", "merge", str(tmp_path / "generic" / "manifest.csv"), str(tmp_path / "none.csv"),
+                     "--out", str(tmp_path / "bad.csv")]) == 2
+    error = capsys.readouterr().err
+    assert "syn1" in error and "none.csv" in error and not (tmp_path / "bad.csv").exists()
+    assert cli.main(["cohort", "merge", str(tmp_path / "mixed" / "manifest.csv"), "--out", str(out)]) == 2

@@ -1,5 +1,6 @@
-"""`bonescan cohort split`, `cohort check` and `cohort table1`: the stratified 8:1:1 split that keeps duplicates
-and patients together, the duplicate / leakage check, and the paper's Table 1."""
+"""`bonescan cohort split`, `cohort merge`, `cohort check` and `cohort table1`: the stratified 8:1:1 split that keeps
+duplicates and patients together, several manifests as one, the duplicate / leakage check, and the paper's
+Table 1."""
 
 from __future__ import annotations
 
@@ -59,6 +60,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         counts = result["split"].value_counts()
         summary = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in (*cohort.SPLITS, cohort.EXCLUDED))
         typer.echo(f"wrote {out}: {summary}")
+
+    @group.command("merge")
+    def merge(
+        manifests: list[Path] = typer.Argument(..., help="Two or more manifest CSVs (e.g. two sites' cohorts)."),
+        out: Path = typer.Option(..., "--out", help="Where to write the merged manifest."),
+        name: list[str] = typer.Option(
+            [], "--name", help="Cohort name of each manifest, in order (default: its folder's name)."),
+    ) -> None:
+        """Merge manifests into one: splits and columns kept, paths rewritten, a `cohort` column; case ids shared
+        between manifests are prefixed with the cohort's name."""
+        from .. import cohort
+        from ..cohort_merge import merge_manifests
+
+        merged, notes = merge_manifests(manifests, name or None)
+        for note in notes:
+            typer.echo(note, err=True)
+        cohort.write_manifest(merged, out)
+        typer.echo(f"wrote {out}")
 
     @group.command("check")
     def check_command(
