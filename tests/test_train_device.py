@@ -25,6 +25,19 @@ def test_auto_precision_follows_the_cpu_bf16_capability(monkeypatch):
         device.choose_precision(cpu, "int8")
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
+                                                          (False, True, True)])
+def test_bf16_counts_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    # oneDNN says yes on AVX-512 CPUs without BF16 too (emulated there: slower than fp32).
+    monkeypatch.setattr(device, "onednn_reports_bf16", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert device.cpu_supports_bf16() is expected
+    assert device.choose_precision(torch.device("cpu"), "auto").name == ("bf16" if expected else "fp32")
+    monkeypatch.setattr(device, "onednn_reports_bf16", lambda: False)  # a torch built without oneDNN bf16
+    assert device.cpu_supports_bf16() is False
+
+
 def test_bf16_autocast_runs_convolutions_in_bf16_on_cpu():
     precision = device.choose_precision(torch.device("cpu"), "bf16")
     conv = torch.nn.Conv2d(1, 2, 3)

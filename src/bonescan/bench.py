@@ -133,7 +133,7 @@ def bench_training(
         peaks = {name: matmul_peak_gflops(dtypes[name]) for name in dict.fromkeys(precisions)}
         lines = [
             f"machine: {torch.get_num_threads()} torch threads, "
-            f"oneDNN bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, allocator {allocator}",
+            f"native bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, allocator {allocator}",
             "matmul roofline: " + ", ".join(f"{name} {peak:.1f} GFLOP/s" for name, peak in peaks.items()),
             f"{'preset':<16} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
             f"{'roofline':>9} {'peak RSS':>9}",
@@ -143,7 +143,7 @@ def bench_training(
             height, width = config.preprocess.height, config.preprocess.width
             for precision_name in precisions:
                 if precision_name == "bf16" and not cpu_supports_bf16() and not emulated_bf16:
-                    lines.append(f"{name:<16} {precision_name:<5} skipped: this CPU has no bf16 kernels "
+                    lines.append(f"{name:<16} {precision_name:<5} skipped: this CPU has no native bf16 "
                                  "(emulated bf16 is far slower than fp32; --emulated-bf16 times it anyway)")
                     continue
                 precision = choose_precision(device, precision_name)
