@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bonescan.followup.register import identity
-from bonescan.followup.uptake import RISE, UptakeCheck, local_uptake
+from bonescan.followup.uptake import FOCUS_FLOOR, FOCUS_RISE, RISE, UptakeCheck, local_uptake
 from bonescan.lesions.hotspots import Hotspot, StudyLesions, normal_bone_level
 
 SPACING = (2.4, 2.4)
@@ -60,3 +60,41 @@ def test_a_focus_counts_as_new_only_where_the_uptake_rose(baseline_focus, expect
     # The square has the hotspot's equivalent diameter (7 pixels): the 6 x 6 focus and a rim of bone.
     assert now == pytest.approx((36 * 300 + 13 * 100) / 49 / 100, rel=0.1)
     assert check.rose([hotspot], 1) is expected and (now >= RISE * before) is expected
+
+
+def _faint(malignancy: float, region: str = "lumbar_spine") -> StudyLesions:
+    """Follow-up lesions: one hotspot on the focus, scored `malignancy` against the threshold 0.9."""
+    lesions = _lesions(True)
+    lesions.hotspots[0].malignancy, lesions.hotspots[0].region = malignancy, region
+    lesions.threshold = 0.9
+    return lesions
+
+
+FAINT = (FOCUS_FLOOR + 0.9) / 2  # a candidate below the malignancy threshold
+
+
+@pytest.mark.parametrize("baseline_focus, malignancy, region, new", [
+    (None, FAINT, "lumbar_spine", True),  # a faint candidate where the baseline had nothing: new
+    (None, FOCUS_FLOOR - 0.05, "lumbar_spine", False),  # below the candidate floor
+    (None, FAINT, "", False),  # off the skeleton
+    (260.0, FAINT, "lumbar_spine", False),  # the uptake was already there (1.13-fold)
+    (230.0, FAINT, "lumbar_spine", False),  # 1.26-fold: enough for a malignant call, not for a faint one
+])
+def test_a_faint_focus_is_new_only_where_the_uptake_rose_clearly(baseline_focus, malignancy, region, new):
+    from bonescan.followup.match import change_between, drop_unreported, link_lesions
+
+    rng = np.random.default_rng(2)
+    baseline, followup = _study(_view(baseline_focus, rng)), _study(_view(300.0, rng))
+    results = [_lesions(False), _faint(malignancy, region)]
+    transforms = [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2
+    check = UptakeCheck([baseline, followup], results, transforms)
+    linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR)
+    change = change_between(linking.lesions, results, 1, [0], check.rose, check.new_focus)
+    lesions = drop_unreported(linking.lesions, [change])
+    assert RISE < 1.26 < FOCUS_RISE and (change.new == [1]) is new and change.new_below_threshold == change.new
+    assert [les.number for les in lesions] == ([1] if new else [])  # a faint focus not new is not reported
+    # The same focus called malignant needs only the smaller rise.
+    results[1] = _faint(0.95, region)
+    change = change_between(link_lesions(results, transforms, [SPACING] * 2, [30] * 2).lesions, results, 1, [0],
+                            check.rose, check.new_focus)
+    assert (change.new == [1]) is (baseline_focus in (None, 230.0)) and change.new_below_threshold == []

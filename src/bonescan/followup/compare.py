@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .match import Change, Lesion, MatchedPair, change_between, link_lesions
+from .match import Change, Lesion, MatchedPair, change_between, drop_unreported, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
-from .uptake import UptakeCheck
+from .uptake import FOCUS_FLOOR, UptakeCheck
 from .visits import Visit, check_visits
 
 
@@ -68,20 +68,25 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     transforms += [register_study(base, v.study) for v in visits[1:]]
     t2 = time.perf_counter()
     results = [v.lesions for v in visits]
+    # A reader that can err must show that the uptake rose where it calls a lesion new, and a faint candidate whose
+    # uptake rose clearly is new too (see `uptake`); the truth needs neither.
+    exact = getattr(reader, "exact", False)
+    check = None if exact else UptakeCheck([v.study for v in visits], results, transforms)
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
-                           [v.study.anterior.shape[1] for v in visits])
-    # A reader that can err must show that the uptake rose where it calls a lesion new (see `uptake`).
-    rose = None if getattr(reader, "exact", False) else UptakeCheck([v.study for v in visits], results, transforms).rose
-    followup = change_between(linking.lesions, results, 1, [0], rose)
+                           [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR)
+    rose, new_focus = (check.rose, check.new_focus) if check else (None, None)
+    followup = change_between(linking.lesions, results, 1, [0], rose, new_focus)
     confirmatory = None
     if len(visits) == 3:
-        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], rose)
+        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], rose,
+                                      new_focus)
+    lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint
     verdict = pcwg3_verdict(len(followup.new), len(confirmatory.new) if confirmatory else None, days,
                             first_followup)
     t3 = time.perf_counter()
-    return Comparison(reader.name, visits, transforms, linking.lesions, linking.pairs, followup, confirmatory,
+    return Comparison(reader.name, visits, transforms, lesions, linking.pairs, followup, confirmatory,
                       verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
                                                 "total": t3 - t0})

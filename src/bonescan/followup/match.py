@@ -9,10 +9,10 @@ A lesion is what one bone focus leaves across views and visits:
   both belong to lesions first seen on the same visit: in a spine full of metastases a new focus must not be
   joined, through the other view, to an old one nearby.
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
-next is not counted as new. A lesion is reported when it is malignant on at least one visit.
+next is not counted as new. A lesion is reported when it is malignant on at least one visit, or new.
 
-Status of a lesion on a later visit against reference visits: new (malignant now, absent on every reference, and
-its uptake risen since the baseline: `uptake`),
+Status of a lesion on a later visit against reference visits: new (absent on every reference, and either malignant
+now with its uptake risen since the baseline, or a fainter candidate whose uptake rose clearly: `uptake`),
 resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
 and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
 """
@@ -48,6 +48,11 @@ class Lesion:
 
     def malignant(self, visit: int) -> bool:
         return any(h.malignancy >= self.thresholds[visit] for h in self.hotspots.get(visit, []))
+
+    @property
+    def reported(self) -> bool:
+        """Malignant on some visit: a lesion of the report whatever changed (a fainter one only when new)."""
+        return any(self.malignant(v) for v in self.hotspots)
 
     def area(self, visit: int) -> float:
         return max((h.area_mm2 for h in self.hotspots.get(visit, [])), default=0.0)
@@ -102,8 +107,11 @@ def _assign(a: np.ndarray, b: np.ndarray, scale: np.ndarray, gate: float) -> lis
 
 
 def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTransform]],
-                 spacings: list[tuple[float, float]], widths: list[int]) -> Linking:
+                 spacings: list[tuple[float, float]], widths: list[int], floor: float | None = None) -> Linking:
     """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline.
+
+    Kept: lesions malignant on some visit, and with `floor`, also those whose malignancy reaches it on some visit
+    (candidates for a faint new lesion; `drop_unreported` removes those that turn out not new).
 
     Visit by visit: first each view's hotspots are paired with earlier visits, then anterior and posterior hotspots
     are paired within the visit, but only those whose lesions were first seen on the same visit, so a new focus
@@ -152,7 +160,8 @@ def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTra
         groups.setdefault(sets.find(i), {}).setdefault(v, []).append(h)
     thresholds = [r.threshold for r in lesions]
     found_lesions = [Lesion(0, g, thresholds) for g in groups.values()]
-    found_lesions = [les for les in found_lesions if any(les.malignant(v) for v in les.hotspots)]
+    found_lesions = [les for les in found_lesions if les.reported or (
+        floor is not None and any(h.malignancy >= floor for hs in les.hotspots.values() for h in hs))]
     found_lesions.sort(key=lambda les: (min(les.hotspots), _first_row(les, at_baseline, by_view)))
     for number, lesion in enumerate(found_lesions, 1):
         lesion.number = number
@@ -191,6 +200,8 @@ class Change:
     # Malignant now and unseen before by the reader, but the count image shows the uptake was already there
     # (`uptake.UptakeCheck`): not counted new.
     already_there: list[int] = field(default_factory=list)
+    # New although below the malignancy threshold: a candidate focus whose uptake rose clearly (`uptake`).
+    new_below_threshold: list[int] = field(default_factory=list)
 
     @property
     def bsi_change(self) -> float:
@@ -201,7 +212,7 @@ class Change:
                 "resolved": self.resolved, "persistent": self.persistent, "grown": self.grown,
                 "by_region": self.by_region, "bsi_before": round(self.bsi_before, 3),
                 "bsi_after": round(self.bsi_after, 3), "bsi_change": round(self.bsi_change, 3),
-                "already_there": self.already_there,
+                "already_there": self.already_there, "new_below_threshold": self.new_below_threshold,
                 "bsi_change_by_region": {k: round(d, 3) for k, d in self.bsi_by_region.items() if abs(d) >= 5e-4}}
 
 
@@ -209,16 +220,20 @@ STATUSES = ("new", "resolved", "persistent", "grown")
 
 
 def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int],
-                   rose: Callable[[list[Hotspot], int], bool] | None = None) -> Change:
+                   rose: Callable[[list[Hotspot], int], bool] | None = None,
+                   new_focus: Callable[[list[Hotspot], int], bool] | None = None) -> Change:
     """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI.
 
     `rose(hotspots, visit)`, when given, must confirm a would-be new lesion (see `uptake.UptakeCheck.rose`);
-    one it does not confirm is listed in `already_there` instead.
+    one it does not confirm is listed in `already_there` instead. `new_focus(hotspots, visit)`, when given, makes
+    a lesion below the malignancy threshold and unseen before new (`uptake.UptakeCheck.new_focus`); lesions that
+    are neither malignant on a visit nor new take no part.
     """
     first = reference[0]
     status: dict[str, list[int]] = {name: [] for name in STATUSES}
     regions: dict[str, dict[str, int]] = {}
     already_there: list[int] = []
+    below_threshold: list[int] = []
     for lesion in lesions:
         seen_before = any(lesion.present(u) for u in reference)
         tags = []
@@ -227,6 +242,12 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
                 already_there.append(lesion.number)
                 continue
             tags.append("new")
+        elif (new_focus is not None and not seen_before and lesion.present(visit)
+              and new_focus(lesion.hotspots[visit], visit)):
+            tags.append("new")
+            below_threshold.append(lesion.number)
+        elif not lesion.reported:
+            continue
         elif lesion.malignant(first) and not lesion.present(visit):
             tags.append("resolved")
         elif lesion.present(visit) and seen_before:
@@ -242,4 +263,18 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
     names = sorted(set(before.bsi_by_region) | set(after.bsi_by_region))
     delta = {n: after.bsi_by_region.get(n, 0.0) - before.bsi_by_region.get(n, 0.0) for n in names}
     return Change(visit, list(reference), status["new"], status["resolved"], status["persistent"], status["grown"],
-                  regions, before.bsi, after.bsi, delta, already_there)
+                  regions, before.bsi, after.bsi, delta, already_there, below_threshold)
+
+
+def drop_unreported(lesions: list[Lesion], changes: list[Change]) -> list[Lesion]:
+    """The lesions worth reporting (malignant on a visit, or new in a change), numbered 1.. in the same order;
+    the changes' lesion numbers are rewritten to match."""
+    new = {n for change in changes for n in change.new}
+    kept = [les for les in lesions if les.reported or les.number in new]
+    renumber = {les.number: k for k, les in enumerate(kept, 1)}
+    for change in changes:
+        for name in (*STATUSES, "already_there", "new_below_threshold"):
+            setattr(change, name, [renumber[n] for n in getattr(change, name) if n in renumber])
+    for les in kept:
+        les.number = renumber[les.number]
+    return kept

@@ -8,7 +8,8 @@
   when a scan at least 6 weeks later still shows at least 2 new lesions against that reference. A confirmatory
   scan after a first follow-up with fewer than 2 new lesions is such a later scan: 2 or more new lesions on it
   make the verdict "unconfirmed" (awaiting its own confirmation), not "no progression".
-A new lesion is a malignant hotspot not seen on the reference (or, for the "+2", on the first follow-up either).
+A new lesion is a malignant hotspot not seen on the reference (or, for the "+2", on the first follow-up either);
+with a lesion network, `uptake` says which of its calls count.
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ from ..lesions.hotspots import Hotspot, StudyLesions
 from .register import ViewTransform
 
 RISE = 1.2
+# A faint new metastasis is what a small network scores lowest, so the follow-up also counts as new a candidate it
+# scores below its malignancy threshold (but at least FOCUS_FLOOR), on bone, whose uptake rose FOCUS_RISE-fold:
+# a reader comparing two scans looks for exactly such a focus where the baseline had none.
+FOCUS_FLOOR = 0.5
+FOCUS_RISE = 1.4
 SEARCH_MM = 3.0  # about one pixel: registration error, not a neighbour's uptake
 VIEWS = ("anterior", "posterior")
 
@@ -70,6 +75,17 @@ class UptakeCheck:
         there = self.transforms[visit][view].to_fixed(np.array([hotspot.centroid]))[0]
         before = local_uptake(getattr(base, view), self._level(0, view), there, base_spacing, diameter)
         return now, before
+
+    def new_focus(self, hotspots: Sequence[Hotspot], visit: int) -> bool:
+        """True when a hotspot of this lesion below the malignancy threshold is still a candidate (malignancy >=
+        FOCUS_FLOOR), lies on bone and its uptake rose FOCUS_RISE-fold since the baseline."""
+        for hotspot in hotspots:
+            if hotspot.malignancy < FOCUS_FLOOR or not hotspot.region:
+                continue
+            now, before = self.ratio(hotspot, visit)
+            if now >= FOCUS_RISE * before:
+                return True
+        return False
 
     def rose(self, hotspots: Sequence[Hotspot], visit: int) -> bool:
         """True when the uptake of any of these hotspots (one lesion on `visit`) rose RISE-fold since the baseline."""
