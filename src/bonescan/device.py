@@ -43,7 +43,7 @@ def cpu_supports_bf16() -> bool:
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX, as cpuinfo reports them (not oneDNN, which counts emulation as support)."""
     try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported()) or cpu_has_amx()
     except (AttributeError, RuntimeError):
         return False
 

@@ -81,18 +81,14 @@ class UptakeCheck:
     def new_focus(self, hotspots: Sequence[Hotspot], visit: int) -> bool:
         """True when a hotspot of this lesion below the malignancy threshold is still a candidate (malignancy >=
         FOCUS_FLOOR), lies on bone and its uptake rose FOCUS_RISE-fold since the baseline."""
-        for hotspot in hotspots:
-            if hotspot.malignancy < FOCUS_FLOOR or not hotspot.region:
-                continue
-            now, before = self.ratio(hotspot, visit)
-            if now >= FOCUS_RISE * before:
-                return True
-        return False
+        candidates = [h for h in hotspots if h.malignancy >= FOCUS_FLOOR and h.region]
+        return self.rose(candidates, visit, FOCUS_RISE)
 
-    def rose(self, hotspots: Sequence[Hotspot], visit: int) -> bool:
-        """True when the uptake of any of these hotspots (one lesion on `visit`) rose RISE-fold since the baseline."""
+    def rose(self, hotspots: Sequence[Hotspot], visit: int, factor: float = RISE) -> bool:
+        """True when the uptake of any of these hotspots (one lesion on `visit`) rose `factor`-fold since the
+        baseline."""
         for hotspot in hotspots:
             now, before = self.ratio(hotspot, visit)
-            if now >= RISE * before:
+            if now >= factor * before:
                 return True
         return False
