@@ -513,6 +513,52 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
         freeze_malignancy_threshold(run, manifest.drop(columns=["truth"]), "val")
 
 
+def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
+        lesion_setup, capsys, tmp_path):
+    from bonescan.cli import main
+    from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
+    from bonescan.lesions.threshold import THRESHOLD_FILE
+
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    run = folder / "lesion-run"
+    written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
+    try:
+        # the two validation studies (the tiny network lists thousands of candidates per study: few studies)
+        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
+        captured = capsys.readouterr()
+        assert "rescorer fitted on 2 studies" in captured.out and "(rescored)" in captured.out
+        assert "studies the rescorer was fitted on" in captured.err  # the same studies chose the threshold
+        loaded = load_lesion_run(run)
+        assert loaded.rescorer is not None and json.loads((run / THRESHOLD_FILE).read_text())["rescored"] is True
+        info = json.loads((run / RESCORER_INFO).read_text())
+        assert info["n_studies"] == 2 and 0 < info["n_on_metastases"] < info["n_candidates"]
+        # every hotspot's malignancy is now the rescorer's
+        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                                 lesions=run, lesions_out=tmp_path / "predict")
+        assert report.ok, [s.error for s in report.failures]
+        # an unreadable study is named and left out, the others still fit; exit code 2
+        broken = tmp_path / "broken.dcm"
+        broken.write_bytes(b"not a DICOM file")
+        table = load_manifest(manifest_path)  # paths made absolute
+        first = table.index[table["path"].notna() & (table["split"] == "train")][0]
+        table.loc[first, ["path", "split"]] = [str(broken), "val"]  # a third validation study, unreadable
+        table.to_csv(tmp_path / "with_broken.csv", index=False)
+        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(tmp_path / "with_broken.csv"),
+                     "--split", "val", "--threshold-manifest", str(manifest_path)]) == 2
+        captured = capsys.readouterr()
+        assert f"left out {table.loc[first, 'case_id']}" in captured.err
+        assert "rescorer fitted on 2 studies" in captured.out
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path.parent / "none.csv")]) == 2
+    without_truth = manifest.drop(columns=["truth"])
+    without_truth.to_csv(tmp_path / "no_truth.csv", index=False)
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(tmp_path / "no_truth.csv")]) == 2
+    assert "lesion truth" in capsys.readouterr().err
+    assert not any(path.exists() for path in written[:2])
+
+
 def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_shared_borders():
     from types import SimpleNamespace
 

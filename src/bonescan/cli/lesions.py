@@ -1,4 +1,5 @@
-"""`bonescan lesions threshold`: freeze a lesion run's malignancy threshold at a false-positive budget."""
+"""`bonescan lesions threshold`: freeze a lesion run's malignancy threshold at a false-positive budget;
+`bonescan lesions rescorer`: fit its hotspot rescorer, then freeze the threshold again."""
 
 from __future__ import annotations
 
@@ -29,3 +30,42 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                    f"studies ({record['n_lesions']} metastases) sensitivity {record['sensitivity_there']:.3f} at "
                    f"{record['fp_per_study_there']:.2f} false positives per study (budget {fp_per_study:g})")
         typer.echo(f"wrote {Path(run) / 'malignancy_threshold.json'}")
+
+    @group.command("rescorer")
+    def rescorer(
+        run: Path = typer.Option(..., "--run", help="Lesion run (a lesion preset's RUN)."),
+        manifest: Path = typer.Option(..., "--manifest", help="Studies with lesion truth the network did not "
+                                                               "train on (e.g. a fresh `bonescan synth` seed)."),
+        split: str | None = typer.Option(None, "--split", help="Only this split of --manifest. Default: all rows."),
+        threshold_manifest: Path | None = typer.Option(None, "--threshold-manifest",
+                                                       help="Manifest to freeze the threshold on (default: "
+                                                            "--manifest)."),
+        threshold_split: str = typer.Option("val", "--threshold-split", help="Split to freeze the threshold on."),
+        fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    ) -> None:
+        """Fit the run's hotspot rescorer (count candidates beside the network's, rescored by gradient boosting;
+        RUN/hotspot_rescorer.skops), then freeze the malignancy threshold again on its scale."""
+        from ..cohort import load_manifest
+        from ..lesions.rescore_fit import fit_hotspot_rescorer
+        from ..lesions.threshold import freeze_malignancy_threshold
+
+        if threshold_manifest in (None, manifest) and split in (None, threshold_split):
+            typer.echo(f"warning: the threshold is chosen on {threshold_split!r} studies the rescorer was fitted on; "
+                       "its false positives there are fewer than on new studies (fit on another --split or give "
+                       "--threshold-manifest)", err=True)
+        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device)
+        for case_id, reason in fitted.failed:
+            typer.echo(f"left out {case_id}: {reason}", err=True)
+        typer.echo(f"rescorer fitted on {fitted.n_studies} {'study' if fitted.n_studies == 1 else 'studies'} "
+                   f"({fitted.n_candidates} candidates, "
+                   f"{fitted.n_on_metastases} on metastases); count candidates kept from {fitted.keep_floor:.3f}; "
+                   f"wrote {fitted.path}")
+        record = freeze_malignancy_threshold(run, load_manifest(threshold_manifest or manifest), threshold_split,
+                                             fp_per_study, device)
+        typer.echo(f"malignancy threshold {record['malignancy_threshold']:.4f} (rescored): on {record['n_studies']} "
+                   f"{threshold_split} studies ({record['n_lesions']} metastases) sensitivity "
+                   f"{record['sensitivity_there']:.3f} at {record['fp_per_study_there']:.2f} false positives per "
+                   f"study (budget {fp_per_study:g})")
+        if fitted.failed:
+            raise typer.Exit(2)

@@ -32,7 +32,8 @@ from ..presets import TrainConfig
 from .bsi import bone_scan_index
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
-from .regions import BY_LABEL, N_LABELS
+from .regions import N_LABELS, region_under
+from .rescore import Candidate, HotspotRescorer, load_rescorer, rescore_candidates
 
 HOTSPOT_THRESHOLD = 0.5
 METASTASIS_CANDIDATE = 0.2
@@ -58,6 +59,7 @@ class LesionModel:
     precision: Precision
     run_dir: Path
     threshold: float = MALIGNANCY_THRESHOLD  # RUN/malignancy_threshold.json when frozen (`lesions.threshold`)
+    rescorer: HotspotRescorer | None = None  # RUN/hotspot_rescorer.skops when fitted (`lesions.rescore`)
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
@@ -81,7 +83,7 @@ class LesionModel:
         maps = self.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
         spacing = (study.pixel_spacing or (2.4, 2.4))[0]
         return study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
-                             study_key=study_key, threshold=self.threshold)
+                             study_key=study_key, threshold=self.threshold, rescorer=self.rescorer)
 
 
 def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
@@ -102,7 +104,7 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
 
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
-                       load_malignancy_threshold(paths.root))
+                       load_malignancy_threshold(paths.root), load_rescorer(paths.root))
 
 
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
@@ -197,15 +199,10 @@ def count_peaks(counts: np.ndarray, components: np.ndarray) -> np.ndarray:
     return peaks
 
 
-def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
-                  mirror_posterior: bool = True, study_key: str = "",
-                  threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
-    """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
-
-    `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
-    """
-    shape = anterior.shape
-    counts = (np.asarray(anterior, np.float32), np.asarray(posterior, np.float32))
+def maps_at_stored_size(maps: np.ndarray, shape: tuple[int, int],
+                        mirror_posterior: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(regions uint8 [2, H, W] nearest, probabilities float32 [2 views, (hotspot, metastasis), H, W] bilinear) of
+    network maps (see `LesionModel.maps`) at the stored size, the posterior mirrored back when it was mirrored."""
     h, w = maps.shape[-2:]
     r = np.clip(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), 0, h - 1)
     c = np.clip(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), 0, w - 1)
@@ -215,42 +212,67 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     if mirror_posterior:
         regions[1] = regions[1, :, ::-1]
         probabilities[1] = probabilities[1, :, :, ::-1]
+    return regions, probabilities
+
+
+def network_candidates(regions: np.ndarray, probabilities: np.ndarray, counts: tuple[np.ndarray, np.ndarray],
+                       min_pixels: float) -> list[Candidate]:
+    """The hotspots of both views (`hotspot_components`) of at least `min_pixels`, malignancy from the network."""
+    found = []
+    for view in range(2):
+        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1], counts[view])
+        for index, window in enumerate(ndimage.find_objects(components) if n else (), start=1):
+            mask = components[window] == index
+            if mask.sum() < min_pixels:
+                continue
+            found.append(Candidate(view, window, mask, float(probabilities[view, 1][window][mask].max()),
+                                   region_under(regions[view], window, mask)))
+    return found
+
+
+def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
+                  mirror_posterior: bool = True, study_key: str = "",
+                  threshold: float = MALIGNANCY_THRESHOLD,
+                  rescorer: HotspotRescorer | None = None) -> tuple[StudyLesions, np.ndarray]:
+    """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
+
+    With a `rescorer` (`bonescan.lesions.rescore`) count candidates join the network's and every hotspot's
+    malignancy is the rescorer's; a malignant hotspot then counts whole in the BSI.
+
+    `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
+    """
+    shape = anterior.shape
+    counts = (np.asarray(anterior, np.float32), np.asarray(posterior, np.float32))
+    regions, probabilities = maps_at_stored_size(maps, shape, mirror_posterior)
     numbers = np.zeros((2,) + shape, np.uint16)
     hotspots: list[Hotspot] = []
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
-    for view in range(2):
-        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1], counts[view])
-        if n == 0:
-            continue
-        found = []
-        for index, window in enumerate(ndimage.find_objects(components), start=1):
-            mask = components[window] == index
-            area = int(mask.sum())
-            if area < min_pixels:
-                continue
-            found.append((window[0].start, window, mask, area))
-        found.sort(key=lambda entry: (entry[0], entry[1][1].start))
-        for _, window, mask, area in found:
-            number = len(hotspots) + 1
-            numbers[view][window][mask] = number
-            labels = regions[view][window][mask]
-            labels = labels[labels > 0]
-            region = BY_LABEL[int(np.bincount(labels).argmax())].name if labels.size else ""
-            rows, cols = np.nonzero(mask)
-            hotspots.append(Hotspot(
-                number=number, view=VIEWS[view],
-                box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
-                centroid=(float(rows.mean() + window[0].start), float(cols.mean() + window[1].start)),
-                area_mm2=area * pixel_spacing**2, region=region,
-                malignancy=float(probabilities[view, 1][window][mask].max()),
-                uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
-                    entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
-                mask=mask.copy()))
+    found = network_candidates(regions, probabilities, counts, min_pixels)
+    if rescorer is not None:
+        found = rescore_candidates(found, probabilities, counts, regions, pixel_spacing, rescorer, min_pixels)
+    found.sort(key=lambda entry: (entry.view, entry.window[0].start, entry.window[1].start))
+    for candidate in found:
+        view, window, mask = candidate.view, candidate.window, candidate.mask
+        number = len(hotspots) + 1
+        numbers[view][window][mask] = number
+        rows, cols = np.nonzero(mask)
+        hotspots.append(Hotspot(
+            number=number, view=VIEWS[view],
+            box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
+            centroid=(float(rows.mean() + window[0].start), float(cols.mean() + window[1].start)),
+            area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region, malignancy=candidate.malignancy,
+            uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
+                entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
+            mask=mask.copy()))
     # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not).
     levels = tuple(normal_bone_level(counts[view], regions[view] > 0, numbers[view] > 0) for view in range(2))
     for hotspot in hotspots:
         reference = levels[VIEWS.index(hotspot.view)]
         hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
-    bsi, by_region = bone_scan_index(regions, (probabilities[:, 1] >= threshold) & (numbers > 0))
+    if rescorer is None:
+        malignant = (probabilities[:, 1] >= threshold) & (numbers > 0)
+    else:  # rescored malignancy is a hotspot's, not a pixel's: a malignant hotspot counts whole
+        malignant = np.isin(numbers, [h.number for h in hotspots if h.malignancy >= threshold])
+    bsi, by_region = bone_scan_index(regions, malignant)
     probability = max((h.malignancy for h in hotspots), default=0.0)
     return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels), numbers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -61,3 +62,10 @@ BACKGROUND = 0
 N_LABELS = len(REGIONS) + 1  # background included
 BY_NAME = {region.name: region for region in REGIONS}
 BY_LABEL = {region.label: region for region in REGIONS}
+
+
+def region_under(regions: np.ndarray, window: tuple[slice, slice], mask: np.ndarray) -> str:
+    """The most common skeletal region under a box-sized mask ("" off the skeleton)."""
+    labels = regions[window][mask]
+    labels = labels[labels > 0]
+    return BY_LABEL[int(np.bincount(labels).argmax())].name if labels.size else ""

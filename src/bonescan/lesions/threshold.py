@@ -70,7 +70,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
     threshold, sensitivity, fp = threshold_at_fp(curve, fp_per_study)
     record = {"malignancy_threshold": threshold, "fp_per_study_budget": fp_per_study,
               "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
-              "sensitivity_there": sensitivity, "fp_per_study_there": fp,
+              "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
               "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
                       "on the chosen split (FROC of bonescan.evaluate.froc)"}
     write_text_atomic(Path(run_dir) / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")

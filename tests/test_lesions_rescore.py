@@ -1,0 +1,119 @@
+"""The hotspot rescorer: count candidates beside the network's, features, fit, storage, and its use in study_lesions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from bonescan.errors import RunError
+from bonescan.lesions.infer import study_lesions
+from bonescan.lesions.regions import BY_NAME
+from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES, RESCORER_INFO, HotspotRescorer,
+                                      bone_level, count_candidates, fit_rescorer, load_rescorer, save_rescorer)
+
+OVER_BONE = FEATURES.index("log_count_peak_over_bone")
+
+
+def _spine(shape=(128, 48)):
+    """A bone column of even counts (10) on soft tissue (2)."""
+    bone = np.zeros(shape, bool)
+    bone[8:120, 16:32] = True
+    counts = np.where(bone, 10.0, 2.0).astype(np.float32)
+    return counts, bone
+
+
+def _focus(counts, row, col, peak):
+    rows, cols = np.ogrid[:counts.shape[0], :counts.shape[1]]
+    counts += (peak - 10.0) * ((rows - row) ** 2 + (cols - col) ** 2 <= 4)
+
+
+def test_bone_level_on_blocks_follows_the_full_size_filter():
+    rng = np.random.default_rng(0)
+    counts = ndimage.gaussian_filter(rng.random((200, 64)).astype(np.float32), 6) * 100 + 50
+    bone = np.zeros(counts.shape, bool)
+    bone[20:180, 10:20] = bone[20:180, 40:54] = True
+    weight = ndimage.gaussian_filter(bone.astype(np.float32), BONE_LEVEL_SIGMA)
+    full = ndimage.gaussian_filter(counts * bone, BONE_LEVEL_SIGMA) / np.maximum(weight, 1e-3)
+    level = bone_level(counts, bone)
+    assert level.shape == counts.shape
+    np.testing.assert_allclose(level[bone], full[bone], rtol=0.01)
+    assert (level[:, 30] > 40).all()  # between the bones it is the bones' level, not the soft tissue's
+
+
+def test_count_candidates_are_bone_foci_outside_the_networks_hotspots():
+    counts, bone = _spine()
+    _focus(counts, 30, 24, 30.0)  # 3x the bone: a candidate
+    _focus(counts, 60, 24, 13.0)  # 1.3x: under the ratio
+    _focus(counts, 90, 24, 30.0)  # bright but already a network hotspot
+    _focus(counts, 60, 42, 30.0)  # bright, off the bone
+    covered = np.zeros(counts.shape, bool)
+    covered[86:95, 20:29] = True
+    found = count_candidates(ndimage.gaussian_filter(counts, COUNT_SMOOTHING), bone, bone_level(counts, bone),
+                             covered)
+    assert len(found) == 1
+    window, mask = found[0]
+    rows, cols = np.nonzero(mask)
+    assert abs(rows.mean() + window[0].start - 30) <= 1 and abs(cols.mean() + window[1].start - 24) <= 1
+    assert 5 <= mask.sum() <= 25  # the focus (13 pixels), not the bone around it
+    noise = np.random.default_rng(2).poisson(3.0, counts.shape).astype(np.float32)  # a noisy low-count view
+    everywhere = np.ones(counts.shape, bool)
+    many = count_candidates(noise, everywhere, bone_level(noise, everywhere), np.zeros(counts.shape, bool))
+    assert len(many) == COUNT_CANDIDATES_PER_VIEW  # the brightest, not thousands
+
+
+class _OverBone:
+    """A stand-in model: the malignancy rises with the count peak over bone."""
+
+    def predict_proba(self, features):
+        p = 1 / (1 + np.exp(-8 * (features[:, OVER_BONE] - np.log(2.0))))
+        return np.stack([1 - p, p], 1)
+
+
+def test_study_lesions_with_a_rescorer_list_count_foci_the_network_missed_and_count_them_in_the_bsi():
+    counts, bone = _spine()
+    _focus(counts, 30, 24, 40.0)  # 4x the bone
+    _focus(counts, 80, 20, 18.0)  # 1.8x: a candidate, rescored low, under the keep floor
+    maps = np.zeros((2, 3, 64, 24), np.float32)  # the network saw nothing
+    maps[:, 0][np.repeat(np.repeat(bone, 1, 0), 1, 1)[::2, ::2][None].repeat(2, 0)] = BY_NAME["thoracic_spine"].label
+    plain, _ = study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4)
+    assert plain.hotspots == [] and plain.bsi == 0
+    rescorer = HotspotRescorer(_OverBone(), keep_floor=0.2, info={})
+    lesions, numbers = study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4, threshold=0.5,
+                                     rescorer=rescorer)
+    # the 4x focus, seen in both views (the posterior is the same image, mirrored back by study_lesions)
+    assert len(lesions.hotspots) == 2 and {h.view for h in lesions.hotspots} == {"anterior", "posterior"}
+    assert all(h.malignancy > 0.9 and h.region == "thoracic_spine" for h in lesions.hotspots)
+    assert lesions.n_malignant == 2 and lesions.bsi > 0
+    assert [h.number for h in lesions.hotspots] == [1, 2] and int(numbers.max()) == 2
+    high_floor = HotspotRescorer(_OverBone(), keep_floor=0.999, info={})
+    assert study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4, rescorer=high_floor)[0].hotspots == []
+
+
+def test_a_fitted_rescorer_ranks_candidates_and_comes_back_from_its_files(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 600
+    features = rng.normal(size=(n, len(FEATURES)))
+    labels = features[:, OVER_BONE] + 0.3 * rng.normal(size=n) > 1.0
+    from_counts = rng.random(n) < 0.5
+    rescorer = fit_rescorer(features, labels, from_counts, n_studies=30, kept_per_study=2.0)
+    scores = rescorer.score(features)
+    fresh = rng.normal(size=(n, len(FEATURES)))
+    truth = fresh[:, OVER_BONE] + 0.3 * rng.normal(size=n) > 1.0
+    assert roc_auc_score(truth, rescorer.score(fresh)) > 0.9  # it learnt the feature that decides, not noise
+    assert (scores[from_counts] >= rescorer.keep_floor).sum() == 60  # about 2 count candidates per study pass
+    assert load_rescorer(tmp_path) is None  # none fitted
+    save_rescorer(rescorer, tmp_path, {"fitted_on_split": "all"})
+    loaded = load_rescorer(tmp_path)
+    np.testing.assert_array_equal(loaded.score(features), scores)
+    assert loaded.keep_floor == rescorer.keep_floor and loaded.info["fitted_on_split"] == "all"
+    info = json.loads((tmp_path / RESCORER_INFO).read_text())
+    info["features"] = info["features"][:-1]
+    (tmp_path / RESCORER_INFO).write_text(json.dumps(info))
+    with pytest.raises(RunError, match="other features than this version"):
+        load_rescorer(tmp_path)
+    with pytest.raises(RunError, match="on and off metastases"):
+        fit_rescorer(features, np.ones(n, bool), from_counts, n_studies=30)
