@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
-from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES, RESCORER_INFO, HotspotRescorer,
-                                      bone_level, count_candidates, fit_rescorer, load_rescorer, save_rescorer)
+from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
+                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, bone_level, count_candidates,
+                                      fit_rescorer, load_rescorer, save_rescorer)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
 
@@ -114,6 +115,9 @@ def test_a_fitted_rescorer_ranks_candidates_and_comes_back_from_its_files(tmp_pa
     info["features"] = info["features"][:-1]
     (tmp_path / RESCORER_INFO).write_text(json.dumps(info))
     with pytest.raises(RunError, match="other features than this version"):
+        load_rescorer(tmp_path)
+    (tmp_path / RESCORER_FILE).write_bytes(b"not a zip archive")
+    with pytest.raises(RunError, match="cannot load the hotspot rescorer"):
         load_rescorer(tmp_path)
     with pytest.raises(RunError, match="on and off metastases"):
         fit_rescorer(features, np.ones(n, bool), from_counts, n_studies=30)

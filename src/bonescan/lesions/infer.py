@@ -12,6 +12,7 @@ From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesio
   outline of the metastasis, not the whole candidate hotspot, which may reach into the faint rim around it);
 - study probability from the lesions: the largest hotspot malignancy (0 without hotspots).
 Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
+A run with a fitted hotspot rescorer (`bonescan.lesions.rescore`) adds count candidates and rescores every hotspot.
 """
 
 from __future__ import annotations
