@@ -13,7 +13,8 @@ from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
-                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, bone_level, count_candidates,
+                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, all_candidates, bone_level,
+                                      count_candidates,
                                       fit_rescorer, load_rescorer, save_rescorer)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
@@ -79,7 +80,7 @@ def test_study_lesions_with_a_rescorer_list_count_foci_the_network_missed_and_co
     _focus(counts, 30, 24, 40.0)  # 4x the bone
     _focus(counts, 80, 20, 18.0)  # 1.8x: a candidate, rescored low, under the keep floor
     maps = np.zeros((2, 3, 64, 24), np.float32)  # the network saw nothing
-    maps[:, 0][np.repeat(np.repeat(bone, 1, 0), 1, 1)[::2, ::2][None].repeat(2, 0)] = BY_NAME["thoracic_spine"].label
+    maps[:, 0][np.repeat(bone[::2, ::2][None], 2, 0)] = BY_NAME["thoracic_spine"].label
     plain, _ = study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4)
     assert plain.hotspots == [] and plain.bsi == 0
     rescorer = HotspotRescorer(_OverBone(), keep_floor=0.2, info={})
@@ -92,6 +93,24 @@ def test_study_lesions_with_a_rescorer_list_count_foci_the_network_missed_and_co
     assert [h.number for h in lesions.hotspots] == [1, 2] and int(numbers.max()) == 2
     high_floor = HotspotRescorer(_OverBone(), keep_floor=0.999, info={})
     assert study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4, rescorer=high_floor)[0].hotspots == []
+
+
+def test_every_candidate_carries_the_networks_strongest_evidence_in_the_study():
+    from bonescan.lesions.infer import maps_at_stored_size, network_candidates
+
+    counts, bone = _spine()
+    _focus(counts, 30, 24, 40.0)  # a count candidate
+    maps = np.zeros((2, 3, 64, 24), np.float32)
+    maps[:, 0][np.repeat(bone[::2, ::2][None], 2, 0)] = BY_NAME["thoracic_spine"].label
+    maps[0, 1, 40:44, 10:14] = 0.9  # a network hotspot lower down, metastasis map 0.8
+    maps[0, 2, 40:44, 10:14] = 0.8
+    regions, probabilities = maps_at_stored_size(maps, counts.shape)
+    views = (counts, counts.copy())
+    found = network_candidates(regions, probabilities, views, min_pixels=3)
+    candidates, features = all_candidates(found, probabilities, views, regions, 2.4, min_pixels=3)
+    assert [c.from_counts for c in candidates].count(False) == 1 and len(candidates) == 3
+    column = features[:, FEATURES.index("study_metastasis_peak")]
+    np.testing.assert_allclose(column, np.log(0.8 / 0.2), atol=0.05)  # the logit of 0.8, for all three
 
 
 def test_a_fitted_rescorer_ranks_candidates_and_comes_back_from_its_files(tmp_path):

@@ -60,7 +60,7 @@ REGION_GROUPS = ("skull", "spine", "sternum", "rib", "clavicle", "scapula", "hum
                  "leg")
 FEATURES = ("metastasis_peak", "metastasis_mean", "hotspot_peak", "log_area", "log_uptake", "other_view_metastasis",
             "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "elongation", "posterior",
-            "row", "distance_from_midline", "from_counts") + tuple(f"region_{g}" for g in REGION_GROUPS)
+            "row", "distance_from_midline", "from_counts", "study_metastasis_peak") + tuple(f"region_{g}" for g in REGION_GROUPS)
 
 
 @functools.cache
@@ -152,7 +152,7 @@ def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray,
 
 
 def candidate_features(view: int, window: tuple[slice, slice], mask: np.ndarray, maps: ViewMaps,
-                       from_counts: bool, pixel_spacing: float, region: str) -> list[float]:
+                       from_counts: bool, pixel_spacing: float, region: str, study_peak: float) -> list[float]:
     """The FEATURES of one candidate (a box-sized mask at `window`) of view `view` (0 anterior, 1 posterior)."""
     height, width = maps.counts.shape
     inner = maps.counts[window][mask]
@@ -184,7 +184,7 @@ def candidate_features(view: int, window: tuple[slice, slice], mask: np.ndarray,
             _log(np.sort(inner)[int(0.9 * (inner.size - 1))] / ring_level) if ring_level > 0 else 0.0,
             _log(over_bone),
             float(np.log1p(elongation)),
-            float(view), float(centre_row), float(abs(centre_col - 0.5)), float(from_counts)] + \
+            float(view), float(centre_row), float(abs(centre_col - 0.5)), float(from_counts), _logit(study_peak)] + \
         [float(group == g) for g in REGION_GROUPS]
 
 
@@ -291,6 +291,8 @@ def all_candidates(found: list[Candidate], probabilities: np.ndarray, counts: tu
     for candidate in found:
         covered[candidate.view][candidate.window] |= candidate.mask
     maps = view_maps(probabilities, counts, regions, (covered[0], covered[1]))
+    # the network's strongest evidence anywhere in the study: a faint focus means more in a study with metastases
+    study_peak = max((c.malignancy for c in found), default=0.0)
     found = list(found)
     for view in range(2):
         for window, mask in count_candidates(maps[view].smooth, regions[view] > 0, maps[view].bone_level,
@@ -299,7 +301,8 @@ def all_candidates(found: list[Candidate], probabilities: np.ndarray, counts: tu
                 found.append(Candidate(view, window, mask, float(maps[view].metastasis[window][mask].max()),
                                        region_under(regions[view], window, mask), from_counts=True))
     features = np.array([candidate_features(c.view, c.window, c.mask, maps[c.view], c.from_counts, pixel_spacing,
-                                            c.region) for c in found], np.float64).reshape(-1, len(FEATURES))
+                                            c.region, study_peak) for c in found],
+                        np.float64).reshape(-1, len(FEATURES))
     return found, features
 
 
