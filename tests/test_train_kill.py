@@ -55,9 +55,9 @@ def test_sigkill_during_epoch_two_then_resume_matches_uninterrupted(tmp_path, pr
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for command in (_train_command(csv, killed, cache, precision, "--resume"),
                             _train_command(csv, reference, cache, precision))]
-    for run in runs:
-        _, errors = run.communicate(timeout=300)
-        assert run.returncode == 0, errors[-3000:]
+    errors = [run.communicate(timeout=300)[1] for run in runs]  # both finish before either is judged
+    for run, error in zip(runs, errors):
+        assert run.returncode == 0, error[-3000:]
 
     record = json.loads((reference / "config.json").read_text())
     assert record["precision"] == precision and record["exact"] is True

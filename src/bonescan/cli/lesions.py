@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -54,7 +55,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.echo(f"warning: the threshold is chosen on {threshold_split!r} studies the rescorer was fitted on; "
                        "its false positives there are fewer than on new studies (fit on another --split or give "
                        "--threshold-manifest)", err=True)
-        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device)
+        def progress(done: int, total: int) -> None:
+            print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress)
         for case_id, reason in fitted.failed:
             typer.echo(f"left out {case_id}: {reason}", err=True)
         typer.echo(f"rescorer fitted on {fitted.n_studies} {'study' if fitted.n_studies == 1 else 'studies'} "

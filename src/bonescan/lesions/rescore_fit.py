@@ -67,6 +67,8 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
             maps = model.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
         except BoneScanError as error:
             failed.append((str(row.case_id), str(error)))
+            if progress is not None:
+                progress(done, len(rows))
             continue
         spacing = (study.pixel_spacing or (2.4, 2.4))[0]
         counts = (np.asarray(study.anterior, np.float32), np.asarray(study.posterior, np.float32))
