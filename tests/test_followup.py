@@ -202,7 +202,14 @@ def test_followup_reads_lesions_with_a_trained_lesion_network(cohort, tmp_path, 
     train = generate_cohort(tmp_path / "train", cases=20, seed=2, difficulty="easy")
     run = tmp_path / "run"
     assert main(["train", "--manifest", str(train.manifest), "--preset", "tiny-lesion", "--epochs", "1",
-                 "--out", str(run), "--precision", "fp32", "--workers", "0"]) == 0
+                 "--out", str(run), "--precision", "fp32", "--workers", "0", "--lesion-channels", "4,8,12"]) == 0
+    assert json.loads((run / "config.json").read_text())["settings"]["lesion"]["channels"] == [4, 8, 12]
+    # Channels that are not integers, one level only, or given to the classifier: refused before training.
+    arguments = ["train", "--manifest", str(train.manifest), "--preset", "tiny-lesion", "--out", str(tmp_path / "x")]
+    for wrong in (["--lesion-channels", "4,x"], ["--lesion-channels", "4"], ["--preset", "tiny", "--lesion-channels",
+                                                                               "4,8"]):
+        assert main(arguments + wrong) == 2, wrong
+    assert not (tmp_path / "x").exists()
     df = pd.read_csv(cohort / "manifest.csv")
     single_files = df.groupby("patient_id")["path"].apply(lambda p: p.notna().all())
     visits = df[df["patient_id"] == single_files[single_files].index[0]].sort_values("timepoint")

@@ -32,6 +32,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         views: Optional[str] = typer.Option(None, "--views", help="both | anterior | posterior."),
         norm: Optional[str] = typer.Option(None, "--norm", help="batch | group."),
         dropout: Optional[float] = typer.Option(None, "--dropout"),
+        lesion_channels: Optional[str] = typer.Option(
+            None, "--lesion-channels", help="Lesion task: U-Net channels per level, e.g. 32,64,128,256,256 "
+                                            "(cpu-small-lesion: 16,32,64,128,128)."),
         height: Optional[int] = typer.Option(None, "--height", help="Input rows (paper: 768)."),
         width: Optional[int] = typer.Option(None, "--width", help="Input columns (paper: 256)."),
         normalization: Optional[str] = typer.Option(None, "--normalization", help="minmax | counts."),
@@ -80,7 +83,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                    "views": views, "norm": norm, "dropout": dropout},
             preprocess={"height": height, "width": width, "normalization": normalization},
             augment={"enabled": False} if no_augment else {},
+            lesion={"channels": parse_channels(lesion_channels)},
         )
+        if lesion_channels is not None and config.task != "lesion":
+            raise typer.BadParameter(f"preset {preset!r} trains the classifier; use a lesion preset",
+                                     param_hint="--lesion-channels")
         if allow_download and config.pretrained == "imagenet":
             from ..model import download_imagenet_weights
 
@@ -99,6 +106,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             f"{ending} after {result.epochs_run} epochs; best {score} {result.best_val_auc:.4f} "
             f"at epoch {result.best_epoch}; run: {out}"
         )
+
+    def parse_channels(text: Optional[str]) -> Optional[tuple[int, ...]]:
+        if text is None:
+            return None
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                     param_hint="--lesion-channels") from None
 
     @bench.command("train")
     def bench_train(

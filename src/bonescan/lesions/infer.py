@@ -256,11 +256,10 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
         view, window, mask = candidate.view, candidate.window, candidate.mask
         number = len(hotspots) + 1
         numbers[view][window][mask] = number
-        rows, cols = np.nonzero(mask)
         hotspots.append(Hotspot(
             number=number, view=VIEWS[view],
             box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
-            centroid=(float(rows.mean() + window[0].start), float(cols.mean() + window[1].start)),
+            centroid=candidate.centroid,
             area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region, malignancy=candidate.malignancy,
             uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
                 entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),

@@ -89,6 +89,12 @@ class Candidate:
     region: str
     from_counts: bool = False
 
+    @property
+    def centroid(self) -> tuple[float, float]:
+        """(row, column) of the mask's centre in the whole view."""
+        rows, cols = np.nonzero(self.mask)
+        return float(rows.mean() + self.window[0].start), float(cols.mean() + self.window[1].start)
+
 
 @dataclass
 class ViewMaps:

@@ -76,8 +76,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
         min_pixels = MIN_AREA_MM2 / spacing**2
         found = network_candidates(regions, probabilities, counts, min_pixels)
         candidates, study_features = all_candidates(found, probabilities, counts, regions, spacing, min_pixels)
-        centroids = np.array([(np.nonzero(c.mask)[0].mean() + c.window[0].start,
-                               np.nonzero(c.mask)[1].mean() + c.window[1].start) for c in candidates]).reshape(-1, 2)
+        centroids = np.array([c.centroid for c in candidates]).reshape(-1, 2)
         hits = match_hotspots(truth.instances, truth.metastasis_ids(), [c.view for c in candidates], centroids)
         features.append(study_features)
         labels.append(hits > 0)
