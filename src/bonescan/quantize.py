@@ -127,7 +127,7 @@ def quantize_run(run_dir: str | Path, manifest: str | Path | None = None, checkp
     sessions = {}
     for runtime in available_runtimes():
         try:
-            sessions[runtime] = open_session(int8_path, runtime)
+            sessions[runtime] = open_session(int8_path, runtime, precision="int8")
         except EngineError as error:
             runtimes[runtime] = {"passed": False, "error": error.reason}
             continue
