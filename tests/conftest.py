@@ -36,3 +36,12 @@ def eager_engine_timing(monkeypatch):
     from bonescan import engine_select
 
     monkeypatch.setattr(engine_select, "TORCH_COMPILE", "off")
+
+
+@pytest.fixture(autouse=True)
+def fp32_exported_engines(monkeypatch):
+    """Exported engines in fp32 only, so that which engine wins, and how close it comes to torch's fp32, does not
+    depend on the CPU kind; the bf16 candidate has its own tests."""
+    from bonescan import engine_select
+
+    monkeypatch.setattr(engine_select, "EXPORTED_BF16", False)

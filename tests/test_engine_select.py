@@ -67,6 +67,41 @@ def test_first_use_builds_an_fp32_engine_that_matches_torch(run, studies):
                                atol=1e-5)
 
 
+def test_openvino_competes_in_bf16_only_where_the_cpu_computes_bf16(run, monkeypatch):
+    import bonescan.device
+
+    monkeypatch.setattr(engine_select, "EXPORTED_BF16", True)
+    native = bonescan.device.cpu_supports_bf16()
+    monkeypatch.setattr(bonescan.device, "cpu_supports_bf16", lambda: False)
+    assert "openvino-bf16" not in select(run)[0].record.parity
+    monkeypatch.setattr(bonescan.device, "cpu_supports_bf16", lambda: True)
+    record = engine_select.ensure_fp32(EngineStore(run), EngineStore(run).fingerprint(), None, print, force=True)
+    assert record.parity["openvino-bf16"]["tolerance"] == engine_select.BF16_PARITY_TOLERANCE
+    if native:  # really bf16: close to fp32, but farther from it than an fp32 engine may be
+        assert (engine_select.PARITY_TOLERANCE < record.parity["openvino-bf16"]["max_abs_diff"]
+                <= engine_select.BF16_PARITY_TOLERANCE)
+        assert record.parity["openvino"]["max_abs_diff"] < 1e-4
+
+
+def test_a_bf16_engine_chosen_by_its_timing_runs_in_bf16(run, studies, monkeypatch):
+    import bonescan.device
+
+    if not bonescan.device.cpu_supports_bf16():
+        pytest.skip("this CPU computes bf16 in software: no bf16 candidate is timed here")
+    monkeypatch.setattr(engine_select, "EXPORTED_BF16", True)
+    monkeypatch.setattr(engine_select, "seconds_per_study",
+                        lambda candidates, inputs: {name: 0.1 if name == "openvino-bf16" else 1.0
+                                                    for name in candidates})
+    selection, _ = select(run)
+    assert selection.record.runtime == "openvino-bf16"
+    assert selection.engine.settings.precision == "bf16" and selection.engine.settings.runtime == "openvino"
+    inputs = arrays(studies, selection.preprocess_cfg)
+    reference = reference_probabilities(load_run(run).model, [inputs])
+    difference = np.abs(selection.engine.probabilities(inputs) - reference)
+    assert engine_select.PARITY_TOLERANCE < difference.max() <= engine_select.BF16_PARITY_TOLERANCE
+    assert "openvino bf16 exported engine" in predict_studies(run, studies, workers=0).engine
+
+
 def test_a_stored_engine_is_reused_without_rebuilding(run, monkeypatch):
     select(run)
 

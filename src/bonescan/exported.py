@@ -66,11 +66,14 @@ def open_session(path: str | Path, runtime: str, threads: int | None = None,
     `cache_dir` (OpenVINO): where compiled networks are kept, keyed by OpenVINO on the file's contents, its
     version and the settings; loading from it takes a fraction of compiling (ResNet-50: 0.9 s here).
     `precision` "fp32" keeps OpenVINO in fp32: on CPUs with AMX its default is to run an fp32 network in bf16
-    (ResNet-50 logits off by 0.01, so the fp32 parity gate refused it); "int8" leaves the file's own mix.
+    (ResNet-50 logits off by 0.01, so the fp32 parity gate refused it); "bf16" asks OpenVINO for bf16 (only
+    OpenVINO runs an fp32 file in bf16); "int8" leaves the file's own mix.
     EngineError naming the file when the runtime cannot load it (a corrupt or foreign file).
     """
     path = Path(path)
     threads = threads or default_threads()
+    if precision == "bf16" and runtime != "openvino":
+        raise ConfigError("runtime", f"{runtime} does not run an fp32 engine in bf16; only openvino does")
     try:
         if runtime == "onnxruntime":
             import onnxruntime as ort
@@ -85,8 +88,8 @@ def open_session(path: str | Path, runtime: str, threads: int | None = None,
             import openvino as ov
 
             settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            if precision == "fp32":
-                settings["INFERENCE_PRECISION_HINT"] = "f32"
+            if precision in ("fp32", "bf16"):
+                settings["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
             if cache_dir is not None:
                 settings["CACHE_DIR"] = str(cache_dir)
             compiled = ov.Core().compile_model(str(path), "CPU", settings)

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .engine_select import TIMING_BATCH, ensure_fp32
+from .engine_select import TIMING_BATCH, ensure_fp32, runtime_and_precision
 from .engine_store import EngineRecord, EngineStore, sha256_file
 from .errors import ConfigError, EngineError, RunError
 from .exported import available_runtimes, open_session, seconds_per_study, sigmoid
@@ -225,9 +225,10 @@ def _speeds(store: EngineStore, fp32: EngineRecord, int8: dict, probe: np.ndarra
     """Seconds per study of the passing int8 sessions and the fp32 runtimes, timed together now (same load on
     the machine); the torch engine's figure comes from the fp32 record (timing it needs torch and the model)."""
     candidates = dict(int8)
-    for runtime in available_runtimes():
-        if fp32.parity.get(runtime, {}).get("max_abs_diff", 1.0) <= fp32.parity[runtime]["tolerance"]:
-            candidates[f"fp32 {runtime}"] = open_session(store.folder / fp32.file, runtime)
+    for name, figures in fp32.parity.items():  # the fp32 file's candidates that passed their parity gate
+        runtime, precision = runtime_and_precision(name)
+        if runtime in available_runtimes() and figures.get("max_abs_diff", 1.0) <= figures.get("tolerance", 0.0):
+            candidates[f"{precision} {runtime}"] = open_session(store.folder / fp32.file, runtime, precision=precision)
     return {"fp32 torch": fp32.speed["seconds_per_study"]["torch"], **seconds_per_study(candidates, probe)}
 
 
