@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bonescan.followup.register import identity
-from bonescan.followup.uptake import FOCUS_FLOOR, FOCUS_RISE, RISE, UptakeCheck, local_uptake
+from bonescan.followup.uptake import FOCUS_FLOOR_SHARE, FOCUS_RISE, RISE, UptakeCheck, local_uptake
 from bonescan.lesions.hotspots import Hotspot, StudyLesions, normal_bone_level
 
 SPACING = (2.4, 2.4)
@@ -62,20 +62,21 @@ def test_a_focus_counts_as_new_only_where_the_uptake_rose(baseline_focus, expect
     assert check.rose([hotspot], 1) is expected and (now >= RISE * before) is expected
 
 
-def _faint(malignancy: float, region: str = "lumbar_spine") -> StudyLesions:
-    """Follow-up lesions: one hotspot on the focus, scored `malignancy` against the threshold 0.9."""
+def _faint(malignancy: float, region: str = "lumbar_spine", threshold: float = 0.9) -> StudyLesions:
+    """Follow-up lesions: one hotspot on the focus, scored `malignancy` against `threshold`."""
     lesions = _lesions(True)
     lesions.hotspots[0].malignancy, lesions.hotspots[0].region = malignancy, region
-    lesions.threshold = 0.9
+    lesions.threshold = threshold
     return lesions
 
 
-FAINT = (FOCUS_FLOOR + 0.9) / 2  # a candidate below the malignancy threshold
+FLOOR = FOCUS_FLOOR_SHARE * 0.9  # the candidate floor under the threshold 0.9
+FAINT = (FLOOR + 0.9) / 2  # a candidate below the malignancy threshold
 
 
 @pytest.mark.parametrize("baseline_focus, malignancy, region, new", [
     (None, FAINT, "lumbar_spine", True),  # a faint candidate where the baseline had nothing: new
-    (None, FOCUS_FLOOR - 0.05, "lumbar_spine", False),  # below the candidate floor
+    (None, FLOOR - 0.05, "lumbar_spine", False),  # below the candidate floor
     (None, FAINT, "", False),  # off the skeleton
     (260.0, FAINT, "lumbar_spine", False),  # the uptake was already there (1.13-fold)
     (230.0, FAINT, "lumbar_spine", False),  # 1.26-fold: enough for a malignant call, not for a faint one
@@ -88,7 +89,7 @@ def test_a_faint_focus_is_new_only_where_the_uptake_rose_clearly(baseline_focus,
     results = [_lesions(False), _faint(malignancy, region)]
     transforms = [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2
     check = UptakeCheck([baseline, followup], results, transforms)
-    linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR)
+    linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR_SHARE)
     change = change_between(linking.lesions, results, 1, [0], check.rose, check.new_focus)
     lesions = drop_unreported(linking.lesions, [change])
     assert RISE < 1.26 < FOCUS_RISE and (change.new == [1]) is new and change.new_below_threshold == change.new
@@ -98,3 +99,22 @@ def test_a_faint_focus_is_new_only_where_the_uptake_rose_clearly(baseline_focus,
     change = change_between(link_lesions(results, transforms, [SPACING] * 2, [30] * 2).lesions, results, 1, [0],
                             check.rose, check.new_focus)
     assert (change.new == [1]) is (baseline_focus in (None, 230.0)) and change.new_below_threshold == []
+
+
+def test_the_faint_focus_floor_follows_the_readers_threshold():
+    # A rescored reader's threshold (~0.45) is half a network's (~0.9): the same 0.4 is a faint candidate under
+    # the one and far below the candidates of the other.
+    from bonescan.followup.match import change_between, link_lesions
+
+    rng = np.random.default_rng(2)
+    baseline, followup = _study(_view(None, rng)), _study(_view(300.0, rng))
+    transforms = [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2
+    for threshold, new in ((0.45, True), (0.9, False)):
+        base = _lesions(False)
+        base.threshold = threshold
+        results = [base, _faint(0.4, threshold=threshold)]
+        check = UptakeCheck([baseline, followup], results, transforms)
+        linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR_SHARE)
+        assert (len(linking.lesions) == 1) is new, threshold
+        change = change_between(linking.lesions, results, 1, [0], check.rose, check.new_focus)
+        assert (change.new_below_threshold == [1]) is new, threshold

@@ -10,7 +10,7 @@ from .match import Change, Lesion, MatchedPair, change_between, drop_unreported,
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
-from .uptake import FOCUS_FLOOR, UptakeCheck
+from .uptake import FOCUS_FLOOR_SHARE, UptakeCheck
 from .visits import Visit, check_visits
 
 
@@ -73,7 +73,7 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     exact = getattr(reader, "exact", False)
     check = None if exact else UptakeCheck([v.study for v in visits], results, transforms)
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
-                           [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR)
+                           [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR_SHARE)
     rose, new_focus = (check.rose, check.new_focus) if check else (None, None)
     followup = change_between(linking.lesions, results, 1, [0], rose, new_focus)
     confirmatory = None

@@ -107,11 +107,12 @@ def _assign(a: np.ndarray, b: np.ndarray, scale: np.ndarray, gate: float) -> lis
 
 
 def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTransform]],
-                 spacings: list[tuple[float, float]], widths: list[int], floor: float | None = None) -> Linking:
+                 spacings: list[tuple[float, float]], widths: list[int], floor_share: float | None = None) -> Linking:
     """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline.
 
-    Kept: lesions malignant on some visit, and with `floor`, also those whose malignancy reaches it on some visit
-    (candidates for a faint new lesion; `drop_unreported` removes those that turn out not new).
+    Kept: lesions malignant on some visit, and with `floor_share`, also those whose malignancy reaches that share
+    of the visit's threshold on some visit (candidates for a faint new lesion; `drop_unreported` removes those
+    that turn out not new).
 
     Visit by visit: first each view's hotspots are paired with earlier visits, then anterior and posterior hotspots
     are paired within the visit, but only those whose lesions were first seen on the same visit, so a new focus
@@ -161,7 +162,8 @@ def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTra
     thresholds = [r.threshold for r in lesions]
     found_lesions = [Lesion(0, g, thresholds) for g in groups.values()]
     found_lesions = [les for les in found_lesions if les.reported or (
-        floor is not None and any(h.malignancy >= floor for hs in les.hotspots.values() for h in hs))]
+        floor_share is not None and any(h.malignancy >= floor_share * thresholds[v]
+                                        for v, hs in les.hotspots.items() for h in hs))]
     found_lesions.sort(key=lambda les: (min(les.hotspots), _first_row(les, at_baseline, by_view)))
     for number, lesion in enumerate(found_lesions, 1):
         lesion.number = number
