@@ -36,7 +36,8 @@ RISE = 1.2
 # --seed 6`, a 16-epoch network; a fixed floor of 0.5 then, floors of 0.2-0.4 let in uptake on no finding and
 # called a flare patient progressing); 0.7 on 60 patients of the same seed with a 16-epoch wide network, with and
 # without its rescorer (">= 2 new lesions": 19/23 and 20/23 found at specificity 35/37 and 34/37; shares of 0.5
-# and 1.07 were no better), checked on 60 of seed 5 (11/18 at 38/42, 14/18 at 35/42).
+# and 1.07 were no better; without the rule 19/23 at 36/37 and 34/37), checked on 60 of seed 5 (11/18 at 38/42
+# and 14/18 at 35/42; without the rule 9/18 at 39/42 and 13/18 at 35/42).
 FOCUS_FLOOR_SHARE = 0.7
 FOCUS_RISE = 1.4
 SEARCH_MM = 3.0  # about one pixel: registration error, not a neighbour's uptake
