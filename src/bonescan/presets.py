@@ -151,7 +151,7 @@ PRESETS: dict[str, TrainConfig] = {
         warmup_epochs=0.0,
         patience=5,
     ),
-    # Skeletal regions + hotspots (`bonescan.lesions`): a 0.18 M-parameter MONAI U-Net at 512 x 128, half the
+    # Skeletal regions + hotspots (`bonescan.lesions`): a 0.45 M-parameter MONAI U-Net at 512 x 128, half the
     # stored size in both directions, so a lesion a few pixels wide stays visible; counts normalisation keeps the
     # faint bone visible beside a hot bladder.
     "cpu-small-lesion": TrainConfig(
