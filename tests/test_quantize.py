@@ -76,6 +76,19 @@ def test_int8_passes_its_gate_and_agrees_with_fp32(run, trained, int8_faster):
     assert report.studies[0].probability == pytest.approx(float(fp32[30 - 24]), abs=0.05)
 
 
+def test_int8_is_timed_against_the_bf16_engine_where_the_cpu_computes_bf16(run, monkeypatch):
+    import bonescan.device
+    import bonescan.engine_select as engine_select
+
+    if not bonescan.device.cpu_supports_bf16():
+        pytest.skip("this CPU computes bf16 in software: no bf16 engine to time int8 against")
+    monkeypatch.setattr(engine_select, "EXPORTED_BF16", True)
+    result = quantize.quantize_run(run)
+    speeds = result.record.speed["seconds_per_study"]
+    assert {"bf16 openvino", "fp32 openvino", "fp32 onnxruntime", "fp32 torch"} <= set(speeds)
+    assert result.record.runtime is None or speeds[f"int8 {result.record.runtime}"] == min(speeds.values())
+
+
 def test_int8_not_faster_than_fp32_is_kept_out_of_predict(run, trained, monkeypatch):
     real = quantize._speeds
     monkeypatch.setattr(quantize, "_speeds", lambda *args: {**real(*args), "fp32 torch": 1e-9})
