@@ -132,6 +132,11 @@ def test_validation_sensitivity_is_read_at_one_false_positive_per_study():
     assert sensitivity_at_one_fp(found, false, 4, 1) == 0.5  # 1 false positive allowed: down to 0.85, 2 of 4
     assert sensitivity_at_one_fp(found, false, 4, 2) == 0.75  # 2 allowed: down to 0.35 (0.9, 0.8 above it)
     assert sensitivity_at_one_fp(found, false, 0, 2) == 0.0
+    # A confident network: both lesions and all three false positives above 0.99, yet a threshold between them.
+    found, false = _histogram(np.array([0.9999, 0.99995])), _histogram(np.array([0.995, 0.996, 0.997, 1.0 - 1e-6]))
+    assert sensitivity_at_one_fp(found, false, 2, 1) == 1.0  # 0.9999 and up: 1 false positive (1 - 1e-6)
+    assert sensitivity_at_one_fp(found, false, 4, 1) == 0.5  # 4 lesions: the 2 found
+    assert _histogram(np.array([0.0, 0.2, 1.0])).sum() == 3  # the ends are counted, not lost
 
 
 def test_flip_augmentation_swaps_left_and_right_regions():
