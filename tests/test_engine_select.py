@@ -76,8 +76,9 @@ def test_openvino_competes_in_bf16_only_where_the_cpu_computes_bf16(run, monkeyp
     assert "openvino-bf16" not in select(run)[0].record.parity
     monkeypatch.setattr(bonescan.device, "cpu_supports_bf16", lambda: True)
     record = engine_select.ensure_fp32(EngineStore(run), EngineStore(run).fingerprint(), None, [].append, force=True)
-    assert record.parity["openvino-bf16"]["tolerance"] == engine_select.BF16_PARITY_TOLERANCE
+    assert "openvino-bf16" in record.parity  # forced on a CPU without bf16, OpenVINO may refuse it: an error entry
     if native:  # really bf16: close to fp32, but farther from it than an fp32 engine may be
+        assert record.parity["openvino-bf16"]["tolerance"] == engine_select.BF16_PARITY_TOLERANCE
         assert (engine_select.PARITY_TOLERANCE < record.parity["openvino-bf16"]["max_abs_diff"]
                 <= engine_select.BF16_PARITY_TOLERANCE)
         assert record.parity["openvino"]["max_abs_diff"] < 1e-4

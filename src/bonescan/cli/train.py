@@ -8,6 +8,17 @@ from typing import Optional
 import typer
 
 
+def parse_channels(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """--lesion-channels "32,64,128" -> (32, 64, 128); None when not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
+                                 param_hint="--lesion-channels") from None
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add `train` and `bench train` to the bonescan app."""
 
@@ -106,15 +117,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             f"{ending} after {result.epochs_run} epochs; best {score} {result.best_val_auc:.4f} "
             f"at epoch {result.best_epoch}; run: {out}"
         )
-
-    def parse_channels(text: Optional[str]) -> Optional[tuple[int, ...]]:
-        if text is None:
-            return None
-        try:
-            return tuple(int(part) for part in text.split(","))
-        except ValueError:
-            raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
-                                     param_hint="--lesion-channels") from None
 
     @bench.command("train")
     def bench_train(
