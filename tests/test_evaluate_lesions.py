@@ -13,6 +13,7 @@ from bonescan.cli import main
 from bonescan.evaluate.lesion_pipeline import (
     _lesion_attributes,
     _malignant_dice,
+    LesionInputs,
     evaluate_lesions,
     find_lesion_inputs,
 )
@@ -222,11 +223,11 @@ def test_lesion_size_and_contrast_from_the_truth_and_the_image():
     images = np.where(regions > 0, 10.0, 1.0)
     images[0][instances[0] == 1] = 25.0  # contrast 2.5 anterior
     images[1][instances[1] == 1] = 35.0  # 3.5 posterior: the higher one counts
-    region, size, contrast = _lesion_attributes(truth, 1, (images[0], images[1]), (2.4, 2.4))
+    region, size, contrast = _lesion_attributes(truth, instances, 1, (images[0], images[1]), (2.4, 2.4))
     assert region == "thoracic_spine"  # from the region map under the lesion, the truth naming none
     assert size == "10-20 mm"  # 2 sqrt(36 * 2.4^2 / pi) = 16.2 mm
     assert contrast == ">= 3"
-    assert _lesion_attributes(truth, 1, None, None)[1:] == ("unknown", "unknown")
+    assert _lesion_attributes(truth, instances, 1, None, None)[1:] == ("unknown", "unknown")
 
 
 def test_malignant_dice_counts_hotspots_at_or_above_the_threshold():
@@ -252,7 +253,7 @@ def test_per_patient_calls_are_counted_apart_from_where_the_malignant_hotspots_l
     def study(truth_count: int, predicted_count: int, lesion_scores: list[float]) -> _Study:
         detections = StudyDetections(np.array(lesion_scores, float), np.zeros(0), np.arange(1, len(lesion_scores) + 1))
         return _Study("s", detections, [], [], [], [], np.zeros(0), truth_count, predicted_count, None, 0.0, None,
-                      None, True)
+                      None, True, detections)
 
     studies = [study(2, 1, [0.9, -np.inf]),  # called, on one of its metastases
                study(1, 1, [0.3]),  # called by a malignant hotspot elsewhere; its metastasis scored below threshold
@@ -272,7 +273,7 @@ def test_detection_is_reported_per_site_when_studies_come_from_several():
         detections = StudyDetections(np.array(lesion_scores, float), np.array(fp_scores, float),
                                      np.arange(1, len(lesion_scores) + 1))
         return _Study(case_id, detections, [], [], [], ["no finding"] * len(fp_scores), np.array(fp_scores, float),
-                      len(lesion_scores), predicted, None, 0.0, None, None, True)
+                      len(lesion_scores), predicted, None, 0.0, None, None, True, detections)
 
     studies = [study("a", [0.9, 0.8], [0.2], 2), study("b", [], [], 0),  # camera A: both found, no false call
                study("c", [0.9, -np.inf], [0.95, 0.7, 0.6], 4), study("d", [], [0.9], 1)]  # camera B: fires widely
@@ -286,3 +287,27 @@ def test_detection_is_reported_per_site_when_studies_come_from_several():
     assert by_site["B"]["sensitivity"]["x"] == 1 and by_site["B"]["per_patient"]["specificity"]["x"] == 0
     assert _by_site(studies, evaluated.assign(site="A"), 0.5, 0.95) == {}  # one site: nothing to compare
     assert _by_site(studies, evaluated.drop(columns=["site"]), 0.5, 0.95) == {}
+
+
+def test_confluent_metastases_are_found_once_and_also_reported_per_outline(tmp_path):
+    """Two touching metastases under one hotspot are one lesion found; per outline, one of two."""
+    regions = _regions()
+    instances = np.zeros((2, H, W), np.uint16)
+    instances[0, 60:65, 30:35] = 1
+    instances[0, 65:70, 30:35] = 2  # touching 1: one focus to a reader
+    instances[0, 100:105, 30:35] = 3  # apart, and missed
+    truth = LesionTruth(regions, instances, ["metastasis"] * 3, ["metastasis"] * 3, ["thoracic_spine"] * 3)
+    (tmp_path / "lesions").mkdir()
+    save_truth(truth, tmp_path / "s00.npz")
+    detail = {"n_hotspots": 1, "n_malignant": 1, "bsi": 0.5, "bsi_by_region": {}, "probability_from_lesions": 0.9,
+              "malignancy_threshold": 0.5,
+              "hotspots": [{"number": 1, "view": "anterior", "centroid": [64.6, 32.0], "malignancy": 0.9}]}
+    (tmp_path / "lesions" / "s00.json").write_text(json.dumps(detail))
+    frame = pd.DataFrame({"case_id": ["s00"], "label": [1], "probability": [0.9]})
+    metrics = evaluate_lesions(frame, LesionInputs(tmp_path / "lesions", {"s00": tmp_path / "s00.npz"}),
+                               n_boot=20).metrics
+    assert (metrics["n_lesions"], metrics["n_instances"]) == (2, 3)
+    assert metrics["at_threshold"]["sensitivity"]["x"] == 1 and metrics["at_threshold"]["false_positives"] == 0
+    assert metrics["sensitivity_at_fp"][0]["sensitivity"] == pytest.approx(1 / 2)
+    assert metrics["sensitivity_at_fp_per_instance"][0]["sensitivity"] == pytest.approx(1 / 3)
+    assert metrics["counts"]["n"] == 1

@@ -131,6 +131,27 @@ def test_truth_files_without_identity_stay_readable(tmp_path):
     assert load_truth(save_truth(truth, tmp_path / "new.npz")).identity == []
 
 
+def test_truth_counts_new_lesions_as_a_reader_can_see_them():
+    from bonescan.followup.evaluate import truth_changes
+
+    def visit(spots: dict[int, tuple[int, int, int]]) -> LesionTruth:  # identity -> (row, col, size); size 0: no pixel
+        instances = np.zeros((2, 60, 20), np.uint16)
+        for k, (row, col, size) in enumerate(spots.values(), start=1):
+            instances[:, row:row + size, col:col + size] = k
+        n = len(spots)
+        return LesionTruth(np.zeros((2, 60, 20), np.uint8), instances, ["metastasis"] * n, ["metastasis"] * n,
+                           [""] * n, identity=list(spots))
+
+    baseline = visit({1: (5, 5, 3)})
+    followup = visit({1: (5, 5, 3), 2: (8, 5, 3),  # 2 touches 1: the old lesion grew
+                      3: (20, 5, 3), 4: (23, 5, 2),  # 3 and 4 touch: one new focus
+                      5: (40, 5, 3),  # new, apart
+                      6: (50, 5, 0)})  # new but not in the image
+    confirmatory = visit({1: (5, 5, 3), 3: (20, 5, 3), 5: (40, 5, 3), 7: (30, 12, 3), 8: (50, 12, 3)})
+    new, more, _ = truth_changes([baseline, followup, confirmatory])
+    assert (new, more) == (2, 2)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Three followed patients of seed 0 (stable; flare; progression with 5 new, unconfirmed), mixed cameras."""

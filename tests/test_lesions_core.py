@@ -45,3 +45,24 @@ def test_truth_round_trips_and_bad_files_name_every_problem(tmp_path):
         load_truth(tmp_path / "bad.npz")
     for expected in ("instance id 6 but only 1", "differ in length", "unknown categories ['tumour']"):
         assert expected in str(err.value)
+
+
+def test_confluent_metastases_are_one_lesion_named_by_the_largest():
+    instances = np.zeros((2, 30, 20), np.uint16)
+    instances[0, 2:5, 2:5] = 1  # 9 px ...
+    instances[0, 5:9, 5:9] = 2  # ... 16 px touching it corner to corner: one lesion, named 2
+    instances[0, 12:14, 10:12] = 3  # alone
+    instances[0, 14, 10:12] = 4  # a benign finding touching 3: not merged
+    instances[1, 20:22, 2:4] = 5  # touching 6 in the posterior view only
+    instances[1, 22, 2:4] = 6
+    instances[0, 26:28, 2:4] = 6  # ... and seen apart in front: still one lesion
+    category = ["metastasis"] * 3 + ["benign"] + ["metastasis"] * 2
+    truth = LesionTruth(np.zeros((2, 30, 20), np.uint8), instances, category, ["k"] * 6, [""] * 6)
+    merged, ids = truth.confluent_metastases()
+    assert ids == [2, 3, 6]  # 6 has 6 pixels over both views, 5 has 4
+    assert (merged[instances == 1] == 2).all() and (merged[instances == 5] == 6).all()
+    assert (merged[instances == 4] == 4).all() and (merged[instances == 3] == 3).all()
+    assert (merged[instances == 0] == 0).all()
+    # annotated boxes are taken as drawn
+    truth.boxes = True
+    assert truth.confluent_metastases()[1] == [1, 2, 3, 5, 6]

@@ -81,6 +81,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             ci = "" if row["ci_low"] is None else f" (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f})"
             typer.echo(f"lesions: {lesion['n_studies']} studies, {lesion['n_lesions']} metastases; sensitivity "
                        f"{row['sensitivity']:.3f}{ci} at <= {row['fp_per_study']:g} false positive per study")
+            for other in lesion.get("sensitivity_at_fp_per_instance", [])[1:2]:
+                typer.echo(f"lesions per outlined metastasis ({lesion['n_instances']}, confluent ones apart): "
+                           f"sensitivity {other['sensitivity']:.3f} at <= {other['fp_per_study']:g} false positive "
+                           "per study")
         patients = lesion.get("per_patient")
         if patients and patients["sensitivity"]["n"] and patients["specificity"]["n"]:
             sens, spec = patients["sensitivity"], patients["specificity"]

@@ -6,7 +6,9 @@ uint8 [2, H, W]), and the manifest's `truth` column (a `bonescan.lesions.truth` 
 to the manifest's folder). A study missing either side, or whose files cannot be read, is left out and named in a
 warning; the others are evaluated.
 
-Truth lesions are the metastasis instances of the truth file seen in at least one view. Their attributes:
+Truth lesions are the metastases of the truth file seen in at least one view, confluent ones (outlines touching in
+a view) counted once (`LesionTruth.confluent_metastases`); the sensitivity at false-positive rates is also given
+per outlined metastasis (`sensitivity_at_fp_per_instance`). Their attributes:
 - region: the truth's region name for the finding ("outside skeleton" when empty);
 - size: equivalent diameter 2 sqrt(A / pi) in mm, A the larger of the two views' areas (pixel spacing of the
   study's images);
@@ -54,6 +56,10 @@ SIZE_BINS = ((0.0, 10.0, "< 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, 
 CONTRAST_BINS = ((0.0, 1.5, "< 1.5"), (1.5, 3.0, "1.5-3"), (3.0, math.inf, ">= 3"))
 UNKNOWN = "unknown"
 METHODS = {
+    "lesions": "truth lesions are the metastases as a reader can tell them apart: outlined metastases whose "
+               "outlines touch in a view are one (confluent) lesion (LesionTruth.confluent_metastases); annotated "
+               "boxes count as drawn. sensitivity_at_fp_per_instance counts every outlined metastasis instead "
+               "(n_instances): each focus of a confluent group then needs a hotspot of its own",
     "hit": "a hotspot hits a truth metastasis when its centroid (rounded to a pixel) lies within tolerance_px of "
            "the metastasis's instance mask in the hotspot's view; the nearest metastasis is hit; one hit per truth "
            "lesion (score: highest malignancy among its hits, in either view), further hits ignored; a hotspot "
@@ -135,6 +141,7 @@ class _Study:
     dice: np.ndarray | None
     malignant_dice: float | None
     has_findings: bool
+    per_instance: StudyDetections  # every outlined metastasis a lesion of its own, confluent or not
 
 
 @dataclass
@@ -189,16 +196,17 @@ def _bin(value: float | None, bins) -> str:
     return next(name for low, high, name in bins if low <= value < high)
 
 
-def _lesion_attributes(truth: LesionTruth, lesion: int, images: tuple[np.ndarray, np.ndarray] | None,
+def _lesion_attributes(truth: LesionTruth, instances: np.ndarray, lesion: int,
+                       images: tuple[np.ndarray, np.ndarray] | None,
                        spacing: tuple[float, float] | None) -> tuple[str, str, str]:
-    """(region, size group, contrast group) of one truth metastasis."""
+    """(region, size group, contrast group) of one truth lesion of `instances` (`confluent_metastases`)."""
+    mask = instances == lesion
     name = truth.region[lesion - 1] if lesion - 1 < len(truth.region) else ""
     if not name and truth.has_regions:  # the bone under most of the lesion
-        labels = truth.regions[truth.instances == lesion]
+        labels = truth.regions[mask]
         labels = labels[labels > 0]
         name = BY_LABEL[int(np.bincount(labels).argmax())].name if labels.size else ""
     region = name or OUTSIDE
-    mask = truth.instances == lesion
     area = int(mask.reshape(2, -1).sum(axis=1).max())
     diameter = 2.0 * math.sqrt(area * spacing[0] * spacing[1] / math.pi) if spacing else None
     contrast = None
@@ -249,11 +257,14 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
     if centroids.size and ((centroids < -0.5).any() or (centroids[:, 0] > height).any()
                            or (centroids[:, 1] > width).any()):
         raise PredictionsError(source, f"hotspot centroids outside the truth's {height} x {width} image")
-    lesion_ids = truth.metastasis_ids()
-    hits = match_hotspots(truth.instances, lesion_ids, views, centroids, inputs.tolerance)
+    instances, lesion_ids = truth.confluent_metastases()
+    hits = match_hotspots(instances, lesion_ids, views, centroids, inputs.tolerance)
     detections = study_detections(lesion_ids, hits, scores)
+    painted = truth.metastasis_ids()
+    per_instance = study_detections(painted, match_hotspots(truth.instances, painted, views, centroids,
+                                                            inputs.tolerance), scores)
     images, spacing = _study_images(inputs.images.get(case_id), truth)
-    attributes = [_lesion_attributes(truth, int(k), images, spacing) for k in detections.lesion_ids]
+    attributes = [_lesion_attributes(truth, instances, int(k), images, spacing) for k in detections.lesion_ids]
     fp = np.flatnonzero(hits == 0)
     for key, array in maps.items():
         if array.shape != truth.instances.shape:
@@ -269,7 +280,7 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
                   [a[2] for a in attributes],
                   [_fp_category(truth, int(views[i]), centroids[i], inputs.tolerance) for i in fp], scores[fp],
                   len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice,
-                  truth.has_findings)
+                  truth.has_findings, per_instance)
 
 
 def _malignant_dice(hotspots: np.ndarray, detail: dict, truth: LesionTruth) -> float | None:
@@ -356,6 +367,9 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
                  "thresholds": curve.thresholds},
         "sensitivity_at_fp": [row.as_dict() for row in
                               sensitivity_at_fp_ci(detections, FP_RATES, n_boot, seed, confidence)],
+        "n_instances": int(sum(s.per_instance.lesion_scores.size for s in studies)),
+        "sensitivity_at_fp_per_instance": [row.as_dict() for row in sensitivity_at_fp_ci(
+            [s.per_instance for s in studies], FP_RATES, n_boot, seed, confidence)],
         "at_threshold": _at_threshold(studies, lesion_scores, threshold, confidence),
         "sensitivity_by": {name: lesion_sensitivity_by(groups, lesion_scores, threshold, confidence)
                            for name, groups in by.items()},

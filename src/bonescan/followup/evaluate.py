@@ -5,8 +5,9 @@ are baseline, first follow-up and confirmatory. A patient that cannot be compare
 the batch goes on.
 
 Evaluation (needs the synthetic truth files with `identity`, i.e. a `bonescan synth --follow-up` cohort):
-- truth new lesions on the follow-up: metastases whose identity the baseline does not hold; on the confirmatory
-  scan: metastases on neither earlier visit; the truth PCWG3 verdict applies `pcwg3_verdict` to those counts;
+- truth new lesions on the follow-up: metastases, confluent ones counted once, none of whose findings showed on the
+  baseline (`truth_changes`); on the confirmatory scan: on neither earlier visit; the truth PCWG3 verdict applies
+  `pcwg3_verdict` to those counts;
 - ">= 2 new lesions" and the PCWG3 verdict ("progression" positive) as tests against the truth: sensitivity and
   specificity with Wilson 95 % intervals, per patient;
 - new-lesion count agreement (exact, within one, mean difference, Pearson r); change in BSI agreement (Pearson r,
@@ -112,17 +113,32 @@ def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
 
 
 def truth_changes(truths: list[LesionTruth]) -> tuple[int, int | None, float]:
-    """(new metastases on the follow-up, more new on the confirmatory or None, change in BSI follow-up - baseline)."""
-    def metastases(t: LesionTruth) -> set[int]:
-        return {i for i, c in zip(t.identity, t.category) if i and c == "metastasis"}
+    """(new metastases on the follow-up, more new on the confirmatory or None, change in BSI follow-up - baseline).
 
-    def seen(t: LesionTruth) -> set[int]:
-        return {i for i in t.identity if i}
-
-    new = len(metastases(truths[1]) - seen(truths[0]))
-    more = len(metastases(truths[2]) - seen(truths[0]) - seen(truths[1])) if len(truths) > 2 else None
+    New as a reader can see it: a lesion of the later visit (`LesionTruth.confluent_metastases`: touching outlines
+    are one focus) none of whose findings showed on an earlier visit. A new metastasis touching an old one reads as
+    that one's growth, two touching new ones as one new focus.
+    """
+    new = len(_new_lesions(truths[1], _shown(truths[0])))
+    more = len(_new_lesions(truths[2], _shown(truths[0]) | _shown(truths[1]))) if len(truths) > 2 else None
     bsi = [bone_scan_index(t.regions, t.malignant_mask())[0] for t in truths[:2]]
     return new, more, bsi[1] - bsi[0]
+
+
+def _shown(truth: LesionTruth) -> set[int]:
+    """Identities of the findings with at least one pixel in either view."""
+    present = np.bincount(truth.instances.ravel(), minlength=len(truth.identity) + 1)[1:] > 0
+    return {i for i, shown in zip(truth.identity, present) if i and shown}
+
+
+def _new_lesions(truth: LesionTruth, before: set[int]) -> list[int]:
+    """Lesion ids (`confluent_metastases`) of `truth` none of whose member findings is in `before`."""
+    instances, lesions = truth.confluent_metastases()
+    members: dict[int, set[int]] = {lesion: set() for lesion in lesions}
+    for finding in truth.metastasis_ids():
+        lead = int(instances[truth.instances == finding][0])
+        members[lead].add(truth.identity[finding - 1])
+    return [lesion for lesion, identities in members.items() if not identities & before]
 
 
 def _identity_at(truth: LesionTruth, view: str, centroid: tuple[float, float]) -> int:

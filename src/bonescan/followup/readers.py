@@ -105,10 +105,12 @@ class OracleReader:
 
 
 def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesions:
-    """StudyLesions that a perfect reader would report for this truth."""
+    """StudyLesions that a perfect reader would report for this truth: confluent metastases as one hotspot, as
+    they look (`LesionTruth.confluent_metastases`)."""
     malignancy = {i + 1: float(c == "metastasis") for i, c in enumerate(truth.category) if c != "physiological"}
     region_of = {i + 1: r for i, r in enumerate(truth.region)}
-    hotspots, levels = hotspots_from_instances(study, truth.regions, truth.instances, malignancy, region_of, key)
+    instances, _ = truth.confluent_metastases()
+    hotspots, levels = hotspots_from_instances(study, truth.regions, instances, malignancy, region_of, key)
     bsi, by_region = bone_scan_index(truth.regions, truth.malignant_mask())
     return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5, levels)
 

@@ -1,8 +1,8 @@
 """Fit a lesion run's hotspot rescorer (`bonescan.lesions.rescore`) on studies with lesion truth.
 
 Every candidate of every study (the network's hotspots and the count candidates, before any floor) is labelled by
-the evaluation's hit criterion (`evaluate.froc.match_hotspots`: its centroid within 3 pixels of a metastasis), the
-gradient-boosted rescorer is fitted on them and saved beside the run. Studies that cannot be read are listed and
+the evaluation's hit criterion (`evaluate.froc.match_hotspots`: its centroid within 3 pixels of a metastasis,
+confluent metastases one lesion), the gradient-boosted rescorer is fitted on them and saved beside the run. Studies that cannot be read are listed and
 left out; the fit goes on.
 """
 
@@ -77,7 +77,8 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
         found = network_candidates(regions, probabilities, counts, min_pixels)
         candidates, study_features = all_candidates(found, probabilities, counts, regions, spacing, min_pixels)
         centroids = np.array([c.centroid for c in candidates]).reshape(-1, 2)
-        hits = match_hotspots(truth.instances, truth.metastasis_ids(), [c.view for c in candidates], centroids)
+        instances, ids = truth.confluent_metastases()  # lesions as the evaluation counts them
+        hits = match_hotspots(instances, ids, [c.view for c in candidates], centroids)
         features.append(study_features)
         labels.append(hits > 0)
         from_counts.append([c.from_counts for c in candidates])

@@ -61,10 +61,10 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
                                                                                               row.posterior]
         lesions, _ = model.read(read_study(source))
         truth = load_truth(row.truth)
-        ids = truth.metastasis_ids()
+        instances, ids = truth.confluent_metastases()  # lesions as the evaluation counts them
         views = [0 if h.view == "anterior" else 1 for h in lesions.hotspots]
         centroids = np.array([h.centroid for h in lesions.hotspots], dtype=float).reshape(-1, 2)
-        hits = match_hotspots(truth.instances, ids, views, centroids)
+        hits = match_hotspots(instances, ids, views, centroids)
         detections.append(study_detections(ids, hits, [h.malignancy for h in lesions.hotspots]))
     curve = froc_curve(detections)
     threshold, sensitivity, fp = threshold_at_fp(curve, fp_per_study)
