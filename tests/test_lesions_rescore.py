@@ -13,9 +13,9 @@ from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
-                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, all_candidates, bone_level,
-                                      count_candidates,
-                                      fit_rescorer, load_rescorer, save_rescorer)
+                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, all_candidates,
+                                      bone_level, count_candidates, fit_rescorer, load_rescorer, matched_snr,
+                                      save_rescorer)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
 
@@ -65,6 +65,28 @@ def test_count_candidates_are_bone_foci_outside_the_networks_hotspots():
     everywhere = np.ones(counts.shape, bool)
     many = count_candidates(noise, everywhere, bone_level(noise, everywhere), np.zeros(counts.shape, bool))
     assert len(many) == COUNT_CANDIDATES_PER_VIEW  # the brightest, not thousands
+
+
+def test_matched_snr_is_a_z_score_under_poisson_noise_and_finds_faint_wide_foci():
+    rng = np.random.default_rng(3)
+    level = np.full((400, 400), 50.0, np.float32)
+    snr = matched_snr(rng.poisson(level).astype(np.float32), level)
+    inner = snr[20:-20, 20:-20]  # away from the filter's edge handling
+    assert abs(float(inner.mean())) < 0.1 and 0.9 < float(inner.std()) < 1.1
+    # A focus 1.3x the bone, radius 4 pixels, on a bone of 200 counts: under the brightness ratio, over the noise.
+    counts, bone = _spine()
+    counts *= 20.0
+    rows, cols = np.ogrid[:counts.shape[0], :counts.shape[1]]
+    counts += 60.0 * ((rows - 60) ** 2 + (cols - 24) ** 2 <= 16)
+    counts = rng.poisson(counts).astype(np.float32)
+    level = bone_level(counts, bone)
+    smooth, nothing = ndimage.gaussian_filter(counts, COUNT_SMOOTHING), np.zeros(counts.shape, bool)
+    assert count_candidates(smooth, bone, level, nothing) == []
+    found = count_candidates(smooth, bone, level, nothing, matched_snr(counts, level))
+    assert len(found) == 1
+    window, mask = found[0]
+    rows, cols = np.nonzero(mask)
+    assert abs(rows.mean() + window[0].start - 60) <= 2 and abs(cols.mean() + window[1].start - 24) <= 2
 
 
 class _OverBone:

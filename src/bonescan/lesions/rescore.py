@@ -8,11 +8,13 @@ detection systems put after a candidate generator (a false-positive reduction st
 
 - **Count candidates**: peaks of the counts (smoothed over COUNT_SMOOTHING pixels) over the local level of bone
   (counts averaged over bone pixels only, Gaussian sigma BONE_LEVEL_SIGMA: so the spine is compared with bone, not
-  with the soft tissue beside it) that reach COUNT_CANDIDATE_RATIO, on bone, outside the network's hotspots; each is
-  the connected pixels around its peak above half its rise.
+  with the soft tissue beside it) that reach COUNT_CANDIDATE_RATIO, on bone, outside the network's hotspots; then
+  the peaks of a matched filter's signal-to-noise ratio (`matched_snr`) reaching SNR_CANDIDATE, faint foci that
+  stand out of the counting noise by their size; each is the connected pixels around its peak above half its rise.
 - **Features** per candidate (`FEATURES`): the network's metastasis and hotspot probabilities over it, the
   metastasis probability at the same place in the other view, size, uptake over normal bone, contrast against the
-  frame around its box, the count peak over bone level, elongation, position and skeletal region group.
+  frame around its box, the count peak over bone level, the matched filter's signal-to-noise ratio, elongation,
+  position and skeletal region group.
 - **Rescoring**: scikit-learn's HistGradientBoostingClassifier, fitted on candidates of studies with truth (label:
   the candidate hits a metastasis by the evaluation's criterion, `evaluate.froc.match_hotspots`), gives each
   candidate's malignancy. Count candidates scored below the rescorer's `keep_floor` are dropped, so a study lists
@@ -53,13 +55,17 @@ COUNT_CANDIDATE_RATIO = 1.7
 # The brightest this many per view: a trained network's bone map gives ~13 (mixed-camera `paper` cohort), while
 # an untrained one's, or a noisy low-count view, can give thousands of noise peaks.
 COUNT_CANDIDATES_PER_VIEW = 100
+# Faint foci by their signal-to-noise ratio (`matched_snr`): a focus of sigma 2.5 pixels (FWHM 14 mm at 2.4 mm, the
+# middle of the metastases' sizes), at Rose's threshold of reliable detection.
+MATCHED_SIGMA = 2.5
+SNR_CANDIDATE = 5.0
 COUNT_PEAK_DISTANCE = 3  # stored pixels: a peak is the highest within this reach
 COUNT_REACH = 6  # stored pixels: a count candidate is at most (2 x reach + 1) pixels on a side
 OTHER_VIEW_REACH = 3  # stored pixels around the mirrored box where the other view's evidence is read
 REGION_GROUPS = ("skull", "spine", "sternum", "rib", "clavicle", "scapula", "humerus", "forearm", "pelvis", "femur",
                  "leg")
 FEATURES = ("metastasis_peak", "metastasis_mean", "hotspot_peak", "log_area", "log_uptake", "other_view_metastasis",
-            "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "elongation", "posterior",
+            "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "log_matched_snr", "elongation", "posterior",
             "row", "distance_from_midline", "from_counts", "study_metastasis_peak") + tuple(f"region_{g}" for g in REGION_GROUPS)
 
 
@@ -107,6 +113,7 @@ class ViewMaps:
     other_metastasis: np.ndarray  # the other view's metastasis probability, mirrored into this view's layout
     regions: np.ndarray  # uint8 skeletal-region labels
     bone_level: np.ndarray  # local bone level (see `bone_level`)
+    snr: np.ndarray  # signal-to-noise ratio of a focus over that level (see `matched_snr`)
     normal_bone: float  # median counts of normal bone (the uptake ratio's reference)
 
 
@@ -132,29 +139,52 @@ def bone_level(counts: np.ndarray, bone: np.ndarray, factor: int = 4) -> np.ndar
     return np.ascontiguousarray(fine.numpy())
 
 
-def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray,
-                     covered: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]]:
-    """(window, mask) of each count candidate of one view: a peak of the smoothed counts over the local bone level
-    reaching COUNT_CANDIDATE_RATIO on bone, outside `covered` (the network's hotspots)."""
-    ratio = np.where(bone & (level > 0), smooth / np.maximum(level, 1e-6), 0.0)
-    peaks = ((ratio >= ndimage.maximum_filter(ratio, size=2 * COUNT_PEAK_DISTANCE + 1))
-             & (ratio >= COUNT_CANDIDATE_RATIO) & ~covered)
+def matched_snr(counts: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Signal-to-noise ratio of a focus of MATCHED_SIGMA at each pixel over the local bone level `level`, under
+    Poisson counting noise: the counts filtered by the focus's own unit-sum Gaussian (the matched filter) minus the
+    level, over the filter's noise sqrt(level / (4 pi sigma^2)); 0 where the level is unknown. Rose's criterion
+    (Rose 1948; Burgess 1999) puts the threshold of reliable detection near 5."""
+    matched = ndimage.gaussian_filter(counts, MATCHED_SIGMA)
+    safe = np.maximum(level, 1e-6)
+    return np.where(level > 0, (matched - level) * np.sqrt(4.0 * np.pi * MATCHED_SIGMA**2 / safe), 0.0)
+
+
+def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray, covered: np.ndarray,
+                     snr: np.ndarray | None = None) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """(window, mask) of each count candidate of one view, on bone and outside `covered` (the network's hotspots):
+    first the peaks of the smoothed counts over the local bone level reaching COUNT_CANDIDATE_RATIO, brightest
+    first; then, with a `snr` map (`matched_snr`), its peaks reaching SNR_CANDIDATE: faint foci that stand out of
+    the noise by their size rather than their brightness. At most COUNT_CANDIDATES_PER_VIEW in all."""
+    on_bone = bone & (level > 0)
+    safe = np.maximum(level, 1e-6)
+    ratio = np.where(on_bone, smooth / safe, 0.0)
+    # each seed grows over the map it was found on: a faint focus's outline from the noise-filtered counts
+    seeds = [(peak, ratio) for peak in _peaks(ratio, ratio >= COUNT_CANDIDATE_RATIO)]
+    if snr is not None:
+        matched_ratio = np.where(on_bone, 1.0 + snr / np.sqrt(4.0 * np.pi * MATCHED_SIGMA**2 * safe), 0.0)
+        seeds += [(peak, matched_ratio) for peak in _peaks(snr, on_bone & (snr >= SNR_CANDIDATE))]
     found = []
     height, width = smooth.shape
     taken = covered.copy()
-    for row, col in sorted(((int(r), int(c)) for r, c in np.argwhere(peaks)), key=lambda rc: -ratio[rc]):
+    for (row, col), grown in seeds:
         if len(found) == COUNT_CANDIDATES_PER_VIEW:
             break
         if taken[row, col]:
-            continue  # inside a brighter peak's candidate
+            continue  # inside an earlier peak's candidate
         window = (slice(max(0, row - COUNT_REACH), min(height, row + COUNT_REACH + 1)),
                   slice(max(0, col - COUNT_REACH), min(width, col + COUNT_REACH + 1)))
-        above = (ratio[window] >= 1 + 0.5 * (ratio[row, col] - 1)) & ~taken[window]
+        above = (grown[window] >= 1 + 0.5 * (grown[row, col] - 1)) & ~taken[window]
         labels, _ = ndimage.label(above)
         mask = labels == labels[row - window[0].start, col - window[1].start]
         taken[window] |= mask
         found.append((window, mask))
     return found
+
+
+def _peaks(image: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
+    """(row, col) of the local maxima of `image` (within COUNT_PEAK_DISTANCE) where `allowed`, highest first."""
+    peaks = (image >= ndimage.maximum_filter(image, size=2 * COUNT_PEAK_DISTANCE + 1)) & allowed
+    return sorted(((int(r), int(c)) for r, c in np.argwhere(peaks)), key=lambda rc: -image[rc])
 
 
 def candidate_features(view: int, window: tuple[slice, slice], mask: np.ndarray, maps: ViewMaps,
@@ -188,7 +218,7 @@ def candidate_features(view: int, window: tuple[slice, slice], mask: np.ndarray,
             _logit(maps.other_metastasis[near].max()),
             _log(inner.mean() / ring_level) if ring_level > 0 else 0.0,
             _log(np.sort(inner)[int(0.9 * (inner.size - 1))] / ring_level) if ring_level > 0 else 0.0,
-            _log(over_bone),
+            _log(over_bone), float(np.log1p(max(float(maps.snr[window][mask].max()), 0.0))),
             float(np.log1p(elongation)),
             float(view), float(centre_row), float(abs(centre_col - 0.5)), float(from_counts), _logit(study_peak)] + \
         [float(group == g) for g in REGION_GROUPS]
@@ -282,10 +312,12 @@ def view_maps(probabilities: np.ndarray, counts: tuple[np.ndarray, np.ndarray], 
     out = []
     for view in range(2):
         bone = regions[view] > 0
+        level = bone_level(counts[view], bone)
         out.append(ViewMaps(counts[view], ndimage.gaussian_filter(counts[view], COUNT_SMOOTHING),
                             probabilities[view, 0], probabilities[view, 1],
                             probabilities[1 - view, 1][:, ::-1], regions[view],
-                            bone_level(counts[view], bone), normal_bone_level(counts[view], bone, covered[view])))
+                            level, matched_snr(counts[view], level),
+                            normal_bone_level(counts[view], bone, covered[view])))
     return out[0], out[1]
 
 
@@ -302,7 +334,7 @@ def all_candidates(found: list[Candidate], probabilities: np.ndarray, counts: tu
     found = list(found)
     for view in range(2):
         for window, mask in count_candidates(maps[view].smooth, regions[view] > 0, maps[view].bone_level,
-                                             covered[view]):
+                                             covered[view], maps[view].snr):
             if mask.sum() >= min_pixels:
                 found.append(Candidate(view, window, mask, float(maps[view].metastasis[window][mask].max()),
                                        region_under(regions[view], window, mask), from_counts=True))
