@@ -11,9 +11,10 @@ import pytest
 
 from bonescan.cli import main
 from bonescan.evaluate.lesion_pipeline import (
+    LesionInputs,
+    _bone_levels,
     _lesion_attributes,
     _malignant_dice,
-    LesionInputs,
     evaluate_lesions,
     find_lesion_inputs,
 )
@@ -223,11 +224,21 @@ def test_lesion_size_and_contrast_from_the_truth_and_the_image():
     images = np.where(regions > 0, 10.0, 1.0)
     images[0][instances[0] == 1] = 25.0  # contrast 2.5 anterior
     images[1][instances[1] == 1] = 35.0  # 3.5 posterior: the higher one counts
-    region, size, contrast = _lesion_attributes(truth, instances, 1, (images[0], images[1]), (2.4, 2.4))
+    pair = (images[0], images[1])
+    region, size, contrast, visibility = _lesion_attributes(truth, instances, 1, pair, (2.4, 2.4),
+                                                            _bone_levels(truth, pair))
     assert region == "thoracic_spine"  # from the region map under the lesion, the truth naming none
     assert size == "10-20 mm"  # 2 sqrt(36 * 2.4^2 / pi) = 16.2 mm
     assert contrast == ">= 3"
-    assert _lesion_attributes(truth, instances, 1, None, None)[1:] == ("unknown", "unknown")
+    assert visibility == "SNR >= 15"  # posterior: 36 x (35 - 10) / sqrt(36 x 10) = 47
+    # 1.1x its bone over 16 pixels: 16 x 1 / sqrt(16 x 10) = 1.3, under Rose's threshold; the contrast against the
+    # skeleton's median would not tell (the same 1.1 on any bone)
+    faint = np.where(regions > 0, 10.0, 1.0)
+    faint[0][instances[0] == 1] = 11.0
+    pair = (faint[0], faint[1])
+    assert _lesion_attributes(truth, instances, 1, pair, (2.4, 2.4), _bone_levels(truth, pair))[3] == \
+        "SNR < 5 (under Rose's threshold)"
+    assert _lesion_attributes(truth, instances, 1, None, None)[1:] == ("unknown", "unknown", "unknown")
 
 
 def test_malignant_dice_counts_hotspots_at_or_above_the_threshold():

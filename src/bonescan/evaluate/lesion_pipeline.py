@@ -54,6 +54,10 @@ from .stats import clean_for_json, delong_auc, delong_paired_test, wilson_interv
 VIEWS = ("anterior", "posterior")
 SIZE_BINS = ((0.0, 10.0, "< 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">= 20 mm"))
 CONTRAST_BINS = ((0.0, 1.5, "< 1.5"), (1.5, 3.0, "1.5-3"), (3.0, math.inf, ">= 3"))
+# Rose's signal-to-noise ratio of the lesion against its own bone: under 5 no observer detects it reliably (Rose
+# 1948; Burgess 1999).
+VISIBILITY_BINS = ((-math.inf, 5.0, "SNR < 5 (under Rose's threshold)"), (5.0, 15.0, "SNR 5-15"),
+                   (15.0, math.inf, "SNR >= 15"))
 UNKNOWN = "unknown"
 METHODS = {
     "lesions": "truth lesions are the metastases as a reader can tell them apart: outlined metastases whose "
@@ -69,7 +73,9 @@ METHODS = {
     "sensitivity_at_fp": "highest FROC sensitivity at <= r false positives per study (step, no interpolation); "
                          "percentile bootstrap over studies",
     "sensitivity_by": "at the reported malignancy threshold, Wilson CIs; size = equivalent diameter of the truth "
-                      "lesion (larger view), contrast = mean lesion counts / median normal-bone counts",
+                      "lesion (larger view), contrast = mean lesion counts / median normal-bone counts, visibility "
+                      "= Rose's SNR: counts over the local level of bone without findings (Gaussian sigma 8 px) "
+                      "summed over the lesion / sqrt(that level summed over it), in the better view",
     "dice": "per study over both views, NaN where a region is in neither map, mean over studies",
     "malignant_dice": "per study over both views: pixels of hotspots at or above the malignancy threshold against "
                       "truth metastasis pixels; studies with neither are not scored; outlined truth only",
@@ -142,6 +148,7 @@ class _Study:
     malignant_dice: float | None
     has_findings: bool
     per_instance: StudyDetections  # every outlined metastasis a lesion of its own, confluent or not
+    visibility: list[str] = field(default_factory=list)  # per lesion, a VISIBILITY_BINS group
 
 
 @dataclass
@@ -198,8 +205,10 @@ def _bin(value: float | None, bins) -> str:
 
 def _lesion_attributes(truth: LesionTruth, instances: np.ndarray, lesion: int,
                        images: tuple[np.ndarray, np.ndarray] | None,
-                       spacing: tuple[float, float] | None) -> tuple[str, str, str]:
-    """(region, size group, contrast group) of one truth lesion of `instances` (`confluent_metastases`)."""
+                       spacing: tuple[float, float] | None,
+                       bone_levels: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[str, str, str, str]:
+    """(region, size group, contrast group, visibility group) of one truth lesion of `instances`
+    (`confluent_metastases`); visibility needs `bone_levels` (`_bone_levels`)."""
     mask = instances == lesion
     name = truth.region[lesion - 1] if lesion - 1 < len(truth.region) else ""
     if not name and truth.has_regions:  # the bone under most of the lesion
@@ -223,7 +232,26 @@ def _lesion_attributes(truth: LesionTruth, instances: np.ndarray, lesion: int,
             if reference > 0:
                 ratios.append(float(counts[inside].mean()) / reference)
         contrast = max(ratios) if ratios else None
-    return region, _bin(diameter, SIZE_BINS), _bin(contrast, CONTRAST_BINS)
+    snr = None
+    if images is not None and bone_levels is not None:
+        # Rose: the lesion's counts over its bone's level, in units of that level's Poisson noise, in the better view
+        values = [float((images[v][mask[v]] - bone_levels[v][mask[v]]).sum())
+                  / math.sqrt(float(bone_levels[v][mask[v]].sum()))
+                  for v in range(2) if mask[v].any() and bone_levels[v][mask[v]].sum() > 0]
+        snr = max(values) if values else None
+    return region, _bin(diameter, SIZE_BINS), _bin(contrast, CONTRAST_BINS), _bin(snr, VISIBILITY_BINS)
+
+
+def _bone_levels(truth: LesionTruth,
+                 images: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each view's local level of bone without findings (`lesions.rescore.bone_level`): what a lesion stands out
+    against. None without images or region truth."""
+    if images is None or not truth.has_regions:
+        return None
+    from ..lesions.rescore import bone_level
+
+    return tuple(bone_level(np.asarray(images[v], np.float32), (truth.regions[v] > 0) & (truth.instances[v] == 0))
+                 for v in range(2))
 
 
 def _fp_category(truth: LesionTruth, view: int, centroid: np.ndarray, tolerance: float) -> str:
@@ -264,7 +292,9 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
     per_instance = study_detections(painted, match_hotspots(truth.instances, painted, views, centroids,
                                                             inputs.tolerance), scores)
     images, spacing = _study_images(inputs.images.get(case_id), truth)
-    attributes = [_lesion_attributes(truth, instances, int(k), images, spacing) for k in detections.lesion_ids]
+    levels = _bone_levels(truth, images)
+    attributes = [_lesion_attributes(truth, instances, int(k), images, spacing, levels)
+                  for k in detections.lesion_ids]
     fp = np.flatnonzero(hits == 0)
     for key, array in maps.items():
         if array.shape != truth.instances.shape:
@@ -280,7 +310,7 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
                   [a[2] for a in attributes],
                   [_fp_category(truth, int(views[i]), centroids[i], inputs.tolerance) for i in fp], scores[fp],
                   len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice,
-                  truth.has_findings, per_instance)
+                  truth.has_findings, per_instance, [a[3] for a in attributes])
 
 
 def _malignant_dice(hotspots: np.ndarray, detail: dict, truth: LesionTruth) -> float | None:
@@ -359,7 +389,8 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
     result.froc = curve
     lesion_scores = np.concatenate([d.lesion_scores for d in detections])
     by = {"region": [g for s in studies for g in s.regions], "size": [g for s in studies for g in s.sizes],
-          "contrast": [g for s in studies for g in s.contrasts]}
+          "contrast": [g for s in studies for g in s.contrasts],
+          "visibility": [g for s in studies for g in s.visibility]}
     metrics.update({
         "n_lesions": curve.n_lesions,
         "malignancy_threshold": threshold,

@@ -65,8 +65,9 @@ OTHER_VIEW_REACH = 3  # stored pixels around the mirrored box where the other vi
 REGION_GROUPS = ("skull", "spine", "sternum", "rib", "clavicle", "scapula", "humerus", "forearm", "pelvis", "femur",
                  "leg")
 FEATURES = ("metastasis_peak", "metastasis_mean", "hotspot_peak", "log_area", "log_uptake", "other_view_metastasis",
-            "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "log_matched_snr", "elongation", "posterior",
-            "row", "distance_from_midline", "from_counts", "study_metastasis_peak") + tuple(f"region_{g}" for g in REGION_GROUPS)
+            "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "log_matched_snr",
+            "elongation", "posterior", "row", "distance_from_midline", "from_counts",
+            "study_metastasis_peak") + tuple(f"region_{g}" for g in REGION_GROUPS)
 
 
 @functools.cache

@@ -2,8 +2,8 @@
 
 Every candidate of every study (the network's hotspots and the count candidates, before any floor) is labelled by
 the evaluation's hit criterion (`evaluate.froc.match_hotspots`: its centroid within 3 pixels of a metastasis,
-confluent metastases one lesion), the gradient-boosted rescorer is fitted on them and saved beside the run. Studies that cannot be read are listed and
-left out; the fit goes on.
+confluent metastases one lesion), the gradient-boosted rescorer is fitted on them and saved beside the run.
+Studies that cannot be read are listed and left out; the fit goes on.
 """
 
 from __future__ import annotations
