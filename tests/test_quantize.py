@@ -37,12 +37,12 @@ def run(trained, tmp_path) -> Path:
 
 @pytest.fixture()
 def int8_faster(monkeypatch):
-    """Tiny networks take microseconds either way; make the fp32 engines measure slow so int8 wins."""
+    """Tiny networks take microseconds either way; make the other engines measure slow so int8 wins."""
     real = quantize._speeds
 
     def slow_fp32(store, fp32, int8, probe):
         measured = real(store, fp32, int8, probe)
-        return {name: (1.0 if name.startswith("fp32") else value) for name, value in measured.items()}
+        return {name: (value if name.startswith("int8") else 1.0) for name, value in measured.items()}
 
     monkeypatch.setattr(quantize, "_speeds", slow_fp32)
 
@@ -60,6 +60,11 @@ def test_int8_passes_its_gate_and_agrees_with_fp32(run, trained, int8_faster):
     assert gate["passed"] and gate["cases"] == 24 and gate["threshold"] == 0.5  # no operating points: 0.5
     assert result.record.runtime in ("onnxruntime", "openvino")
     assert json.loads(result.record_path.read_text())["gate"]["passed"] is True
+    # torch's engine is named by the precision it ran in (auto: bf16 where the CPU computes it)
+    from bonescan.device import cpu_supports_bf16
+
+    torch_timed = [name for name in result.record.speed["seconds_per_study"] if name.endswith(" torch")]
+    assert torch_timed == [f"{'bf16' if cpu_supports_bf16() else 'fp32'} torch"]
 
     # Independently of the gate's own figures: int8 probabilities against torch's fp32 on the val split.
     loaded = load_run(run)
@@ -85,7 +90,7 @@ def test_int8_is_timed_against_the_bf16_engine_where_the_cpu_computes_bf16(run, 
     monkeypatch.setattr(engine_select, "EXPORTED_BF16", True)
     result = quantize.quantize_run(run)
     speeds = result.record.speed["seconds_per_study"]
-    assert {"bf16 openvino", "fp32 openvino", "fp32 onnxruntime", "fp32 torch"} <= set(speeds)
+    assert {"bf16 openvino", "fp32 openvino", "fp32 onnxruntime", "bf16 torch"} <= set(speeds)  # torch: auto
     assert result.record.runtime is None or speeds[f"int8 {result.record.runtime}"] == min(speeds.values())
 
 

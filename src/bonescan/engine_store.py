@@ -34,7 +34,7 @@ from pathlib import Path
 from .errors import RunError
 from .fileio import write_text_atomic
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: OpenVINO pinned to f32 for fp32 (it ran bf16 on AMX CPUs) and a bf16 candidate
 ENGINES_DIR = "engines"
 PRECISIONS = ("fp32", "int8")
 RUNTIMES = ("onnxruntime", "openvino")

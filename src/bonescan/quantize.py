@@ -222,14 +222,18 @@ def _probabilities(run, inputs: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def _speeds(store: EngineStore, fp32: EngineRecord, int8: dict, probe: np.ndarray) -> dict[str, float]:
-    """Seconds per study of the passing int8 sessions and the fp32 runtimes, timed together now (same load on
-    the machine); the torch engine's figure comes from the fp32 record (timing it needs torch and the model)."""
+    """Seconds per study of the passing int8 sessions and the fp32 record's runtimes, timed together now (same
+    load on the machine); the torch engine's figure comes from the fp32 record (timing it needs torch and the
+    model), named by the precision it ran in."""
     candidates = dict(int8)
     for name, figures in fp32.parity.items():  # the fp32 file's candidates that passed their parity gate
         runtime, precision = runtime_and_precision(name)
         if runtime in available_runtimes() and figures.get("max_abs_diff", 1.0) <= figures.get("tolerance", 0.0):
             candidates[f"{precision} {runtime}"] = open_session(store.folder / fp32.file, runtime, precision=precision)
-    return {"fp32 torch": fp32.speed["seconds_per_study"]["torch"], **seconds_per_study(candidates, probe)}
+    # torch's engine runs in the precision it chose ("cpu bf16 channels_last ..." on CPUs that compute bf16)
+    torch_precision = str(fp32.speed.get("torch_engine", "cpu fp32")).split()[1]
+    return {f"{torch_precision} torch": fp32.speed["seconds_per_study"]["torch"],
+            **seconds_per_study(candidates, probe)}
 
 
 def _run_manifest(run_dir: Path) -> Path:
