@@ -139,6 +139,8 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert sum(v["n"] for v in by_region.values()) == n_lesions and "thoracic_spine" in by_region
     assert set(metrics["sensitivity_by"]["size"]) == {"unknown"}  # .npy images carry no pixel spacing
     assert set(metrics["sensitivity_by"]["contrast"]) == {">= 3"}  # 40 counts on bone of 10
+    assert set(metrics["sensitivity_by"]["visibility"]) == {"SNR >= 15"}  # 25 pixels x 30 / sqrt(25 x 10) = 47
+    assert metrics["n_instances"] == n_lesions  # no two metastases touch here
     dice = metrics["dice"]["by_region"]
     assert dice["skull"]["mean"] == pytest.approx(1.0)
     assert dice["thoracic_spine"]["mean"] == pytest.approx(2 * 76 / (80 + 76))
@@ -165,7 +167,8 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert metrics["roc"]["versus_classifier"]["BSI"]["p_value"] is not None
     html = (out / "report.html").read_text()
     for text in ("Lesions: hotspots, skeletal regions and BSI", 'alt="FROC curve"', "Bland–Altman",
-                 'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine", "Per patient"):
+                 'alt="ROC of the classifier, BSI and lesion probability"', "thoracic spine", "Per patient",
+                 "per outlined metastasis", "Visibility: Rose's signal-to-noise ratio"):
         assert text in html
     assert metrics["by_site"] == {} and "Per acquisition site" not in html
     # Studies from two cameras: detection per site in metrics.json and the report.
