@@ -151,7 +151,7 @@ def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: Prep
             candidates[name] = run
     speed = seconds_per_study(candidates, inputs)
     record.speed = {"batch": len(inputs), "torch_engine": torch_engine.settings.describe(),
-                    "seconds_per_study": speed}
+                    "torch_precision": torch_engine.settings.precision, "seconds_per_study": speed}
     fastest = min(speed, key=speed.get)
     record.runtime = None if fastest == "torch" else fastest
     record.file_sha256 = sha256_file(path)

@@ -230,9 +230,8 @@ def _speeds(store: EngineStore, fp32: EngineRecord, int8: dict, probe: np.ndarra
         runtime, precision = runtime_and_precision(name)
         if runtime in available_runtimes() and figures.get("max_abs_diff", 1.0) <= figures.get("tolerance", 0.0):
             candidates[f"{precision} {runtime}"] = open_session(store.folder / fp32.file, runtime, precision=precision)
-    # torch's engine runs in the precision it chose ("cpu bf16 channels_last ..." on CPUs that compute bf16)
-    torch_precision = str(fp32.speed.get("torch_engine", "cpu fp32")).split()[1]
-    return {f"{torch_precision} torch": fp32.speed["seconds_per_study"]["torch"],
+    # torch's engine runs in the precision it chose (bf16 on CPUs that compute it)
+    return {f"{fp32.speed.get('torch_precision', 'fp32')} torch": fp32.speed["seconds_per_study"]["torch"],
             **seconds_per_study(candidates, probe)}
 
 
