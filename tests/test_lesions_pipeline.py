@@ -509,8 +509,15 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
     try:
         assert record["n_studies"] == 2 and record["fp_per_study_there"] <= 1.0
         assert load_lesion_run(run).threshold == pytest.approx(record["malignancy_threshold"])
+        assert load_lesion_run(run).outline_threshold == pytest.approx(record["malignancy_threshold"])
         (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 3}')
         with pytest.raises(RunError, match="not a probability"):
+            load_lesion_run(run)
+        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "rescored": true, "outline_threshold": -1}')
+        with pytest.raises(RunError, match="outline threshold -1 is not a probability"):
+            load_lesion_run(run)
+        (run / THRESHOLD_FILE).write_text('[0.4]')
+        with pytest.raises(RunError, match="not a JSON object"):
             load_lesion_run(run)
     finally:
         (run / THRESHOLD_FILE).unlink()
@@ -528,13 +535,17 @@ def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreada
     run = folder / "lesion-run"
     written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
     try:
+        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.7, "rescored": false}')  # the network's own
         # the two validation studies (the tiny network lists thousands of candidates per study: few studies)
         assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
         captured = capsys.readouterr()
         assert "rescorer fitted on 2 studies" in captured.out and "(rescored)" in captured.out
         assert "studies the rescorer was fitted on" in captured.err  # the same studies chose the threshold
         loaded = load_lesion_run(run)
-        assert loaded.rescorer is not None and json.loads((run / THRESHOLD_FILE).read_text())["rescored"] is True
+        record = json.loads((run / THRESHOLD_FILE).read_text())
+        assert loaded.rescorer is not None and record["rescored"] is True
+        # the network's threshold still outlines malignant hotspots for the BSI
+        assert record["outline_threshold"] == loaded.outline_threshold == 0.7
         info = json.loads((run / RESCORER_INFO).read_text())
         assert info["n_studies"] == 2 and 0 < info["n_on_metastases"] < info["n_candidates"]
         # every hotspot's malignancy is now the rescorer's
@@ -553,6 +564,7 @@ def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreada
         captured = capsys.readouterr()
         assert f"left out {table.loc[first, 'case_id']}" in captured.err
         assert "rescorer fitted on 2 studies" in captured.out
+        assert load_lesion_run(run).outline_threshold == 0.7  # kept through a second fit
     finally:
         for path in written:
             path.unlink(missing_ok=True)

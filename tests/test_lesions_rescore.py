@@ -117,6 +117,38 @@ def test_study_lesions_with_a_rescorer_list_count_foci_the_network_missed_and_co
     assert study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4, rescorer=high_floor)[0].hotspots == []
 
 
+def test_rescored_bsi_outlines_a_hotspot_by_the_networks_own_threshold_and_counts_a_count_focus_whole():
+    from bonescan.lesions.bsi import bone_scan_index
+    from bonescan.lesions.infer import maps_at_stored_size
+
+    counts, bone = _spine()
+    _focus(counts, 30, 24, 40.0)  # seen by the network: a faint rim (0.3) round a core (0.9)
+    _focus(counts, 80, 24, 40.0)  # not seen by the network: a count candidate
+    maps = np.zeros((2, 3, 64, 24), np.float32)
+    maps[:, 0][np.repeat(bone[::2, ::2][None], 2, 0)] = BY_NAME["thoracic_spine"].label
+    maps[:, 2, 12:19, 9:16] = 0.3
+    maps[:, 2, 14:17, 11:14] = 0.9
+    rescorer = HotspotRescorer(_OverBone(), keep_floor=0.2, info={})
+
+    def read(outline):
+        return study_lesions(maps, counts, counts.copy(), pixel_spacing=2.4, threshold=0.5, rescorer=rescorer,
+                             outline_threshold=outline)
+
+    lesions, numbers = read(0.5)
+    assert lesions.n_malignant == 4  # both foci, both views
+    regions, probabilities = maps_at_stored_size(maps, counts.shape)
+    view_of = {"anterior": 0, "posterior": 1}
+    seen = [h.number for h in lesions.hotspots
+            if (probabilities[view_of[h.view], 1][numbers[view_of[h.view]] == h.number] >= 0.5).any()]
+    assert len(seen) == 2  # the network's focus in each view
+    expected = np.isin(numbers, [h.number for h in lesions.hotspots if h.number not in seen])
+    expected |= np.isin(numbers, seen) & (probabilities[:, 1] >= 0.5)
+    assert lesions.bsi == pytest.approx(bone_scan_index(regions, expected)[0])
+    whole = bone_scan_index(regions, numbers > 0)[0]
+    assert 0 < lesions.bsi < whole
+    assert read(0.95)[0].bsi == pytest.approx(whole)  # no pixel reaches it: every malignant hotspot counts whole
+
+
 def test_every_candidate_carries_the_networks_strongest_evidence_in_the_study():
     from bonescan.lesions.infer import maps_at_stored_size, network_candidates
 

@@ -9,7 +9,9 @@ From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesio
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
   of the same view;
 - BSI: `bone_scan_index` over the hotspot pixels whose metastasis probability reaches the threshold (the network's
-  outline of the metastasis, not the whole candidate hotspot, which may reach into the faint rim around it);
+  outline of the metastasis, not the whole candidate hotspot, which may reach into the faint rim around it); with a
+  rescorer, over the rescored malignant hotspots outlined the same way at the network's own threshold, and whole
+  where the network saw none of a hotspot's pixels as metastatic (a faint focus only the rescorer found);
 - study probability from the lesions: the largest hotspot malignancy (0 without hotspots).
 Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
 A run with a fitted hotspot rescorer (`bonescan.lesions.rescore`) adds count candidates and rescores every hotspot.
@@ -61,6 +63,7 @@ class LesionModel:
     run_dir: Path
     threshold: float = MALIGNANCY_THRESHOLD  # RUN/malignancy_threshold.json when frozen (`lesions.threshold`)
     rescorer: HotspotRescorer | None = None  # RUN/hotspot_rescorer.skops when fitted (`lesions.rescore`)
+    outline_threshold: float = MALIGNANCY_THRESHOLD  # the network's own threshold when rescored (`lesions.threshold`)
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
@@ -84,7 +87,8 @@ class LesionModel:
         maps = self.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
         spacing = (study.pixel_spacing or (2.4, 2.4))[0]
         return study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
-                             study_key=study_key, threshold=self.threshold, rescorer=self.rescorer)
+                             study_key=study_key, threshold=self.threshold, rescorer=self.rescorer,
+                             outline_threshold=self.outline_threshold)
 
 
 def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
@@ -101,11 +105,12 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
     model = build_lesion_net(config.lesion)
     model.load_state_dict(state["model"])
     chosen = choose_precision(select_device(device), precision)
-    from .threshold import load_malignancy_threshold
+    from .threshold import load_malignancy_threshold, load_outline_threshold
 
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
-                       load_malignancy_threshold(paths.root), load_rescorer(paths.root))
+                       load_malignancy_threshold(paths.root), load_rescorer(paths.root),
+                       load_outline_threshold(paths.root))
 
 
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
@@ -234,11 +239,15 @@ def network_candidates(regions: np.ndarray, probabilities: np.ndarray, counts: t
 def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray, pixel_spacing: float,
                   mirror_posterior: bool = True, study_key: str = "",
                   threshold: float = MALIGNANCY_THRESHOLD,
-                  rescorer: HotspotRescorer | None = None) -> tuple[StudyLesions, np.ndarray]:
+                  rescorer: HotspotRescorer | None = None,
+                  outline_threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
     """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
 
     With a `rescorer` (`bonescan.lesions.rescore`) count candidates join the network's and every hotspot's
-    malignancy is the rescorer's; a malignant hotspot then counts whole in the BSI.
+    malignancy is the rescorer's. The BSI then takes each malignant hotspot's pixels whose metastasis probability
+    reaches `outline_threshold` (the network's own threshold), or the whole hotspot when it has none (on the 400
+    studies of seed 41 with the 37-epoch wide network: BSI r 0.981 against truth; 0.944 counting every malignant
+    hotspot whole, 0.979 for the network alone).
 
     `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
     """
@@ -271,8 +280,14 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
         hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
     if rescorer is None:
         malignant = (probabilities[:, 1] >= threshold) & (numbers > 0)
-    else:  # rescored malignancy is a hotspot's, not a pixel's: a malignant hotspot counts whole
-        malignant = np.isin(numbers, [h.number for h in hotspots if h.malignancy >= threshold])
+    else:  # rescored malignancy is a hotspot's; its extent is still the network's outline where there is one
+        malignant = np.zeros(numbers.shape, bool)
+        for hotspot in hotspots:
+            if hotspot.malignancy >= threshold:
+                view = VIEWS.index(hotspot.view)
+                window = (slice(hotspot.box[0], hotspot.box[2]), slice(hotspot.box[1], hotspot.box[3]))
+                outline = hotspot.mask & (probabilities[view, 1][window] >= outline_threshold)
+                malignant[view][window] |= outline if outline.any() else hotspot.mask
     bsi, by_region = bone_scan_index(regions, malignant)
     probability = max((h.malignancy for h in hotspots), default=0.0)
     return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels), numbers

@@ -49,7 +49,7 @@ class LesionStep:
             spacing = item.spacing if item.spacing else 2.4
             return study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
                                  study_key=f"{outcome.study_id}:{outcome.name}", threshold=self.model.threshold,
-                                 rescorer=self.model.rescorer)
+                                 rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
 
         # Threads: most of the work is in numpy, scipy and torch calls that let other threads run, so studies
         # overlap (measured on 2 cores: 22-26 -> 17-19 ms per study of post-processing).

@@ -7,6 +7,10 @@ on the `paper` test split), and every count built on them inherits that. `bonesc
 validation split with the run, draws its FROC curve (`evaluate.froc`: the same hit criterion as the lesion
 evaluation) and freezes the lowest threshold whose false positives per study stay within the budget, in
 RUN/malignancy_threshold.json; `load_lesion_run` then uses it everywhere. Runs without the file keep 0.5.
+
+A rescored run's threshold is on the rescorer's scale, but the BSI still outlines each malignant hotspot by the
+network's own pixel probabilities (`infer.study_lesions`), so the record keeps the network's threshold beside it as
+`outline_threshold`: the threshold frozen before the rescorer was fitted (DEFAULT_THRESHOLD when there was none).
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
         detections.append(study_detections(ids, hits, [h.malignancy for h in lesions.hotspots]))
     curve = froc_curve(detections)
     threshold, sensitivity, fp = threshold_at_fp(curve, fp_per_study)
-    record = {"malignancy_threshold": threshold, "fp_per_study_budget": fp_per_study,
+    outline = load_outline_threshold(run_dir) if model.rescorer is not None else threshold
+    record = {"malignancy_threshold": threshold, "outline_threshold": outline, "fp_per_study_budget": fp_per_study,
               "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
               "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
               "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
@@ -79,13 +84,40 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
 
 def load_malignancy_threshold(run_dir: str | Path) -> float:
     """The run's frozen threshold, DEFAULT_THRESHOLD without the file; RunError when the file is unusable."""
+    record = _threshold_record(run_dir)
+    return DEFAULT_THRESHOLD if record is None else _probability(run_dir, record, "malignancy_threshold")
+
+
+def load_outline_threshold(run_dir: str | Path) -> float:
+    """The network's own pixel threshold of the run: `outline_threshold` of a rescored record, the frozen threshold
+    of a record without a rescorer, DEFAULT_THRESHOLD without the file or for a rescored record written before the
+    field (the network's threshold was not kept then)."""
+    record = _threshold_record(run_dir)
+    if record is None:
+        return DEFAULT_THRESHOLD
+    if not record.get("rescored", False):
+        return _probability(run_dir, record, "malignancy_threshold")
+    return _probability(run_dir, record, "outline_threshold") if "outline_threshold" in record else DEFAULT_THRESHOLD
+
+
+def _threshold_record(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / THRESHOLD_FILE
     if not path.is_file():
-        return DEFAULT_THRESHOLD
+        return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["malignancy_threshold"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
         raise RunError(path, f"cannot read the malignancy threshold ({error})") from error
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise RunError(path, f"malignancy threshold {value!r} is not a probability")
+    if not isinstance(record, dict):
+        raise RunError(path, "cannot read the malignancy threshold (not a JSON object)")
+    return record
+
+
+def _probability(run_dir: str | Path, record: dict, name: str) -> float:
+    path = Path(run_dir) / THRESHOLD_FILE
+    if name not in record:
+        raise RunError(path, f"cannot read the malignancy threshold (no {name!r})")
+    value = record[name]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise RunError(path, f"{name.replace('_', ' ')} {value!r} is not a probability")
     return float(value)
