@@ -127,8 +127,7 @@ def truth_changes(truths: list[LesionTruth]) -> tuple[int, int | None, float]:
 
 def _shown(truth: LesionTruth) -> set[int]:
     """Identities of the findings with at least one pixel in either view."""
-    present = np.bincount(truth.instances.ravel(), minlength=len(truth.identity) + 1)[1:] > 0
-    return {i for i, shown in zip(truth.identity, present) if i and shown}
+    return {i for i, shown in zip(truth.identity, truth.shown()[1:]) if i and shown}
 
 
 def _new_lesions(truth: LesionTruth, before: set[int]) -> list[int]:

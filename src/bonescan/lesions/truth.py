@@ -45,10 +45,14 @@ class LesionTruth:
     has_findings: bool = True  # False: findings were not annotated (region-only truth)
     identity: list[int] | None = None
 
+    def shown(self) -> np.ndarray:
+        """Bool per instance id (index 0: background): whether the finding has at least one pixel in either view."""
+        return np.bincount(self.instances.ravel(), minlength=len(self.category) + 1) > 0
+
     def metastasis_ids(self) -> list[int]:
         """Instance ids of the metastases that show in the image (a finding may leave no pixel: lesion evaluation
         counts only what can be found)."""
-        present = np.bincount(self.instances.ravel(), minlength=len(self.category) + 1) > 0
+        present = self.shown()
         return [i + 1 for i, c in enumerate(self.category) if c == "metastasis" and present[i + 1]]
 
     def confluent_metastases(self) -> tuple[np.ndarray, list[int]]:
