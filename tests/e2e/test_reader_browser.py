@@ -28,6 +28,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 PHASES = ("blinded", "ai-consulted")
+STARTUP_SECONDS = 120  # a fresh server imports the whole stack; a busy machine can take a while, a dead one fails fast
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +58,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bonescan", "reader", "serve", "--study", str(self.study), "--port", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stderr.read().decode()}")
@@ -66,7 +67,7 @@ class Server:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("server did not come up within 30 s")
+        raise RuntimeError(f"server did not come up within {STARTUP_SECONDS} s")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as in a crash or power cut of the process."""
