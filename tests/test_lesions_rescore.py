@@ -13,7 +13,8 @@ from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
-                                      RESCORER_FILE, RESCORER_INFO, HotspotRescorer, all_candidates,
+                                      RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_PER_VIEW, HotspotRescorer,
+                                      all_candidates,
                                       bone_level, count_candidates, fit_rescorer, load_rescorer, matched_snr,
                                       save_rescorer)
 
@@ -87,6 +88,32 @@ def test_matched_snr_is_a_z_score_under_poisson_noise_and_finds_faint_wide_foci(
     window, mask = found[0]
     rows, cols = np.nonzero(mask)
     assert abs(rows.mean() + window[0].start - 60) <= 2 and abs(cols.mean() + window[1].start - 24) <= 2
+
+
+def test_only_the_strongest_faint_foci_become_snr_candidates():
+    # 38 faint foci (1.2-1.4x a bone of 200 counts, radius 4), each over the noise, none over the brightness ratio
+    rng = np.random.default_rng(5)
+    shape = (420, 48)
+    bone = np.zeros(shape, bool)
+    bone[10:410, 8:40] = True
+    counts = np.where(bone, 200.0, 20.0)
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    centres = [(20 + 20 * (i // 2), 16 + 16 * (i % 2)) for i in range(38)]
+    for (row, col), gain in zip(centres, np.linspace(40.0, 80.0, len(centres))):  # weakest first
+        counts += gain * ((rows - row) ** 2 + (cols - col) ** 2 <= 16)
+    counts = rng.poisson(counts).astype(np.float32)
+    level = bone_level(counts, bone)
+    smooth, nothing = ndimage.gaussian_filter(counts, COUNT_SMOOTHING), np.zeros(shape, bool)
+    assert count_candidates(smooth, bone, level, nothing) == []
+    found = count_candidates(smooth, bone, level, nothing, matched_snr(counts, level))
+    assert len(found) == SNR_CANDIDATES_PER_VIEW < len(centres)
+    nearest = set()
+    for window, mask in found:
+        r, c = np.nonzero(mask)
+        centre = np.array([r.mean() + window[0].start, c.mean() + window[1].start])
+        nearest.add(int(np.argmin(np.hypot(*(np.array(centres) - centre).T))))
+    assert len(nearest) == SNR_CANDIDATES_PER_VIEW  # one candidate per focus
+    assert min(nearest) >= 8  # the strongest, give or take the noise: none of the 8 weakest
 
 
 class _OverBone:

@@ -72,7 +72,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
         detections.append(study_detections(ids, hits, [h.malignancy for h in lesions.hotspots]))
     curve = froc_curve(detections)
     threshold, sensitivity, fp = threshold_at_fp(curve, fp_per_study)
-    outline = load_outline_threshold(run_dir) if model.rescorer is not None else threshold
+    outline = model.outline_threshold if model.rescorer is not None else threshold  # the network's, as loaded
     record = {"malignancy_threshold": threshold, "outline_threshold": outline, "fp_per_study_budget": fp_per_study,
               "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
               "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
