@@ -80,15 +80,18 @@ def _prepare(image: np.ndarray, spacing: tuple[float, float]) -> sitk.Image:
 
 
 def register_view(fixed: np.ndarray, moving: np.ndarray, fixed_spacing: tuple[float, float],
-                  moving_spacing: tuple[float, float], seed: int = 0) -> ViewTransform:
-    """The rigid transform that best lays `moving` onto `fixed` (both count images with their (row, col) mm)."""
+                  moving_spacing: tuple[float, float], seed: int = 1) -> ViewTransform:
+    """The rigid transform that best lays `moving` onto `fixed` (both count images with their (row, col) mm);
+    `seed` picks the metric's random sample (not 0, which SimpleITK reads as the wall clock)."""
     f, m = _prepare(fixed, fixed_spacing), _prepare(moving, moving_spacing)
     start = sitk.CenteredTransformInitializer(f, m, sitk.Euler2DTransform(),
                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsCorrelation()
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed)  # a fixed seed: the same pair always gives the same fit
+    # A fixed seed: the same pair always gives the same fit. Not 0: SimpleITK reads 0 as sitkWallClock, a new
+    # sample per call, which moved a fit by up to 4 mm between two runs and changed verdicts.
+    method.SetMetricSamplingPercentage(0.2, seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=100,
                                                     relaxationFactor=0.6)
