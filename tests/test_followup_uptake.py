@@ -57,9 +57,29 @@ def test_a_focus_counts_as_new_only_where_the_uptake_rose(baseline_focus, expect
                         [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2)
     hotspot = _lesions(True).hotspots[0]
     now, before = check.ratio(hotspot, 1)
-    # The square has the hotspot's equivalent diameter (7 pixels): the 6 x 6 focus and a rim of bone.
-    assert now == pytest.approx((36 * 300 + 13 * 100) / 49 / 100, rel=0.1)
+    # The square covers the hotspot's core (0.7 of its 7-pixel equivalent diameter: 5 pixels), inside the focus.
+    assert now == pytest.approx(3.0, rel=0.1)
     assert check.rose([hotspot], 1) is expected and (now >= RISE * before) is expected
+
+
+def test_the_rise_is_measured_over_the_hotspots_core_not_its_rim():
+    # Noiseless views: a 6 x 6 focus of 235 counts on bone of 100 grew to 300 (1.28-fold), and the reader outlined
+    # it with a rim (an 8 x 8 hotspot). Over the whole outline (a 9-pixel square) the rise is diluted by unchanged
+    # bone (1.18-fold), over its core (6 pixels) it is the focus's own.
+    def view(focus_counts: float) -> np.ndarray:
+        mean = np.full((60, 30), 5.0, np.float32)
+        mean[:, 10:20] = 100.0
+        mean[30:36, 12:18] = focus_counts
+        return mean
+
+    outlined = _lesions(True)
+    outlined.hotspots[0] = Hotspot(1, "anterior", (29, 11, 37, 19), (32.5, 14.5), 64 * 2.4 ** 2, "lumbar_spine",
+                                   0.9, 0.0, "1.2.3", np.ones((8, 8), bool))
+    check = UptakeCheck([_study(view(235.0)), _study(view(300.0))], [_lesions(False), outlined],
+                        [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2)
+    now, before = check.ratio(outlined.hotspots[0], 1)
+    assert now / before == pytest.approx(300 / 235, rel=0.02)
+    assert check.rose(outlined.hotspots, 1)
 
 
 def _faint(malignancy: float, region: str = "lumbar_spine", threshold: float = 0.9) -> StudyLesions:
