@@ -590,6 +590,28 @@ def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_share
     assert not (red | blue)[5, 5] and not (red | blue)[5, 10] and not (red | blue)[15, 15]  # insides, background
 
 
+
+def test_overlay_outlines_are_the_pixels_a_3x3_erosion_or_dilation_changes():
+    from types import SimpleNamespace
+
+    from scipy import ndimage
+
+    from bonescan.lesions.outputs import _contours
+
+    rng = np.random.default_rng(3)
+    hotspots = {k: SimpleNamespace(malignancy=0.9 if k % 2 else 0.1) for k in range(1, 12)}
+    for _ in range(50):  # touching, overlapping and border-cut boxes of random sizes
+        numbers = np.zeros(rng.integers(3, 50, 2), np.uint16)
+        for k in range(1, 12):
+            row, col = rng.integers(0, numbers.shape[0]), rng.integers(0, numbers.shape[1])
+            numbers[row:row + rng.integers(1, 9), col:col + rng.integers(1, 9)] = k
+        wide = numbers.astype(np.int64)
+        changed = (ndimage.grey_erosion(wide, size=3) != wide) | (ndimage.grey_dilation(wide, size=3) != wide)
+        edge = (wide > 0) & changed
+        red, blue = _contours(numbers, hotspots, 0.5)
+        assert np.array_equal(red | blue, edge) and not (red & blue).any()
+        assert np.array_equal(red, edge & (numbers % 2 == 1))
+
 def test_count_peaks_per_component_window_equal_the_whole_view():
     from scipy import ndimage
 
