@@ -358,3 +358,19 @@ def test_instance_files_written_before_a_crash_are_queued_at_start_up(tmp_path):
     assert intake.recover_files() == 0  # idempotent
     [work] = queue.claim_ready(30, 8)
     assert work.study_uid == ds.StudyInstanceUID
+
+
+def test_the_warm_up_study_leaves_nothing_behind_and_clears_what_a_kill_left(run, tmp_path, monkeypatch):
+    import tempfile
+
+    from bonescan.node.worker import Predictor
+
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    results = tmp_path / "results"
+    (results / ".warm-up").mkdir(parents=True)
+    (results / ".warm-up" / "warmup.dcm").write_bytes(b"left by a node killed while warming up")
+    predictor = Predictor(run, results)
+    assert predictor.warm_up() > 0
+    assert list(results.iterdir()) == [] and list(system_temp.iterdir()) == []

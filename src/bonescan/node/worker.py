@@ -70,21 +70,29 @@ class Predictor:
         self.batch_size = batch_size
 
     def warm_up(self) -> float:
-        """Read one synthetic study end to end (results in a temporary folder); returns the seconds it took.
+        """Read one synthetic study end to end (results in `results/.warm-up`, removed after); returns the seconds
+        it took.
 
         The first study pays for lazy imports and first-call set-up (about 2-3 s here); paying it at start-up
         keeps it out of the first patient's latency, and a run that cannot read a study fails before listening.
+        The folder is the node's own, emptied first: a node killed while warming up leaves one folder behind for
+        the next start to clear, not one in the system's temporary folder per kill.
         """
-        import tempfile
+        import shutil
 
         from ..synth import build_dataset, generate_case
 
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="bonescan-warmup-") as folder:
-            path = Path(folder) / "warmup.dcm"
+        folder = self.results / ".warm-up"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        try:
+            path = folder / "warmup.dcm"
             build_dataset(generate_case("warmup", seed=0)).save_as(path, enforce_file_format=True)
             report = predict_sources([StudySource("warmup", (path,))], self.model, self.preprocess, self.engine,
                                      self.point, run_label=self.label, workers=0, dicom_dir=folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         if report.failures:
             from ..errors import RunError
 
