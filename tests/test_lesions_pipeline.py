@@ -16,9 +16,9 @@ import torch
 from bonescan.cohort import load_manifest
 from bonescan.errors import ConfigError, ManifestError, RunError
 from bonescan.lesions.bsi import bone_scan_index
-from bonescan.lesions.dataset import FLIP_LABELS, LesionScans, LesionTargets, targets_in_network_geometry
+from bonescan.lesions.dataset import LesionScans, LesionTargets, targets_in_network_geometry
 from bonescan.lesions.infer import load_lesion_run, study_lesions
-from bonescan.lesions.regions import BY_NAME, N_LABELS
+from bonescan.lesions.regions import BY_NAME, FLIP_LABELS, N_LABELS
 from bonescan.lesions.task import warm_start_weights
 from bonescan.predict import predict_studies
 from bonescan.preprocess import PreprocessConfig
@@ -524,6 +524,58 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
     with pytest.raises(ManifestError, match="lesion truth"):
         freeze_malignancy_threshold(run, manifest.drop(columns=["truth"]), "val")
 
+
+
+def test_flip_averaged_maps_are_the_same_for_a_study_and_its_mirror_image(lesion_setup):
+    from dataclasses import replace
+
+    folder, _, _, _, _ = lesion_setup
+    plain = load_lesion_run(folder / "lesion-run")
+    averaged = replace(plain, flip_average=True)
+    studies = np.random.default_rng(0).gamma(2.0, 1.0, (3, 2, 64, 32)).astype(np.float32)
+    mirror = studies[..., ::-1].copy()
+    maps, maps_of_mirror = averaged.maps(studies), averaged.maps(mirror)
+    # A mirrored body's averaged probabilities are its own, mirrored; its left regions are the right ones.
+    np.testing.assert_allclose(maps[:, :, 1:], maps_of_mirror[:, :, 1:, :, ::-1], atol=1e-5)
+    swapped = FLIP_LABELS[maps_of_mirror[:, :, 0, :, ::-1].astype(np.int64)]
+    assert (swapped == maps[:, :, 0]).mean() > 0.999  # up to ties between two classes' averaged scores
+    # and the average lies between the two passes, which the plain network does not make alike
+    once, once_mirrored = plain.maps(studies), plain.maps(mirror)[..., ::-1]
+    assert np.abs(once[:, :, 1:] - once_mirrored[:, :, 1:]).max() > 1e-3
+    np.testing.assert_allclose(maps[:, :, 1:], (once[:, :, 1:] + once_mirrored[:, :, 1:]) / 2, atol=1e-5)
+
+
+def test_flip_averaging_is_frozen_with_the_threshold_and_a_rescorer_fitted_on_other_maps_is_refused(
+        lesion_setup, capsys):
+    from bonescan.cli import main
+    from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
+    from bonescan.lesions.threshold import THRESHOLD_FILE
+
+    folder, manifest_path, _, _, _ = lesion_setup
+    run = folder / "lesion-run"
+    written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
+    try:
+        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                     "--flip-average"]) == 0
+        assert "averaged with the mirrored study" in capsys.readouterr().out
+        assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True
+        assert load_lesion_run(run).flip_average and not load_lesion_run(run, flip_average=False).flip_average
+        # the rescorer is fitted on the run's averaged maps, and the threshold frozen again keeps them
+        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
+        assert json.loads((run / RESCORER_INFO).read_text())["flip_average"] is True
+        assert load_lesion_run(run).flip_average and load_lesion_run(run).rescorer is not None
+        # plain maps under a rescorer fitted on averaged ones: refused, naming the fix
+        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                     "--no-flip-average"]) == 2
+        assert "bonescan lesions rescorer --no-flip-average" in capsys.readouterr().err
+        assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True  # nothing written
+        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "flip_average": "yes"}')
+        with pytest.raises(RunError, match="flip_average 'yes' is not true or false"):
+            load_lesion_run(run)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    assert not load_lesion_run(run).flip_average  # runs without the record keep the plain maps
 
 def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
         lesion_setup, capsys, tmp_path):

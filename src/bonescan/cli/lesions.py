@@ -21,15 +21,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Split to choose on (never the one you report)."),
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        flip_average: bool | None = typer.Option(
+            None, "--flip-average/--no-flip-average",
+            help="Average the network's maps with those of the mirrored study (twice the network's time; kept in "
+                 "the run and used wherever it is applied). Default: as the run has it."),
     ) -> None:
         """Choose the malignancy threshold on SPLIT at a false-positive budget; write RUN/malignancy_threshold.json."""
         from ..cohort import load_manifest
         from ..lesions.threshold import freeze_malignancy_threshold
 
-        record = freeze_malignancy_threshold(run, load_manifest(manifest), split, fp_per_study, device)
+        record = freeze_malignancy_threshold(run, load_manifest(manifest), split, fp_per_study, device, flip_average)
         typer.echo(f"malignancy threshold {record['malignancy_threshold']:.4f}: on {record['n_studies']} {split} "
                    f"studies ({record['n_lesions']} metastases) sensitivity {record['sensitivity_there']:.3f} at "
-                   f"{record['fp_per_study_there']:.2f} false positives per study (budget {fp_per_study:g})")
+                   f"{record['fp_per_study_there']:.2f} false positives per study (budget {fp_per_study:g})"
+                   f"{'; maps averaged with the mirrored study' * record['flip_average']}")
         typer.echo(f"wrote {Path(run) / 'malignancy_threshold.json'}")
 
     @group.command("rescorer")
@@ -44,6 +49,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         threshold_split: str = typer.Option("val", "--threshold-split", help="Split to freeze the threshold on."),
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        flip_average: bool | None = typer.Option(
+            None, "--flip-average/--no-flip-average",
+            help="Average the network's maps with those of the mirrored study (twice the network's time; kept in "
+                 "the run and used wherever it is applied). Default: as the run has it."),
     ) -> None:
         """Fit the run's hotspot rescorer (count candidates beside the network's, rescored by gradient boosting;
         RUN/hotspot_rescorer.skops), then freeze the malignancy threshold again on its scale."""
@@ -58,7 +67,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress)
+        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress, flip_average)
         for case_id, reason in fitted.failed:
             typer.echo(f"left out {case_id}: {reason}", err=True)
         typer.echo(f"rescorer fitted on {fitted.n_studies} {'study' if fitted.n_studies == 1 else 'studies'} "
@@ -66,7 +75,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                    f"{fitted.n_on_metastases} on metastases); count candidates kept from {fitted.keep_floor:.3f}; "
                    f"wrote {fitted.path}")
         record = freeze_malignancy_threshold(run, load_manifest(threshold_manifest or manifest), threshold_split,
-                                             fp_per_study, device)
+                                             fp_per_study, device, flip_average)
         typer.echo(f"malignancy threshold {record['malignancy_threshold']:.4f} (rescored): on {record['n_studies']} "
                    f"{threshold_split} studies ({record['n_lesions']} metastases) sensitivity "
                    f"{record['sensitivity_there']:.3f} at {record['fp_per_study_there']:.2f} false positives per "

@@ -31,18 +31,12 @@ from ..fileio import atomic_path, write_text_atomic
 from ..presets import AugmentConfig
 from ..preprocess import PreprocessConfig
 from .annotations import box_supervision
-from .regions import BY_NAME, N_LABELS, REGIONS
+from .regions import FLIP_LABELS, N_LABELS
 from .truth import load_truth
 
 HOT_FRACTION = 0.25
 IGNORE = 3
 TARGETS_FORMAT = 2  # part of the targets folder name: a new format rebuilds the targets
-# Region labels swapped by a left-right flip (a mirrored body's left ribs are where its right ribs were).
-FLIP_LABELS = np.arange(N_LABELS, dtype=np.int64)
-for _region in REGIONS:
-    if _region.name.endswith("_right"):
-        _left = BY_NAME[_region.name[: -len("right")] + "left"].label
-        FLIP_LABELS[_region.label], FLIP_LABELS[_left] = _left, _region.label
 
 
 @dataclass

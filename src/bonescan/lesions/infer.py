@@ -35,7 +35,7 @@ from ..presets import TrainConfig
 from .bsi import bone_scan_index
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
-from .regions import N_LABELS, region_under
+from .regions import FLIP_LABELS, N_LABELS, region_under
 from .rescore import Candidate, HotspotRescorer, load_rescorer, rescore_candidates
 
 HOTSPOT_THRESHOLD = 0.5
@@ -64,22 +64,34 @@ class LesionModel:
     threshold: float = MALIGNANCY_THRESHOLD  # RUN/malignancy_threshold.json when frozen (`lesions.threshold`)
     rescorer: HotspotRescorer | None = None  # RUN/hotspot_rescorer.skops when fitted (`lesions.rescore`)
     outline_threshold: float = MALIGNANCY_THRESHOLD  # the network's own threshold when rescored (`lesions.threshold`)
+    flip_average: bool = False  # maps averaged with the mirrored study's (frozen with the threshold)
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
-        then the two probabilities), float32, network size."""
+        then the two probabilities), float32, network size. With `flip_average`, the mean of the network's maps of
+        each study and of its mirror image (flipped back, region probabilities with left and right swapped)."""
         step = CPU_BATCH if self.precision.device.type == "cpu" else max(len(inputs), 1)
         parts = [self._maps(inputs[start:start + step]) for start in range(0, len(inputs), step)]
         return np.concatenate(parts) if parts else np.zeros((0, 2, 3) + tuple(inputs.shape[-2:]), np.float32)
 
     def _maps(self, inputs: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.precision.device)
+        logits = self._logits(batch)
+        if not self.flip_average:
+            regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
+            probabilities = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])
+            return torch.cat([regions, probabilities], 2).cpu().numpy()
+        # The mirrored studies' maps, flipped back: their right-side classes are these studies' left ones.
+        mirrored = self._logits(batch.flip(-1)).flip(-1)
+        labels = torch.from_numpy(FLIP_LABELS).to(mirrored.device)
+        classes = torch.softmax(logits[:, :, :N_LABELS], 2) + torch.softmax(mirrored[:, :, labels], 2)
+        probabilities = (torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1]) +
+                         torch.sigmoid(mirrored[:, :, HOTSPOT:MALIGNANCY + 1])) / 2
+        return torch.cat([classes.argmax(dim=2, keepdim=True).float(), probabilities], 2).cpu().numpy()
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.precision.autocast():
-            logits = self.model(batch.contiguous(memory_format=torch.channels_last))
-        logits = logits.float()
-        regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
-        probabilities = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])
-        return torch.cat([regions, probabilities], 2).cpu().numpy()
+            return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
 
     def read(self, study, study_key: str = "") -> tuple[StudyLesions, np.ndarray]:
         """One study's lesions and hotspot number map (`study_lesions`) with the run's threshold."""
@@ -92,9 +104,15 @@ class LesionModel:
 
 
 def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
-                    precision: str = "fp32") -> LesionModel:
-    """Load RUN/checkpoints/<checkpoint>.pt of a lesion run; RunError when it is not one."""
+                    precision: str = "fp32", flip_average: bool | None = None,
+                    rescorer: bool = True) -> LesionModel:
+    """Load RUN/checkpoints/<checkpoint>.pt of a lesion run with its frozen threshold and rescorer; RunError when it
+    is not one, or when its rescorer was fitted on other maps than the run now makes.
+
+    `flip_average` overrides the frozen record's (`lesions.threshold` and `lesions.rescore_fit` freeze the threshold
+    and fit the rescorer on the maps they are asked for); `rescorer=False` leaves the rescorer out (refitting it)."""
     from ..train import RunPaths, load_checkpoint
+    from .threshold import load_frozen_threshold
 
     paths = RunPaths(Path(run_dir))
     state = load_checkpoint(paths.best if checkpoint == "best" else paths.last)
@@ -105,12 +123,16 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
     model = build_lesion_net(config.lesion)
     model.load_state_dict(state["model"])
     chosen = choose_precision(select_device(device), precision)
-    from .threshold import load_malignancy_threshold, load_outline_threshold
-
+    frozen = load_frozen_threshold(paths.root)
+    flip = frozen.flip_average if flip_average is None else flip_average
+    second_look = load_rescorer(paths.root) if rescorer else None
+    if second_look is not None and second_look.info.get("flip_average", False) != flip:
+        raise RunError(paths.root, f"its hotspot rescorer was fitted on maps {'with' if not flip else 'without'} "
+                                   f"flip averaging, and the run is asked for maps {'with' if flip else 'without'}; "
+                                   f"fit it again: bonescan lesions rescorer --{'' if flip else 'no-'}flip-average")
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
-                       load_malignancy_threshold(paths.root), load_rescorer(paths.root),
-                       load_outline_threshold(paths.root))
+                       frozen.threshold, second_look, frozen.outline_threshold, flip)
 
 
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:

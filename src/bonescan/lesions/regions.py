@@ -62,6 +62,12 @@ BACKGROUND = 0
 N_LABELS = len(REGIONS) + 1  # background included
 BY_NAME = {region.name: region for region in REGIONS}
 BY_LABEL = {region.label: region for region in REGIONS}
+# Region labels swapped by a left-right flip (a mirrored body's left ribs are where its right ribs were).
+FLIP_LABELS = np.arange(N_LABELS, dtype=np.int64)
+for _region in REGIONS:
+    if _region.name.endswith("_right"):
+        _left = BY_NAME[_region.name[: -len("right")] + "left"].label
+        FLIP_LABELS[_region.label], FLIP_LABELS[_left] = _left, _region.label
 
 
 def region_under(regions: np.ndarray, window: tuple[slice, slice], mask: np.ndarray) -> str:

@@ -40,10 +40,12 @@ def _source(row) -> str | list[str]:
 
 
 def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str | None = None,
-                         device: str = "auto", progress=None) -> RescorerFit:
+                         device: str = "auto", progress=None, flip_average: bool | None = None) -> RescorerFit:
     """Fit on the manifest's studies with truth (of `split` when given) and write RUN/hotspot_rescorer.*.
 
-    ManifestError when no study has lesion truth with findings; `progress(done, total)` is called per study.
+    `flip_average` (None: as the run has it) chooses the network's maps the features are measured on; freeze the
+    threshold with the same choice after. ManifestError when no study has lesion truth with findings;
+    `progress(done, total)` is called per study.
     """
     from ..io import read_study
 
@@ -54,7 +56,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
         raise ManifestError("manifest", f"no {split or 'manifest'} study with lesion truth (a `truth` column) to fit "
                                         "the rescorer on")
     rows = rows[rows["truth"].fillna("").astype(str) != ""]
-    model = load_lesion_run(run_dir, device=device)
+    model = load_lesion_run(run_dir, device=device, flip_average=flip_average, rescorer=False)
     config = model.config.preprocess
     features, labels, from_counts, failed = [], [], [], []
     n_studies = 0
@@ -90,6 +92,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
                                         f"{failed[0][1] if failed else ''}")
     rescorer = fit_rescorer(np.concatenate(features), np.concatenate(labels),
                             np.concatenate([np.asarray(f, bool) for f in from_counts]), n_studies)
-    path = save_rescorer(rescorer, run_dir, {"fitted_on_split": split or "all", "failed_studies": len(failed)})
+    path = save_rescorer(rescorer, run_dir, {"fitted_on_split": split or "all", "failed_studies": len(failed),
+                                             "flip_average": model.flip_average})
     return RescorerFit(path, n_studies, rescorer.info["n_candidates"], rescorer.info["n_on_metastases"],
                        rescorer.keep_floor, failed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,13 @@ def threshold_at_fp(curve: FrocCurve, fp_per_study: float) -> tuple[float, float
 
 
 def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, split: str = "val",
-                                fp_per_study: float = 1.0, device: str = "auto") -> dict:
+                                fp_per_study: float = 1.0, device: str = "auto",
+                                flip_average: bool | None = None) -> dict:
     """Choose the run's malignancy threshold on `split` studies with truth and write RUN/malignancy_threshold.json.
 
-    Returns what was written. ManifestError when the split has no study with lesion truth.
+    `flip_average` (None: as the run has it) chooses whether the network's maps are averaged with the mirrored
+    study's, here and wherever the run is used after. Returns what was written. ManifestError when the split has
+    no study with lesion truth.
     """
     from ..io import read_study
     from .infer import load_lesion_run
@@ -58,7 +62,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
         rows = rows[rows["truth"].fillna("").astype(str) != ""]
     if "truth" not in manifest.columns or rows.empty:
         raise ManifestError("manifest", f"no {split!r} study with lesion truth (a `truth` column) to choose on")
-    model = load_lesion_run(run_dir, device=device)
+    model = load_lesion_run(run_dir, device=device, flip_average=flip_average)
     detections = []
     for row in rows.itertuples():
         source = row.path if isinstance(getattr(row, "path", None), str) and row.path else [row.anterior,
@@ -76,28 +80,42 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
     record = {"malignancy_threshold": threshold, "outline_threshold": outline, "fp_per_study_budget": fp_per_study,
               "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
               "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
+              "flip_average": model.flip_average,
               "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
                       "on the chosen split (FROC of bonescan.evaluate.froc)"}
     write_text_atomic(Path(run_dir) / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
-def load_malignancy_threshold(run_dir: str | Path) -> float:
-    """The run's frozen threshold, DEFAULT_THRESHOLD without the file; RunError when the file is unusable."""
-    record = _threshold_record(run_dir)
-    return DEFAULT_THRESHOLD if record is None else _probability(run_dir, record, "malignancy_threshold")
+@dataclass(frozen=True)
+class FrozenThreshold:
+    """What RUN/malignancy_threshold.json says of how the run's hotspots are called (defaults without the file)."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    outline_threshold: float = DEFAULT_THRESHOLD  # the network's own pixel threshold (the BSI's outline)
+    flip_average: bool = False  # the maps are averaged with the mirrored study's (`infer.LesionModel`)
 
 
-def load_outline_threshold(run_dir: str | Path) -> float:
-    """The network's own pixel threshold of the run: `outline_threshold` of a rescored record, the frozen threshold
-    of a record without a rescorer, DEFAULT_THRESHOLD without the file or for a rescored record written before the
-    field (the network's threshold was not kept then)."""
+def load_frozen_threshold(run_dir: str | Path) -> FrozenThreshold:
+    """The run's frozen threshold record; defaults without the file; RunError when the file is unusable.
+
+    The outline threshold is `outline_threshold` of a rescored record, the frozen threshold of a record without a
+    rescorer, and DEFAULT_THRESHOLD for a rescored record written before the field (the network's threshold was
+    not kept then).
+    """
     record = _threshold_record(run_dir)
     if record is None:
-        return DEFAULT_THRESHOLD
+        return FrozenThreshold()
+    threshold = _probability(run_dir, record, "malignancy_threshold")
     if not record.get("rescored", False):
-        return _probability(run_dir, record, "malignancy_threshold")
-    return _probability(run_dir, record, "outline_threshold") if "outline_threshold" in record else DEFAULT_THRESHOLD
+        outline = threshold
+    else:
+        outline = _probability(run_dir, record, "outline_threshold") if "outline_threshold" in record \
+            else DEFAULT_THRESHOLD
+    flip = record.get("flip_average", False)
+    if not isinstance(flip, bool):
+        raise RunError(Path(run_dir) / THRESHOLD_FILE, f"flip_average {flip!r} is not true or false")
+    return FrozenThreshold(threshold, outline, flip)
 
 
 def _threshold_record(run_dir: str | Path) -> dict | None:
