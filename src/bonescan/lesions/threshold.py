@@ -11,6 +11,8 @@ RUN/malignancy_threshold.json; `load_lesion_run` then uses it everywhere. Runs w
 A rescored run's threshold is on the rescorer's scale, but the BSI still outlines each malignant hotspot by the
 network's own pixel probabilities (`infer.study_lesions`), so the record keeps the network's threshold beside it as
 `outline_threshold`: the threshold frozen before the rescorer was fitted (DEFAULT_THRESHOLD when there was none).
+The record also says whether the network's maps are averaged with the mirrored study's (`flip_average`, chosen with
+`--flip-average`): the threshold holds for the maps it was chosen on, so the run keeps them.
 """
 
 from __future__ import annotations
