@@ -98,7 +98,6 @@ def test_registration_recovers_a_known_shift_and_rotation_across_pixel_sizes():
     assert abs(np.rad2deg(result.angle) + 3.0) < 0.5  # ITK maps baseline -> moving: the inverse of `known`
 
 
-
 def test_registration_gives_the_same_fit_every_time():
     # The metric samples 20 % of the pixels at random: a fixed seed must fix the sample (SimpleITK reads seed 0 as
     # "the wall clock", which gave a new fit on every call).
@@ -107,6 +106,7 @@ def test_registration_gives_the_same_fit_every_time():
     fits = [register_view(fixed.anterior.astype(np.float32), moving.anterior.astype(np.float32), spacing, spacing)
             for _ in range(2)]
     assert fits[0] == fits[1]
+
 
 # --- synthetic follow-up ----------------------------------------------------------------------------------------
 

@@ -525,7 +525,6 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
         freeze_malignancy_threshold(run, manifest.drop(columns=["truth"]), "val")
 
 
-
 def test_flip_averaged_maps_are_the_same_for_a_study_and_its_mirror_image(lesion_setup):
     from dataclasses import replace
 
@@ -576,6 +575,7 @@ def test_flip_averaging_is_frozen_with_the_threshold_and_a_rescorer_fitted_on_ot
         for path in written:
             path.unlink(missing_ok=True)
     assert not load_lesion_run(run).flip_average  # runs without the record keep the plain maps
+
 
 def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
         lesion_setup, capsys, tmp_path):
@@ -642,7 +642,6 @@ def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_share
     assert not (red | blue)[5, 5] and not (red | blue)[5, 10] and not (red | blue)[15, 15]  # insides, background
 
 
-
 def test_overlay_outlines_are_the_pixels_a_3x3_erosion_or_dilation_changes():
     from types import SimpleNamespace
 
@@ -663,6 +662,7 @@ def test_overlay_outlines_are_the_pixels_a_3x3_erosion_or_dilation_changes():
         red, blue = _contours(numbers, hotspots, 0.5)
         assert np.array_equal(red | blue, edge) and not (red & blue).any()
         assert np.array_equal(red, edge & (numbers % 2 == 1))
+
 
 def test_count_peaks_per_component_window_equal_the_whole_view():
     from scipy import ndimage
