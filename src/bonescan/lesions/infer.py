@@ -84,10 +84,14 @@ class LesionModel:
         # The mirrored studies' maps, flipped back: their right-side classes are these studies' left ones.
         mirrored = self._logits(batch.flip(-1)).flip(-1)
         labels = torch.from_numpy(FLIP_LABELS).to(mirrored.device)
-        classes = torch.softmax(logits[:, :, :N_LABELS], 2) + torch.softmax(mirrored[:, :, labels], 2)
+        # Class scores with the classes last: the output is channels-last, and softmax over a strided middle
+        # dimension took 2.4x as long (9.8 against 4.0 ms per study and pass).
+        classes = torch.softmax(logits[:, :, :N_LABELS].permute(0, 1, 3, 4, 2), -1) + \
+            torch.softmax(mirrored[:, :, labels].permute(0, 1, 3, 4, 2), -1)
         probabilities = (torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1]) +
                          torch.sigmoid(mirrored[:, :, HOTSPOT:MALIGNANCY + 1])) / 2
-        return torch.cat([classes.argmax(dim=2, keepdim=True).float(), probabilities], 2).cpu().numpy()
+        regions = classes.argmax(dim=-1).unsqueeze(2).float()
+        return torch.cat([regions, probabilities], 2).cpu().numpy()
 
     def _logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.precision.autocast():
