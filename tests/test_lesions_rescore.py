@@ -14,9 +14,8 @@ from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
                                       RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_PER_VIEW, HotspotRescorer,
-                                      all_candidates,
-                                      bone_level, count_candidates, fit_rescorer, load_rescorer, matched_snr,
-                                      save_rescorer)
+                                      all_candidates, bone_level, count_candidates, fit_rescorer, load_rescorer,
+                                      matched_snr, save_rescorer)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
 

@@ -9,6 +9,13 @@ from pathlib import Path
 import typer
 
 
+# One option for both commands: the threshold and the rescorer must be chosen on the same maps.
+FLIP_AVERAGE = typer.Option(
+    None, "--flip-average/--no-flip-average",
+    help="Average the network's maps with those of the mirrored study (twice the network's time; kept in the run "
+         "and used wherever it is applied). Default: as the run has it.")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add the `lesions` group to the bonescan app."""
     group = typer.Typer(help="Settings of a trained lesion run.", no_args_is_help=True)
@@ -21,10 +28,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         split: str = typer.Option("val", "--split", help="Split to choose on (never the one you report)."),
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        flip_average: bool | None = typer.Option(
-            None, "--flip-average/--no-flip-average",
-            help="Average the network's maps with those of the mirrored study (twice the network's time; kept in "
-                 "the run and used wherever it is applied). Default: as the run has it."),
+        flip_average: bool | None = FLIP_AVERAGE,
     ) -> None:
         """Choose the malignancy threshold on SPLIT at a false-positive budget; write RUN/malignancy_threshold.json."""
         from ..cohort import load_manifest
@@ -49,10 +53,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         threshold_split: str = typer.Option("val", "--threshold-split", help="Split to freeze the threshold on."),
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        flip_average: bool | None = typer.Option(
-            None, "--flip-average/--no-flip-average",
-            help="Average the network's maps with those of the mirrored study (twice the network's time; kept in "
-                 "the run and used wherever it is applied). Default: as the run has it."),
+        flip_average: bool | None = FLIP_AVERAGE,
     ) -> None:
         """Fit the run's hotspot rescorer (count candidates beside the network's, rescored by gradient boosting;
         RUN/hotspot_rescorer.skops), then freeze the malignancy threshold again on its scale."""
