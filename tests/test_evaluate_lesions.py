@@ -325,3 +325,29 @@ def test_confluent_metastases_are_found_once_and_also_reported_per_outline(tmp_p
     assert metrics["sensitivity_at_fp"][0]["sensitivity"] == pytest.approx(1 / 2)
     assert metrics["sensitivity_at_fp_per_instance"][0]["sensitivity"] == pytest.approx(1 / 3)
     assert metrics["counts"]["n"] == 1
+
+
+def test_counts_are_lesions_a_focus_seen_from_both_sides_once(tmp_path):
+    """One metastasis found in both views: two malignant hotspots, one malignant lesion, as the truth has."""
+    regions = _regions()
+    instances = np.zeros((2, H, W), np.uint16)
+    instances[0, 60:65, 30:35] = 1
+    instances[1, 60:65, W - 35:W - 30] = 1
+    truth = LesionTruth(regions, instances, ["metastasis"], ["metastasis"], ["thoracic_spine"])
+    (tmp_path / "lesions").mkdir()
+    save_truth(truth, tmp_path / "s00.npz")
+    hotspots = [{"number": 1, "view": "anterior", "centroid": [62.0, 32.0], "malignancy": 0.9},
+                {"number": 2, "view": "posterior", "centroid": [62.0, W - 33.0], "malignancy": 0.8}]
+    detail = {"n_hotspots": 2, "n_malignant": 2, "n_malignant_lesions": 1, "bsi": 0.5, "bsi_by_region": {},
+              "probability_from_lesions": 0.9, "malignancy_threshold": 0.5, "hotspots": hotspots}
+    frame = pd.DataFrame({"case_id": ["s00"], "label": [1], "probability": [0.9]})
+    inputs = LesionInputs(tmp_path / "lesions", {"s00": tmp_path / "s00.npz"})
+
+    def counts(record: dict) -> dict:
+        (tmp_path / "lesions" / "s00.json").write_text(json.dumps(record))
+        return evaluate_lesions(frame, inputs, n_boot=20).metrics["counts"]
+
+    lesions = counts(detail)
+    assert lesions["mean_difference"] == 0 and lesions["counted"].startswith("malignant lesions")
+    older = counts({k: v for k, v in detail.items() if k != "n_malignant_lesions"})  # written before lesion counts
+    assert older["mean_difference"] == 1 and older["counted"].startswith("malignant hotspots")

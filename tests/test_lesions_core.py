@@ -66,3 +66,43 @@ def test_confluent_metastases_are_one_lesion_named_by_the_largest():
     # annotated boxes are taken as drawn
     truth.boxes = True
     assert truth.confluent_metastases()[1] == [1, 2, 3, 5, 6]
+
+
+def _spot(number: int, view: str, row: float, col: float, malignancy: float = 0.9):
+    from bonescan.lesions.hotspots import Hotspot
+
+    return Hotspot(number, view, (int(row) - 2, int(col) - 2, int(row) + 3, int(col) + 3), (row, col), 50.0,
+                   "thoracic_spine", malignancy, 3.0, f"1.2.3.{number}")
+
+
+def test_a_focus_seen_from_front_and_behind_is_one_malignant_lesion():
+    from bonescan.lesions.hotspots import StudyLesions
+
+    width, spacing = 64, (2.4, 2.4)
+    spots = [_spot(1, "anterior", 40.0, 30.0), _spot(2, "posterior", 41.0, width - 1 - 31.0),  # mirrored: one focus
+             _spot(3, "anterior", 80.0, 20.0), _spot(4, "posterior", 80.0, 20.0),  # same column, not mirrored: two
+             _spot(5, "anterior", 120.0, 30.0), _spot(6, "posterior", 120.0, width - 1 - 30.0, malignancy=0.2)]
+    lesions = StudyLesions(spots, np.zeros((2, 160, width), np.uint8), 0.0, {}, 0.9, 0.5, pixel_spacing=spacing)
+    # 5 malignant hotspots; the first pair is one lesion; 3 and 4 lie 26 columns (62 mm) apart once mirrored;
+    # 6 is below the threshold, so 5 stays a lesion of its own
+    assert (lesions.n_malignant, lesions.n_malignant_lesions) == (5, 4)
+    assert lesions.to_json()["n_malignant_lesions"] == 4
+    # vertebrae ~25 mm apart stay two lesions: rows 10 pixels apart at 2.4 mm
+    apart = [_spot(1, "anterior", 40.0, 30.0), _spot(2, "posterior", 50.0, width - 1 - 30.0)]
+    assert StudyLesions(apart, np.zeros((2, 160, width), np.uint8), 0.0, {}, 0.9, 0.5,
+                        pixel_spacing=spacing).n_malignant_lesions == 2
+    # at 1.2 mm per pixel the same 10 rows are 12 mm: one lesion
+    assert StudyLesions(apart, np.zeros((2, 160, width), np.uint8), 0.0, {}, 0.9, 0.5,
+                        pixel_spacing=(1.2, 1.2)).n_malignant_lesions == 1
+
+
+def test_views_pair_one_to_one_with_the_least_total_distance():
+    from bonescan.lesions.pairing import pair_nearest
+
+    a = np.array([[0.0, 0.0], [0.0, 6.0]])
+    b = np.array([[0.0, 4.0], [0.0, 9.0]])
+    # nearest first would pair a1-b0 (2 apart) and leave a0 alone (b1 is 9 away); the assignment pairs a0-b0 (4)
+    # and a1-b1 (3)
+    pairs = pair_nearest(a, b, (1.0, 1.0), reach=5.0)
+    assert sorted((i, j) for i, j, _ in pairs) == [(0, 0), (1, 1)]
+    assert pair_nearest(a, np.zeros((0, 2)), (1.0, 1.0), 5.0) == []

@@ -272,7 +272,7 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
                              lesions=folder / "lesion-run", lesions_out=out)
     assert report.ok, [s.error for s in report.failures]
     frame = report.to_frame()
-    assert {"bsi", "n_malignant", "probability_from_lesions", "lesions"} <= set(frame.columns)
+    assert {"bsi", "n_malignant", "n_malignant_lesions", "probability_from_lesions", "lesions"} <= set(frame.columns)
     hotspots = pd.read_csv(out / "hotspots.csv")
     assert list(hotspots.columns[:3]) == ["case_id", "number", "view"]
     stored = pydicom.dcmread(manifest.loc[0, "path"]).pixel_array.shape[1:]
@@ -283,6 +283,7 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
         assert arrays["regions"].dtype == np.uint8 and arrays["hotspots"].dtype == np.uint16
         assert int(arrays["hotspots"].max()) == record["n_hotspots"] == (hotspots["case_id"] == study.case_id).sum()
         assert record["n_malignant"] == study.n_malignant and (out / "lesions" / f"{study.case_id}.png").is_file()
+        assert record["n_malignant_lesions"] == study.n_malignant_lesions <= study.n_malignant
         assert int(arrays["regions"].max()) < N_LABELS
 
 

@@ -1,10 +1,10 @@
 """Lesion-level evaluation of `bonescan evaluate`: predicted hotspots, regions and BSI against per-study truth.
 
 Inputs, per study: the prediction folder's `lesions/<case_id>.json` (`StudyLesions.to_json`: hotspots with view,
-centroid and malignancy, n_malignant, bsi, probability_from_lesions) and `lesions/<case_id>.npz` (`regions`
-uint8 [2, H, W]), and the manifest's `truth` column (a `bonescan.lesions.truth` file; relative paths are relative
-to the manifest's folder). A study missing either side, or whose files cannot be read, is left out and named in a
-warning; the others are evaluated.
+centroid and malignancy, n_malignant, n_malignant_lesions, bsi, probability_from_lesions) and
+`lesions/<case_id>.npz` (`regions` uint8 [2, H, W]), and the manifest's `truth` column (a `bonescan.lesions.truth`
+file; relative paths are relative to the manifest's folder). A study missing either side, or whose files cannot
+be read, is left out and named in a warning; the others are evaluated.
 
 Truth lesions are the metastases of the truth file seen in at least one view, confluent ones (outlines touching in
 a view) counted once (`LesionTruth.confluent_metastases`); the sensitivity at false-positive rates is also given
@@ -81,8 +81,9 @@ METHODS = {
                       "truth metastasis pixels; studies with neither are not scored; outlined truth only",
     "bsi": "truth BSI = bone_scan_index(truth regions, truth metastasis mask); Pearson r with Fisher-z CI; "
            "Bland-Altman bias and 1.96 SD limits of agreement",
-    "counts": "predicted n_malignant against truth metastases per study; ICC(A,1), quadratic-weighted kappa on "
-              "classes 0, 1, 2, 3-5, >=6",
+    "counts": "predicted malignant lesions (n_malignant_lesions: a focus seen in both views counted once; "
+              "malignant hotspots of both views, n_malignant, from outputs without it) against truth metastases per "
+              "study; ICC(A,1), quadratic-weighted kappa on classes 0, 1, 2, 3-5, >=6",
     "roc": "AUCs with DeLong CIs; paired DeLong test of each lesion score against the classifier",
     "per_patient": "at the malignancy threshold a study is called metastatic when it has >= 1 malignant hotspot; "
                    "sensitivity over studies with truth metastases, specificity over studies without (Wilson CIs); "
@@ -309,7 +310,8 @@ def _one_study(case_id: str, inputs: LesionInputs, detail: dict, maps: dict[str,
     return _Study(case_id, detections, [a[0] for a in attributes], [a[1] for a in attributes],
                   [a[2] for a in attributes],
                   [_fp_category(truth, int(views[i]), centroids[i], inputs.tolerance) for i in fp], scores[fp],
-                  len(lesion_ids), int(detail["n_malignant"]), truth_bsi, float(detail["bsi"]), dice, malignant_dice,
+                  len(lesion_ids), int(detail.get("n_malignant_lesions", detail["n_malignant"])), truth_bsi,
+                  float(detail["bsi"]), dice, malignant_dice,
                   truth.has_findings, per_instance, [a[3] for a in attributes])
 
 
@@ -405,7 +407,8 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
         "sensitivity_by": {name: lesion_sensitivity_by(groups, lesion_scores, threshold, confidence)
                            for name, groups in by.items()},
         "malignant_dice": _mean_of([s.malignant_dice for s in studies]),
-        "counts": count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
+        "counts": {**count_agreement([s.predicted_count for s in studies], [s.truth_count for s in studies]).as_dict(),
+                   "counted": _counted([details[s.case_id] for s in studies])},
         "per_patient": _per_patient(studies, threshold, confidence),
         "by_site": _by_site(studies, evaluated, threshold, confidence),
     })
@@ -419,6 +422,17 @@ def evaluate_lesions(evaluated: pd.DataFrame, inputs: LesionInputs, n_boot: int 
     result.bsi_pairs = (predicted, truth_bsi)
     result.metrics = clean_for_json(metrics)
     return result
+
+
+def _counted(details: list[dict]) -> str:
+    """What the predicted counts count: lesions, or (outputs written before lesions were counted) hotspots."""
+    lesions = sum("n_malignant_lesions" in d for d in details)
+    if lesions == len(details):
+        return "malignant lesions (a focus seen in both views once)"
+    if not lesions:
+        return "malignant hotspots of both views (outputs without n_malignant_lesions)"
+    return (f"malignant lesions in {lesions} studies, malignant hotspots of both views in {len(details) - lesions} "
+            "(outputs without n_malignant_lesions)")
 
 
 def _at_threshold(studies: list[_Study], lesion_scores: np.ndarray, threshold: float, confidence: float) -> dict:

@@ -43,6 +43,7 @@ class Comparison:
                         "study_date": v.study.meta.study_date, "timepoint_days": v.timepoint,
                         "registration": {w: t.to_json() for w, t in tr.items()} if i else "reference",
                         "n_hotspots": len(v.lesions.hotspots), "n_malignant": v.lesions.n_malignant,
+                        "n_malignant_lesions": v.lesions.n_malignant_lesions,
                         "bsi": round(v.lesions.bsi, 3)}
                        for i, (v, tr) in enumerate(zip(self.visits, self.transforms))],
             "followup": self.followup.to_json(),

@@ -4,10 +4,10 @@ A lesion is what one bone focus leaves across views and visits:
 - between visits, in each view, hotspots are paired one to one (Hungarian assignment on distance) after the
   later study is registered to the baseline, when they lie within MATCH_MM; a hotspot of the newest visit is
   first paired with the visit before it, and what stays unpaired with the visits before that;
-- within a visit, an anterior and a posterior hotspot are one lesion when the posterior one, mirrored (it is
-  stored as seen from behind), lies within CROSS_MM of the anterior one (a vertebra shows in both views), and
-  both belong to lesions first seen on the same visit: in a spine full of metastases a new focus must not be
-  joined, through the other view, to an old one nearby.
+- within a visit, an anterior and a posterior hotspot are one lesion when they show one focus from both sides
+  (`lesions.pairing.pair_views`: a vertebra shows in both views), and both belong to lesions first seen on the
+  same visit: in a spine full of metastases a new focus must not be joined, through the other view, to an old one
+  nearby.
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit, or new.
 
@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from ..lesions.hotspots import Hotspot, StudyLesions
+from ..lesions.pairing import pair_nearest, pair_views
 from .register import ViewTransform
 
 VIEWS = ("anterior", "posterior")
 MATCH_MM = 20.0  # vertebral bodies are ~25-30 mm apart: a gate below that keeps neighbours apart
-CROSS_MM = 20.0
 GROWTH = 1.25
 
 
@@ -97,15 +96,6 @@ class _Sets:
         self.parent[self.find(a)] = self.find(b)
 
 
-def _assign(a: np.ndarray, b: np.ndarray, scale: np.ndarray, gate: float) -> list[tuple[int, int, float]]:
-    """One-to-one pairs (i, j, distance mm) of points a and b (pixels, row/col mm per pixel in `scale`)."""
-    if not len(a) or not len(b):
-        return []
-    cost = np.linalg.norm((a[:, None, :] - b[None, :, :]) * scale, axis=2)
-    rows, cols = linear_sum_assignment(np.where(cost <= gate, cost, 1e6))
-    return [(int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols) if cost[i, j] <= gate]
-
-
 def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTransform]],
                  spacings: list[tuple[float, float]], widths: list[int], floor_share: float | None = None) -> Linking:
     """Link the hotspots of visits (baseline first) into lesions; `transforms[v]` maps visit v onto the baseline.
@@ -137,7 +127,7 @@ def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTra
                 open_ = [j for j, h in enumerate(by_view[(u, w)]) if id(h) not in followed]
                 if not todo or not open_:
                     continue
-                found = _assign(at_baseline[(v, w)][todo], at_baseline[(u, w)][open_], base_scale, MATCH_MM)
+                found = pair_nearest(at_baseline[(v, w)][todo], at_baseline[(u, w)][open_], base_scale, MATCH_MM)
                 for i, j, distance in found:
                     first, second = by_view[(u, w)][open_[j]], by_view[(v, w)][todo[i]]
                     sets.join(index[id(first)], index[id(second)])
@@ -151,9 +141,7 @@ def link_lesions(lesions: list[StudyLesions], transforms: list[dict[str, ViewTra
         for since in sorted({first_seen[sets.find(index[id(h)])] for h in front + back}):
             f = [h for h in front if first_seen[sets.find(index[id(h)])] == since]
             b = [h for h in back if first_seen[sets.find(index[id(h)])] == since]
-            a_pts = np.array([h.centroid for h in f]).reshape(-1, 2)
-            b_pts = np.array([(h.centroid[0], widths[v] - 1 - h.centroid[1]) for h in b]).reshape(-1, 2)
-            for i, j, _ in _assign(a_pts, b_pts, np.array(spacings[v]), CROSS_MM):
+            for i, j, _ in pair_views(f, b, widths[v], spacings[v]):
                 if sets.find(index[id(f[i])]) != sets.find(index[id(b[j])]):
                     sets.join(index[id(f[i])], index[id(b[j])])
     groups: dict[int, dict[int, list[Hotspot]]] = {}

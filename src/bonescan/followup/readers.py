@@ -112,7 +112,8 @@ def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesio
     instances, _ = truth.confluent_metastases()
     hotspots, levels = hotspots_from_instances(study, truth.regions, instances, malignancy, region_of, key)
     bsi, by_region = bone_scan_index(truth.regions, truth.malignant_mask())
-    return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5, levels)
+    return StudyLesions(hotspots, truth.regions, bsi, by_region, float(any(malignancy.values())), 0.5, levels,
+                        tuple(study.pixel_spacing or (2.4, 2.4)))
 
 
 class NetworkReader:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .pairing import count_lesions
+
 
 @dataclass
 class Hotspot:
@@ -51,13 +53,25 @@ class StudyLesions:
     # Per view (anterior, posterior): median counts of normal bone, the reference of every uptake ratio
     # (`normal_bone_level`); 0 where unknown.
     normal_bone: tuple[float, float] = (0.0, 0.0)
+    # (row, col) mm per stored pixel: how far apart the views' hotspots of one lesion may lie (`n_malignant_lesions`);
+    # the reader assumes 2.4 mm where a study gives none.
+    pixel_spacing: tuple[float, float] = (2.4, 2.4)
 
     @property
     def n_malignant(self) -> int:
+        """Malignant hotspots, both views: a lesion seen from the front and from behind counts twice."""
         return sum(h.malignancy >= self.threshold for h in self.hotspots)
 
+    @property
+    def n_malignant_lesions(self) -> int:
+        """Malignant lesions: the malignant hotspots with each anterior-posterior pair of one focus counted once
+        (`pairing.count_lesions`)."""
+        malignant = [h for h in self.hotspots if h.malignancy >= self.threshold]
+        return count_lesions(malignant, self.regions.shape[-1], self.pixel_spacing)
+
     def to_json(self) -> dict:
-        return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant, "bsi": round(self.bsi, 3),
+        return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant,
+                "n_malignant_lesions": self.n_malignant_lesions, "bsi": round(self.bsi, 3),
                 "bsi_by_region": {k: round(v, 3) for k, v in self.bsi_by_region.items() if v > 0},
                 "probability_from_lesions": round(self.probability, 4), "malignancy_threshold": self.threshold,
                 "hotspots": [h.to_json() for h in self.hotspots]}

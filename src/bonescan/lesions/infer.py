@@ -316,4 +316,5 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                 malignant[view][window] |= outline if outline.any() else hotspot.mask
     bsi, by_region = bone_scan_index(regions, malignant)
     probability = max((h.malignancy for h in hotspots), default=0.0)
-    return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels), numbers
+    return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels,
+                        (pixel_spacing, pixel_spacing)), numbers

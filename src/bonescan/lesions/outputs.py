@@ -142,8 +142,8 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
             colour = _RED if hotspot.malignancy >= lesions.threshold else _BLUE
             draw.text((left + hotspot.box[3] + 2, _TOP + hotspot.box[0]), str(hotspot.number), fill=colour,
                       font=small, anchor="la")
-    caption = (f"{len(lesions.hotspots)} hotspots, {lesions.n_malignant} malignant (red, malignancy >= "
-               f"{lesions.threshold:.2f});  BSI {lesions.bsi:.2f} %")
+    caption = (f"{len(lesions.hotspots)} hotspots; malignant: {lesions.n_malignant} hotspots (red, malignancy >= "
+               f"{lesions.threshold:.2f}), {lesions.n_malignant_lesions} lesions;  BSI {lesions.bsi:.2f} %")
     draw.text((width / 2, _TOP + rows + 35), caption, fill=(0, 0, 0), font=normal, anchor="mm")
     draw.text((width / 2, height - 12), title, fill=(105, 105, 105), font=small, anchor="mm")
     return np.asarray(image).copy()
