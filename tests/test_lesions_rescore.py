@@ -46,6 +46,21 @@ def test_bone_level_on_blocks_follows_the_full_size_filter():
     assert (level[:, 30] > 40).all()  # between the bones it is the bones' level, not the soft tissue's
 
 
+def test_peaks_are_those_of_a_maximum_filter_over_the_whole_view():
+    from bonescan.lesions.rescore import COUNT_PEAK_DISTANCE, _peaks
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        # coarse values make plateaus (ties), and peaks reach the borders
+        image = np.round(ndimage.gaussian_filter(rng.random((60, 40)), 1.5) * 20).astype(np.float32)
+        allowed = rng.random(image.shape) < 0.3
+        whole = (image >= ndimage.maximum_filter(image, size=2 * COUNT_PEAK_DISTANCE + 1)) & allowed
+        expected = sorted(((int(r), int(c)) for r, c in np.argwhere(whole)), key=lambda rc: -image[rc])
+        found = _peaks(image, allowed)
+        assert found == expected and len(found) > 3
+    assert _peaks(image, np.zeros(image.shape, bool)) == []
+
+
 def test_count_candidates_are_bone_foci_outside_the_networks_hotspots():
     counts, bone = _spine()
     _focus(counts, 30, 24, 30.0)  # 3x the bone: a candidate
