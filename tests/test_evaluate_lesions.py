@@ -351,3 +351,27 @@ def test_counts_are_lesions_a_focus_seen_from_both_sides_once(tmp_path):
     assert lesions["mean_difference"] == 0 and lesions["counted"].startswith("malignant lesions")
     older = counts({k: v for k, v in detail.items() if k != "n_malignant_lesions"})  # written before lesion counts
     assert older["mean_difference"] == 1 and older["counted"].startswith("malignant hotspots")
+
+
+def test_a_superscan_is_left_out_of_the_count_agreement(tmp_path):
+    """Diffuse uptake is one finding in the truth and dozens of hotspots to a reader: no count to agree with."""
+    regions = _regions()
+    (tmp_path / "lesions").mkdir()
+    truth_files = {}
+    for case_id, kind in (("focal", "metastasis"), ("diffuse", "superscan")):
+        instances = np.zeros((2, H, W), np.uint16)
+        instances[0, 60:65, 30:35] = 1
+        save_truth(LesionTruth(regions, instances, ["metastasis"], [kind], ["thoracic_spine"]),
+                   tmp_path / f"{case_id}.npz")
+        truth_files[case_id] = tmp_path / f"{case_id}.npz"
+        spots = 1 if kind == "metastasis" else 40
+        hotspots = [{"number": n + 1, "view": "anterior", "centroid": [62.0, 32.0], "malignancy": 0.9}
+                    for n in range(spots)]
+        (tmp_path / "lesions" / f"{case_id}.json").write_text(json.dumps(
+            {"n_hotspots": spots, "n_malignant": spots, "n_malignant_lesions": spots, "bsi": 0.5, "bsi_by_region": {},
+             "probability_from_lesions": 0.9, "malignancy_threshold": 0.5, "hotspots": hotspots}))
+    frame = pd.DataFrame({"case_id": ["focal", "diffuse"], "label": [1, 1], "probability": [0.9, 0.9]})
+    metrics = evaluate_lesions(frame, LesionInputs(tmp_path / "lesions", truth_files), n_boot=20).metrics
+    assert metrics["counts"]["n"] == 1 and metrics["counts"]["n_superscans_left_out"] == 1
+    assert metrics["counts"]["mean_difference"] == 0  # 40 against 1 without the rule
+    assert metrics["n_studies"] == 2  # detection and BSI still take the superscan
