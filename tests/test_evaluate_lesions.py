@@ -368,10 +368,12 @@ def test_a_superscan_is_left_out_of_the_count_agreement(tmp_path):
         hotspots = [{"number": n + 1, "view": "anterior", "centroid": [62.0, 32.0], "malignancy": 0.9}
                     for n in range(spots)]
         (tmp_path / "lesions" / f"{case_id}.json").write_text(json.dumps(
-            {"n_hotspots": spots, "n_malignant": spots, "n_malignant_lesions": spots, "bsi": 0.5, "bsi_by_region": {},
-             "probability_from_lesions": 0.9, "malignancy_threshold": 0.5, "hotspots": hotspots}))
+            {"n_hotspots": spots, "n_malignant": spots, "n_malignant_lesions": spots, "superscan": spots > 1,
+             "bsi": 0.5, "bsi_by_region": {}, "probability_from_lesions": 0.9, "malignancy_threshold": 0.5,
+             "hotspots": hotspots}))
     frame = pd.DataFrame({"case_id": ["focal", "diffuse"], "label": [1, 1], "probability": [0.9, 0.9]})
     metrics = evaluate_lesions(frame, LesionInputs(tmp_path / "lesions", truth_files), n_boot=20).metrics
     assert metrics["counts"]["n"] == 1 and metrics["counts"]["n_superscans_left_out"] == 1
     assert metrics["counts"]["mean_difference"] == 0  # 40 against 1 without the rule
     assert metrics["n_studies"] == 2  # detection and BSI still take the superscan
+    assert metrics["counts"]["superscan_flag"] == {"truth": 1, "flagged": 1, "flagged_of_truth": 1}

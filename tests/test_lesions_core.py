@@ -106,3 +106,14 @@ def test_views_pair_one_to_one_with_the_least_total_distance():
     pairs = pair_nearest(a, b, (1.0, 1.0), reach=5.0)
     assert sorted((i, j) for i, j, _ in pairs) == [(0, 0), (1, 1)]
     assert pair_nearest(a, np.zeros((0, 2)), (1.0, 1.0), 5.0) == []
+
+
+def test_a_study_with_a_superscans_bsi_is_flagged_and_says_so():
+    from bonescan.lesions.hotspots import StudyLesions
+    from bonescan.lesions.superscan import SUPERSCAN_BSI
+
+    regions = np.zeros((2, 160, 64), np.uint8)
+    focal = StudyLesions([_spot(1, "anterior", 40.0, 30.0)], regions, 0.8 * SUPERSCAN_BSI, {}, 0.9, 0.5)
+    diffuse = StudyLesions([_spot(1, "anterior", 40.0, 30.0)], regions, SUPERSCAN_BSI, {}, 0.9, 0.5)
+    assert not focal.superscan and diffuse.superscan
+    assert diffuse.to_json()["superscan"] is True and focal.to_json()["superscan"] is False

@@ -19,6 +19,7 @@ from bonescan.lesions.bsi import bone_scan_index
 from bonescan.lesions.dataset import LesionScans, LesionTargets, targets_in_network_geometry
 from bonescan.lesions.infer import load_lesion_run, study_lesions
 from bonescan.lesions.regions import BY_NAME, FLIP_LABELS, N_LABELS
+from bonescan.lesions.superscan import SUPERSCAN_BSI
 from bonescan.lesions.task import warm_start_weights
 from bonescan.predict import predict_studies
 from bonescan.preprocess import PreprocessConfig
@@ -272,7 +273,8 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
                              lesions=folder / "lesion-run", lesions_out=out)
     assert report.ok, [s.error for s in report.failures]
     frame = report.to_frame()
-    assert {"bsi", "n_malignant", "n_malignant_lesions", "probability_from_lesions", "lesions"} <= set(frame.columns)
+    assert {"bsi", "n_malignant", "n_malignant_lesions", "superscan", "probability_from_lesions",
+            "lesions"} <= set(frame.columns)
     hotspots = pd.read_csv(out / "hotspots.csv")
     assert list(hotspots.columns[:3]) == ["case_id", "number", "view"]
     stored = pydicom.dcmread(manifest.loc[0, "path"]).pixel_array.shape[1:]
@@ -284,6 +286,7 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
         assert int(arrays["hotspots"].max()) == record["n_hotspots"] == (hotspots["case_id"] == study.case_id).sum()
         assert record["n_malignant"] == study.n_malignant and (out / "lesions" / f"{study.case_id}.png").is_file()
         assert record["n_malignant_lesions"] == study.n_malignant_lesions <= study.n_malignant
+        assert record["superscan"] == study.superscan == (record["bsi"] >= SUPERSCAN_BSI)
         assert int(arrays["regions"].max()) < N_LABELS
 
 
@@ -304,11 +307,23 @@ def test_sr_holds_bsi_and_one_group_per_hotspot_with_finding_site(tmp_path, nm1_
     assert len(groups) == 2 + len(hotspots)  # the study-level group, the BSI, one per hotspot
     text = " ".join(_content_values(sr))
     assert "hotspot 1 (anterior)" in text and "1.2.3.4.1" in text and "Bone Scan Index" in text
+    assert "Number of malignant lesions" in text and "Superscan pattern" in text
+    counted = [item for item in _content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NMALLES"]
+    assert [float(item.MeasuredValueSequence[0].NumericValue) for item in counted] == [lesions.n_malignant_lesions]
+    assert lesions.n_malignant_lesions == 1
     assert "Rib" in text and "Left" in text  # finding site with laterality
     if DCIODVFY:
         check = subprocess.run([DCIODVFY, "-new", str(written.structured_report)], capture_output=True, text=True,
                                timeout=60)
         assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def _content_items(dataset) -> list:
+    """Every content item of an SR tree, depth first."""
+    items = []
+    for item in getattr(dataset, "ContentSequence", []):
+        items += [item, *_content_items(item)]
+    return items
 
 
 def _content_values(dataset) -> list[str]:

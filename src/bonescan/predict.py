@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
-LESION_FIELDS = ("bsi", "n_malignant", "n_malignant_lesions", "probability_from_lesions", "lesions", "dicom_seg")
+LESION_FIELDS = ("bsi", "n_malignant", "n_malignant_lesions", "superscan", "probability_from_lesions", "lesions",
+                 "dicom_seg")
 ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
@@ -122,11 +123,12 @@ class StudyOutcome:
     dicom_sr: str | None = None
     case_id: str | None = None  # the manifest's case_id when studies came from a manifest
     # With a lesion run (`--lesions`): Bone Scan Index (%), malignant hotspots (both views), malignant lesions (a
-    # focus seen in both views once), the lesions' study probability and the study's lesion JSON
-    # (`bonescan.lesions.outputs`).
+    # focus seen in both views once), whether the uptake is a superscan's (diffuse: the lesions are then not
+    # countable), the lesions' study probability and the study's lesion JSON (`bonescan.lesions.outputs`).
     bsi: float | None = None
     n_malignant: int | None = None
     n_malignant_lesions: int | None = None
+    superscan: bool | None = None
     probability_from_lesions: float | None = None
     lesions: str | None = None
     dicom_seg: str | None = None  # with --dicom-out: the Segmentation files (one per view), separated by ";"

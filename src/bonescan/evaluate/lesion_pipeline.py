@@ -85,7 +85,8 @@ METHODS = {
               "malignant hotspots of both views, n_malignant, from outputs without it) against truth metastases per "
               "study; ICC(A,1), quadratic-weighted kappa on classes 0, 1, 2, 3-5, >=6; studies whose truth is a "
               "superscan (diffuse uptake through the axial skeleton, one finding in the truth, no countable lesions "
-              "to a reader) are left out (n_superscans_left_out)",
+              "to a reader) are left out (n_superscans_left_out); superscan_flag: truth superscans, studies the "
+              "reader flagged as superscans, and truth superscans among them",
     "roc": "AUCs with DeLong CIs; paired DeLong test of each lesion score against the classifier",
     "per_patient": "at the malignancy threshold a study is called metastatic when it has >= 1 malignant hotspot; "
                    "sensitivity over studies with truth metastases, specificity over studies without (Wilson CIs); "
@@ -433,8 +434,13 @@ def _counts(studies: list[_Study], details: dict[str, dict]) -> dict:
     finding, and alone took the ICC from 0.98 to 0.58)."""
     countable = [s for s in studies if not s.superscan]
     agreement = count_agreement([s.predicted_count for s in countable], [s.truth_count for s in countable])
-    return {**agreement.as_dict(), "counted": _counted([details[s.case_id] for s in countable]),
-            "n_superscans_left_out": len(studies) - len(countable)}
+    out = {**agreement.as_dict(), "counted": _counted([details[s.case_id] for s in countable]),
+           "n_superscans_left_out": len(studies) - len(countable)}
+    if all("superscan" in details[s.case_id] for s in studies):  # the reader's flag (`lesions.superscan`)
+        flagged = {s.case_id for s in studies if details[s.case_id]["superscan"]}
+        out["superscan_flag"] = {"truth": len(studies) - len(countable), "flagged": len(flagged),
+                                 "flagged_of_truth": sum(s.case_id in flagged for s in studies if s.superscan)}
+    return out
 
 
 def _counted(details: list[dict]) -> str:

@@ -3,12 +3,11 @@
 Each group: tracking identifier "hotspot <n> (<view>)" with the hotspot's UID (the same UID as in hotspots.csv
 and the lesion JSON), finding type Lesion, finding site = the skeletal region's SNOMED CT code with its laterality
 (none outside the skeleton), measurements Area (mm2) and Probability (of metastasis), and the qualitative
-evaluation Bony metastasis Present / Absent at the malignancy threshold. A first group holds the Bone Scan Index
-(percent, local code BSI in the 99BONESCAN scheme, since no standard code names it).
-
-Not written: a DICOM Segmentation of hotspots and regions. highdicom (0.28) builds a SEG from a multi-frame source
-only in a patient coordinate system, which whole-body NM images (two planar frames, no Frame of Reference) do not
-have; the label maps are in lesions/<name>.npz instead.
+evaluation Bony metastasis Present / Absent at the malignancy threshold. A first group holds the study: the Bone
+Scan Index (percent), the number of malignant lesions (a focus seen in both views once, `pairing`) and whether the
+uptake is a superscan's (`superscan`: then the number is no count of lesions), under local codes of the 99BONESCAN
+scheme, since no standard code names them. The hotspots' and regions' outlines go to DICOM Segmentations
+(`segmentation`).
 """
 
 from __future__ import annotations
@@ -22,10 +21,14 @@ from .hotspots import StudyLesions
 from .regions import BY_NAME
 
 BSI_CODE = hd.sr.CodedConcept(value="BSI", scheme_designator=LOCAL_SCHEME, meaning="Bone Scan Index")
+LESIONS_CODE = hd.sr.CodedConcept(value="NMALLES", scheme_designator=LOCAL_SCHEME,
+                                  meaning="Number of malignant lesions")
+SUPERSCAN_CODE = hd.sr.CodedConcept(value="SUPERSCAN", scheme_designator=LOCAL_SCHEME, meaning="Superscan pattern")
+LESIONS_UNIT = hd.sr.CodedConcept(value="{lesions}", scheme_designator="UCUM", meaning="lesions")
 
 
 def lesion_groups(lesions: StudyLesions, source_images=()) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The BSI group, then one measurement group per hotspot."""
+    """The study's group (BSI, malignant lesions, superscan), then one measurement group per hotspot."""
     algorithm = hd.sr.AlgorithmIdentification(name="bonescan lesion network", version=__version__,
                                               parameters=[f"malignancy_threshold={lesions.threshold:.6g}"])
     sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in source_images] or None
@@ -33,7 +36,11 @@ def lesion_groups(lesions: StudyLesions, source_images=()) -> list[hd.sr.Measure
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Bone Scan Index, whole study"),
         finding_type=codes.SCT.BonyMetastasis, algorithm_id=algorithm,
         measurements=[hd.sr.Measurement(name=BSI_CODE, value=float(lesions.bsi), unit=codes.UCUM.Percent,
+                                        algorithm_id=algorithm),
+                      hd.sr.Measurement(name=LESIONS_CODE, value=lesions.n_malignant_lesions, unit=LESIONS_UNIT,
                                         algorithm_id=algorithm)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=SUPERSCAN_CODE, value=codes.SCT.Present if lesions.superscan else codes.SCT.Absent)],
         source_images=sources)]
     for hotspot in lesions.hotspots:
         region = BY_NAME.get(hotspot.region)

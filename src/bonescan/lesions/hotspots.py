@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .pairing import count_lesions
+from .superscan import is_superscan
 
 
 @dataclass
@@ -69,9 +70,15 @@ class StudyLesions:
         malignant = [h for h in self.hotspots if h.malignancy >= self.threshold]
         return count_lesions(malignant, self.regions.shape[-1], self.pixel_spacing)
 
+    @property
+    def superscan(self) -> bool:
+        """Diffuse uptake through the axial skeleton (`superscan`): the lesion count is then no count of lesions."""
+        return is_superscan(self.bsi)
+
     def to_json(self) -> dict:
         return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant,
-                "n_malignant_lesions": self.n_malignant_lesions, "bsi": round(self.bsi, 3),
+                "n_malignant_lesions": self.n_malignant_lesions, "superscan": self.superscan,
+                "bsi": round(self.bsi, 3),
                 "bsi_by_region": {k: round(v, 3) for k, v in self.bsi_by_region.items() if v > 0},
                 "probability_from_lesions": round(self.probability, 4), "malignancy_threshold": self.threshold,
                 "hotspots": [h.to_json() for h in self.hotspots]}

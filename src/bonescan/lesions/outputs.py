@@ -144,6 +144,9 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
                       font=small, anchor="la")
     caption = (f"{len(lesions.hotspots)} hotspots; malignant: {lesions.n_malignant} hotspots (red, malignancy >= "
                f"{lesions.threshold:.2f}), {lesions.n_malignant_lesions} lesions;  BSI {lesions.bsi:.2f} %")
+    if lesions.superscan:  # dozens of hotspots over diffuse uptake: the count is not the finding
+        caption = (f"Superscan pattern: diffuse uptake through the axial skeleton, lesions not countable;  "
+                   f"BSI {lesions.bsi:.2f} %")
     draw.text((width / 2, _TOP + rows + 35), caption, fill=(0, 0, 0), font=normal, anchor="mm")
     draw.text((width / 2, height - 12), title, fill=(105, 105, 105), font=small, anchor="mm")
     return np.asarray(image).copy()

@@ -1,8 +1,8 @@
 """The lesion step of batch prediction: a batch of read studies -> lesion network -> hotspots, BSI, files.
 
 `bonescan predict --lesions RUN` runs it after the classifier on every batch of studies that were read; it fills
-each study's outcome (bsi, n_malignant, n_malignant_lesions, probability_from_lesions, lesions) and writes
-`LesionOutputs`. A study whose lesion step fails is marked failed with the reason; the batch goes on.
+each study's outcome (bsi, n_malignant, n_malignant_lesions, superscan, probability_from_lesions, lesions) and
+writes `LesionOutputs`. A study whose lesion step fails is marked failed with the reason; the batch goes on.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class LesionStep:
             outcome.bsi = round(lesions.bsi, 4)
             outcome.n_malignant = lesions.n_malignant
             outcome.n_malignant_lesions = lesions.n_malignant_lesions
+            outcome.superscan = lesions.superscan
             outcome.probability_from_lesions = round(lesions.probability, 4)
             outcome.lesions = str(path.resolve())
 
