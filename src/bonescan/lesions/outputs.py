@@ -142,11 +142,11 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
             colour = _RED if hotspot.malignancy >= lesions.threshold else _BLUE
             draw.text((left + hotspot.box[3] + 2, _TOP + hotspot.box[0]), str(hotspot.number), fill=colour,
                       font=small, anchor="la")
-    caption = (f"{len(lesions.hotspots)} hotspots; malignant: {lesions.n_malignant} hotspots (red, malignancy >= "
-               f"{lesions.threshold:.2f}), {lesions.n_malignant_lesions} lesions;  BSI {lesions.bsi:.2f} %")
+    lesion_count = f" in {lesions.n_malignant_lesions} lesions" if lesions.n_malignant else ""
+    caption = (f"{len(lesions.hotspots)} hotspots, {lesions.n_malignant} malignant (red: malignancy >= "
+               f"{lesions.threshold:.2f}){lesion_count};  BSI {lesions.bsi:.2f} %")
     if lesions.superscan:  # dozens of hotspots over diffuse uptake: the count is not the finding
-        caption = (f"Superscan pattern: diffuse uptake through the axial skeleton, lesions not countable;  "
-                   f"BSI {lesions.bsi:.2f} %")
+        caption = f"Superscan pattern (diffuse uptake): lesions not countable;  BSI {lesions.bsi:.2f} %"
     draw.text((width / 2, _TOP + rows + 35), caption, fill=(0, 0, 0), font=normal, anchor="mm")
     draw.text((width / 2, height - 12), title, fill=(105, 105, 105), font=small, anchor="mm")
     return np.asarray(image).copy()
