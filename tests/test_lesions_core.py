@@ -117,3 +117,22 @@ def test_a_study_with_a_superscans_bsi_is_flagged_and_says_so():
     diffuse = StudyLesions([_spot(1, "anterior", 40.0, 30.0)], regions, SUPERSCAN_BSI, {}, 0.9, 0.5)
     assert not focal.superscan and diffuse.superscan
     assert diffuse.to_json()["superscan"] is True and focal.to_json()["superscan"] is False
+
+
+def test_malignant_lesions_are_counted_per_region_a_pair_once():
+    from dataclasses import replace
+
+    from bonescan.lesions.hotspots import StudyLesions
+
+    width = 64
+    spots = [replace(_spot(1, "anterior", 40.0, 30.0), region=""),  # outside the skeleton from the front...
+             replace(_spot(2, "posterior", 40.0, width - 1 - 30.0), region="ribs_left"),  # ...a rib from behind
+             replace(_spot(3, "anterior", 90.0, 30.0), region="ribs_left"),
+             replace(_spot(4, "posterior", 90.0, width - 1 - 30.0), region="scapula_left"),  # the anterior names it
+             replace(_spot(5, "posterior", 130.0, 10.0), region="pelvis"),
+             replace(_spot(6, "anterior", 150.0, 10.0), region="")]
+    lesions = StudyLesions(spots, np.zeros((2, 160, width), np.uint8), 0.0, {}, 0.9, 0.5)
+    assert lesions.malignant_lesions_by_region == {"ribs_left": 2, "pelvis": 1, "": 1}
+    assert lesions.n_malignant_lesions == 4
+    assert lesions.to_json()["malignant_lesions_by_region"] == {"outside the skeleton": 1, "pelvis": 1,
+                                                                "ribs_left": 2}

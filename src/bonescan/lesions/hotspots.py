@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pairing import count_lesions
+from .pairing import lesions_by_region
 from .superscan import is_superscan
 
 
@@ -66,9 +66,14 @@ class StudyLesions:
     @property
     def n_malignant_lesions(self) -> int:
         """Malignant lesions: the malignant hotspots with each anterior-posterior pair of one focus counted once
-        (`pairing.count_lesions`)."""
+        (`pairing.lesions_by_region`)."""
+        return sum(self.malignant_lesions_by_region.values())
+
+    @property
+    def malignant_lesions_by_region(self) -> dict[str, int]:
+        """Malignant lesions per skeletal region ("" outside the skeleton), as `n_malignant_lesions` counts them."""
         malignant = [h for h in self.hotspots if h.malignancy >= self.threshold]
-        return count_lesions(malignant, self.regions.shape[-1], self.pixel_spacing)
+        return lesions_by_region(malignant, self.regions.shape[-1], self.pixel_spacing)
 
     @property
     def superscan(self) -> bool:
@@ -77,8 +82,10 @@ class StudyLesions:
 
     def to_json(self) -> dict:
         return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant,
-                "n_malignant_lesions": self.n_malignant_lesions, "superscan": self.superscan,
-                "bsi": round(self.bsi, 3),
+                "n_malignant_lesions": self.n_malignant_lesions,
+                "malignant_lesions_by_region": {name or "outside the skeleton": n
+                                                for name, n in sorted(self.malignant_lesions_by_region.items())},
+                "superscan": self.superscan, "bsi": round(self.bsi, 3),
                 "bsi_by_region": {k: round(v, 3) for k, v in self.bsi_by_region.items() if v > 0},
                 "probability_from_lesions": round(self.probability, 4), "malignancy_threshold": self.threshold,
                 "hotspots": [h.to_json() for h in self.hotspots]}

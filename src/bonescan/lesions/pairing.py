@@ -43,8 +43,19 @@ def pair_views(anterior: Sequence[Hotspot], posterior: Sequence[Hotspot], width:
     return pair_nearest(front, back, spacing, reach)
 
 
-def count_lesions(hotspots: Sequence[Hotspot], width: int, spacing: Sequence[float]) -> int:
-    """How many lesions these hotspots (of one study) show: every hotspot, less one per anterior-posterior pair."""
+def lesions_by_region(hotspots: Sequence[Hotspot], width: int, spacing: Sequence[float]) -> dict[str, int]:
+    """How many lesions these hotspots (of one study) show, per skeletal region ("" outside the skeleton): every
+    hotspot, an anterior-posterior pair once, under the anterior hotspot's region when it has one (the views may
+    name a rib and the scapula over it)."""
     anterior = [h for h in hotspots if h.view == "anterior"]
     posterior = [h for h in hotspots if h.view == "posterior"]
-    return len(hotspots) - len(pair_views(anterior, posterior, width, spacing))
+    paired = {j: i for i, j, _ in pair_views(anterior, posterior, width, spacing)}
+    names = [h.region for h in anterior]
+    names += [posterior[j].region for j in range(len(posterior)) if j not in paired]
+    for j, i in paired.items():
+        if not anterior[i].region:
+            names[i] = posterior[j].region
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
