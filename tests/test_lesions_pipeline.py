@@ -290,6 +290,30 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
         assert int(arrays["regions"].max()) < N_LABELS
 
 
+def test_a_study_whose_lesions_fail_is_listed_and_the_batch_goes_on(lesion_setup, monkeypatch):
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    import bonescan.lesions.step as step
+
+    real = step.study_lesions
+    broken = manifest.loc[manifest["split"] == "val", "case_id"].iloc[0]
+
+    def fails_for_one(*args, study_key, **kwargs):
+        if study_key.endswith(f":{broken}"):
+            raise ValueError("no bone found")
+        return real(*args, study_key=study_key, **kwargs)
+
+    monkeypatch.setattr(step, "study_lesions", fails_for_one)
+    out = folder / "predict-one-fails"
+    report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                             lesions=folder / "lesion-run", lesions_out=out, heatmap_dir=out / "heat")
+    assert [s.case_id for s in report.failures] == [broken]
+    assert report.failures[0].error == "finding lesions: ValueError: no bone found"
+    others = [s for s in report.studies if s.case_id != broken]
+    assert others and all(s.status == "ok" and s.bsi is not None and s.heatmap for s in others)
+    assert not (out / "lesions" / f"{broken}.json").exists()
+    assert sorted(p.stem for p in (out / "heat").glob("*.png")) == sorted(s.name for s in others)
+
+
 def test_sr_holds_bsi_and_one_group_per_hotspot_with_finding_site(tmp_path, nm1_path):
     from bonescan.dicom_out import ReadingResult, write_dicom_results
     from bonescan.io import read_study

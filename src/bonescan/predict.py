@@ -504,7 +504,9 @@ def predict_sources(
                 outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids)
             if lesion_step is not None:
                 lesion_step.apply(good, [outcomes[item.index] for item in good])
-            if outputs is not None:
+            # a study whose lesion step failed gets no heat map or DICOM result without its lesions
+            good = [item for item in good if outcomes[item.index].status != "failed"]
+            if outputs is not None and good:
                 outputs.write(good, [outcomes[item.index] for item in good], sources,
                               lesion_step.last if lesion_step is not None else {})
         done += len(items)
