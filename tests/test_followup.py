@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from bonescan.cli import main
 from bonescan.errors import FollowUpError
-from bonescan.followup import Visit, check_visits, pcwg3_verdict
+from bonescan.followup import OracleReader, Visit, check_visits, pcwg3_verdict
 from bonescan.followup.register import register_view
 from bonescan.lesions.truth import LesionTruth, load_truth, save_truth
 from bonescan.study import Study, StudyMeta
@@ -210,6 +210,26 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
         assert sorted(numbers) == list(range(1, len(numbers) + 1))
         assert set(result["followup"]["new"]) <= set(numbers)
     assert "reader: oracle" in capsys.readouterr().out
+
+
+def test_a_patient_whose_comparison_fails_is_listed_and_the_batch_goes_on(cohort, tmp_path, monkeypatch):
+    import bonescan.followup.evaluate as batch
+
+    real = batch.compare_patient
+    broken = sorted(pd.read_csv(cohort / "manifest.csv")["patient_id"].unique())[1]
+
+    def fails_for_one(rows, *args):
+        if rows["patient_id"].iloc[0] == broken:
+            raise ValueError("registration diverged")
+        return real(rows, *args)
+
+    monkeypatch.setattr(batch, "compare_patient", fails_for_one)
+    results = batch.run_followup_batch(cohort / "manifest.csv", OracleReader(), tmp_path / "out")
+    assert [(r.patient_id, r.error) for r in results if r.error] == [(broken, "ValueError: registration diverged")]
+    summary = pd.read_csv(tmp_path / "out" / "followup_summary.csv")
+    assert len(summary) == len(results) == 3 and summary["error"].notna().sum() == 1
+    assert not (tmp_path / "out" / broken).exists()
+    assert all((tmp_path / "out" / r.patient_id / "followup.json").is_file() for r in results if not r.error)
 
 
 def test_followup_refuses_a_visit_without_both_views_and_writes_nothing(cohort, tmp_path, capsys):

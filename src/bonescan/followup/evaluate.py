@@ -168,6 +168,8 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
             write_comparison(comparison, out / _safe(pid))
         except BoneScanError as error:
             result.error = str(error)
+        except Exception as error:  # noqa: BLE001 - reported per patient, the batch goes on
+            result.error = f"{type(error).__name__}: {error}"
         else:
             _fill(result, comparison, truths)
             result.seconds = seconds
