@@ -16,7 +16,9 @@ import torch
 from dicom_factory import body_views, nm_dataset
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import (
+    ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage, Verification,
+)
 
 from bonescan.model import MultiViewNet
 from bonescan.presets import preset_config
@@ -32,6 +34,28 @@ def make_run(folder: Path, seed: int = 0) -> Path:
     config = preset_config("tiny")
     torch.manual_seed(seed)
     model = MultiViewNet(config.model)
+    paths = RunPaths(folder)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0,
+               "val_auc": None, "model": model.state_dict()}
+    torch.save(payload, paths.best)
+    return folder
+
+
+def make_lesion_run(folder: Path, seed: int = 0) -> Path:
+    """A RUN folder holding an untrained tiny lesion network (64 x 32) that finds skeletal regions and no hotspots.
+
+    Untrained, its hotspot map is nearly flat, so a study gets either none or some 300 of noise, whose SR and
+    Segmentation take seconds to build; the hotspot and metastasis logits are pushed down to find none."""
+    from bonescan.lesions.network import CHANNELS_PER_VIEW, HOTSPOT, MALIGNANCY, build_lesion_net
+
+    config = preset_config("tiny-lesion")
+    torch.manual_seed(seed)
+    model = build_lesion_net(config.lesion)
+    with torch.no_grad():
+        output_bias = [value for name, value in model.named_parameters() if name.endswith("bias")][-1]
+        for view in range(2):
+            output_bias[[view * CHANNELS_PER_VIEW + HOTSPOT, view * CHANNELS_PER_VIEW + MALIGNANCY]] = -3.0
     paths = RunPaths(folder)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0,
@@ -73,7 +97,7 @@ class Destination:
 
     def start(self) -> "Destination":
         ae = AE(ae_title=self.ae_title)
-        for context in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, Verification):
+        for context in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage, Verification):
             ae.add_supported_context(context, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         lock = threading.Lock()
 

@@ -445,6 +445,49 @@ def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1
     assert written.segmentations == [] and any("no Segmentation" in w for w in written.warnings)
 
 
+def test_segmentation_of_an_anonymised_source_and_a_refused_one_keeps_the_sc_and_sr(tmp_path, nm1_path,
+                                                                                      monkeypatch):
+    from bonescan.dicom_out import ReadingResult, write_dicom_results
+    from bonescan.io import read_study
+    from bonescan.lesions import segmentation
+    from bonescan.lesions.hotspots import StudyLesions
+
+    anonymised = pydicom.dcmread(nm1_path)
+    removed = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID")
+    for keyword in removed:
+        if keyword in anonymised:
+            delattr(anonymised, keyword)
+    source = tmp_path / "anonymised.dcm"
+    anonymised.save_as(source)
+    study = read_study(source)
+    rows, cols = study.anterior.shape
+    regions = np.zeros((2, rows, cols), np.uint8)
+    regions[:, : rows // 8] = BY_NAME["skull"].label
+    lesions = StudyLesions([], regions, 0.0, {}, 0.0, 0.5)
+    numbers = np.zeros((2, rows, cols), np.uint16)
+
+    def write(out):
+        return write_dicom_results(out, study, np.zeros((40, 30, 3), np.uint8), ReadingResult(0.2, False, "youden",
+                                   0.5), [source], lesions=lesions, hotspot_numbers=numbers)
+
+    written = write(tmp_path / "out")
+    assert len(written.segmentations) == 1 and written.warnings == []
+    seg = pydicom.dcmread(written.segmentations[0])
+    assert all(keyword in seg and not seg[keyword].value for keyword in removed)  # Type 2: present, empty
+    if DCIODVFY:
+        check = subprocess.run([DCIODVFY, "-new", str(written.segmentations[0])], capture_output=True, text=True,
+                               timeout=60)
+        assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+    def refuses(*args):
+        raise ValueError("source image has no pixel spacing")
+
+    monkeypatch.setattr(segmentation, "build_segmentations", refuses)
+    written = write(tmp_path / "refused")
+    assert written.segmentations == [] and written.structured_report.is_file()
+    assert written.warnings == ["no Segmentation written (ValueError: source image has no pixel spacing)"]
+
+
 def test_hotspots_csv_of_a_sharded_job_is_rebuilt_from_every_study(tmp_path):
     """Two processes each write their share's hotspots.csv into one folder; the merge holds every study, in order."""
     from bonescan.lesions.hotspots import Hotspot, StudyLesions

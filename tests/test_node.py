@@ -16,7 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import CT_IMAGE_STORAGE, SECONDARY_CAPTURE, nm_dataset, save
-from nodekit import NM, PATIENT_NAME, Destination, make_run, scu, send, split_views, study, wait_for
+from nodekit import (
+    NM, PATIENT_NAME, Destination, make_lesion_run, make_run, scu, send, split_views, study, wait_for,
+)
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLossless
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ECHOSCU, STORESCU, OPENSSL = (shutil.which(name) for name in ("echoscu", "storescu", "openssl"))
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SC = "1.2.840.10008.5.1.4.1.1.7"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +377,39 @@ def test_the_warm_up_study_leaves_nothing_behind_and_clears_what_a_kill_left(run
     predictor = Predictor(run, results)
     assert predictor.warm_up() > 0
     assert list(results.iterdir()) == [] and list(system_temp.iterdir()) == []
+
+
+def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per_view(run, pacs, tmp_path):
+    import json
+
+    from bonescan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--lesions"):
+        NodeConfig(run=run, store=tmp_path / "nowhere", lesions=tmp_path / "no-such-run")
+    lesions = make_lesion_run(tmp_path / "lesion-run")
+    store = tmp_path / "store"
+    node = Node(NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address), lesions=lesions,
+                           poll=0.05))
+    port = node.start()[1]
+    try:
+        sent = [study(90), study(91)]
+        assert send(port, sent) == [SUCCESS, SUCCESS]
+        uids = [ds.StudyInstanceUID for ds in sent]
+        wait_for(lambda: all(len(results_at(pacs, uid)) == 3 for uid in uids), 60, what="SC, SR and SEG")
+        for ds in sent:
+            got = results_at(pacs, ds.StudyInstanceUID)
+            assert len(got[SC]) == len(got[SR]) == 1 and len(got[SEG]) == 2  # one Segmentation per view
+            [(sr_path,)] = node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND kind = 'sr'",
+                                            (ds.StudyInstanceUID,))
+            record = json.loads(next((store / "results" / "lesions").glob(f"*{ds.StudyInstanceUID}*.json"))
+                                .read_text())
+            assert _numeric(pydicom.dcmread(sr_path), "Bone Scan Index") == pytest.approx(record["bsi"], abs=1e-3)
+            for seg_path in (p for (p,) in node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND "
+                                                            "kind = 'seg'", (ds.StudyInstanceUID,))):
+                seg = pydicom.dcmread(seg_path)
+                assert seg.SOPInstanceUID in got[SEG] and seg.StudyInstanceUID == ds.StudyInstanceUID
+        assert json.loads((store / "node.json").read_text())["lesions"] == str(lesions)
+        assert node.worker.predictor.lesion_step.outputs.rows == []  # a node keeps no table that grows
+        assert not (store / "results" / ".warm-up").exists()
+    finally:
+        node.stop()

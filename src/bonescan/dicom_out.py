@@ -230,7 +230,12 @@ def write_dicom_results(
         from .lesions.segmentation import build_segmentations
 
         if headers:
-            for view, seg in build_segmentations(lesions, hotspot_numbers, headers).items():
+            try:
+                segmentations = build_segmentations(lesions, hotspot_numbers, headers)
+            except Exception as error:  # noqa: BLE001 - the SC and SR carry the reading without it
+                segmentations = {}
+                warnings.append(f"no Segmentation written ({type(error).__name__}: {error})")
+            for view, seg in segmentations.items():
                 datasets.append(seg)
                 paths.append(out_dir / f"{stem}_seg_{view}.dcm")
         else:

@@ -33,6 +33,8 @@ class LesionOutputs:
 
     folder: Path
     rows: list[dict] = field(default_factory=list)
+    # keep each study's hotspot rows for hotspots.csv; a DICOM node never finishes, and keeps none
+    table: bool = True
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
@@ -50,7 +52,8 @@ class LesionOutputs:
         with atomic_path(folder / f"{stem}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
         write_png(folder / f"{stem}.png", render_lesions(anterior, posterior, lesions, numbers, title or name))
-        self.rows += hotspot_rows(record)
+        if self.table:
+            self.rows += hotspot_rows(record)
         return target
 
     def finish(self) -> Path:

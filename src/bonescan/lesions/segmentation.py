@@ -124,6 +124,11 @@ def _single_frame_copy(header: Dataset) -> Dataset:
         if keyword in proxy:
             delattr(proxy, keyword)
     proxy.NumberOfFrames = 1
+    # Type 2 patient and study attributes that highdicom copies: an anonymised source may leave them out
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                    "StudyDate", "StudyTime"):
+        if keyword not in proxy:
+            setattr(proxy, keyword, None)
     measures = Dataset()
     measures.PixelSpacing = list(header.get("PixelSpacing", [1.0, 1.0]))
     measures.SliceThickness = header.get("SliceThickness", 1.0) or 1.0

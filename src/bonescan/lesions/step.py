@@ -35,8 +35,8 @@ class LesionStep:
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto") -> "LesionStep":
-        return cls(load_lesion_run(run_dir, device=device), LesionOutputs(Path(out_dir)))
+    def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto", table: bool = True) -> "LesionStep":
+        return cls(load_lesion_run(run_dir, device=device), LesionOutputs(Path(out_dir), table=table))
 
     def apply(self, items, outcomes) -> None:
         """Predict and write the lesions of read studies (`items` hold views and spacing), filling `outcomes`."""

@@ -50,6 +50,9 @@ class NodeConfig:
         single-frame ones) is read at once.
     accept_secondary_capture: also accept Secondary Capture objects with modality NM (some vendors export
         whole-body scans so).
+    lesions: a lesion run (`bonescan train --preset cpu-small-lesion`): each study's SR then also holds its
+        hotspots, BSI and malignant lesions, and a DICOM Segmentation per view (hotspots and skeletal regions)
+        goes with it; the lesion files (JSON, npz, overlay PNG) stay in the store's results/lesions/.
     """
 
     run: Path
@@ -73,6 +76,7 @@ class NodeConfig:
     retry_max: float = 60.0
     poll: float = 0.2  # seconds between looks at the queue when idle
     forward_timeout: float = 30.0
+    lesions: Path | None = None
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
@@ -90,6 +94,8 @@ class NodeConfig:
             raise ConfigError("--tls-ca", "verifying callers' certificates needs --tls-cert and --tls-key too")
         if self.forward_tls_ca is not None and self.forward is None:
             raise ConfigError("--forward-tls-ca", "there is no --forward destination to send to over TLS")
+        if self.lesions is not None and not Path(self.lesions).is_dir():
+            raise ConfigError("--lesions", f"{self.lesions}: no such run folder")
         if self.complete_after <= 0:
             raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
         if self.batch_size < 1:

@@ -68,7 +68,7 @@ class StudyWork:
 class OutgoingResult:
     sop_uid: str
     study_uid: str
-    kind: str  # "sc" or "sr"
+    kind: str  # "sc", "sr" or "seg"
     path: Path
     attempts: int
 

@@ -20,7 +20,7 @@ import threading
 import time
 
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from .config import Destination
 from .queue import NodeQueue, OutgoingResult
@@ -51,7 +51,7 @@ class Sender(threading.Thread):
         self.ae = AE(ae_title=calling_ae)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
         self.ae.connection_timeout = min(timeout, 10.0)
-        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+        for sop_class in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage):
             self.ae.add_requested_context(sop_class, RESULT_SYNTAXES)
         self.wake = threading.Event()
         self.stopping = threading.Event()

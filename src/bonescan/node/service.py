@@ -54,7 +54,7 @@ class Node:
         log.info("store %s: %s%s", self.paths.root, recovery.describe(),
                  f"; {found} instance files queued again" if found else "")
         predictor = Predictor(config.run, self.paths.results, config.operating_point, config.batch_size,
-                              config.device)
+                              config.device, config.lesions)
         if predictor.point.warning:
             log.warning("%s", predictor.point.warning)
         if config.forward is not None:
@@ -77,6 +77,7 @@ class Node:
             "pid": os.getpid(), "ae_title": config.ae_title, "host": self.address[0], "port": self.address[1],
             "tls": config.tls, "forward": str(config.forward) if config.forward else None, "started": time.time(),
             "operating_point": predictor.point.name, "threshold": predictor.point.threshold, "run": str(config.run),
+            "lesions": str(config.lesions) if config.lesions else None,
         }) + "\n")
         try:
             log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())

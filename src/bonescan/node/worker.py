@@ -2,8 +2,9 @@
 
 The network is loaded once. Studies are read in batches of up to `batch_size` through `predict.predict_sources`
 (the same code as `bonescan predict`: probability, decision at the run's frozen operating point, Grad-CAM heat
-map, Secondary Capture and Comprehensive SR in the source study). Results are written under the store's
-`results/` folder, named by Study Instance UID; a re-read after a crash overwrites files that were never queued.
+map, Secondary Capture and Comprehensive SR in the source study; with a lesion run also hotspots, BSI and one
+DICOM Segmentation per view). Results are written under the store's `results/` folder, named by Study Instance
+UID; a re-read after a crash overwrites files that were never queued.
 A study that cannot be read is recorded as failed with the reading layer's reason, and the loop goes on.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -52,10 +54,10 @@ def study_source(work: StudyWork) -> StudySource:
 
 
 class Predictor:
-    """The run's network, loaded once, and the folder results go to."""
+    """The run's network (and the lesion run's, if any), loaded once, and the folder results go to."""
 
     def __init__(self, run: str | Path, results: str | Path, operating_point: str = "youden", batch_size: int = 8,
-                 device: str = "cpu"):
+                 device: str = "cpu", lesions: str | Path | None = None):
         from ..device import tune_allocator
         from ..inference import load_run
 
@@ -68,6 +70,11 @@ class Predictor:
         self.results = Path(results)
         self.label = f"{run} ({loaded.checkpoint_path.name})"
         self.batch_size = batch_size
+        self.lesion_step = None
+        if lesions is not None:
+            from ..lesions.step import LesionStep
+
+            self.lesion_step = LesionStep.open(lesions, self.results, device=device, table=False)
 
     def warm_up(self) -> float:
         """Read one synthetic study end to end (results in `results/.warm-up`, removed after); returns the seconds
@@ -89,8 +96,14 @@ class Predictor:
         try:
             path = folder / "warmup.dcm"
             build_dataset(generate_case("warmup", seed=0)).save_as(path, enforce_file_format=True)
+            lesion_step = None
+            if self.lesion_step is not None:  # the same network; its files go to the warm-up folder
+                from ..lesions.step import LesionStep
+
+                lesion_step = LesionStep(self.lesion_step.model, replace(self.lesion_step.outputs, folder=folder))
             report = predict_sources([StudySource("warmup", (path,))], self.model, self.preprocess, self.engine,
-                                     self.point, run_label=self.label, workers=0, dicom_dir=folder)
+                                     self.point, run_label=self.label, workers=0, dicom_dir=folder,
+                                     lesion_step=lesion_step)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if report.failures:
@@ -103,14 +116,17 @@ class Predictor:
         """One outcome per claimed study, in order; SR and SC written for those that were read."""
         sources = [study_source(work) for work in works]
         report = predict_sources(sources, self.model, self.preprocess, self.engine, self.point,
-                                 run_label=self.label, workers=0, dicom_dir=self.results)
+                                 run_label=self.label, workers=0, dicom_dir=self.results,
+                                 lesion_step=self.lesion_step)
         return report.studies
 
 
 def result_uids(outcome: StudyOutcome) -> list[tuple[str, str, Path]]:
-    """(SOP Instance UID, kind, path) of a predicted study's Secondary Capture and SR, in sending order."""
+    """(SOP Instance UID, kind, path) of a predicted study's Secondary Capture, SR and Segmentations (with a lesion
+    run), in sending order."""
     results = []
-    for kind, path in (("sc", outcome.dicom_sc), ("sr", outcome.dicom_sr)):
+    segmentations = [("seg", path) for path in (outcome.dicom_seg or "").split(";") if path]
+    for kind, path in [("sc", outcome.dicom_sc), ("sr", outcome.dicom_sr)] + segmentations:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         results.append((str(header.SOPInstanceUID), kind, Path(path)))
     return results
