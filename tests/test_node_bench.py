@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nodekit import make_lesion_run
+
 from bonescan.cli import main
 
 pytestmark = pytest.mark.slow  # two node start-ups and synthetic studies: about 25 s on 2 shared cores
@@ -16,3 +18,13 @@ def test_bench_node_prints_throughput_latency_and_counts(tmp_path, capsys):
     assert code == 0
     assert "results at the destination: 8 studies, lost 0, duplicated 0" in out
     assert "studies/min" in out and "median" in out and "p95" in out and "1 kill -9" in out
+
+
+def test_bench_node_with_a_lesion_run_counts_a_study_done_with_its_segmentations(tmp_path, capsys):
+    lesions = make_lesion_run(tmp_path / "lesion-run")
+    code = main(["bench", "node", "--cases", "4", "--associations", "2", "--preset", "tiny", "--threads", "1",
+                 "--lesions", str(lesions), "--data", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "results at the destination: 4 studies, lost 0, duplicated 0" in out and "lesion run" in out
+    assert "; 8 Segmentations" in out  # one per view of each study

@@ -6,7 +6,8 @@ and the PACS (a storage SCP recording when each result arrives). Latency of a st
 camera starts sending it (the node's first byte, on loopback) to the arrival of its last result at the PACS.
 Studies per minute: studies completed over the time from the first byte sent to the last result stored.
 `--kills N` kills the node with SIGKILL N times while it works (evenly over the run) and restarts it; the
-figures then include the restarts, and the report counts lost and duplicated results.
+figures then include the restarts, and the report counts lost and duplicated results. `--lesions RUN` runs the
+node with a lesion run: a study's latency then ends with the last of its SC, SR and Segmentations.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Callable
 from ..errors import ConfigError
 
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass
@@ -36,7 +38,7 @@ class NodeBenchmark:
     associations: int
     completed: int
     lost: int
-    duplicated: int  # studies with more than one distinct SR or SC at the destination
+    duplicated: int  # studies with more than one distinct SR or SC (or two Segmentations) at the destination
     resent: int  # results received again with the same SOP Instance UID (after a kill)
     kills: int
     seconds: float
@@ -46,6 +48,7 @@ class NodeBenchmark:
     threads: int
     rate: float
     batch_size: int
+    segmentations: int | None = None  # distinct Segmentations at the destination (with a lesion run)
 
     def lines(self) -> list[str]:
         lat = sorted(self.latencies)
@@ -56,7 +59,8 @@ class NodeBenchmark:
             f"node: {self.cases} studies over {self.associations} associations ({pace}), {self.kills} kill -9 "
             f"restarts; {self.weights}; torch threads {self.threads}, batch size {self.batch_size}",
             f"results at the destination: {self.completed} studies, lost {self.lost}, duplicated {self.duplicated} "
-            f"(same-UID resends absorbed: {self.resent})",
+            f"(same-UID resends absorbed: {self.resent})"
+            + (f"; {self.segmentations} Segmentations" if self.segmentations is not None else ""),
             f"throughput: {60 * self.completed / self.seconds:.1f} studies/min ({self.seconds:.1f} s from first byte "
             "to last result)",
             f"latency first byte -> result stored at the destination: median {median:.2f} s, p95 {p95:.2f} s",
@@ -106,12 +110,12 @@ class _Pacs:
 
     def __init__(self):
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
         self.received: list[tuple[str, str, str, float]] = []
         self._lock = threading.Lock()
         ae = AE(ae_title="BENCHPACS")
-        for context in (SecondaryCaptureImageStorage, ComprehensiveSRStorage):
+        for context in (SecondaryCaptureImageStorage, ComprehensiveSRStorage, SegmentationStorage):
             ae.add_supported_context(context, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         ae.maximum_pdu_size = 0
 
@@ -188,7 +192,7 @@ def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) 
 
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
-                   threads: int | None = None, batch_size: int = 1,
+                   threads: int | None = None, batch_size: int = 1, lesions: str | Path | None = None,
                    progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
@@ -202,6 +206,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             weights = untrained_run(run, preset, seed)
         else:
             weights = f"trained, from {run}"
+        if lesions is not None:
+            weights += f"; lesion run {lesions}"
         files = _study_files(Path(data) if data else work / "data", cases, seed, say)
         import torch
 
@@ -217,6 +223,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
                                                            os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "bonescan", "node", "--run", str(run), "--store", str(store), "--port", "0",
                    "--forward", pacs.address, "--quiet", "--batch-size", str(batch_size)]
+        if lesions is not None:
+            command += ["--lesions", str(lesions)]
 
         def start() -> tuple[subprocess.Popen, int]:
             (store / "node.json").unlink(missing_ok=True)
@@ -276,14 +284,15 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             if not classes or SR not in classes:
                 lost += 1
                 continue
-            duplicated += any(len(sops) > 1 for sops in classes.values())
+            duplicated += any(len(sops) > (2 if sop_class == SEG else 1) for sop_class, sops in classes.items())
             latencies.append(max(min(sops.values()) for sops in classes.values()) - starts[name])
         arrivals = [at for classes in table.values() for sops in classes.values() for at in sops.values()]
         seconds = (max(arrivals) - min(starts.values())) if arrivals else float("nan")
         resent = len(pacs.received) - sum(len(s) for c in table.values() for s in c.values())
         pacs.server.shutdown()
+        segmentations = sum(len(classes.get(SEG, ())) for classes in table.values()) if lesions else None
         return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
-                             latencies, model_s, weights, threads, rate, batch_size)
+                             latencies, model_s, weights, threads, rate, batch_size, segmentations)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()
