@@ -126,6 +126,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         result = benchmark_node(cases=cases, associations=associations, run=run, preset=preset, kills=kills,
                                 rate=rate, data=data, seed=seed, threads=threads, batch_size=batch_size,
-                                lesions=lesions, progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
+                                lesions=lesions,
+                                progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
         for line in result.lines():
             typer.echo(line)
