@@ -270,11 +270,26 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
     folder, manifest_path, manifest, _, _ = lesion_setup
     out = folder / "predict"
     report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
-                             lesions=folder / "lesion-run", lesions_out=out)
+                             lesions=folder / "lesion-run", lesions_out=out, dicom_dir=out / "dicom")
     assert report.ok, [s.error for s in report.failures]
     frame = report.to_frame()
     assert {"bsi", "n_malignant", "n_malignant_lesions", "superscan", "probability_from_lesions",
-            "lesions"} <= set(frame.columns)
+            "lesions", "dicom_seg", "dicom_hotspots_sc"} <= set(frame.columns)
+    # The numbered hotspots also reach PACS as a Secondary Capture in the scan's study, listed in the SR.
+    for study in report.studies:
+        capture = pydicom.dcmread(study.dicom_hotspots_sc)
+        source = pydicom.dcmread(manifest.set_index("case_id").loc[study.case_id, "path"], stop_before_pixels=True)
+        assert capture.SeriesNumber == 9904 and capture.StudyInstanceUID == source.StudyInstanceUID
+        assert capture.pixel_array.shape[2] == 3 and capture.pixel_array.min() < 128  # the scan is drawn on it
+        sr = pydicom.dcmread(study.dicom_sr)
+        evidence = {item.ReferencedSOPInstanceUID for series in sr.CurrentRequestedProcedureEvidenceSequence
+                    for s in series.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
+        assert {capture.SOPInstanceUID, pydicom.dcmread(study.dicom_sc).SOPInstanceUID} <= evidence
+        assert len(study.dicom_seg.split(";")) == 2
+        if DCIODVFY:
+            check = subprocess.run([DCIODVFY, "-new", study.dicom_hotspots_sc], capture_output=True, text=True,
+                                   timeout=60)
+            assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
     hotspots = pd.read_csv(out / "hotspots.csv")
     assert list(hotspots.columns[:3]) == ["case_id", "number", "view"]
     stored = pydicom.dcmread(manifest.loc[0, "path"]).pixel_array.shape[1:]
@@ -441,8 +456,13 @@ def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1
     assert list(_segment_masks(written.segmentations[0])) == [BY_NAME["skull"].title]
     png = tmp_path / "plain"
     written = write_dicom_results(png, study, np.zeros((40, 30, 3), np.uint8), ReadingResult(0.2, False, "youden",
-                                  0.5), [], lesions=lesions, hotspot_numbers=np.zeros((2, rows, cols), np.uint16))
+                                  0.5), [], lesions=lesions, hotspot_numbers=np.zeros((2, rows, cols), np.uint16),
+                                  lesion_overlay=np.full((50, 40, 3), 200, np.uint8))
     assert written.segmentations == [] and any("no Segmentation" in w for w in written.warnings)
+    # Without a DICOM source the results make a new study: the numbered hotspots go into the heat map's.
+    studies = {pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+               for path in (written.secondary_capture, written.structured_report, written.hotspots_capture)}
+    assert len(studies) == 1
 
 
 def test_segmentation_of_an_anonymised_source_and_a_refused_one_keeps_the_sc_and_sr(tmp_path, nm1_path,

@@ -395,10 +395,12 @@ def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per
         sent = [study(90), study(91)]
         assert send(port, sent) == [SUCCESS, SUCCESS]
         uids = [ds.StudyInstanceUID for ds in sent]
-        wait_for(lambda: all(len(results_at(pacs, uid)) == 3 for uid in uids), 60, what="SC, SR and SEG")
+        wait_for(lambda: all(sum(map(len, results_at(pacs, uid).values())) == 5 for uid in uids), 60,
+                 what="two SCs, the SR and two SEGs")
         for ds in sent:
             got = results_at(pacs, ds.StudyInstanceUID)
-            assert len(got[SC]) == len(got[SR]) == 1 and len(got[SEG]) == 2  # one Segmentation per view
+            assert len(got[SR]) == 1 and len(got[SEG]) == 2  # one Segmentation per view
+            assert len(got[SC]) == 2  # the heat map, and the numbered hotspots for viewers without SEG
             [(sr_path,)] = node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND kind = 'sr'",
                                             (ds.StudyInstanceUID,))
             record = json.loads(next((store / "results" / "lesions").glob(f"*{ds.StudyInstanceUID}*.json"))

@@ -34,6 +34,10 @@ from .study import Study
 LOCAL_SCHEME = "99BONESCAN"
 SC_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+HOTSPOTS_SC_SERIES_NUMBER = 9904  # 9903: the Segmentations (`bonescan.lesions.segmentation`)
+HEATMAP_COMMENT = "Grad-CAM heat map of the metastasis probability; for review, not for diagnosis alone"
+HOTSPOTS_COMMENT = ("Hotspots numbered as in the SR (red: malignant), Bone Scan Index; for review, not for "
+                    "diagnosis alone")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class DicomResult:
     structured_report: Path
     warnings: list[str] = field(default_factory=list)
     segmentations: list[Path] = field(default_factory=list)  # hotspots and regions, one SEG per view
+    hotspots_capture: Path | None = None  # the numbered hotspots as a Secondary Capture (any viewer shows it)
 
 
 def read_source_headers(files: Sequence[str | Path]) -> list[Dataset]:
@@ -78,7 +83,9 @@ def read_source_headers(files: Sequence[str | Path]) -> list[Dataset]:
     return [h for h in headers if "SOPInstanceUID" in h and "StudyInstanceUID" in h and "SOPClassUID" in h]
 
 
-def build_secondary_capture(overlay_rgb: np.ndarray, study: Study, headers: Sequence[Dataset]) -> hd.sc.SCImage:
+def build_secondary_capture(overlay_rgb: np.ndarray, study: Study, headers: Sequence[Dataset],
+                            series_number: int = SC_SERIES_NUMBER, description: str = "bonescan heat map",
+                            comment: str = HEATMAP_COMMENT) -> hd.sc.SCImage:
     """A Secondary Capture image of the RGB overlay, placed in the source study when it is known."""
     if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
         raise ValueError(f"overlay must be H x W x 3 uint8, got {overlay_rgb.shape} {overlay_rgb.dtype}")
@@ -88,7 +95,7 @@ def build_secondary_capture(overlay_rgb: np.ndarray, study: Study, headers: Sequ
         bits_allocated=8,
         coordinate_system="PATIENT",
         series_instance_uid=hd.UID(),
-        series_number=SC_SERIES_NUMBER,
+        series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="bonescan",
@@ -106,10 +113,10 @@ def build_secondary_capture(overlay_rgb: np.ndarray, study: Study, headers: Sequ
             study_date=meta.study_date,
             **common,
         )
-    image.SeriesDescription = "bonescan heat map"
+    image.SeriesDescription = description
     # Naming the unpaired body part tells validators why Laterality (type 2C) is absent.
     image.BodyPartExamined = "WHOLEBODY"
-    image.ImageComments = "Grad-CAM heat map of the metastasis probability; for review, not for diagnosis alone"
+    image.ImageComments = comment
     return image
 
 
@@ -119,10 +126,12 @@ def build_structured_report(
     secondary_capture: Dataset,
     algorithm: AlgorithmInfo = AlgorithmInfo(),
     extra_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] = (),
+    other_captures: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """A TID 1500 measurement report (Comprehensive SR) holding probability, decision and operating point.
 
-    `extra_groups` follow the study-level group (e.g. one per hotspot, `bonescan.lesions.dicom`).
+    `extra_groups` follow the study-level group (e.g. one per hotspot, `bonescan.lesions.dicom`);
+    `other_captures` (e.g. the numbered hotspots) are listed as evidence beside `secondary_capture`.
     """
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -170,7 +179,7 @@ def build_structured_report(
     sr = hd.sr.ComprehensiveSR(
         # The SC comes first: the SR copies patient and study attributes from it, which are complete even when
         # the source header lacks optional ones.
-        evidence=[secondary_capture, *headers],
+        evidence=[secondary_capture, *other_captures, *headers],
         content=report[0],
         series_instance_uid=hd.UID(),
         series_number=SR_SERIES_NUMBER,
@@ -203,29 +212,36 @@ def write_dicom_results(
     file_stem: str | None = None,
     lesions=None,
     hotspot_numbers: np.ndarray | None = None,
+    lesion_overlay: np.ndarray | None = None,
 ) -> DicomResult:
     """Write the Secondary Capture and the SR of one study into `out_dir` (atomically) and return their paths.
 
     Files are named `<stem>_heatmap_sc.dcm` and `<stem>_report_sr.dcm`; the stem defaults to the study id.
     `lesions` (a `bonescan.lesions.hotspots.StudyLesions`) adds the BSI and one measurement group per hotspot;
     with its hotspot number map ([2, H, W]) and DICOM sources, also `<stem>_seg_<view>.dcm`, the DICOM
-    Segmentation of each view (`bonescan.lesions.segmentation`).
+    Segmentation of each view (`bonescan.lesions.segmentation`); with `lesion_overlay` (RGB, the numbered
+    hotspots), also `<stem>_hotspots_sc.dcm`, a Secondary Capture of it: many PACS viewers draw no Segmentation.
     """
     headers = read_source_headers(source_files)
     warnings = []
     if not headers:
         warnings.append("source is not DICOM: the DICOM results were placed in a new study")
     capture = build_secondary_capture(overlay_rgb, study, headers)
-    extra = ()
+    stem = file_stem or safe_file_stem(study.study_id)
+    out_dir = Path(out_dir)
+    extra, other_captures, other_paths = (), [], []
     if lesions is not None:
         from .lesions.dicom import lesion_groups
 
         extra = lesion_groups(lesions, headers)
-    report = build_structured_report(result, headers, capture, algorithm, extra)
-    stem = file_stem or safe_file_stem(study.study_id)
-    out_dir = Path(out_dir)
-    paths = (out_dir / f"{stem}_heatmap_sc.dcm", out_dir / f"{stem}_report_sr.dcm")
-    datasets, paths = [capture, report], list(paths)
+        if lesion_overlay is not None:  # in the heat map's study, which is the source's when there is one
+            other_captures.append(build_secondary_capture(lesion_overlay, study, [capture], HOTSPOTS_SC_SERIES_NUMBER,
+                                                          "bonescan hotspots", HOTSPOTS_COMMENT))
+            other_paths.append(out_dir / f"{stem}_hotspots_sc.dcm")
+    report = build_structured_report(result, headers, capture, algorithm, extra, other_captures)
+    datasets = [capture, report, *other_captures]
+    paths = [out_dir / f"{stem}_heatmap_sc.dcm", out_dir / f"{stem}_report_sr.dcm", *other_paths]
+    segmentations_from = len(paths)
     if lesions is not None and hotspot_numbers is not None:
         from .lesions.segmentation import build_segmentations
 
@@ -244,7 +260,8 @@ def write_dicom_results(
         with atomic_path(path) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)
     return DicomResult(secondary_capture=paths[0], structured_report=paths[1], warnings=warnings,
-                       segmentations=paths[2:])
+                       segmentations=paths[segmentations_from:],
+                       hotspots_capture=other_paths[0] if other_paths else None)
 
 
 def safe_file_stem(study_id: str) -> str:

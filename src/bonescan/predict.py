@@ -50,7 +50,7 @@ OPERATING_POINTS_FILE = "operating_points.json"
 OPERATING_POINT_NAMES = ("youden", "rule-out", "rule-in", "0.5")
 GRAD_CAM_CHUNK = 2
 LESION_FIELDS = ("bsi", "n_malignant", "n_malignant_lesions", "superscan", "probability_from_lesions", "lesions",
-                 "dicom_seg")
+                 "dicom_seg", "dicom_hotspots_sc")
 ENGINE_CHOICES = ("auto", "torch")
 FALLBACK_WARNING = "run has no frozen operating points (operating_points.json): decision at threshold 0.5"
 
@@ -132,6 +132,7 @@ class StudyOutcome:
     probability_from_lesions: float | None = None
     lesions: str | None = None
     dicom_seg: str | None = None  # with --dicom-out: the Segmentation files (one per view), separated by ";"
+    dicom_hotspots_sc: str | None = None  # with --dicom-out: the numbered hotspots as a Secondary Capture
 
     @property
     def name(self) -> str:
@@ -600,12 +601,20 @@ class OutputWriter:
         if self.dicom_dir:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
+            found, numbers, lesion_overlay = None, None, None
+            if lesions is not None:
+                from .lesions.outputs import render_lesions
+
+                found, numbers = lesions
+                lesion_overlay = render_lesions(anterior, posterior, found, numbers, outcome.name)
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
-                                          file_stem=stem, lesions=lesions[0] if lesions is not None else None,
-                                          hotspot_numbers=lesions[1] if lesions is not None else None)
+                                          file_stem=stem, lesions=found, hotspot_numbers=numbers,
+                                          lesion_overlay=lesion_overlay)
             outcome.dicom_sc, outcome.dicom_sr = str(written.secondary_capture), str(written.structured_report)
             if written.segmentations:
                 outcome.dicom_seg = ";".join(str(path) for path in written.segmentations)
+            if written.hotspots_capture is not None:
+                outcome.dicom_hotspots_sc = str(written.hotspots_capture)
             outcome.warnings += written.warnings
 
 

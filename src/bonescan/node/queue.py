@@ -68,7 +68,7 @@ class StudyWork:
 class OutgoingResult:
     sop_uid: str
     study_uid: str
-    kind: str  # "sc", "sr" or "seg"
+    kind: str  # "sc", "sr", "hotspots" (a Secondary Capture) or "seg"
     path: Path
     attempts: int
 

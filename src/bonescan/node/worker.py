@@ -122,11 +122,12 @@ class Predictor:
 
 
 def result_uids(outcome: StudyOutcome) -> list[tuple[str, str, Path]]:
-    """(SOP Instance UID, kind, path) of a predicted study's Secondary Capture, SR and Segmentations (with a lesion
-    run), in sending order."""
+    """(SOP Instance UID, kind, path) of a predicted study's Secondary Capture and SR, and with a lesion run its
+    numbered hotspots (a Secondary Capture) and Segmentations, in sending order."""
     results = []
-    segmentations = [("seg", path) for path in (outcome.dicom_seg or "").split(";") if path]
-    for kind, path in [("sc", outcome.dicom_sc), ("sr", outcome.dicom_sr)] + segmentations:
+    lesions = [("hotspots", outcome.dicom_hotspots_sc)] if outcome.dicom_hotspots_sc else []
+    lesions += [("seg", path) for path in (outcome.dicom_seg or "").split(";") if path]
+    for kind, path in [("sc", outcome.dicom_sc), ("sr", outcome.dicom_sr)] + lesions:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         results.append((str(header.SOPInstanceUID), kind, Path(path)))
     return results
