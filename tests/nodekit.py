@@ -33,7 +33,11 @@ def make_run(folder: Path, seed: int = 0) -> Path:
     """A RUN folder holding an untrained tiny network (64 x 32): enough to exercise the node end to end."""
     config = preset_config("tiny")
     torch.manual_seed(seed)
-    model = MultiViewNet(config.model)
+    return _save_run(folder, config, MultiViewNet(config.model))
+
+
+def _save_run(folder: Path, config, model: torch.nn.Module) -> Path:
+    """`model` with `config` as RUN/checkpoints/best.pt, as training writes it."""
     paths = RunPaths(folder)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0,
@@ -56,12 +60,7 @@ def make_lesion_run(folder: Path, seed: int = 0) -> Path:
         output_bias = [value for name, value in model.named_parameters() if name.endswith("bias")][-1]
         for view in range(2):
             output_bias[[view * CHANNELS_PER_VIEW + HOTSPOT, view * CHANNELS_PER_VIEW + MALIGNANCY]] = -3.0
-    paths = RunPaths(folder)
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "kind": "best", "config": config.to_dict(), "epoch": 0,
-               "val_auc": None, "model": model.state_dict()}
-    torch.save(payload, paths.best)
-    return folder
+    return _save_run(folder, config, model)
 
 
 def study(seed: int, rows: int = 256, cols: int = 64, **kwargs) -> Dataset:
