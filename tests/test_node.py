@@ -415,3 +415,46 @@ def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per
         assert not (store / "results" / ".warm-up").exists()
     finally:
         node.stop()
+
+
+def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_sends_the_followup_sr(
+        run, pacs, tmp_path):
+    import json
+
+    from bonescan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--followup"):
+        NodeConfig(run=run, store=tmp_path / "nowhere", followup=True)
+    store = tmp_path / "store"
+    node = Node(NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address),
+                           lesions=make_lesion_run(tmp_path / "lesion-run"), followup=True, poll=0.05))
+    port = node.start()[1]
+    try:
+        first = study(100, text={"PatientID": "FU-1", "StudyDate": "20260105"})
+        other = study(101, text={"PatientID": "FU-2", "StudyDate": "20260301"})
+        undated = study(103, text={"PatientID": "FU-1", "StudyDate": ""})
+        assert send(port, [first, other, undated]) == [SUCCESS] * 3
+        earlier = [ds.StudyInstanceUID for ds in (first, other, undated)]
+        wait_for(lambda: all(SR in results_at(pacs, uid) for uid in earlier), 60, what="the first studies' SRs")
+        later = study(102, text={"PatientID": "FU-1", "StudyDate": "20260402"})
+        assert send(port, [later]) == [SUCCESS]
+        uid = later.StudyInstanceUID
+        wait_for(lambda: len(results_at(pacs, uid).get(SR, ())) == 2, 90, what="the report and the follow-up SR")
+        # Only the later study of a patient with an earlier dated one is compared.
+        assert [len(results_at(pacs, u)[SR]) for u in earlier] == [1, 1, 1]
+        [(path,)] = node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND kind = 'followup'", (uid,))
+        followup_sr = pydicom.dcmread(path)
+        assert followup_sr.StudyInstanceUID == uid and followup_sr.SOPInstanceUID in results_at(pacs, uid)[SR]
+        referenced = {item.StudyInstanceUID for seq in ("CurrentRequestedProcedureEvidenceSequence",
+                                                        "PertinentOtherEvidenceSequence")
+                      for item in followup_sr.get(seq, [])}
+        assert referenced == {first.StudyInstanceUID, uid}
+        dciodvfy = shutil.which("dciodvfy")
+        if dciodvfy:  # these studies carry no birth date or sex: the SR holds them empty (Type 2)
+            check = subprocess.run([dciodvfy, "-new", path], capture_output=True, text=True, timeout=60)
+            assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+        record = json.loads((Path(path).parent / "followup.json").read_text())
+        assert [v["study_uid"] for v in record["visits"]] == [first.StudyInstanceUID, uid]
+        assert record["verdict"]["status"] == "no progression"  # this network finds no hotspots
+    finally:
+        node.stop()

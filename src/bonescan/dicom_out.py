@@ -15,6 +15,7 @@ Studies read from plain image files have no DICOM identity: their results are pu
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -81,6 +82,22 @@ def read_source_headers(files: Sequence[str | Path]) -> list[Dataset]:
         except Exception as error:  # pydicom raises several types for a damaged header
             raise UnreadableInputError(path, f"cannot re-read the DICOM header for the results ({error})") from error
     return [h for h in headers if "SOPInstanceUID" in h and "StudyInstanceUID" in h and "SOPClassUID" in h]
+
+
+# Type 2 patient and study attributes that highdicom copies from a source (SR evidence, SEG source image) and reads
+# without a default: an anonymised scan may leave any of them out.
+COPIED_TYPE2_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                           "StudyDate", "StudyTime")
+
+
+def with_type2_attributes(header: Dataset) -> Dataset:
+    """A copy of `header` holding every COPIED_TYPE2_ATTRIBUTES, empty where the source left it out (the DICOM way
+    to say "unknown"), so highdicom can build a result from it."""
+    copy = deepcopy(header)
+    for keyword in COPIED_TYPE2_ATTRIBUTES:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    return copy
 
 
 def build_secondary_capture(overlay_rgb: np.ndarray, study: Study, headers: Sequence[Dataset],

@@ -34,6 +34,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lesions: Optional[Path] = typer.Option(
             None, "--lesions", help="Lesion run: the SR also holds hotspots and BSI, and a DICOM Segmentation per "
                                     "view (hotspots, skeletal regions) is sent with it."),
+        followup: bool = typer.Option(
+            False, "--followup", help="With --lesions: compare each study with the latest earlier study of its "
+                                      "PatientID read here, and send the follow-up SR too."),
         store: Optional[Path] = typer.Option(
             None, "--store", help="Folder for received instances, results and the durable queue."),
         ae_title: str = typer.Option("BONESCAN", "--ae-title", help="The node's AE title."),
@@ -82,7 +85,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, forward_tls_ca=forward_tls_ca,
             complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
-            device=device, lesions=lesions,
+            device=device, lesions=lesions, followup=followup,
         )
         _setup_logging(not quiet)
         if quiet:

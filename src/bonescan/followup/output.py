@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from .. import __version__
-from ..dicom_out import LOCAL_SCHEME, declare_local_scheme, read_source_headers
+from ..dicom_out import LOCAL_SCHEME, declare_local_scheme, read_source_headers, with_type2_attributes
 from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
 from ..lesions.regions import BY_NAME
 from .compare import Comparison
@@ -158,7 +158,8 @@ def build_sr(comparison: Comparison) -> Dataset | None:
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=codes.LN.RadionuclideScanOfWholeBody,
                                      imaging_measurements=groups)
-    evidence = [h for visit_headers in reversed(headers) for h in visit_headers]  # newest study first: the SR joins it
+    # newest study first: the SR joins it and copies its patient and study attributes
+    evidence = [with_type2_attributes(h) for visit_headers in reversed(headers) for h in visit_headers]
     sr = hd.sr.ComprehensiveSR(evidence=evidence, content=report[0], series_instance_uid=generate_uid(),
                                series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
                                manufacturer="bonescan", is_complete=True)

@@ -122,13 +122,16 @@ class NetworkReader:
 
     exact = False
 
-    def __init__(self, run: str | Path, device: str = "auto"):
+    def __init__(self, run: str | Path, device: str = "auto", model=None):
+        """`model`: the run already loaded (`lesions.infer.LesionModel`), e.g. by the DICOM node."""
         from ..lesions.infer import load_lesion_run
 
         self.run = Path(run)
-        if not self.run.is_dir():
-            raise RunError(self.run, "no such training run folder")
-        self.model = load_lesion_run(self.run, device=device)
+        if model is None:
+            if not self.run.is_dir():
+                raise RunError(self.run, "no such training run folder")
+            model = load_lesion_run(self.run, device=device)
+        self.model = model
         self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:

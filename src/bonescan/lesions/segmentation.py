@@ -15,7 +15,6 @@ that read the study (`io.dicom.decide_views`); two single-frame files (one per v
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -24,6 +23,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..dicom_out import with_type2_attributes
 from ..io.dicom import decide_views
 from .hotspots import StudyLesions
 from .regions import BY_LABEL
@@ -119,16 +119,11 @@ def _segments(lesions: StudyLesions, numbers: np.ndarray, regions: np.ndarray, v
 
 def _single_frame_copy(header: Dataset) -> Dataset:
     """The header as a one-frame image without a coordinate system: what highdicom can derive a SEG from."""
-    proxy = copy.deepcopy(header)
+    proxy = with_type2_attributes(header)
     for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator", "PixelData", "FrameIncrementPointer"):
         if keyword in proxy:
             delattr(proxy, keyword)
     proxy.NumberOfFrames = 1
-    # Type 2 patient and study attributes that highdicom copies: an anonymised source may leave them out
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime"):
-        if keyword not in proxy:
-            setattr(proxy, keyword, None)
     measures = Dataset()
     measures.PixelSpacing = list(header.get("PixelSpacing", [1.0, 1.0]))
     measures.SliceThickness = header.get("SliceThickness", 1.0) or 1.0

@@ -6,7 +6,8 @@
 
 One module per job: `config` (settings), `intake` (checks at the door, durable write, queueing), `scp`
 (associations and DIMSE handlers), `queue` (SQLite durable queue and its states), `worker` (prediction loop),
-`sender` (C-STORE to the PACS with retry and backoff), `status` (what a store holds), `service` (the node),
+`sender` (C-STORE to the PACS with retry and backoff), `followup` (a study against its patient's prior),
+`status` (what a store holds), `service` (the node),
 `bench` (studies per minute and latency, end to end).
 """
 

@@ -53,6 +53,8 @@ class NodeConfig:
     lesions: a lesion run (`bonescan train --preset cpu-small-lesion`): each study's SR then also holds its
         hotspots, BSI and malignant lesions, and a DICOM Segmentation per view (hotspots and skeletal regions)
         goes with it; the lesion files (JSON, npz, overlay PNG) stay in the store's results/lesions/.
+    followup: with `lesions`, compare each study with the latest earlier study of the same PatientID that this
+        node has read, and send the follow-up SR too (`node.followup`).
     """
 
     run: Path
@@ -77,6 +79,7 @@ class NodeConfig:
     poll: float = 0.2  # seconds between looks at the queue when idle
     forward_timeout: float = 30.0
     lesions: Path | None = None
+    followup: bool = False
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
@@ -96,6 +99,8 @@ class NodeConfig:
             raise ConfigError("--forward-tls-ca", "there is no --forward destination to send to over TLS")
         if self.lesions is not None and not Path(self.lesions).is_dir():
             raise ConfigError("--lesions", f"{self.lesions}: no such run folder")
+        if self.followup and self.lesions is None:
+            raise ConfigError("--followup", "comparing a study with the patient's prior needs --lesions (a lesion run)")
         if self.complete_after <= 0:
             raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
         if self.batch_size < 1:

@@ -11,6 +11,8 @@ A study becomes ready when its instances hold two frames (one two-frame file, or
 `complete_after` seconds after its last instance. A study found in `predicting` at start-up was interrupted:
 it goes back to ready (its half-written results were never queued, so re-reading it sends nothing twice).
 Results are keyed by their SOP Instance UID: once queued, a result keeps its UID however often it is resent.
+With follow-up on, each study read is also remembered by PatientID and StudyDate (`patient_studies`), in the
+transaction that records its result, so a later study of the patient finds it as its prior.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0, last_error TEXT, queued_at REAL,
     sent_at REAL);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
+CREATE TABLE IF NOT EXISTS patient_studies (
+    study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, study_date TEXT NOT NULL, files TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS patient_studies_patient ON patient_studies(patient_id, study_date);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, level TEXT NOT NULL, study_uid TEXT, message TEXT NOT NULL);
 """
@@ -62,6 +67,15 @@ class StudyWork:
     study_uid: str
     instances: tuple[Instance, ...]
     timed_out: bool  # read because complete_after passed, not because both views arrived
+
+
+@dataclass(frozen=True)
+class PatientStudy:
+    """A study read by the node, as a later study of the patient finds it: PatientID, StudyDate (YYYYMMDD), files."""
+
+    patient_id: str
+    study_date: str
+    files: tuple[Path, ...]
 
 
 @dataclass(frozen=True)
@@ -180,17 +194,31 @@ class NodeQueue:
 
     def finish_study(self, study_uid: str, probability: float, decision: str, operating_point: str,
                      threshold: float, results: list[tuple[str, str, Path]], forward: bool,
-                     now: float | None = None) -> None:
-        """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction."""
+                     now: float | None = None, patient: PatientStudy | None = None) -> None:
+        """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction; with `patient`,
+        remember the study as a later one's prior."""
         now = time.time() if now is None else now
         state = "pending" if forward else "stored"
         with self._transaction() as db:
+            if patient is not None:
+                db.execute("INSERT OR REPLACE INTO patient_studies (study_uid, patient_id, study_date, files)"
+                           " VALUES (?, ?, ?, ?)", (study_uid, patient.patient_id, patient.study_date,
+                                                    "\n".join(str(p) for p in patient.files)))
             db.execute("UPDATE studies SET state = 'done', probability = ?, decision = ?, operating_point = ?,"
                        " threshold = ?, error = NULL, finished_at = ?, updated_at = ? WHERE study_uid = ?",
                        (probability, decision, operating_point, threshold, now, now, study_uid))
             for sop_uid, kind, path in results:
                 db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
                            " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
+
+    def prior_study(self, patient: PatientStudy, study_uid: str) -> PatientStudy | None:
+        """The patient's latest study read before `patient.study_date` (another study), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT patient_id, study_date, files FROM patient_studies WHERE patient_id = ? AND study_date < ?"
+                " AND study_uid != ? ORDER BY study_date DESC LIMIT 1",
+                (patient.patient_id, patient.study_date, study_uid)).fetchone()
+        return None if row is None else PatientStudy(row[0], row[1], tuple(Path(p) for p in row[2].split("\n")))
 
     def fail_study(self, study_uid: str, reason: str, now: float | None = None) -> None:
         """Record why a study could not be read."""

@@ -61,8 +61,14 @@ class Node:
             self.sender = Sender(self.queue, config.forward, config.ae_title, config.retry_base, config.retry_max,
                                  config.poll, config.forward_timeout, tls=client_tls_context(config))
             self.sender.start()
+        comparer = None
+        if config.followup:
+            from .followup import PriorComparer
+
+            comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, self.queue)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
-                                       config.poll, on_result=self.sender.wake.set if self.sender else None)
+                                       config.poll, on_result=self.sender.wake.set if self.sender else None,
+                                       comparer=comparer)
         intake.on_stored = self.worker.wake.set
         self.scp = StorageSCP(config, intake, sop_classes)
         try:
@@ -77,7 +83,7 @@ class Node:
             "pid": os.getpid(), "ae_title": config.ae_title, "host": self.address[0], "port": self.address[1],
             "tls": config.tls, "forward": str(config.forward) if config.forward else None, "started": time.time(),
             "operating_point": predictor.point.name, "threshold": predictor.point.threshold, "run": str(config.run),
-            "lesions": str(config.lesions) if config.lesions else None,
+            "lesions": str(config.lesions) if config.lesions else None, "followup": config.followup,
         }) + "\n")
         try:
             log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())

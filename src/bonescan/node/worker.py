@@ -21,7 +21,8 @@ import pydicom
 
 from ..io import StudySource
 from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
-from .queue import NodeQueue, StudyWork
+from .followup import PriorComparer, patient_study
+from .queue import NodeQueue, PatientStudy, StudyWork
 
 log = logging.getLogger("bonescan.node")
 
@@ -137,7 +138,7 @@ class PredictionWorker(threading.Thread):
     """Background thread: claim, predict, record; `wake` shortens the wait when a study becomes ready."""
 
     def __init__(self, queue: NodeQueue, predictor: Predictor, complete_after: float, forward: bool,
-                 poll: float = 0.2, on_result: Callable[[], None] | None = None):
+                 poll: float = 0.2, on_result: Callable[[], None] | None = None, comparer: PriorComparer | None = None):
         super().__init__(name="bonescan-predict", daemon=True)
         self.queue = queue
         self.predictor = predictor
@@ -145,6 +146,7 @@ class PredictionWorker(threading.Thread):
         self.forward = forward
         self.poll = poll
         self.on_result = on_result
+        self.comparer = comparer  # with --followup: compares each study with its patient's prior
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -191,8 +193,12 @@ class PredictionWorker(threading.Thread):
                 log.warning("study %s failed: %s", uid, reason)
                 return
             results = result_uids(outcome)
+            patient = None
+            if self.comparer is not None:
+                patient, followup = self._compare(work)
+                results += followup
             self.queue.finish_study(uid, outcome.probability, outcome.decision, outcome.operating_point,
-                                    outcome.threshold, results, self.forward)
+                                    outcome.threshold, results, self.forward, patient=patient)
             log.info("study %s read: probability %.4f, %s (%s %.3g); results %s in %.2f s", uid,
                      outcome.probability, outcome.decision, outcome.operating_point, outcome.threshold,
                      ", ".join(sop for sop, _, _ in results), seconds)
@@ -202,3 +208,25 @@ class PredictionWorker(threading.Thread):
                 self.queue.fail_study(uid, f"recording the result: {type(error).__name__}: {error}")
             except Exception:  # noqa: BLE001 - the database itself fails: the study is retried at the next start
                 pass
+
+    def _compare(self, work: StudyWork) -> tuple[PatientStudy | None, list[tuple[str, str, Path]]]:
+        """The study as its patient's (None without PatientID or StudyDate) and the follow-up SR to send. A
+        comparison that fails is logged with the reason; the study's own results go out all the same."""
+        uid = work.study_uid
+        try:
+            patient = patient_study([instance.path for instance in work.instances])
+            if patient is None:
+                return None, []
+        except Exception as error:  # noqa: BLE001 - a header read once already; whatever fails, no comparison
+            log.warning("study %s: no follow-up comparison (%s: %s)", uid, type(error).__name__, error)
+            return None, []
+        try:
+            results, summary = self.comparer.compare(uid, patient)
+        except Exception as error:  # noqa: BLE001 - e.g. a prior whose files are gone or no longer readable
+            reason = f"no follow-up comparison ({type(error).__name__}: {error})"
+            log.warning("study %s: %s", uid, reason)
+            self.queue.record_event("warning", reason, uid)
+            return patient, []
+        if summary:
+            log.info("study %s follow-up %s", uid, summary)
+        return patient, results

@@ -1,0 +1,66 @@
+"""Follow-up in the node: a new study of a patient the node has read before is compared with that patient's latest
+earlier study, and the follow-up SR (new / resolved / persistent / grown lesions, change in BSI; it references both
+studies) goes to PACS with the study's own results.
+
+The prior is found by PatientID among the studies this node has read (`NodeQueue.prior_study`), dated before the new
+study by StudyDate; a study without either is not compared. The comparison is `bonescan followup`'s (registration,
+linked hotspots, uptake check) with the node's lesion network, written to STORE/results/followup/<study UID>/. The
+node does not know when treatment started, so the pair is judged as a first follow-up (PCWG3: two or more new
+lesions are "unconfirmed" until a later scan confirms them); a verdict across the treatment baseline and a
+confirmatory scan is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on the studies chosen.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+
+from ..dicom_out import safe_file_stem
+from .queue import NodeQueue, PatientStudy
+
+FOLLOWUP_DIR = "followup"
+
+
+def patient_study(files: Sequence[Path]) -> PatientStudy | None:
+    """PatientID and StudyDate of a study's first file; None when either is missing (nothing to compare by)."""
+    header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
+    patient_id = str(header.get("PatientID", "") or "").strip()
+    study_date = str(header.get("StudyDate", "") or "").strip()
+    if not patient_id or not re.fullmatch(r"\d{8}", study_date):
+        return None
+    return PatientStudy(patient_id, study_date, tuple(Path(f) for f in files))
+
+
+class PriorComparer:
+    """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
+
+    def __init__(self, lesion_model, results: str | Path, queue: NodeQueue):
+        from ..followup import NetworkReader
+
+        self.reader = NetworkReader(lesion_model.run_dir, model=lesion_model)
+        self.folder = Path(results) / FOLLOWUP_DIR
+        self.queue = queue
+
+    def compare(self, study_uid: str, current: PatientStudy) -> tuple[list[tuple[str, str, Path]], str | None]:
+        """The follow-up SR to send as (SOP Instance UID, "followup", path) and a one-line summary; nothing when the
+        patient has no earlier study here."""
+        from ..followup import compare_visits, load_visit
+        from ..followup.output import write_comparison
+
+        prior = self.queue.prior_study(current, study_uid)
+        if prior is None:
+            return [], None
+        visits = [load_visit(list(study.files), role) for study, role in ((prior, "baseline"), (current, "follow-up"))]
+        comparison = compare_visits(visits, self.reader, first_followup=True)
+        paths = write_comparison(comparison, self.folder / safe_file_stem(study_uid))
+        change = comparison.followup
+        summary = (f"against the study of {prior.study_date}: {len(change.new)} new, {len(change.resolved)} resolved, "
+                   f"{len(change.persistent)} persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; "
+                   f"PCWG3 {comparison.verdict.status}")
+        if "sr" not in paths:
+            return [], summary
+        sop_uid = pydicom.dcmread(paths["sr"], stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
+        return [(str(sop_uid), "followup", paths["sr"])], summary
