@@ -458,3 +458,18 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
         assert record["verdict"]["status"] == "no progression"  # this network finds no hotspots
     finally:
         node.stop()
+
+
+def test_a_prior_sent_as_two_view_files_in_either_order_is_read_by_its_views(tmp_path):
+    from bonescan.followup import load_visit
+    from bonescan.node.followup import patient_study, visit_source
+
+    anterior, posterior = (save(ds, tmp_path / f"{name}.dcm")
+                           for ds, name in zip(split_views(study(110)), ("ant", "post")))
+    prior = patient_study([posterior, anterior])  # the posterior arrived first
+    assert prior is not None and (prior.patient_id, prior.study_date) == ("P001", "20190315")
+    visit = load_visit(visit_source(prior), "baseline")
+    assert np.array_equal(visit.study.anterior, pydicom.dcmread(anterior).pixel_array)
+    assert np.array_equal(visit.study.posterior, pydicom.dcmread(posterior).pixel_array)
+    undated = study(111, text={"StudyDate": ""})
+    assert patient_study([save(undated, tmp_path / "undated.dcm")]) is None  # nothing to order it by

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import FollowUpError
-from ..io import find_studies, read_study
+from ..io import StudySource, find_studies, read_study
 from ..lesions.hotspots import StudyLesions
 from ..study import Study
 
@@ -44,22 +44,31 @@ class Visit:
             return None
 
 
-def load_visit(source: str | Path | Sequence[str | Path], role: str, timepoint: int | None = None) -> Visit:
-    """Read one visit (file, [anterior, posterior] files, or a folder holding one study); both views required."""
+def load_visit(source: str | Path | Sequence[str | Path] | StudySource, role: str,
+               timepoint: int | None = None) -> Visit:
+    """Read one visit (file, [anterior, posterior] files, a folder holding one study, or a StudySource, whose two
+    files may be in either order); both views required."""
+    if isinstance(source, StudySource):
+        study, files = read_study(source), source.files
+    else:
+        study, files = _read_given(source, role)
+    if study.anterior is None or study.posterior is None:
+        found = ", ".join(study.views) or "none"
+        raise FollowUpError(study.source, f"the {role} study has only the {found} view; every visit needs both "
+                                          "anterior and posterior")
+    return Visit(role, tuple(files), study, timepoint)
+
+
+def _read_given(source: str | Path | Sequence[str | Path], role: str) -> tuple[Study, tuple[Path, ...]]:
+    """The study of a file, an [anterior, posterior] pair, or a folder holding exactly one study."""
     paths = [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source]
     if len(paths) == 1 and paths[0].is_dir():
         sources = [s for s in find_studies(paths[0]) if not s.failed]
         if len(sources) != 1:
             found = "no readable study" if not sources else f"{len(sources)} studies"
             raise FollowUpError(paths[0], f"the {role} folder holds {found}; give one study per visit")
-        study, files = read_study(sources[0]), sources[0].files
-    else:
-        study, files = read_study(paths if len(paths) == 2 else paths[0]), tuple(paths)
-    if study.anterior is None or study.posterior is None:
-        found = ", ".join(study.views) or "none"
-        raise FollowUpError(study.source, f"the {role} study has only the {found} view; every visit needs both "
-                                          "anterior and posterior")
-    return Visit(role, tuple(files), study, timepoint)
+        return read_study(sources[0]), sources[0].files
+    return read_study(paths if len(paths) == 2 else paths[0]), tuple(paths)
 
 
 def check_visits(visits: Sequence[Visit], force: bool = False) -> None:

@@ -19,6 +19,7 @@ from typing import Sequence
 import pydicom
 
 from ..dicom_out import safe_file_stem
+from ..io import StudySource
 from .queue import NodeQueue, PatientStudy
 
 FOLLOWUP_DIR = "followup"
@@ -32,6 +33,12 @@ def patient_study(files: Sequence[Path]) -> PatientStudy | None:
     if not patient_id or not re.fullmatch(r"\d{8}", study_date):
         return None
     return PatientStudy(patient_id, study_date, tuple(Path(f) for f in files))
+
+
+def visit_source(study: PatientStudy) -> StudySource:
+    """The study's files as the reading layer takes them: two single-view files arrive in either order, so their
+    own view information decides which is the anterior (as when the node first read them)."""
+    return StudySource(study.study_date, study.files, ordered=len(study.files) == 1)
 
 
 class PriorComparer:
@@ -53,7 +60,8 @@ class PriorComparer:
         prior = self.queue.prior_study(current, study_uid)
         if prior is None:
             return [], None
-        visits = [load_visit(list(study.files), role) for study, role in ((prior, "baseline"), (current, "follow-up"))]
+        visits = [load_visit(visit_source(study), role)
+                  for study, role in ((prior, "baseline"), (current, "follow-up"))]
         comparison = compare_visits(visits, self.reader, first_followup=True)
         paths = write_comparison(comparison, self.folder / safe_file_stem(study_uid))
         change = comparison.followup
