@@ -412,6 +412,7 @@ def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per
                 assert seg.SOPInstanceUID in got[SEG] and seg.StudyInstanceUID == ds.StudyInstanceUID
         assert json.loads((store / "node.json").read_text())["lesions"] == str(lesions)
         assert node.worker.predictor.lesion_step.outputs.rows == []  # a node keeps no table that grows
+        assert not (store / "results" / "hotspots.csv").exists()
         assert not (store / "results" / ".warm-up").exists()
     finally:
         node.stop()

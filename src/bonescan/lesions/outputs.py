@@ -56,9 +56,9 @@ class LesionOutputs:
             self.rows += hotspot_rows(record)
         return target
 
-    def finish(self) -> Path:
-        """Write hotspots.csv (header only when no study had a hotspot)."""
-        return _write_hotspots(self.folder, self.rows)
+    def finish(self) -> Path | None:
+        """Write hotspots.csv (header only when no study had a hotspot); None without the table."""
+        return _write_hotspots(self.folder, self.rows) if self.table else None
 
 
 def hotspot_rows(record: dict) -> list[dict]:

@@ -79,7 +79,7 @@ class LesionStep:
             outcome.probability_from_lesions = round(lesions.probability, 4)
             outcome.lesions = str(path.resolve())
 
-    def finish(self) -> Path:
+    def finish(self) -> Path | None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None

@@ -3,8 +3,9 @@
 The network is loaded once. Studies are read in batches of up to `batch_size` through `predict.predict_sources`
 (the same code as `bonescan predict`: probability, decision at the run's frozen operating point, Grad-CAM heat
 map, Secondary Capture and Comprehensive SR in the source study; with a lesion run also hotspots, BSI and one
-DICOM Segmentation per view). Results are written under the store's `results/` folder, named by Study Instance
-UID; a re-read after a crash overwrites files that were never queued.
+DICOM Segmentation per view; with --followup the follow-up SR against the patient's prior, `node.followup`).
+Results are written under the store's `results/` folder, named by Study Instance UID; a re-read after a crash
+overwrites files that were never queued.
 A study that cannot be read is recorded as failed with the reading layer's reason, and the loop goes on.
 """
 
