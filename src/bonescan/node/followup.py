@@ -26,19 +26,21 @@ FOLLOWUP_DIR = "followup"
 
 
 def patient_study(files: Sequence[Path]) -> PatientStudy | None:
-    """PatientID and StudyDate of a study's first file; None when either is missing (nothing to compare by)."""
-    header = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID", "StudyDate"])
+    """The study of these files by its first file's header; None without PatientID or StudyDate (nothing to
+    compare by)."""
+    header = pydicom.dcmread(files[0], stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "PatientID", "StudyDate"])
     patient_id = str(header.get("PatientID", "") or "").strip()
     study_date = str(header.get("StudyDate", "") or "").strip()
     if not patient_id or not re.fullmatch(r"\d{8}", study_date):
         return None
-    return PatientStudy(patient_id, study_date, tuple(Path(f) for f in files))
+    return PatientStudy(str(header.StudyInstanceUID), patient_id, study_date, tuple(Path(f) for f in files))
 
 
 def visit_source(study: PatientStudy) -> StudySource:
     """The study's files as the reading layer takes them: two single-view files arrive in either order, so their
     own view information decides which is the anterior (as when the node first read them)."""
-    return StudySource(study.study_date, study.files, ordered=len(study.files) == 1)
+    return StudySource(study.study_uid, study.files, ordered=len(study.files) == 1)
 
 
 class PriorComparer:
@@ -51,19 +53,19 @@ class PriorComparer:
         self.folder = Path(results) / FOLLOWUP_DIR
         self.queue = queue
 
-    def compare(self, study_uid: str, current: PatientStudy) -> tuple[list[tuple[str, str, Path]], str | None]:
+    def compare(self, current: PatientStudy) -> tuple[list[tuple[str, str, Path]], str | None]:
         """The follow-up SR to send as (SOP Instance UID, "followup", path) and a one-line summary; nothing when the
         patient has no earlier study here."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
 
-        prior = self.queue.prior_study(current, study_uid)
+        prior = self.queue.prior_study(current)
         if prior is None:
             return [], None
         visits = [load_visit(visit_source(study), role)
                   for study, role in ((prior, "baseline"), (current, "follow-up"))]
         comparison = compare_visits(visits, self.reader, first_followup=True)
-        paths = write_comparison(comparison, self.folder / safe_file_stem(study_uid))
+        paths = write_comparison(comparison, self.folder / safe_file_stem(current.study_uid))
         change = comparison.followup
         summary = (f"against the study of {prior.study_date}: {len(change.new)} new, {len(change.resolved)} resolved, "
                    f"{len(change.persistent)} persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; "

@@ -71,8 +71,10 @@ class StudyWork:
 
 @dataclass(frozen=True)
 class PatientStudy:
-    """A study read by the node, as a later study of the patient finds it: PatientID, StudyDate (YYYYMMDD), files."""
+    """A study read by the node, as a later study of the patient finds it: its UID, PatientID, StudyDate
+    (YYYYMMDD) and files."""
 
+    study_uid: str
     patient_id: str
     study_date: str
     files: tuple[Path, ...]
@@ -202,7 +204,7 @@ class NodeQueue:
         with self._transaction() as db:
             if patient is not None:
                 db.execute("INSERT OR REPLACE INTO patient_studies (study_uid, patient_id, study_date, files)"
-                           " VALUES (?, ?, ?, ?)", (study_uid, patient.patient_id, patient.study_date,
+                           " VALUES (?, ?, ?, ?)", (patient.study_uid, patient.patient_id, patient.study_date,
                                                     "\n".join(str(p) for p in patient.files)))
             db.execute("UPDATE studies SET state = 'done', probability = ?, decision = ?, operating_point = ?,"
                        " threshold = ?, error = NULL, finished_at = ?, updated_at = ? WHERE study_uid = ?",
@@ -211,14 +213,14 @@ class NodeQueue:
                 db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
                            " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
 
-    def prior_study(self, patient: PatientStudy, study_uid: str) -> PatientStudy | None:
-        """The patient's latest study read before `patient.study_date` (another study), or None."""
+    def prior_study(self, study: PatientStudy) -> PatientStudy | None:
+        """The latest study of the same patient read here and dated before `study`, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT patient_id, study_date, files FROM patient_studies WHERE patient_id = ? AND study_date < ?"
-                " AND study_uid != ? ORDER BY study_date DESC LIMIT 1",
-                (patient.patient_id, patient.study_date, study_uid)).fetchone()
-        return None if row is None else PatientStudy(row[0], row[1], tuple(Path(p) for p in row[2].split("\n")))
+                "SELECT study_uid, patient_id, study_date, files FROM patient_studies WHERE patient_id = ?"
+                " AND study_date < ? AND study_uid != ? ORDER BY study_date DESC LIMIT 1",
+                (study.patient_id, study.study_date, study.study_uid)).fetchone()
+        return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
 
     def fail_study(self, study_uid: str, reason: str, now: float | None = None) -> None:
         """Record why a study could not be read."""

@@ -222,7 +222,7 @@ class PredictionWorker(threading.Thread):
             log.warning("study %s: no follow-up comparison (%s: %s)", uid, type(error).__name__, error)
             return None, []
         try:
-            results, summary = self.comparer.compare(uid, patient)
+            results, summary = self.comparer.compare(patient)
         except Exception as error:  # noqa: BLE001 - e.g. a prior whose files are gone or no longer readable
             reason = f"no follow-up comparison ({type(error).__name__}: {error})"
             log.warning("study %s: %s", uid, reason)
