@@ -311,3 +311,34 @@ def test_new_lesions_are_not_hidden_by_old_ones_nearby_in_either_view():
     numbers = {les.number for les in linking.lesions}
     assert set(first.new) | set(more.new) <= numbers and not set(first.new) & set(more.new)
     assert pcwg3_verdict(len(first.new), len(more.new), 50).status == "progression"
+
+
+def test_a_superscan_on_either_visit_is_named_in_the_verdicts_reason():
+    from bonescan.followup import compare_visits
+    from bonescan.lesions.hotspots import StudyLesions
+
+    case = generate_case("diffuse", seed=1)
+
+    class Told:
+        """A reader that finds no hotspot and the BSI it is told, visit by visit."""
+
+        name, exact = "told", True
+
+        def __init__(self, *bsi):
+            self.bsi = iter(bsi)
+
+        def read(self, study, files):
+            return StudyLesions([], np.zeros((2, *study.anterior.shape), np.uint8), next(self.bsi), {}, 1.0, 0.5)
+
+    def visits():
+        return [Visit(role, (f"{role}.dcm",), Study(f"{role}.dcm", case.anterior, case.posterior, (2.4, 2.4),
+                                                     StudyMeta(patient_id="A", study_date=date)))
+                for role, date in (("baseline", "20200101"), ("follow-up", "20200401"))]
+
+    plain = compare_visits(visits(), Told(0.5, 1.2))
+    assert "superscan" not in plain.verdict.reason
+    diffuse = compare_visits(visits(), Told(0.5, 6.3))
+    assert diffuse.verdict.status == plain.verdict.status  # the counts decide the status; the reason warns
+    assert diffuse.verdict.reason.startswith(plain.verdict.reason)
+    assert "superscan pattern (diffuse uptake) on the follow-up (BSI 6.3 %)" in diffuse.verdict.reason
+    assert [v["superscan"] for v in diffuse.to_json()["visits"]] == [False, True]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .match import Change, Lesion, MatchedPair, change_between, drop_unreported, link_lesions
@@ -44,7 +44,7 @@ class Comparison:
                         "registration": {w: t.to_json() for w, t in tr.items()} if i else "reference",
                         "n_hotspots": len(v.lesions.hotspots), "n_malignant": v.lesions.n_malignant,
                         "n_malignant_lesions": v.lesions.n_malignant_lesions,
-                        "bsi": round(v.lesions.bsi, 3)}
+                        "bsi": round(v.lesions.bsi, 3), "superscan": v.lesions.superscan}
                        for i, (v, tr) in enumerate(zip(self.visits, self.transforms))],
             "followup": self.followup.to_json(),
             "confirmatory": self.confirmatory.to_json() if self.confirmatory else None,
@@ -85,9 +85,20 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint
-    verdict = pcwg3_verdict(len(followup.new), len(confirmatory.new) if confirmatory else None, days,
-                            first_followup)
+    verdict = superscan_caveat(pcwg3_verdict(len(followup.new), len(confirmatory.new) if confirmatory else None,
+                                             days, first_followup), visits)
     t3 = time.perf_counter()
     return Comparison(reader.name, visits, transforms, lesions, linking.pairs, followup, confirmatory,
                       verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
                                                 "total": t3 - t0})
+
+
+def superscan_caveat(verdict: Verdict, visits: Sequence[Visit]) -> Verdict:
+    """The verdict, its reason saying so where a visit shows a superscan pattern (diffuse uptake, `lesions.superscan`):
+    that visit's hotspots are no count of lesions, so neither is the number of new ones."""
+    diffuse = [f"{v.role} (BSI {v.lesions.bsi:.1f} %)" for v in visits if v.lesions is not None and v.lesions.superscan]
+    if not diffuse:
+        return verdict
+    return replace(verdict, reason=f"{verdict.reason}; superscan pattern (diffuse uptake) on the {', '.join(diffuse)}: "
+                                   "its lesions cannot be counted, so the new-lesion count is not reliable; read the "
+                                   "studies")
