@@ -1,5 +1,6 @@
 """kill -9 of the node during transfers and during prediction: after restarts every study has exactly one result
-(one SR and one Secondary Capture, by SOP Instance UID) at the destination, and no received instance is lost."""
+(one SR and one Secondary Capture, by SOP Instance UID) at the destination, and no received instance is lost; with
+a lesion run and follow-up, every result of each kind arrives once, and each later visit's follow-up SR once."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import threading
 import time
 
 import pytest
-from nodekit import Destination, NodeProcess, make_run, scu, study, wait_for
+from nodekit import Destination, NodeProcess, make_lesion_run, make_run, scu, study, wait_for
 
 pytestmark = pytest.mark.slow  # three node start-ups and 100 studies: about 40-60 s on 2 shared cores
 
 ASSOCIATIONS, PER_ASSOCIATION = 4, 25
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SC = "1.2.840.10008.5.1.4.1.1.7"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def count(store, sql: str) -> int:
@@ -113,6 +115,44 @@ def test_kill_9_during_transfers_and_prediction_loses_and_duplicates_nothing(tmp
         resent = len(pacs.received) - 2 * len(uids)
         print(f"instances stored at the first kill: {stored_at_kill}; studies done at the second: {done_at_kill}; "
               f"results received again with the same UID: {resent}")
+    finally:
+        node.terminate()
+        pacs.stop()
+
+
+def test_kill_9_with_lesions_and_follow_up_sends_each_result_once(tmp_path):
+    pacs = Destination().start()
+    store = tmp_path / "store"
+    node = NodeProcess(make_run(tmp_path / "run"), store, "--forward", pacs.address,
+                       "--lesions", str(make_lesion_run(tmp_path / "lesion-run")), "--followup")
+    patients, visits = 3, 4
+    # Sent in date order: each patient's visit v (v >= 1) has visit v - 1 as its prior.
+    studies = [study(2000 + 10 * p + v, text={"PatientID": f"K{p}", "StudyDate": f"2026{v + 1:02d}15"})
+               for v in range(visits) for p in range(patients)]
+    try:
+        port_box = {"port": node.start()}
+        camera = Camera(0, studies, port_box)
+        camera.start()
+        wait_for(lambda: count(store, "SELECT COUNT(*) FROM outbox WHERE kind = 'followup'") >= 2, 120, 0.02,
+                 "follow-up comparisons under way")
+        node.kill9()
+        assert count(store, "SELECT COUNT(*) FROM studies WHERE state = 'done'") < len(studies), "killed too late"
+        port_box["port"] = node.start()
+        camera.join(timeout=240)
+        assert camera.acknowledged == len(studies)
+
+        def expected_srs(index: int) -> int:
+            return 1 if index < patients else 2  # the report, and from the second visit on the follow-up SR
+
+        uids = [ds.StudyInstanceUID for ds in studies]
+        wait_for(lambda: all(len(pacs.by_study().get(u, {}).get(SR, ())) >= expected_srs(i)
+                             for i, u in enumerate(uids)), 180, 0.2, "every study's results")
+        time.sleep(1.0)  # anything that would arrive twice arrives now
+        table = pacs.by_study()
+        for index, uid in enumerate(uids):
+            got = table[uid]
+            assert (len(got[SR]), len(got[SC]), len(got[SEG])) == (expected_srs(index), 2, 2), f"study {uid}: {got}"
+        assert count(store, "SELECT COUNT(*) FROM patient_studies") == len(studies)
     finally:
         node.terminate()
         pacs.stop()
