@@ -119,6 +119,24 @@ def test_a_study_with_a_superscans_bsi_is_flagged_and_says_so():
     assert diffuse.to_json()["superscan"] is True and focal.to_json()["superscan"] is False
 
 
+def test_the_overlay_caption_counts_hotspots_malignant_ones_and_lesions_or_names_a_superscan():
+    from bonescan.lesions.hotspots import StudyLesions
+    from bonescan.lesions.outputs import lesion_caption
+    from bonescan.lesions.superscan import SUPERSCAN_BSI
+
+    regions = np.zeros((2, 160, 64), np.uint8)
+    one_focus = [_spot(1, "anterior", 40.0, 30.0), _spot(2, "posterior", 40.0, 63 - 30.0),
+                 _spot(3, "anterior", 120.0, 10.0, malignancy=0.2)]
+    caption = lesion_caption(StudyLesions(one_focus, regions, 0.31, {}, 0.9, 0.5))
+    assert caption == "3 hotspots, 2 malignant (red: malignancy >= 0.50) in 1 lesion;  BSI 0.31 %"
+    two = one_focus + [_spot(4, "anterior", 90.0, 30.0)]
+    assert "3 malignant (red: malignancy >= 0.50) in 2 lesions;" in lesion_caption(StudyLesions(two, regions, 0.5, {},
+                                                                                               0.9, 0.5))
+    assert lesion_caption(StudyLesions(one_focus[2:], regions, 0.0, {}, 0.2, 0.5)).startswith("1 hotspot, 0 malignant")
+    diffuse = lesion_caption(StudyLesions(two, regions, SUPERSCAN_BSI, {}, 0.9, 0.5))
+    assert diffuse.startswith("Superscan pattern (diffuse uptake): lesions not countable")
+
+
 def test_malignant_lesions_are_counted_per_region_a_pair_once():
     from dataclasses import replace
 

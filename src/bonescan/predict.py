@@ -517,8 +517,9 @@ def predict_sources(
     report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
     if lesion_step is not None:
         lesion_step.finish()
-        report.notices.append(f"lesion step: {1000 * lesion_step.seconds / max(lesion_step.studies, 1):.0f} ms "
-                              f"per study over {lesion_step.studies} studies")
+        if lesion_step.studies:
+            report.notices.append(f"lesion step: {1000 * lesion_step.seconds / lesion_step.studies:.0f} ms "
+                                  f"per study over {lesion_step.studies} studies")
     return report
 
 

@@ -145,11 +145,18 @@ def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLe
             colour = _RED if hotspot.malignancy >= lesions.threshold else _BLUE
             draw.text((left + hotspot.box[3] + 2, _TOP + hotspot.box[0]), str(hotspot.number), fill=colour,
                       font=small, anchor="la")
-    lesion_count = f" in {lesions.n_malignant_lesions} lesions" if lesions.n_malignant else ""
-    caption = (f"{len(lesions.hotspots)} hotspots, {lesions.n_malignant} malignant (red: malignancy >= "
-               f"{lesions.threshold:.2f}){lesion_count};  BSI {lesions.bsi:.2f} %")
-    if lesions.superscan:  # dozens of hotspots over diffuse uptake: the count is not the finding
-        caption = f"Superscan pattern (diffuse uptake): lesions not countable;  BSI {lesions.bsi:.2f} %"
-    draw.text((width / 2, _TOP + rows + 35), caption, fill=(0, 0, 0), font=normal, anchor="mm")
+    draw.text((width / 2, _TOP + rows + 35), lesion_caption(lesions), fill=(0, 0, 0), font=normal, anchor="mm")
     draw.text((width / 2, height - 12), title, fill=(105, 105, 105), font=small, anchor="mm")
     return np.asarray(image).copy()
+
+
+def lesion_caption(lesions: StudyLesions) -> str:
+    """The overlay's caption: hotspots, malignant ones and the lesions they make, BSI; or the superscan pattern."""
+    if lesions.superscan:  # dozens of hotspots over diffuse uptake: the count is not the finding
+        return f"Superscan pattern (diffuse uptake): lesions not countable;  BSI {lesions.bsi:.2f} %"
+    def counted(n: int, noun: str) -> str:
+        return f"{n} {noun}" + ("" if n == 1 else "s")
+
+    lesion_count = f" in {counted(lesions.n_malignant_lesions, 'lesion')}" if lesions.n_malignant else ""
+    return (f"{counted(len(lesions.hotspots), 'hotspot')}, {lesions.n_malignant} malignant (red: malignancy >= "
+            f"{lesions.threshold:.2f}){lesion_count};  BSI {lesions.bsi:.2f} %")
