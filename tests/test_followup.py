@@ -206,6 +206,13 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
                    for p in df[df["patient_id"] == patient]["path"].fillna(df["anterior"])}
         assert referenced == studies and sr.StudyInstanceUID in studies
         assert (out / patient / "followup.png").stat().st_size > 10_000
+        # The PNG as a Secondary Capture in the newest study, listed in the SR's evidence: any viewer shows it.
+        capture = pydicom.dcmread(out / patient / "followup_sc.dcm")
+        assert capture.StudyInstanceUID == sr.StudyInstanceUID and capture.SeriesNumber == 9906
+        assert capture.pixel_array.shape[2] == 3 and capture.Rows > 500
+        assert capture.SOPInstanceUID in {item.ReferencedSOPInstanceUID
+                                          for series in sr.CurrentRequestedProcedureEvidenceSequence
+                                          for s in series.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
         numbers = [les["number"] for les in result["lesions"]]
         assert sorted(numbers) == list(range(1, len(numbers) + 1))
         assert set(result["followup"]["new"]) <= set(numbers)

@@ -441,8 +441,13 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
         assert send(port, [later]) == [SUCCESS]
         uid = later.StudyInstanceUID
         wait_for(lambda: len(results_at(pacs, uid).get(SR, ())) == 2, 90, what="the report and the follow-up SR")
-        # Only the later study of a patient with an earlier dated one is compared.
+        # Only the later study of a patient with an earlier dated one is compared; its visits side by side come too.
         assert [len(results_at(pacs, u)[SR]) for u in earlier] == [1, 1, 1]
+        wait_for(lambda: len(results_at(pacs, uid).get(SC, ())) == 3, 30, what="heat map, hotspots and follow-up SCs")
+        [(capture_path,)] = node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND kind = 'followup-sc'",
+                                             (uid,))
+        capture = pydicom.dcmread(capture_path)
+        assert capture.SeriesNumber == 9906 and capture.StudyInstanceUID == uid
         [(path,)] = node.queue.query("SELECT path FROM outbox WHERE study_uid = ? AND kind = 'followup'", (uid,))
         followup_sr = pydicom.dcmread(path)
         assert followup_sr.StudyInstanceUID == uid and followup_sr.SOPInstanceUID in results_at(pacs, uid)[SR]
@@ -450,6 +455,9 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
                                                         "PertinentOtherEvidenceSequence")
                       for item in followup_sr.get(seq, [])}
         assert referenced == {first.StudyInstanceUID, uid}
+        evidence = {item.ReferencedSOPInstanceUID for series in followup_sr.CurrentRequestedProcedureEvidenceSequence
+                    for s in series.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
+        assert capture.SOPInstanceUID in evidence and followup_sr.SeriesNumber == 9905
         dciodvfy = shutil.which("dciodvfy")
         if dciodvfy:  # these studies carry no birth date or sex: the SR holds them empty (Type 2)
             check = subprocess.run([dciodvfy, "-new", path], capture_output=True, text=True, timeout=60)

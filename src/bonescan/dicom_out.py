@@ -33,9 +33,13 @@ from .study import Study
 
 # Local coding scheme for concepts that have no standard code (the name of a frozen operating point).
 LOCAL_SCHEME = "99BONESCAN"
-SC_SERIES_NUMBER = 9901
-SR_SERIES_NUMBER = 9902
-HOTSPOTS_SC_SERIES_NUMBER = 9904  # 9903: the Segmentations (`bonescan.lesions.segmentation`)
+# Series numbers of bonescan's results, one per kind, so a PACS lists each kind as its own series.
+SC_SERIES_NUMBER = 9901  # heat map
+SR_SERIES_NUMBER = 9902  # the reading's report
+SEG_SERIES_NUMBER = 9903  # hotspots and skeletal regions (`lesions.segmentation`)
+HOTSPOTS_SC_SERIES_NUMBER = 9904  # numbered hotspots
+FOLLOWUP_SR_SERIES_NUMBER = 9905  # what changed since the last scan (`followup.output`)
+FOLLOWUP_SC_SERIES_NUMBER = 9906  # the visits side by side
 HEATMAP_COMMENT = "Grad-CAM heat map of the metastasis probability; for review, not for diagnosis alone"
 HOTSPOTS_COMMENT = ("Hotspots numbered as in the SR (red: malignant), Bone Scan Index; for review, not for "
                     "diagnosis alone")

@@ -1,4 +1,5 @@
-"""What a comparison leaves on disk: JSON, a per-region CSV, a side-by-side PNG and a DICOM SR.
+"""What a comparison leaves on disk: JSON, a per-region CSV, a side-by-side PNG, a DICOM SR and the PNG as a
+DICOM Secondary Capture.
 
 Everything is built in memory first and only then written, each file atomically, so a comparison that fails
 (bad input, an unreadable header) leaves nothing behind.
@@ -24,13 +25,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from .. import __version__
-from ..dicom_out import LOCAL_SCHEME, declare_local_scheme, read_source_headers, with_type2_attributes
+from ..dicom_out import (
+    FOLLOWUP_SC_SERIES_NUMBER, FOLLOWUP_SR_SERIES_NUMBER, LOCAL_SCHEME, build_secondary_capture,
+    declare_local_scheme, read_source_headers, with_type2_attributes,
+)
 from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
 from ..lesions.regions import BY_NAME
 from .compare import Comparison
 from .match import STATUSES
 
-SR_SERIES_NUMBER = 9903
 COLOURS = {"new": (220, 30, 30), "grown": (240, 140, 0), "persistent": (230, 200, 0), "resolved": (40, 110, 230),
            "seen": (120, 120, 120)}
 
@@ -65,8 +68,15 @@ def regions_csv(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def side_by_side_png(comparison: Comparison) -> bytes:
-    """Anterior and posterior view of each visit side by side; a lesion carries the same number on every panel."""
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def side_by_side_image(comparison: Comparison) -> np.ndarray:
+    """Anterior and posterior view of each visit side by side, a lesion carrying the same number on every panel;
+    H x W x 3 uint8."""
     font = ImageFont.load_default()
     panels = []
     for v, visit in enumerate(comparison.visits):
@@ -104,9 +114,7 @@ def side_by_side_png(comparison: Comparison) -> bytes:
     for name in ("new", "grown", "persistent", "resolved"):
         draw.text((x, height - 13), name, fill=COLOURS[name], font=font)
         x += draw.textlength(name + "  ", font=font)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return np.asarray(sheet).copy()
 
 
 def _panel_status(comparison: Comparison, number: int, visit: int) -> str:
@@ -119,8 +127,21 @@ def _panel_status(comparison: Comparison, number: int, visit: int) -> str:
     return "seen"
 
 
-def build_sr(comparison: Comparison) -> Dataset | None:
-    """The follow-up SR, or None when no compared study is DICOM (nothing to reference)."""
+def build_capture(comparison: Comparison, image: np.ndarray) -> Dataset | None:
+    """The side-by-side image as a Secondary Capture in the newest study (any PACS viewer shows it), or None when
+    that study is not DICOM."""
+    newest = comparison.visits[-1]
+    headers = read_source_headers(newest.files)
+    if not headers:
+        return None
+    return build_secondary_capture(image, newest.study, headers, FOLLOWUP_SC_SERIES_NUMBER, "bonescan follow-up",
+                                   "Lesions numbered alike on every visit (red: new); for review, not for diagnosis "
+                                   "alone")
+
+
+def build_sr(comparison: Comparison, capture: Dataset | None = None) -> Dataset | None:
+    """The follow-up SR, or None when no compared study is DICOM (nothing to reference); `capture` (the
+    side-by-side Secondary Capture) is listed in its evidence."""
     headers = [read_source_headers(v.files) for v in comparison.visits]
     if not all(headers):
         return None
@@ -160,27 +181,32 @@ def build_sr(comparison: Comparison) -> Dataset | None:
                                      imaging_measurements=groups)
     # newest study first: the SR joins it and copies its patient and study attributes
     evidence = [with_type2_attributes(h) for visit_headers in reversed(headers) for h in visit_headers]
+    evidence = ([capture] if capture is not None else []) + evidence  # the capture is in the newest study too
     sr = hd.sr.ComprehensiveSR(evidence=evidence, content=report[0], series_instance_uid=generate_uid(),
-                               series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
-                               manufacturer="bonescan", is_complete=True)
+                               series_number=FOLLOWUP_SR_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+                               instance_number=1, manufacturer="bonescan", is_complete=True)
     sr.SeriesDescription = "bonescan follow-up: new lesions, BSI change, PCWG3"
     declare_local_scheme(sr, "bonescan follow-up concepts")
     return sr
 
 
 def write_comparison(comparison: Comparison, out: str | Path, stem: str = "followup") -> dict[str, Path]:
-    """Write <stem>.json, <stem>_regions.csv, <stem>.png and <stem>_sr.dcm (when the studies are DICOM) to `out`."""
+    """Write <stem>.json, <stem>_regions.csv, <stem>.png, and when the studies are DICOM <stem>_sr.dcm and
+    <stem>_sc.dcm (the PNG as a Secondary Capture), to `out`."""
     out = Path(out)
     text = json.dumps(comparison.to_json(), indent=1) + "\n"
     table = regions_csv(comparison)
-    png = side_by_side_png(comparison)
-    sr = build_sr(comparison)
+    image = side_by_side_image(comparison)
+    png = _png_bytes(image)
+    capture = build_capture(comparison, image)
+    sr = build_sr(comparison, capture)
     paths = {"json": out / f"{stem}.json", "regions": out / f"{stem}_regions.csv", "png": out / f"{stem}.png"}
     write_text_atomic(paths["json"], text)
     write_text_atomic(paths["regions"], table)
     write_bytes_atomic(paths["png"], png)
-    if sr is not None:
-        paths["sr"] = out / f"{stem}_sr.dcm"
-        with atomic_path(paths["sr"]) as tmp:
-            sr.save_as(tmp, enforce_file_format=True)
+    for key, dataset in (("sr", sr), ("sc", capture)):
+        if dataset is not None:
+            paths[key] = out / f"{stem}_{key}.dcm"
+            with atomic_path(paths[key]) as tmp:
+                dataset.save_as(tmp, enforce_file_format=True)
     return paths

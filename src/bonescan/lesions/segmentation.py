@@ -23,7 +23,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from .. import __version__
-from ..dicom_out import with_type2_attributes
+from ..dicom_out import SEG_SERIES_NUMBER, with_type2_attributes
 from ..io.dicom import decide_views
 from .hotspots import StudyLesions
 from .regions import BY_LABEL
@@ -32,7 +32,6 @@ VIEWS = ("anterior", "posterior")
 # Patient Orientation of the stored views (rows run head to feet): anterior seen from the front (columns run to
 # the patient's left), posterior seen from behind (columns run to the patient's right).
 ORIENTATION = {"anterior": ["L", "F"], "posterior": ["R", "F"]}
-SERIES_NUMBER = 9903
 
 
 @dataclass
@@ -80,7 +79,7 @@ def build_segmentations(lesions: StudyLesions, numbers: np.ndarray,
             pixel_array=np.stack(masks, axis=-1)[None],
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
-            series_instance_uid=series_uid, series_number=SERIES_NUMBER,
+            series_instance_uid=series_uid, series_number=SEG_SERIES_NUMBER,
             sop_instance_uid=hd.UID(), instance_number=index + 1,
             manufacturer="bonescan", manufacturer_model_name="bonescan lesion network",
             software_versions=__version__, device_serial_number="0",

@@ -1,6 +1,6 @@
 """Follow-up in the node: a new study of a patient the node has read before is compared with that patient's latest
 earlier study, and the follow-up SR (new / resolved / persistent / grown lesions, change in BSI; it references both
-studies) goes to PACS with the study's own results.
+studies) and the visits side by side as a Secondary Capture go to PACS with the study's own results.
 
 The prior is found by PatientID among the studies this node has read (`NodeQueue.prior_study`), dated before the new
 study by StudyDate; a study without either is not compared. The comparison is `bonescan followup`'s (registration,
@@ -54,8 +54,8 @@ class PriorComparer:
         self.queue = queue
 
     def compare(self, current: PatientStudy) -> tuple[list[tuple[str, str, Path]], str | None]:
-        """The follow-up SR to send as (SOP Instance UID, "followup", path) and a one-line summary; nothing when the
-        patient has no earlier study here."""
+        """The follow-up SR and side-by-side Secondary Capture to send, as (SOP Instance UID, kind, path), and a
+        one-line summary; nothing when the patient has no earlier study here."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
 
@@ -70,7 +70,9 @@ class PriorComparer:
         summary = (f"against the study of {prior.study_date}: {len(change.new)} new, {len(change.resolved)} resolved, "
                    f"{len(change.persistent)} persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; "
                    f"PCWG3 {comparison.verdict.status}")
-        if "sr" not in paths:
-            return [], summary
-        sop_uid = pydicom.dcmread(paths["sr"], stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
-        return [(str(sop_uid), "followup", paths["sr"])], summary
+        results = []
+        for key, kind in (("sr", "followup"), ("sc", "followup-sc")):
+            if key in paths:
+                header = pydicom.dcmread(paths[key], stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+                results.append((str(header.SOPInstanceUID), kind, paths[key]))
+        return results, summary

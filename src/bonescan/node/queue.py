@@ -84,7 +84,7 @@ class PatientStudy:
 class OutgoingResult:
     sop_uid: str
     study_uid: str
-    kind: str  # "sc", "sr", "hotspots" (a Secondary Capture) or "seg"
+    kind: str  # "sc", "sr", "hotspots" (an SC), "seg", "followup" (an SR) or "followup-sc"
     path: Path
     attempts: int
 
