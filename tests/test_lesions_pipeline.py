@@ -270,26 +270,11 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
     folder, manifest_path, manifest, _, _ = lesion_setup
     out = folder / "predict"
     report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
-                             lesions=folder / "lesion-run", lesions_out=out, dicom_dir=out / "dicom")
+                             lesions=folder / "lesion-run", lesions_out=out)
     assert report.ok, [s.error for s in report.failures]
     frame = report.to_frame()
     assert {"bsi", "n_malignant", "n_malignant_lesions", "superscan", "probability_from_lesions",
             "lesions", "dicom_seg", "dicom_hotspots_sc"} <= set(frame.columns)
-    # The numbered hotspots also reach PACS as a Secondary Capture in the scan's study, listed in the SR.
-    for study in report.studies:
-        capture = pydicom.dcmread(study.dicom_hotspots_sc)
-        source = pydicom.dcmread(manifest.set_index("case_id").loc[study.case_id, "path"], stop_before_pixels=True)
-        assert capture.SeriesNumber == 9904 and capture.StudyInstanceUID == source.StudyInstanceUID
-        assert capture.pixel_array.shape[2] == 3 and capture.pixel_array.min() < 128  # the scan is drawn on it
-        sr = pydicom.dcmread(study.dicom_sr)
-        evidence = {item.ReferencedSOPInstanceUID for series in sr.CurrentRequestedProcedureEvidenceSequence
-                    for s in series.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
-        assert {capture.SOPInstanceUID, pydicom.dcmread(study.dicom_sc).SOPInstanceUID} <= evidence
-        assert len(study.dicom_seg.split(";")) == 2
-        if DCIODVFY:
-            check = subprocess.run([DCIODVFY, "-new", study.dicom_hotspots_sc], capture_output=True, text=True,
-                                   timeout=60)
-            assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
     hotspots = pd.read_csv(out / "hotspots.csv")
     assert list(hotspots.columns[:3]) == ["case_id", "number", "view"]
     stored = pydicom.dcmread(manifest.loc[0, "path"]).pixel_array.shape[1:]
@@ -410,10 +395,21 @@ def test_segmentation_per_view_points_at_the_source_frame_and_keeps_tracking_uid
                 Hotspot(2, "posterior", (300, 120, 310, 128), (304.5, 123.5), 460.0, "pelvis", 0.2, 1.5,
                         "1.2.3.9.2")]
     lesions = StudyLesions(hotspots, truth.regions, 0.3, {"skull": 0.3}, 0.9, 0.5)
+    overlay = np.full((60, 40, 3), 255, np.uint8)
+    overlay[10:20, 10:20] = (220, 30, 30)
     written = write_dicom_results(tmp_path, study, np.zeros((40, 30, 3), np.uint8),
                                   ReadingResult(0.8, True, "youden", 0.5), [source], lesions=lesions,
-                                  hotspot_numbers=numbers)
+                                  hotspot_numbers=numbers, lesion_overlay=overlay)
     assert len(written.segmentations) == 2
+    # The numbered hotspots also reach PACS as a Secondary Capture in the scan's study, listed in the SR.
+    capture = pydicom.dcmread(written.hotspots_capture)
+    source_header = pydicom.dcmread(source, stop_before_pixels=True)
+    assert capture.SeriesNumber == 9904 and capture.StudyInstanceUID == source_header.StudyInstanceUID
+    assert np.array_equal(capture.pixel_array, overlay)
+    sr = pydicom.dcmread(written.structured_report)
+    evidence = {item.ReferencedSOPInstanceUID for series in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in series.ReferencedSeriesSequence for item in s.ReferencedSOPSequence}
+    assert {capture.SOPInstanceUID, pydicom.dcmread(written.secondary_capture).SOPInstanceUID} <= evidence
     frame_of = {view: k + 1 for k, view in enumerate(decide_views(pydicom.dcmread(source), 2).views)}
     source_uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
     for index, (path, view, number) in enumerate(zip(written.segmentations, ("anterior", "posterior"), (1, 2))):
@@ -431,7 +427,7 @@ def test_segmentation_per_view_points_at_the_source_frame_and_keeps_tracking_uid
         tracked = {item.SegmentLabel: item.get("TrackingUID") for item in seg.SegmentSequence}
         assert tracked[f"hotspot {number}"] == hotspots[number - 1].uid
     if DCIODVFY:
-        for path in written.segmentations:
+        for path in [*written.segmentations, written.hotspots_capture]:
             check = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
             assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
 
