@@ -154,6 +154,7 @@ def lesion_caption(lesions: StudyLesions) -> str:
     """The overlay's caption: hotspots, malignant ones and the lesions they make, BSI; or the superscan pattern."""
     if lesions.superscan:  # dozens of hotspots over diffuse uptake: the count is not the finding
         return f"Superscan pattern (diffuse uptake): lesions not countable;  BSI {lesions.bsi:.2f} %"
+
     def counted(n: int, noun: str) -> str:
         return f"{n} {noun}" + ("" if n == 1 else "s")
 
