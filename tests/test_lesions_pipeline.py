@@ -451,6 +451,7 @@ def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1
         .SourceImageSequence[0]
     assert list(_segment_masks(written.segmentations[0])) == [BY_NAME["skull"].title]
     png = tmp_path / "plain"
+    study = replace(study, meta=replace(study.meta, study_uid=None))  # as read from an image file: no study yet
     written = write_dicom_results(png, study, np.zeros((40, 30, 3), np.uint8), ReadingResult(0.2, False, "youden",
                                   0.5), [], lesions=lesions, hotspot_numbers=np.zeros((2, rows, cols), np.uint16),
                                   lesion_overlay=np.full((50, 40, 3), 200, np.uint8))

@@ -602,12 +602,7 @@ class OutputWriter:
         if self.dicom_dir:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
-            found, numbers, lesion_overlay = None, None, None
-            if lesions is not None:
-                from .lesions.outputs import render_lesions
-
-                found, numbers = lesions
-                lesion_overlay = render_lesions(anterior, posterior, found, numbers, outcome.name)
+            found, numbers, lesion_overlay = lesions if lesions is not None else (None, None, None)
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
                                           file_stem=stem, lesions=found, hotspot_numbers=numbers,
                                           lesion_overlay=lesion_overlay)

@@ -81,10 +81,11 @@ class StudyLesions:
         return is_superscan(self.bsi)
 
     def to_json(self) -> dict:
+        by_region = self.malignant_lesions_by_region  # the views paired once for both keys
         return {"n_hotspots": len(self.hotspots), "n_malignant": self.n_malignant,
-                "n_malignant_lesions": self.n_malignant_lesions,
+                "n_malignant_lesions": sum(by_region.values()),
                 "malignant_lesions_by_region": {name or "outside the skeleton": n
-                                                for name, n in sorted(self.malignant_lesions_by_region.items())},
+                                                for name, n in sorted(by_region.items())},
                 "superscan": self.superscan, "bsi": round(self.bsi, 3),
                 "bsi_by_region": {k: round(v, 3) for k, v in self.bsi_by_region.items() if v > 0},
                 "probability_from_lesions": round(self.probability, 4), "malignancy_threshold": self.threshold,

@@ -40,8 +40,9 @@ class LesionOutputs:
         self.folder = Path(self.folder)
 
     def write_study(self, name: str, lesions: StudyLesions, numbers: np.ndarray, anterior: np.ndarray,
-                    posterior: np.ndarray, title: str = "") -> Path:
-        """Write lesions/<name>.json, .npz and .png; remember the study's hotspot rows. Returns the JSON path."""
+                    posterior: np.ndarray, title: str = "", overlay: np.ndarray | None = None) -> Path:
+        """Write lesions/<name>.json, .npz and .png (`overlay` when the caller has rendered it, `render_lesions`);
+        remember the study's hotspot rows. Returns the JSON path."""
         from ..dicom_out import safe_file_stem
         from ..heatmap import write_png
 
@@ -51,7 +52,9 @@ class LesionOutputs:
         target = write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1) + "\n")
         with atomic_path(folder / f"{stem}.npz") as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
-        write_png(folder / f"{stem}.png", render_lesions(anterior, posterior, lesions, numbers, title or name))
+        if overlay is None:
+            overlay = render_lesions(anterior, posterior, lesions, numbers, title or name)
+        write_png(folder / f"{stem}.png", overlay)
         if self.table:
             self.rows += hotspot_rows(record)
         return target

@@ -11,6 +11,7 @@ posterior hotspot whose mirrored centroid lies within CROSS_MM of an anterior on
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -55,7 +56,4 @@ def lesions_by_region(hotspots: Sequence[Hotspot], width: int, spacing: Sequence
     for j, i in paired.items():
         if not anterior[i].region:
             names[i] = posterior[j].region
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+    return dict(Counter(names))

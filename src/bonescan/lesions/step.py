@@ -17,7 +17,7 @@ import numpy as np
 
 from ..preprocess import preprocess_views
 from .infer import LesionModel, load_lesion_run, study_lesions
-from .outputs import LesionOutputs
+from .outputs import LesionOutputs, render_lesions
 
 POST_THREADS = min(4, os.cpu_count() or 1)  # studies post-processed at once
 
@@ -30,7 +30,8 @@ class LesionStep:
     outputs: LesionOutputs
     seconds: float = 0.0
     studies: int = 0
-    # The last batch's results by item index, for the DICOM writer: (StudyLesions, hotspot number map).
+    # The last batch's written results by item index, for the DICOM writer: (StudyLesions, hotspot number map,
+    # overlay image).
     last: dict = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
@@ -61,17 +62,20 @@ class LesionStep:
         results = list(self._pool.map(lesions_of, items, outcomes, maps))
         self.seconds += time.perf_counter() - start
         self.studies += len(items)
-        self.last = {item.index: result for item, result in zip(items, results) if not isinstance(result, Exception)}
+        self.last = {}
         for item, outcome, result in zip(items, outcomes, results):
             if isinstance(result, Exception):
                 outcome.status, outcome.error = "failed", f"finding lesions: {type(result).__name__}: {result}"
                 continue
             lesions, numbers = result
             try:
-                path = self.outputs.write_study(outcome.name, lesions, numbers, *item.views)
+                # rendered once: the lesion PNG and, with --dicom-out, the numbered-hotspot Secondary Capture
+                overlay = render_lesions(*item.views, lesions, numbers, outcome.name)
+                path = self.outputs.write_study(outcome.name, lesions, numbers, *item.views, overlay=overlay)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 outcome.status, outcome.error = "failed", f"writing lesions: {type(error).__name__}: {error}"
                 continue
+            self.last[item.index] = (lesions, numbers, overlay)
             outcome.bsi = round(lesions.bsi, 4)
             outcome.n_malignant = lesions.n_malignant
             outcome.n_malignant_lesions = lesions.n_malignant_lesions
