@@ -432,6 +432,45 @@ def test_segmentation_per_view_points_at_the_source_frame_and_keeps_tracking_uid
             assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
 
 
+def test_sr_and_segmentations_list_the_most_malignant_hotspots_up_to_the_limit(tmp_path, lesion_setup,
+                                                                                 monkeypatch):
+    from bonescan.dicom_out import ReadingResult, write_dicom_results
+    from bonescan.io import read_study
+    from bonescan.lesions import dicom
+    from bonescan.lesions.hotspots import Hotspot, StudyLesions
+    from bonescan.lesions.truth import load_truth
+
+    _, _, manifest, _, _ = lesion_setup
+    source = manifest.loc[0, "path"]
+    truth = load_truth(manifest.loc[0, "truth"])
+    numbers = np.zeros(truth.regions.shape, np.uint16)
+    hotspots = []
+    for number, malignancy in zip((1, 2, 3), (0.3, 0.9, 0.6)):
+        numbers[0, 40 * number:40 * number + 5, 20:25] = number
+        hotspots.append(Hotspot(number, "anterior", (40 * number, 20, 40 * number + 5, 25),
+                                (40.0 * number + 2, 22.0), 144.0, "skull", malignancy, 2.0, f"1.2.3.7.{number}"))
+    lesions = StudyLesions(hotspots, truth.regions, 0.2, {"skull": 0.2}, 0.9, 0.5)
+    monkeypatch.setattr(dicom, "DICOM_HOTSPOT_LIMIT", 2)
+    written = write_dicom_results(tmp_path, read_study(source), np.zeros((40, 30, 3), np.uint8),
+                                  ReadingResult(0.8, True, "youden", 0.5), [source], lesions=lesions,
+                                  hotspot_numbers=numbers)
+    sr = pydicom.dcmread(written.structured_report)
+    text = " ".join(_content_values(sr))
+    # the two most malignant (2 and 3) are listed, hotspot 1 is not; the study group counts all three
+    assert "hotspot 2 (anterior)" in text and "hotspot 3 (anterior)" in text and "hotspot 1 (anterior)" not in text
+    found = [item for item in _content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NHOTSPOTS"]
+    assert [float(item.MeasuredValueSequence[0].NumericValue) for item in found] == [3.0]
+    masks = _segment_masks(next(p for p in written.segmentations if p.name.endswith("_seg_anterior.dcm")))
+    assert {"hotspot 2", "hotspot 3"} <= set(masks) and "hotspot 1" not in masks
+    assert any("3 hotspots found: the SR and Segmentations list the 2 most malignant" in w for w in written.warnings)
+    monkeypatch.setattr(dicom, "DICOM_HOTSPOT_LIMIT", 3)
+    assert dicom.hotspots_for_dicom(lesions) == hotspots and dicom.dicom_hotspot_warning(lesions) is None
+    if DCIODVFY:
+        check = subprocess.run([DCIODVFY, "-new", str(written.structured_report)], capture_output=True, text=True,
+                               timeout=60)
+        assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
+
+
 def test_segmentation_of_a_single_view_file_and_none_without_dicom(tmp_path, nm1_path):
     from bonescan.dicom_out import ReadingResult, write_dicom_results
     from bonescan.io import read_study

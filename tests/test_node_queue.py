@@ -97,3 +97,32 @@ def test_config_refuses_half_a_tls_setting_and_names_it(tmp_path):
     with pytest.raises(ConfigError, match="--tls-cert/--tls-key"):
         NodeConfig(run=Path("run"), store=tmp_path, tls_cert=cert)
     assert Destination.parse("PACS@10.0.0.5:104") == Destination("PACS", "10.0.0.5", 104)
+
+
+def test_a_readings_warnings_are_recorded_with_its_result_and_the_runs_fallback_is_not_repeated(tmp_path):
+    from types import SimpleNamespace
+
+    from pydicom.dataset import Dataset
+
+    from bonescan.node.worker import PredictionWorker
+    from bonescan.predict import OperatingPoint, StudyOutcome
+
+    paths = []
+    for name, uid in (("sc", "5.1"), ("sr", "5.2")):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", uid
+        paths.append(tmp_path / f"{name}.dcm")
+        ds.save_as(paths[-1], implicit_vr=True, little_endian=True, enforce_file_format=True)
+    fallback = "no frozen operating point: threshold 0.5"
+    outcome = StudyOutcome("9.1", "a.dcm", "ok", probability=0.7, decision="metastasis", operating_point="0.5",
+                           threshold=0.5, dicom_sc=str(paths[0]), dicom_sr=str(paths[1]),
+                           warnings=[fallback, "no Segmentation written (ValueError: refused)"])
+    predictor = SimpleNamespace(batch_size=1, point=OperatingPoint("0.5", 0.5, warning=fallback),
+                                predict=lambda works: [outcome])
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    PredictionWorker(queue, predictor, 30, forward=True).process(queue.claim_ready(30, 8, now=100.0))
+    assert queue.query("SELECT state FROM studies") == [("done",)]
+    assert queue.query("SELECT level, study_uid, message FROM events") == [
+        ("warning", "9.1", "no Segmentation written (ValueError: refused)")]
+    assert [r.sop_uid for r in queue.due_results()] == ["5.1", "5.2"]

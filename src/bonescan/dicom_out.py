@@ -252,9 +252,10 @@ def write_dicom_results(
     out_dir = Path(out_dir)
     extra, other_captures, other_paths = (), [], []
     if lesions is not None:
-        from .lesions.dicom import lesion_groups
+        from .lesions.dicom import dicom_hotspot_warning, lesion_groups
 
         extra = lesion_groups(lesions, headers)
+        warnings += filter(None, [dicom_hotspot_warning(lesions)])
         if lesion_overlay is not None:  # in the heat map's study, which is the source's when there is one
             other_captures.append(build_secondary_capture(lesion_overlay, study, [capture], HOTSPOTS_SC_SERIES_NUMBER,
                                                           "bonescan hotspots", HOTSPOTS_COMMENT))

@@ -2,7 +2,7 @@
 
 One SEG instance per view, both in one SEG series of the source study. Segments: each hotspot of that view
 (category Morphologically abnormal structure, type Lesion, label "hotspot <n>", tracking identifier and UID the
-same as in the SR and hotspots.csv), then each skeletal region found (category Anatomical structure, type the
+same as in the SR and hotspots.csv; the hotspots the SR lists, `dicom.hotspots_for_dicom`), then each skeletal region found (category Anatomical structure, type the
 region's SNOMED CT site, label its name with side). Binary, one frame per non-empty segment.
 
 Why one SEG per view: a whole-body NM study is one file of two planar frames (anterior, posterior) with no patient
@@ -25,6 +25,7 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..dicom_out import SEG_SERIES_NUMBER, with_type2_attributes
 from ..io.dicom import decide_views
+from .dicom import hotspots_for_dicom
 from .hotspots import StudyLesions
 from .regions import BY_LABEL
 
@@ -103,7 +104,7 @@ def _segments(lesions: StudyLesions, numbers: np.ndarray, regions: np.ndarray, v
             algorithm_identification=algorithm, **tracking))
         masks.append(mask)
 
-    for hotspot in lesions.hotspots:
+    for hotspot in hotspots_for_dicom(lesions):
         mask = numbers == hotspot.number
         if hotspot.view == view and mask.any():
             add(mask, f"hotspot {hotspot.number}", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion,

@@ -196,9 +196,10 @@ class NodeQueue:
 
     def finish_study(self, study_uid: str, probability: float, decision: str, operating_point: str,
                      threshold: float, results: list[tuple[str, str, Path]], forward: bool,
-                     now: float | None = None, patient: PatientStudy | None = None) -> None:
-        """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction; with `patient`,
-        remember the study as a later one's prior."""
+                     now: float | None = None, patient: PatientStudy | None = None,
+                     warnings: list[str] = ()) -> None:
+        """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction, with the
+        reading's `warnings` as events; with `patient`, remember the study as a later one's prior."""
         now = time.time() if now is None else now
         state = "pending" if forward else "stored"
         with self._transaction() as db:
@@ -212,6 +213,8 @@ class NodeQueue:
             for sop_uid, kind, path in results:
                 db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
                            " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
+            for warning in warnings:
+                self._event(db, "warning", study_uid, warning)
 
     def prior_study(self, study: PatientStudy) -> PatientStudy | None:
         """The latest study of the same patient read here and dated before `study`, or None."""

@@ -198,11 +198,16 @@ class PredictionWorker(threading.Thread):
             if self.comparer is not None:
                 patient, followup = self._compare(work)
                 results += followup
+            # e.g. no Segmentation written, or fewer hotspots listed than found (the run's fallback threshold
+            # was said once at start)
+            warnings = [w for w in outcome.warnings if w != self.predictor.point.warning]
             self.queue.finish_study(uid, outcome.probability, outcome.decision, outcome.operating_point,
-                                    outcome.threshold, results, self.forward, patient=patient)
+                                    outcome.threshold, results, self.forward, patient=patient, warnings=warnings)
             log.info("study %s read: probability %.4f, %s (%s %.3g); results %s in %.2f s", uid,
                      outcome.probability, outcome.decision, outcome.operating_point, outcome.threshold,
                      ", ".join(sop for sop, _, _ in results), seconds)
+            for warning in warnings:
+                log.warning("study %s: %s", uid, warning)
         except Exception as error:  # noqa: BLE001 - e.g. a result file that cannot be re-read
             log.exception("cannot record study %s: %s", uid, error)
             try:
