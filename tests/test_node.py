@@ -4,6 +4,7 @@ a destination that is down, logs without patient names, status, TLS and dcmtk pe
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import shutil
@@ -380,8 +381,6 @@ def test_the_warm_up_study_leaves_nothing_behind_and_clears_what_a_kill_left(run
 
 
 def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per_view(run, pacs, tmp_path):
-    import json
-
     from bonescan.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--lesions"):
@@ -482,3 +481,27 @@ def test_a_prior_sent_as_two_view_files_in_either_order_is_read_by_its_views(tmp
     assert np.array_equal(visit.study.posterior, pydicom.dcmread(posterior).pixel_array)
     undated = study(111, text={"StudyDate": ""})
     assert patient_study([save(undated, tmp_path / "undated.dcm")]) is None  # nothing to order it by
+
+
+def test_a_node_with_keep_days_removes_studies_once_read_and_sent(run, pacs, tmp_path):
+    store = tmp_path / "store"
+    # a tenth of a second: a study goes at the first pass after its results reached the destination
+    node = Node(NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address), poll=0.05,
+                           keep_days=0.1 / 86400, retention_interval=0.2))
+    port = node.start()[1]
+    try:
+        sent = [study(95), study(96)]
+        assert send(port, sent) == [SUCCESS, SUCCESS]
+        uids = [ds.StudyInstanceUID for ds in sent]
+        wait_for(lambda: all(states(node).get(uid) == "removed" for uid in uids), 60, what="both studies removed")
+        for uid in uids:
+            assert len(results_at(pacs, uid)[SR]) == 1  # sent before it was removed
+        assert [p for p in store.rglob("*.dcm")] == []
+        assert node.queue.query("SELECT COUNT(*) FROM instances") == [(0,)]
+        assert node_status(store)["studies"]["removed"] == 2
+        # sent again after its removal: read again
+        assert send(port, sent[:1]) == [SUCCESS]
+        wait_for(lambda: len(results_at(pacs, uids[0])[SR]) == 2, 60, what="the study read again")
+        assert json.loads((store / "node.json").read_text())["keep_days"] == pytest.approx(0.1 / 86400)
+    finally:
+        node.stop()

@@ -39,6 +39,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                       "PatientID read here, and send the follow-up SR too."),
         store: Optional[Path] = typer.Option(
             None, "--store", help="Folder for received instances, results and the durable queue."),
+        keep_days: Optional[float] = typer.Option(
+            None, "--keep-days", help="Remove a study's received instances and result files this many days after "
+                                      "it was read and its results were sent (with --followup each patient's "
+                                      "latest study is kept as the next scan's prior). Default: keep everything."),
         ae_title: str = typer.Option("BONESCAN", "--ae-title", help="The node's AE title."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default loopback only; "
                                                              "0.0.0.0 for every interface)."),
@@ -85,7 +89,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, forward_tls_ca=forward_tls_ca,
             complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
-            device=device, lesions=lesions, followup=followup,
+            device=device, lesions=lesions, followup=followup, keep_days=keep_days,
         )
         _setup_logging(not quiet)
         if quiet:

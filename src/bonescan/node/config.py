@@ -55,6 +55,8 @@ class NodeConfig:
         goes with it; the lesion files (JSON, npz, overlay PNG) stay in the store's results/lesions/.
     followup: with `lesions`, compare each study with the latest earlier study of the same PatientID that this
         node has read, and send the follow-up SR too (`node.followup`).
+    keep_days: remove a study's files this many days after it was read, once its results were sent
+        (`node.retention`); None keeps everything. retention_interval: seconds between retention passes.
     """
 
     run: Path
@@ -80,6 +82,8 @@ class NodeConfig:
     forward_timeout: float = 30.0
     lesions: Path | None = None
     followup: bool = False
+    keep_days: float | None = None
+    retention_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
@@ -101,6 +105,8 @@ class NodeConfig:
             raise ConfigError("--lesions", f"{self.lesions}: no such run folder")
         if self.followup and self.lesions is None:
             raise ConfigError("--followup", "comparing a study with the patient's prior needs --lesions (a lesion run)")
+        if self.keep_days is not None and not self.keep_days > 0:
+            raise ConfigError("--keep-days", f"must be > 0 days, got {self.keep_days}")
         if self.complete_after <= 0:
             raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
         if self.batch_size < 1:

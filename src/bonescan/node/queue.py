@@ -5,6 +5,7 @@ change that returned has reached the disk and a kill -9 at any moment leaves the
 never between. States:
 
     study:   receiving -> ready -> predicting -> done | failed      (failed -> receiving when an instance arrives)
+             done | failed -> removing -> removed     (with --keep-days, `retention`; removed -> receiving likewise)
     outbox:  pending -> sent | failed          (stored when the node has no forward destination)
 
 A study becomes ready when its instances hold two frames (one two-frame file, or two single-view files), or
@@ -152,11 +153,13 @@ class NodeQueue:
             if row is None:
                 db.execute("INSERT INTO studies (study_uid, state, frames, instances, first_received, last_received,"
                            " updated_at) VALUES (?, 'receiving', 0, 0, ?, ?, ?)", (study_uid, now, now, now))
-            elif row[0] == "failed":
+            elif row[0] in ("failed", "removed"):
                 # A view that arrives after its study timed out: read the study again (nothing of it was sent).
+                # A study sent again after retention removed it: read it again, as the node no longer holds it.
                 db.execute("UPDATE studies SET state = 'receiving', error = NULL, attempts = 0 WHERE study_uid = ?",
                            (study_uid,))
-                self._event(db, "info", study_uid, f"instance {sop_uid} arrived after the study failed; reading again")
+                self._event(db, "info", study_uid, f"instance {sop_uid} arrived after the study "
+                                                   f"{'failed' if row[0] == 'failed' else 'was removed'}; reading again")
             elif row[0] not in ("receiving", "ready"):
                 self._event(db, "warning", study_uid,
                             f"instance {sop_uid} arrived after the study was read; kept, not read again")
@@ -234,6 +237,41 @@ class NodeQueue:
         db.execute("UPDATE studies SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
                    " WHERE study_uid = ?", (reason, now, now, study_uid))
         self._event(db, "error", study_uid, reason)
+
+    # --- retention (`retention`) ------------------------------------------------------------------------------
+
+    def start_removals(self, read_before: float, keep_priors: bool, now: float | None = None) -> list[str]:
+        """Mark as removing every study read (done or failed) before `read_before` with no result waiting to be
+        sent, except, with `keep_priors`, each patient's latest study; forget them as priors. Returns them with
+        any removal a kill left unfinished."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            expired = [uid for (uid,) in db.execute(
+                "SELECT s.study_uid FROM studies s WHERE s.state IN ('done', 'failed') AND s.finished_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = 'pending')"
+                " AND NOT (? AND EXISTS (SELECT 1 FROM patient_studies p WHERE p.study_uid = s.study_uid"
+                "   AND p.study_date = (SELECT MAX(q.study_date) FROM patient_studies q"
+                "                       WHERE q.patient_id = p.patient_id)))", (read_before, keep_priors))]
+            for uid in expired:
+                db.execute("UPDATE studies SET state = 'removing', updated_at = ? WHERE study_uid = ?", (now, uid))
+                db.execute("DELETE FROM patient_studies WHERE study_uid = ?", (uid,))
+            return [uid for (uid,) in db.execute("SELECT study_uid FROM studies WHERE state = 'removing'"
+                                                 " ORDER BY finished_at")]
+
+    def study_paths(self, study_uid: str) -> list[Path]:
+        """The files recorded for a study: its received instances and its queued results."""
+        with self._lock:
+            rows = self._db.execute("SELECT path FROM instances WHERE study_uid = ? UNION ALL"
+                                    " SELECT path FROM outbox WHERE study_uid = ?", (study_uid, study_uid)).fetchall()
+        return [Path(path) for (path,) in rows]
+
+    def finish_removal(self, study_uid: str, now: float | None = None) -> None:
+        """The study's files are gone: forget its instances (a study sent again is then read again)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+            db.execute("UPDATE studies SET state = 'removed', frames = 0, instances = 0, updated_at = ?"
+                       " WHERE study_uid = ?", (now, study_uid))
 
     # --- sending ---------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from ..fileio import write_text_atomic
 from .config import NodeConfig
 from .intake import Intake, accepted_sop_classes
 from .queue import NodeQueue
+from .retention import RetentionKeeper
 from .scp import StorageSCP, client_tls_context
 from .sender import Sender
 from .worker import PredictionWorker, Predictor
@@ -33,6 +34,7 @@ class Node:
         self.scp: StorageSCP | None = None
         self.worker: PredictionWorker | None = None
         self.sender: Sender | None = None
+        self.retention: RetentionKeeper | None = None
         self.address: tuple[str, int] | None = None
 
     def start(self) -> tuple[str, int]:
@@ -84,6 +86,7 @@ class Node:
             "tls": config.tls, "forward": str(config.forward) if config.forward else None, "started": time.time(),
             "operating_point": predictor.point.name, "threshold": predictor.point.threshold, "run": str(config.run),
             "lesions": str(config.lesions) if config.lesions else None, "followup": config.followup,
+            "keep_days": config.keep_days,
         }) + "\n")
         try:
             log.info("network ready: one synthetic study read in %.2f s", predictor.warm_up())
@@ -91,6 +94,10 @@ class Node:
             self.stop()  # a run that cannot read a study must not leave a node that only collects them
             raise
         self.worker.start()
+        if config.keep_days is not None:
+            self.retention = RetentionKeeper(self.queue, self.paths, config.keep_days, keep_priors=config.followup,
+                                             interval=config.retention_interval)
+            self.retention.start()
         return self.address
 
     def _take_lock(self) -> None:
@@ -106,10 +113,10 @@ class Node:
         """Stop listening, let the current batch and send finish, close the queue."""
         if self.scp is not None:
             self.scp.stop()
-        for thread in (self.worker, self.sender):
+        for thread in (self.worker, self.sender, self.retention):
             if thread is not None:
                 thread.stop()
-        for thread in (self.worker, self.sender):
+        for thread in (self.worker, self.sender, self.retention):
             if thread is not None and thread.is_alive():
                 thread.join(timeout=60)
         if self.queue is not None:

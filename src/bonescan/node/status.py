@@ -61,7 +61,8 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
         "running": running,
         "node": live if running else None,
         "instances": instances,
-        "studies": {state: studies.get(state, 0) for state in ("receiving", "ready", "predicting", "done", "failed")},
+        "studies": {state: studies.get(state, 0)
+                    for state in ("receiving", "ready", "predicting", "done", "failed", "removing", "removed")},
         "results": {state: outbox.get(state, 0) for state in ("pending", "sent", "failed", "stored")},
         "sending": {
             "oldest_pending_s": round(now - pending[1], 1) if pending[1] else None,
