@@ -182,6 +182,12 @@ def test_evaluate_adds_the_lesion_section(tmp_path, capsys):
     assert sum(row["n_lesions"] for row in by_site.values()) == n_lesions
     assert sum(row["sensitivity"]["x"] for row in by_site.values()) == found
     assert "Per acquisition site" in (tmp_path / "by-site" / "report.html").read_text()
+    # A site whose studies hold no metastasis has no sensitivity to print: said so, not a crash.
+    pd.read_csv(manifest).assign(site=lambda m: np.where(m["case_id"].str[1:].astype(int) % 4, "camera A",
+                                                         "camera C")).to_csv(manifest, index=False)
+    assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest), "--out",
+                 str(tmp_path / "by-site-2"), "--bootstrap", "100", "--max-errors", "0"]) == 0
+    assert f"lesions at camera C: {len(free)} studies, no metastases to find" in capsys.readouterr().out
 
 
 def test_without_lesion_outputs_evaluate_is_unchanged(tmp_path, capsys):

@@ -91,9 +91,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.echo(f"lesions per patient (>= 1 malignant hotspot): sensitivity {sens['x']}/{sens['n']}, "
                        f"specificity {spec['x']}/{spec['n']}")
         for site, row in lesion.get("by_site", {}).items():
-            typer.echo(f"lesions at {site}: {row['n_studies']} studies, sensitivity {row['sensitivity_at_1fp']:.3f} at "
-                       f"<= 1 false positive per study, {row['fp_per_study']:.2f} false positives per study at the "
-                       "threshold")
+            found = ("no metastases to find" if row["sensitivity_at_1fp"] is None
+                     else f"sensitivity {row['sensitivity_at_1fp']:.3f} at <= 1 false positive per study")
+            typer.echo(f"lesions at {site}: {row['n_studies']} studies, {found}, {row['fp_per_study']:.2f} false "
+                       "positives per study at the threshold")
         for warning in result.metrics["warnings"]:
             typer.echo(f"warning: {warning}", err=True)
         for name, path in result.files.items():
