@@ -314,6 +314,20 @@ def test_a_study_whose_lesions_fail_is_listed_and_the_batch_goes_on(lesion_setup
     assert sorted(p.stem for p in (out / "heat").glob("*.png")) == sorted(s.name for s in others)
 
 
+def test_cli_names_a_lesion_runs_validation_score_when_training_and_when_resuming(lesion_setup, tmp_path,
+                                                                                    capsys):
+    from bonescan.cli import main
+
+    folder, manifest_path, _, _, _ = lesion_setup
+    arguments = ["train", "--manifest", str(manifest_path), "--out", str(tmp_path / "run"), "--cache-dir",
+                 str(folder / "cache"), "--quiet"]
+    assert main([*arguments, "--preset", "tiny-lesion", "--epochs", "1", "--precision", "fp32"]) == 0
+    assert main([*arguments, "--resume"]) == 0  # finished: nothing more to train, the same summary
+    printed = capsys.readouterr().out
+    assert printed.count("best validation score (mean of region Dice and sensitivity at <= 1 false positive per "
+                         "study)") == 2 and "AUC" not in printed
+
+
 def test_sr_holds_bsi_and_one_group_per_hotspot_with_finding_site(tmp_path, nm1_path):
     from bonescan.dicom_out import ReadingResult, write_dicom_results
     from bonescan.io import read_study

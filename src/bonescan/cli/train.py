@@ -112,7 +112,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for failure in result.failures:
             typer.echo(f"skipped {failure['case_id']}: {failure['reason']}", err=True)
         ending = "stopped early" if result.stopped_early else "finished"
-        score = "validation AUC" if config.task == "classify" else "validation score (region Dice and lesion F1)"
+        # by the run's own metrics: with --resume, `config` is the command line's, not the run's
+        score = ("validation AUC" if "val_auc" in result.metrics.columns else
+                 "validation score (mean of region Dice and sensitivity at <= 1 false positive per study)")
         typer.echo(
             f"{ending} after {result.epochs_run} epochs; best {score} {result.best_val_auc:.4f} "
             f"at epoch {result.best_epoch}; run: {out}"
