@@ -464,6 +464,17 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
         record = json.loads((Path(path).parent / "followup.json").read_text())
         assert [v["study_uid"] for v in record["visits"]] == [first.StudyInstanceUID, uid]
         assert record["verdict"]["status"] == "no progression"  # this network finds no hotspots
+        # A prior that arrives after the later study (fetched from PACS once it came in): compared with its own
+        # prior at once, and the later study is compared again with it, its follow-up SR sent too.
+        between = study(104, text={"PatientID": "FU-1", "StudyDate": "20260301"})
+        assert send(port, [between]) == [SUCCESS]
+        wait_for(lambda: len(results_at(pacs, uid).get(SR, ())) == 3, 90, what="the later study's second follow-up")
+        wait_for(lambda: len(results_at(pacs, between.StudyInstanceUID).get(SR, ())) == 2, 30,
+                 what="the report and follow-up SR of the study in between")
+        compared = sorted(json.loads(p.read_text())["visits"][0]["study_uid"]
+                          for p in (store / "results" / "followup").glob(f"{uid}/*/followup.json"))
+        assert compared == sorted([first.StudyInstanceUID, between.StudyInstanceUID])
+        assert node.queue.stale_comparison() is None
     finally:
         node.stop()
 

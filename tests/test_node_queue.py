@@ -126,3 +126,49 @@ def test_a_readings_warnings_are_recorded_with_its_result_and_the_runs_fallback_
     assert queue.query("SELECT level, study_uid, message FROM events") == [
         ("warning", "9.1", "no Segmentation written (ValueError: refused)")]
     assert [r.sop_uid for r in queue.due_results()] == ["5.1", "5.2"]
+
+
+def _read_with_patient(queue: NodeQueue, uid: str, date: str, read_at: float, compared_with=None):
+    from bonescan.node.queue import PatientStudy
+
+    study = PatientStudy(uid, "P1", date, (Path(f"{uid}.dcm"),), compared_with=compared_with)
+    queue.add_instance(f"{uid}.9", uid, "nm", 2, Path(f"{uid}.dcm"), "CAM", now=read_at - 1)
+    queue.claim_ready(30, 8, now=read_at - 1)
+    queue.finish_study(uid, 0.2, "no metastasis", "youden", 0.5, [], forward=False, now=read_at, patient=study)
+    return study
+
+
+def test_a_study_read_before_its_prior_arrived_is_compared_again_once(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    march = _read_with_patient(queue, "9.3", "20260301", read_at=100.0)
+    assert queue.stale_comparison() is None  # no prior at all
+    january = _read_with_patient(queue, "9.1", "20260101", read_at=250.0)  # fetched after March was read
+    assert queue.stale_comparison().study_uid == "9.3" and queue.prior_study(march).study_uid == "9.1"
+    queue.record_comparison(march, january, [("5.1", "followup", tmp_path / "fu.dcm")], forward=True, now=251.0)
+    assert queue.stale_comparison() is None
+    assert [(r.study_uid, r.kind) for r in queue.due_results(now=252.0)] == [("9.3", "followup")]
+    queue.mark_sent("5.1")
+    # compared inline with its prior when read: nothing stale
+    _read_with_patient(queue, "9.5", "20260501", read_at=260.0, compared_with=march)
+    assert queue.stale_comparison() is None
+    # March forgotten (read long ago, retention): May's latest prior is now January, older than the one May was
+    # compared with, so May is not compared again
+    queue.start_removals(read_before=200.0, keep_priors=True, now=300.0)
+    assert queue.query("SELECT study_uid FROM patient_studies ORDER BY study_uid") == [("9.1",), ("9.5",)]
+    assert queue.stale_comparison() is None
+
+
+def test_a_store_from_before_comparisons_were_recorded_compares_nothing_again(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.executescript("""
+        CREATE TABLE patient_studies (study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL,
+                                      study_date TEXT NOT NULL, files TEXT NOT NULL);
+        INSERT INTO patient_studies VALUES ('9.1', 'P1', '20260101', 'a.dcm'), ('9.2', 'P1', '20260201', 'b.dcm'),
+                                           ('9.3', 'P2', '20260301', 'c.dcm');""")
+    db.close()
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    assert queue.stale_comparison() is None
+    assert queue.query("SELECT study_uid, compared_with, compared_date FROM patient_studies ORDER BY study_uid") == [
+        ("9.1", None, None), ("9.2", "9.1", "20260101"), ("9.3", None, None)]

@@ -3,8 +3,10 @@ earlier study, and the follow-up SR (new / resolved / persistent / grown lesions
 studies) and the visits side by side as a Secondary Capture go to PACS with the study's own results.
 
 The prior is found by PatientID among the studies this node has read (`NodeQueue.prior_study`), dated before the new
-study by StudyDate; a study without either is not compared. The comparison is `bonescan followup`'s (registration,
-linked hotspots, uptake check) with the node's lesion network, written to STORE/results/followup/<study UID>/. The
+study by StudyDate; a study without either is not compared. A prior that arrives after the later study (fetched
+from PACS once that study came in) is compared with it then (`NodeQueue.stale_comparison`), and its follow-up SR
+follows. The comparison is `bonescan followup`'s (registration, linked hotspots, uptake check) with the node's
+lesion network, written to STORE/results/followup/<study UID>/<prior study UID>/. The
 node does not know when treatment started, so the pair is judged as a first follow-up (PCWG3: two or more new
 lesions are "unconfirmed" until a later scan confirms them); a verdict across the treatment baseline and a
 confirmatory scan is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on the studies chosen.
@@ -53,19 +55,18 @@ class PriorComparer:
         self.folder = Path(results) / FOLLOWUP_DIR
         self.queue = queue
 
-    def compare(self, current: PatientStudy) -> tuple[list[tuple[str, str, Path]], str | None]:
-        """The follow-up SR and side-by-side Secondary Capture to send, as (SOP Instance UID, kind, path), and a
-        one-line summary; nothing when the patient has no earlier study here."""
+    def compare(self, current: PatientStudy, prior: PatientStudy) -> tuple[list[tuple[str, str, Path]], str]:
+        """The follow-up SR and side-by-side Secondary Capture of `current` against `prior` to send, as (SOP
+        Instance UID, kind, path), and a one-line summary. Written to followup/<study UID>/<prior UID>/: a study
+        compared again with a prior that arrived after it keeps the files of its first comparison."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
 
-        prior = self.queue.prior_study(current)
-        if prior is None:
-            return [], None
         visits = [load_visit(visit_source(study), role)
                   for study, role in ((prior, "baseline"), (current, "follow-up"))]
         comparison = compare_visits(visits, self.reader, first_followup=True)
-        paths = write_comparison(comparison, self.folder / safe_file_stem(current.study_uid))
+        paths = write_comparison(comparison, self.folder / safe_file_stem(current.study_uid)
+                                 / safe_file_stem(prior.study_uid))
         change = comparison.followup
         summary = (f"against the study of {prior.study_date}: {len(change.new)} new, {len(change.resolved)} resolved, "
                    f"{len(change.persistent)} persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; "

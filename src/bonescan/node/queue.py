@@ -13,7 +13,9 @@ A study becomes ready when its instances hold two frames (one two-frame file, or
 it goes back to ready (its half-written results were never queued, so re-reading it sends nothing twice).
 Results are keyed by their SOP Instance UID: once queued, a result keeps its UID however often it is resent.
 With follow-up on, each study read is also remembered by PatientID and StudyDate (`patient_studies`), in the
-transaction that records its result, so a later study of the patient finds it as its prior.
+transaction that records its result, so a later study of the patient finds it as its prior, with the prior it was
+compared with; a study whose latest prior is newer than that one (a prior that arrived after it) is compared again
+(`stale_comparison`), and that comparison's results are queued with the record of it in one transaction.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_at REAL);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
 CREATE TABLE IF NOT EXISTS patient_studies (
-    study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, study_date TEXT NOT NULL, files TEXT NOT NULL);
+    study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, study_date TEXT NOT NULL, files TEXT NOT NULL,
+    compared_with TEXT, compared_date TEXT);
 CREATE INDEX IF NOT EXISTS patient_studies_patient ON patient_studies(patient_id, study_date);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, level TEXT NOT NULL, study_uid TEXT, message TEXT NOT NULL);
@@ -79,6 +82,7 @@ class PatientStudy:
     patient_id: str
     study_date: str
     files: tuple[Path, ...]
+    compared_with: "PatientStudy | None" = None  # the prior it was compared with (in finish_study, record_comparison)
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,25 @@ class NodeQueue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            self._record_comparisons_of_older_stores()
         except sqlite3.DatabaseError as error:
             raise ConfigError(self.path, f"cannot open the node's queue database ({error})") from error
         self._lock = threading.Lock()
+
+    def _record_comparisons_of_older_stores(self) -> None:
+        """A store made before comparisons were recorded: its studies were compared with their latest prior then,
+        which is recorded as such, so that none is compared (and its follow-up SR sent) again."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}
+        if "compared_date" in columns:
+            return
+        self._db.executescript("""
+            BEGIN IMMEDIATE;
+            ALTER TABLE patient_studies ADD COLUMN compared_with TEXT;
+            ALTER TABLE patient_studies ADD COLUMN compared_date TEXT;
+            UPDATE patient_studies AS l SET (compared_with, compared_date) = (
+                SELECT p.study_uid, p.study_date FROM patient_studies p WHERE p.patient_id = l.patient_id
+                AND p.study_date < l.study_date ORDER BY p.study_date DESC LIMIT 1);
+            COMMIT;""")
 
     def close(self) -> None:
         with self._lock:
@@ -204,18 +224,18 @@ class NodeQueue:
         """Record a prediction and queue its results (sop_uid, kind, path) in the same transaction, with the
         reading's `warnings` as events; with `patient`, remember the study as a later one's prior."""
         now = time.time() if now is None else now
-        state = "pending" if forward else "stored"
         with self._transaction() as db:
             if patient is not None:
-                db.execute("INSERT OR REPLACE INTO patient_studies (study_uid, patient_id, study_date, files)"
-                           " VALUES (?, ?, ?, ?)", (patient.study_uid, patient.patient_id, patient.study_date,
-                                                    "\n".join(str(p) for p in patient.files)))
+                prior = patient.compared_with
+                db.execute("INSERT OR REPLACE INTO patient_studies (study_uid, patient_id, study_date, files,"
+                           " compared_with, compared_date) VALUES (?, ?, ?, ?, ?, ?)",
+                           (patient.study_uid, patient.patient_id, patient.study_date,
+                            "\n".join(str(p) for p in patient.files), prior and prior.study_uid,
+                            prior and prior.study_date))
             db.execute("UPDATE studies SET state = 'done', probability = ?, decision = ?, operating_point = ?,"
                        " threshold = ?, error = NULL, finished_at = ?, updated_at = ? WHERE study_uid = ?",
                        (probability, decision, operating_point, threshold, now, now, study_uid))
-            for sop_uid, kind, path in results:
-                db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
+            self._queue_results(db, study_uid, results, forward, now)
             for warning in warnings:
                 self._event(db, "warning", study_uid, warning)
 
@@ -227,6 +247,36 @@ class NodeQueue:
                 " AND study_date < ? AND study_uid != ? ORDER BY study_date DESC LIMIT 1",
                 (study.patient_id, study.study_date, study.study_uid)).fetchone()
         return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
+
+    def stale_comparison(self) -> PatientStudy | None:
+        """A study whose latest prior here is newer than the one it was compared with (or it was compared with
+        none): a prior that arrived after it. None when every study is compared with its latest prior."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT l.study_uid, l.patient_id, l.study_date, l.files FROM patient_studies l"
+                " WHERE (SELECT MAX(p.study_date) FROM patient_studies p WHERE p.patient_id = l.patient_id"
+                "        AND p.study_date < l.study_date) > COALESCE(l.compared_date, '')"
+                " ORDER BY l.study_date LIMIT 1").fetchone()
+        return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
+
+    def record_comparison(self, study: PatientStudy, prior: PatientStudy, results: list[tuple[str, str, Path]],
+                          forward: bool, now: float | None = None) -> None:
+        """Queue the results of comparing an already read `study` with `prior`, and record that it was compared
+        with it (so it is not compared again), in one transaction."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("UPDATE patient_studies SET compared_with = ?, compared_date = ? WHERE study_uid = ?",
+                       (prior.study_uid, prior.study_date, study.study_uid))
+            self._queue_results(db, study.study_uid, results, forward, now)
+
+    @staticmethod
+    def _queue_results(db: sqlite3.Connection, study_uid: str, results: list[tuple[str, str, Path]], forward: bool,
+                       now: float) -> None:
+        """Queue results (sop_uid, kind, path) to be sent, or as stored when there is nowhere to send them."""
+        state = "pending" if forward else "stored"
+        for sop_uid, kind, path in results:
+            db.execute("INSERT OR IGNORE INTO outbox (sop_uid, study_uid, kind, path, state, queued_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, kind, str(path), state, now))
 
     def fail_study(self, study_uid: str, reason: str, now: float | None = None) -> None:
         """Record why a study could not be read."""

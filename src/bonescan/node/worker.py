@@ -163,6 +163,8 @@ class PredictionWorker(threading.Thread):
                 log.error("cannot read the queue: %s", error)
                 works = []
             if not works:
+                if self.comparer is not None and self._compare_stale():
+                    continue
                 self.wake.wait(self.poll)
                 self.wake.clear()
                 continue
@@ -216,8 +218,9 @@ class PredictionWorker(threading.Thread):
                 pass
 
     def _compare(self, work: StudyWork) -> tuple[PatientStudy | None, list[tuple[str, str, Path]]]:
-        """The study as its patient's (None without PatientID or StudyDate) and the follow-up SR to send. A
-        comparison that fails is logged with the reason; the study's own results go out all the same."""
+        """The study as its patient's (None without PatientID or StudyDate; with the prior it was compared with)
+        and the follow-up SR to send. A comparison that fails is logged with the reason; the study's own results
+        go out all the same."""
         uid = work.study_uid
         try:
             patient = patient_study([instance.path for instance in work.instances])
@@ -226,13 +229,36 @@ class PredictionWorker(threading.Thread):
         except Exception as error:  # noqa: BLE001 - a header read once already; whatever fails, no comparison
             log.warning("study %s: no follow-up comparison (%s: %s)", uid, type(error).__name__, error)
             return None, []
-        try:
-            results, summary = self.comparer.compare(patient)
-        except Exception as error:  # noqa: BLE001 - e.g. a prior whose files are gone or no longer readable
-            reason = f"no follow-up comparison ({type(error).__name__}: {error})"
-            log.warning("study %s: %s", uid, reason)
-            self.queue.record_event("warning", reason, uid)
+        prior = self.queue.prior_study(patient)
+        if prior is None:
             return patient, []
-        if summary:
-            log.info("study %s follow-up %s", uid, summary)
-        return patient, results
+        return replace(patient, compared_with=prior), self._compare_with(patient, prior)
+
+    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> list[tuple[str, str, Path]]:
+        """The follow-up results of `study` against `prior`; none, with the reason logged, when that fails (e.g. a
+        prior whose files are gone): the attempt counts as made, so it is not repeated."""
+        try:
+            results, summary = self.comparer.compare(study, prior)
+        except Exception as error:  # noqa: BLE001 - whatever fails, the study's own results are not held up
+            reason = f"no follow-up comparison ({type(error).__name__}: {error})"
+            log.warning("study %s: %s", study.study_uid, reason)
+            self.queue.record_event("warning", reason, study.study_uid)
+            return []
+        log.info("study %s follow-up %s", study.study_uid, summary)
+        return results
+
+    def _compare_stale(self) -> bool:
+        """Compare one study read before its latest prior arrived with that prior and queue the follow-up
+        results; False when there is none."""
+        try:
+            study = self.queue.stale_comparison()
+            if study is None:
+                return False
+            prior = self.queue.prior_study(study)
+            self.queue.record_comparison(study, prior, self._compare_with(study, prior), self.forward)
+        except Exception as error:  # noqa: BLE001 - e.g. a locked database: the next idle moment tries again
+            log.error("cannot compare a study with a prior that arrived after it: %s", error)
+            return False
+        if self.on_result is not None:
+            self.on_result()
+        return True
