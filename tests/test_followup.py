@@ -349,3 +349,18 @@ def test_a_superscan_on_either_visit_is_named_in_the_verdicts_reason():
     assert diffuse.verdict.reason.startswith(plain.verdict.reason)
     assert "superscan pattern (diffuse uptake) on the follow-up (BSI 6.3 %)" in diffuse.verdict.reason
     assert [v["superscan"] for v in diffuse.to_json()["visits"]] == [False, True]
+
+
+def test_the_followup_sr_lists_new_and_grown_lesions_first_up_to_the_limit(monkeypatch):
+    from types import SimpleNamespace
+
+    from bonescan.followup import output
+
+    change = SimpleNamespace(new=[5, 7], grown=[2], resolved=[9])
+    comparison = SimpleNamespace(lesions=[SimpleNamespace(number=n) for n in range(1, 10)], followup=change,
+                                 confirmatory=None)
+    assert [lesion.number for lesion in output.lesions_for_dicom(comparison)] == list(range(1, 10))
+    monkeypatch.setattr(output, "DICOM_HOTSPOT_LIMIT", 4)
+    assert [lesion.number for lesion in output.lesions_for_dicom(comparison)] == [2, 5, 7, 9]
+    monkeypatch.setattr(output, "DICOM_HOTSPOT_LIMIT", 5)
+    assert [lesion.number for lesion in output.lesions_for_dicom(comparison)] == [1, 2, 5, 7, 9]
