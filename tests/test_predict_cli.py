@@ -170,3 +170,24 @@ def test_bench_predict_prints_every_figure(tmp_path, capsys):
         assert figure in out, figure
     engine = next(line for line in out.splitlines() if line.startswith("engine: "))
     assert "exported engine" in engine or "eager" in engine  # the engine predict would choose, named
+
+
+def test_bench_lesions_prints_the_lesion_step_against_the_classifier(tmp_path, capsys):
+    import re
+
+    from nodekit import make_lesion_run
+
+    lesions = make_lesion_run(tmp_path / "lesion-run")
+    code = main(["bench", "lesions", "--lesions", str(lesions), "--preset", "tiny", "--cases", "4",
+                 "--parts-cases", "2", "--batch-size", "2", "--data", str(tmp_path / "bench")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    classifier = float(re.search(r"classifier, whole prediction: ([\d.]+) ms per study \(4 studies, 0 failed\)",
+                                 out).group(1))
+    step, ratio = re.search(r"lesion step as predict runs it: ([\d.]+) ms per study = ([\d.]+)x the classifier",
+                            out).groups()
+    assert classifier > 0 and float(ratio) == pytest.approx(float(step) / classifier, abs=0.051)
+    parts = re.search(r"one study at a time \(2 studies, ([\d.]+) hotspots per study\): network ([\d.]+) ms, "
+                      r"hotspots ([\d.]+) ms, no rescorer", out)
+    assert parts and float(parts.group(1)) == 0.0 and float(parts.group(2)) > 0  # this run finds no hotspots
+    assert "peak RSS" in out

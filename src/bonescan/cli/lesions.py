@@ -83,3 +83,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                    f"study (budget {fp_per_study:g})")
         if fitted.failed:
             raise typer.Exit(2)
+
+    @bench.command("lesions")
+    def bench_lesions(
+        lesions: Path = typer.Option(..., "--lesions", help="Lesion run (trained: post-processing time follows the "
+                                                            "hotspots it finds)."),
+        run: Path | None = typer.Option(None, "--run", help="Classifier run (default: an untrained --preset network; "
+                                                            "its speed does not depend on the weights)."),
+        preset: str = typer.Option("cpu-small", "--preset", help="Classifier preset without --run."),
+        data: Path | None = typer.Option(
+            None, "--data", help="Folder of studies; an empty or synthetic-cohort folder is filled with synthetic "
+                                 "studies. Default: a temporary synthetic cohort."),
+        cases: int = typer.Option(100, "--cases", help="Studies to predict with and without the lesion step."),
+        parts_cases: int = typer.Option(20, "--parts-cases", help="Studies for the lesion step's parts."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and untrained weights."),
+    ) -> None:
+        """The lesion step's time per study against the classifier's whole prediction, and where it goes."""
+        from ..lesions.bench import benchmark_lesions
+
+        result = benchmark_lesions(lesions, run, preset, data, cases, batch_size, parts_cases, seed,
+                                   progress=lambda message: print(f"bench lesions: {message}", file=sys.stderr))
+        for line in result.lines():
+            typer.echo(line)

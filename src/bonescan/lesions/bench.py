@@ -1,0 +1,135 @@
+"""`bonescan bench lesions`: what the lesion step costs per study, against the classifier's whole prediction.
+
+The lesion goal asks the lesion step to cost at most twice the classifier's time per study. Both sides are
+measured here as `bonescan predict` runs them, on the same studies:
+- the classifier: `predict` without lesions, end to end (reading, preprocessing, the engine `predict` chooses);
+- the lesion step: the lesion network on each batch and the hotspots of the batch's studies in threads
+  (`LesionStep.seconds`; writing the lesion files is not part of it);
+and where the lesion step's time goes, one study at a time: the network, the hotspots from its maps, and with a
+rescorer its count candidates, features and scores. Post-processing time grows with the hotspots a study has, so
+the hotspots per study are printed beside it; an untrained lesion network, which finds noise everywhere, gives
+no useful figure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..bench import _benchmark_engine, _benchmark_model, _benchmark_sources, peak_rss_mib
+from ..device import tune_allocator
+from ..errors import ConfigError
+from ..predict import OperatingPoint, default_workers, iterate_batches, predict_sources
+from ..preprocess import preprocess_views
+from .infer import study_lesions
+from .step import LesionStep
+
+
+@dataclass
+class LesionBenchmark:
+    """Figures of `bonescan bench lesions` (seconds per study)."""
+
+    cases: int
+    failed: int
+    classifier: float
+    lesion_step: float
+    network: float
+    hotspots: float
+    rescorer: float | None
+    hotspots_per_study: float
+    parts_cases: int
+    engine: str
+    threads: int
+    peak_rss_mib: float
+    weights: str
+
+    def lines(self) -> list[str]:
+        """The printed report."""
+        ms = 1000.0
+        rescorer = ("no rescorer" if self.rescorer is None
+                    else f"rescorer (count candidates, features, scores) {self.rescorer * ms:.1f} ms")
+        return [
+            f"classifier: {self.weights}; engine {self.engine}; {self.threads} threads",
+            f"classifier, whole prediction: {self.classifier * ms:.1f} ms per study ({self.cases} studies, "
+            f"{self.failed} failed)",
+            f"lesion step as predict runs it: {self.lesion_step * ms:.1f} ms per study = "
+            f"{self.lesion_step / self.classifier:.1f}x the classifier (goal: <= 2x)",
+            f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
+            f"study): network {self.network * ms:.1f} ms, hotspots {self.hotspots * ms:.1f} ms, {rescorer}",
+            f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
+        ]
+
+
+def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, preset: str = "cpu-small",
+                      data: str | Path | None = None, cases: int = 100, batch_size: int = 8, parts_cases: int = 20,
+                      seed: int = 0, progress: Callable[[str], None] | None = None) -> LesionBenchmark:
+    """Time the classifier's prediction and the lesion step of `lesions` (a lesion run) on `cases` studies from
+    `data` (as `bonescan bench predict` takes them), and the lesion step's parts on the first `parts_cases`."""
+    if cases < 1 or parts_cases < 1:
+        raise ConfigError("--cases", "cases and parts cases must be at least 1")
+    say = progress or (lambda message: None)
+    tune_allocator()
+    temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-lesions-"))
+    try:
+        step = LesionStep.open(lesions, temporary / "lesions", device="cpu", table=False)
+        model, preprocess_cfg, weights, run_dir = _benchmark_model(run_dir, preset, seed, temporary / "run")
+        sources = _benchmark_sources(Path(data) if data else temporary / "data", cases, seed, say)
+        engine, _, _ = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, "auto", "auto", "auto", "auto",
+                                         say)
+        engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
+        point, workers = OperatingPoint("0.5", 0.5), default_workers()
+        say(f"the classifier alone: {len(sources)} studies")
+        alone = predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers)
+        say("the lesion step: warming up on one batch, then every study")
+        predict_sources(sources[:batch_size], model, preprocess_cfg, engine, point, workers=0, lesion_step=step)
+        step.seconds, step.studies = 0.0, 0
+        predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers, lesion_step=step)
+        step.finish()
+        say(f"its parts: {min(parts_cases, len(sources))} studies one at a time")
+        parts = _time_parts(step, sources[:parts_cases], batch_size)
+        return LesionBenchmark(
+            cases=len(sources), failed=len(alone.failures), classifier=alone.seconds / len(sources),
+            lesion_step=step.seconds / max(step.studies, 1), parts_cases=parts.pop("studies"), **parts,
+            engine=engine.settings.describe(), threads=torch.get_num_threads(),
+            peak_rss_mib=peak_rss_mib(include_children=True), weights=weights)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _time_parts(step: LesionStep, sources, batch_size: int) -> dict:
+    """Seconds per study of the network (one study per call), the hotspots from its maps, and the rescorer's
+    share (hotspots with it, less without it); mean hotspots per study as predict finds them."""
+    model = step.model
+    preprocess = model.config.preprocess
+    items = [item for batch in iterate_batches(sources, preprocess, batch_size, 0, keep_views=True)
+             for item in batch if item.error is None]
+    if not items:
+        raise ConfigError("--data", "none of the studies could be read; see `bonescan predict` for the reasons")
+    network = plain = rescored = 0.0
+    hotspots = 0
+    for item in items:
+        spacing = item.spacing or 2.4
+        start = time.perf_counter()
+        maps = model.maps(preprocess_views(*item.views, preprocess)[None])[0]
+        network += time.perf_counter() - start
+        kwargs = dict(pixel_spacing=spacing, mirror_posterior=preprocess.mirror_posterior,
+                      threshold=model.threshold, outline_threshold=model.outline_threshold)
+        start = time.perf_counter()
+        found, _ = study_lesions(maps, *item.views, **kwargs)
+        plain += time.perf_counter() - start
+        if model.rescorer is not None:
+            start = time.perf_counter()
+            found, _ = study_lesions(maps, *item.views, rescorer=model.rescorer, **kwargs)
+            rescored += time.perf_counter() - start
+        hotspots += len(found.hotspots)
+    n = len(items)
+    return {"studies": n, "network": network / n, "hotspots": plain / n,
+            "rescorer": (rescored - plain) / n if model.rescorer is not None else None,
+            "hotspots_per_study": hotspots / n}
