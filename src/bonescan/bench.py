@@ -277,13 +277,13 @@ def benchmark_prediction(
     say = progress or (lambda message: None)
     allocator = tune_allocator()
     temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-predict-"))
-    model, preprocess_cfg, weights, run_dir = _benchmark_model(run_dir, preset, seed, temporary / "run")
+    model, preprocess_cfg, weights, run_dir = benchmark_model(run_dir, preset, seed, temporary / "run")
     if data is None:
         data = temporary / "data"
     try:
-        sources = _benchmark_sources(Path(data), cases, seed, say)
-        engine, notices, chosen = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision,
-                                                    compile, engine, say)
+        sources = benchmark_sources(Path(data), cases, seed, say)
+        engine, notices, chosen = benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision,
+                                                   compile, engine, say)
         cold = "cold start: not measured (an engine was asked for; predict chooses its own only with defaults)"
         if cold_start and chosen:
             from .coldstart import measure_cold_start
@@ -337,7 +337,7 @@ def benchmark_prediction(
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
+def benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
     """(model, preprocess settings, weights label, RUN folder); an untrained network is saved as a temporary RUN
     so that its engines are built and stored exactly as a trained run's."""
     if run_dir is not None:
@@ -359,8 +359,8 @@ def _benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
             temporary_run)
 
 
-def _benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, device: str, precision: str, compile: str,
-                      engine: str, say: Callable[[str], None]):
+def benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, device: str, precision: str, compile: str,
+                     engine: str, say: Callable[[str], None]):
     """The engine `bonescan predict` would run (see predict.predict_studies), the notices choosing it gave, and
     whether predict's own choice applied (defaults: no engine, precision, compile or GPU asked for)."""
     from .engine_select import select_engine
@@ -379,7 +379,7 @@ def _benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, dev
     return InferenceEngine(model, device=device, precision=precision, compile=compile, batch_size=batch_size), [], False
 
 
-def _benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:
+def benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:
     synthetic = not data.exists() or not any(data.iterdir()) or (data / "synth.json").exists()
     have = len(list((data / "studies").glob("*.dcm"))) if synthetic and (data / "studies").is_dir() else 0
     if synthetic and have < cases:  # fill an empty folder, or complete a synthetic cohort that is too small

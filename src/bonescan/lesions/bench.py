@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from ..bench import _benchmark_engine, _benchmark_model, _benchmark_sources, peak_rss_mib
+from ..bench import benchmark_engine, benchmark_model, benchmark_sources, peak_rss_mib
 from ..device import tune_allocator
 from ..errors import ConfigError
 from ..predict import OperatingPoint, default_workers, iterate_batches, predict_sources
@@ -79,9 +78,9 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
     temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-lesions-"))
     try:
         step = LesionStep.open(lesions, temporary / "lesions", device="cpu", table=False)
-        model, preprocess_cfg, weights, run_dir = _benchmark_model(run_dir, preset, seed, temporary / "run")
-        sources = _benchmark_sources(Path(data) if data else temporary / "data", cases, seed, say)
-        engine, _, _ = _benchmark_engine(run_dir, model, preprocess_cfg, batch_size, "auto", "auto", "auto", "auto",
+        model, preprocess_cfg, weights, run_dir = benchmark_model(run_dir, preset, seed, temporary / "run")
+        sources = benchmark_sources(Path(data) if data else temporary / "data", cases, seed, say)
+        engine, _, _ = benchmark_engine(run_dir, model, preprocess_cfg, batch_size, "auto", "auto", "auto", "auto",
                                          say)
         engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
         point, workers = OperatingPoint("0.5", 0.5), default_workers()

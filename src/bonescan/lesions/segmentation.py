@@ -1,9 +1,10 @@
 """Hotspots and skeletal regions as DICOM Segmentations (highdicom), so a PACS viewer draws them over the scan.
 
-One SEG instance per view, both in one SEG series of the source study. Segments: each hotspot of that view
-(category Morphologically abnormal structure, type Lesion, label "hotspot <n>", tracking identifier and UID the
-same as in the SR and hotspots.csv; the hotspots the SR lists, `dicom.hotspots_for_dicom`), then each skeletal region found (category Anatomical structure, type the
-region's SNOMED CT site, label its name with side). Binary, one frame per non-empty segment.
+One SEG instance per view, both in one SEG series of the source study. Segments: each hotspot of that view that
+the SR lists (`dicom.hotspots_for_dicom`; category Morphologically abnormal structure, type Lesion, label "hotspot
+<n>", tracking identifier and UID the same as in the SR and hotspots.csv), then each skeletal region found
+(category Anatomical structure, type the region's SNOMED CT site, label its name with side). Binary, one frame per
+non-empty segment.
 
 Why one SEG per view: a whole-body NM study is one file of two planar frames (anterior, posterior) with no patient
 coordinate system for its pixels; highdicom (0.28) builds a SEG from a multi-frame source only in such a coordinate

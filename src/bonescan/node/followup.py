@@ -22,7 +22,7 @@ import pydicom
 
 from ..dicom_out import safe_file_stem
 from ..io import StudySource
-from .queue import NodeQueue, PatientStudy
+from .queue import PatientStudy
 
 FOLLOWUP_DIR = "followup"
 
@@ -48,12 +48,11 @@ def visit_source(study: PatientStudy) -> StudySource:
 class PriorComparer:
     """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
 
-    def __init__(self, lesion_model, results: str | Path, queue: NodeQueue):
+    def __init__(self, lesion_model, results: str | Path):
         from ..followup import NetworkReader
 
         self.reader = NetworkReader(lesion_model.run_dir, model=lesion_model)
         self.folder = Path(results) / FOLLOWUP_DIR
-        self.queue = queue
 
     def compare(self, current: PatientStudy, prior: PatientStudy) -> tuple[list[tuple[str, str, Path]], str]:
         """The follow-up SR and side-by-side Secondary Capture of `current` against `prior` to send, as (SOP

@@ -178,8 +178,8 @@ class NodeQueue:
                 # A study sent again after retention removed it: read it again, as the node no longer holds it.
                 db.execute("UPDATE studies SET state = 'receiving', error = NULL, attempts = 0 WHERE study_uid = ?",
                            (study_uid,))
-                self._event(db, "info", study_uid, f"instance {sop_uid} arrived after the study "
-                                                   f"{'failed' if row[0] == 'failed' else 'was removed'}; reading again")
+                what = "failed" if row[0] == "failed" else "was removed"
+                self._event(db, "info", study_uid, f"instance {sop_uid} arrived after the study {what}; reading again")
             elif row[0] not in ("receiving", "ready"):
                 self._event(db, "warning", study_uid,
                             f"instance {sop_uid} arrived after the study was read; kept, not read again")

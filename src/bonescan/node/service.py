@@ -67,7 +67,7 @@ class Node:
         if config.followup:
             from .followup import PriorComparer
 
-            comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, self.queue)
+            comparer = PriorComparer(predictor.lesion_step.model, self.paths.results)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
                                        config.poll, on_result=self.sender.wake.set if self.sender else None,
                                        comparer=comparer)

@@ -148,6 +148,9 @@ class PredictionWorker(threading.Thread):
         self.poll = poll
         self.on_result = on_result
         self.comparer = comparer  # with --followup: compares each study with its patient's prior
+        # whether a study may wait to be compared with a prior that arrived after it: at start (a kill may have
+        # cut one short) and after each study of a known patient, not at every idle poll
+        self._stale_possible = True
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -163,7 +166,7 @@ class PredictionWorker(threading.Thread):
                 log.error("cannot read the queue: %s", error)
                 works = []
             if not works:
-                if self.comparer is not None and self._compare_stale():
+                if self.comparer is not None and self._stale_possible and self._compare_stale():
                     continue
                 self.wake.wait(self.poll)
                 self.wake.clear()
@@ -205,6 +208,7 @@ class PredictionWorker(threading.Thread):
             warnings = [w for w in outcome.warnings if w != self.predictor.point.warning]
             self.queue.finish_study(uid, outcome.probability, outcome.decision, outcome.operating_point,
                                     outcome.threshold, results, self.forward, patient=patient, warnings=warnings)
+            self._stale_possible |= patient is not None
             log.info("study %s read: probability %.4f, %s (%s %.3g); results %s in %.2f s", uid,
                      outcome.probability, outcome.decision, outcome.operating_point, outcome.threshold,
                      ", ".join(sop for sop, _, _ in results), seconds)
@@ -253,6 +257,7 @@ class PredictionWorker(threading.Thread):
         try:
             study = self.queue.stale_comparison()
             if study is None:
+                self._stale_possible = False
                 return False
             prior = self.queue.prior_study(study)
             self.queue.record_comparison(study, prior, self._compare_with(study, prior), self.forward)
