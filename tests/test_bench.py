@@ -60,3 +60,17 @@ def test_bench_training_reports_every_setting(monkeypatch):
     assert any(line.startswith("matmul roofline: fp32 1.0 GFLOP/s, bf16 1.0") for line in lines)
     with pytest.raises(ConfigError, match="unknown precision"):
         bench_training(["tiny"], ["fp8"], steps=1)
+
+
+def test_benchmark_studies_of_a_two_files_per_study_camera_are_counted_as_studies(tmp_path):
+    from bonescan.bench import benchmark_sources
+    from bonescan.synth import generate_cohort
+
+    generate_cohort(tmp_path / "data", 3, seed=5, difficulty="paper", site="philips-brightview")
+    assert len(list((tmp_path / "data" / "studies").glob("*.dcm"))) == 6
+    said = []
+    sources = benchmark_sources(tmp_path / "data", 3, 5, said.append)
+    assert len(sources) == 3 and all(len(source.files) == 2 for source in sources) and said == []
+    # a fourth study cannot be added to a cohort of other settings: refused, not three studies given as four
+    with pytest.raises(ConfigError, match="holds a cohort made with"):
+        benchmark_sources(tmp_path / "data", 4, 5, said.append)

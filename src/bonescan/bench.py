@@ -381,7 +381,8 @@ def benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, devi
 
 def benchmark_sources(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[StudySource]:
     synthetic = not data.exists() or not any(data.iterdir()) or (data / "synth.json").exists()
-    have = len(list((data / "studies").glob("*.dcm"))) if synthetic and (data / "studies").is_dir() else 0
+    # studies, not files: a camera that stores each view as its own file writes two per study
+    have = len(find_studies([data / "studies"])) if synthetic and (data / "studies").is_dir() else 0
     if synthetic and have < cases:  # fill an empty folder, or complete a synthetic cohort that is too small
         from .synth import generate_cohort
 
