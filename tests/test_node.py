@@ -494,7 +494,7 @@ def test_a_prior_sent_as_two_view_files_in_either_order_is_read_by_its_views(tmp
     assert patient_study([save(undated, tmp_path / "undated.dcm")]) is None  # nothing to order it by
 
 
-def test_a_node_with_keep_days_removes_studies_once_read_and_sent(run, pacs, tmp_path):
+def test_a_node_with_keep_days_removes_studies_once_read_and_sent(run, pacs, tmp_path, capsys):
     store = tmp_path / "store"
     # a tenth of a second: a study goes at the first pass after its results reached the destination
     node = Node(NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address), poll=0.05,
@@ -510,6 +510,8 @@ def test_a_node_with_keep_days_removes_studies_once_read_and_sent(run, pacs, tmp
         assert [p for p in store.rglob("*.dcm")] == []
         assert node.queue.query("SELECT COUNT(*) FROM instances") == [(0,)]
         assert node_status(store)["studies"]["removed"] == 2
+        assert main(["node", "status", "--store", str(store)]) == 0
+        assert f"removing studies {0.1 / 86400:g} days after they were read" in capsys.readouterr().out
         # sent again after its removal: read again
         assert send(port, sent[:1]) == [SUCCESS]
         wait_for(lambda: len(results_at(pacs, uids[0])[SR]) == 2, 60, what="the study read again")

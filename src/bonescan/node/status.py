@@ -90,6 +90,7 @@ def format_status(status: dict) -> list[str]:
     lines = [f"store {status['store']}: " + (
         f"node {node['ae_title']} running (pid {node['pid']}) on {node['host']}:{node['port']}"
         f"{' TLS' if node.get('tls') else ''}, forwarding to {node.get('forward') or 'nowhere (results stored)'}"
+        + (f", removing studies {node['keep_days']:g} days after they were read" if node.get("keep_days") else "")
         if node else "no node running")]
     lines.append(f"instances received: {status['instances']}")
     lines.append("studies: " + ", ".join(f"{k} {v}" for k, v in status["studies"].items()))
