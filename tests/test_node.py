@@ -474,7 +474,7 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
         compared = sorted(json.loads(p.read_text())["visits"][0]["study_uid"]
                           for p in (store / "results" / "followup").glob(f"{uid}/*/followup.json"))
         assert compared == sorted([first.StudyInstanceUID, between.StudyInstanceUID])
-        assert node.queue.stale_comparison() is None
+        assert node.queue.stale_comparisons() == []
     finally:
         node.stop()
 

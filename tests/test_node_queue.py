@@ -141,21 +141,21 @@ def _read_with_patient(queue: NodeQueue, uid: str, date: str, read_at: float, co
 def test_a_study_read_before_its_prior_arrived_is_compared_again_once(tmp_path):
     queue = NodeQueue(tmp_path / "q.sqlite")
     march = _read_with_patient(queue, "9.3", "20260301", read_at=100.0)
-    assert queue.stale_comparison() is None  # no prior at all
+    assert queue.stale_comparisons() == []  # no prior at all
     january = _read_with_patient(queue, "9.1", "20260101", read_at=250.0)  # fetched after March was read
-    assert queue.stale_comparison().study_uid == "9.3" and queue.prior_study(march).study_uid == "9.1"
+    assert [s.study_uid for s in queue.stale_comparisons()] == ["9.3"] and queue.prior_study(march).study_uid == "9.1"
     queue.record_comparison(march, january, [("5.1", "followup", tmp_path / "fu.dcm")], forward=True, now=251.0)
-    assert queue.stale_comparison() is None
+    assert queue.stale_comparisons() == []
     assert [(r.study_uid, r.kind) for r in queue.due_results(now=252.0)] == [("9.3", "followup")]
     queue.mark_sent("5.1")
     # compared inline with its prior when read: nothing stale
     _read_with_patient(queue, "9.5", "20260501", read_at=260.0, compared_with=march)
-    assert queue.stale_comparison() is None
+    assert queue.stale_comparisons() == []
     # March forgotten (read long ago, retention): May's latest prior is now January, older than the one May was
     # compared with, so May is not compared again
     queue.start_removals(read_before=200.0, keep_priors=True, now=300.0)
     assert queue.query("SELECT study_uid FROM patient_studies ORDER BY study_uid") == [("9.1",), ("9.5",)]
-    assert queue.stale_comparison() is None
+    assert queue.stale_comparisons() == []
 
 
 def test_a_store_from_before_comparisons_were_recorded_compares_nothing_again(tmp_path):
@@ -169,6 +169,38 @@ def test_a_store_from_before_comparisons_were_recorded_compares_nothing_again(tm
                                            ('9.3', 'P2', '20260301', 'c.dcm');""")
     db.close()
     queue = NodeQueue(tmp_path / "q.sqlite")
-    assert queue.stale_comparison() is None
+    assert queue.stale_comparisons() == []
     assert queue.query("SELECT study_uid, compared_with, compared_date FROM patient_studies ORDER BY study_uid") == [
         ("9.1", None, None), ("9.2", "9.1", "20260101"), ("9.3", None, None)]
+
+
+def test_a_comparison_that_fails_is_tried_again_at_the_next_start_not_at_every_idle_moment(tmp_path):
+    from types import SimpleNamespace
+
+    from bonescan.node.worker import PredictionWorker
+
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    _read_with_patient(queue, "9.3", "20260301", read_at=100.0)
+    _read_with_patient(queue, "9.1", "20260101", read_at=200.0)  # the prior, arrived after
+    calls = []
+
+    class Comparer:
+        def __init__(self, fails: bool):
+            self.fails = fails
+
+        def compare(self, study, prior):
+            calls.append((study.study_uid, prior.study_uid))
+            if self.fails:
+                raise OSError("prior files unreadable")
+            return [("5.9", "followup", tmp_path / "fu.dcm")], "1 new"
+
+    predictor = SimpleNamespace(batch_size=1, point=None)
+    worker = PredictionWorker(queue, predictor, 30, forward=True, comparer=Comparer(fails=True))
+    assert worker._compare_stale() and not worker._compare_stale()  # tried once, then left for this run
+    assert calls == [("9.3", "9.1")] and queue.due_results() == []
+    assert [s.study_uid for s in queue.stale_comparisons()] == ["9.3"]  # not recorded as compared
+    assert "tried again at the next start" in queue.query("SELECT message FROM events")[-1][0]
+    restarted = PredictionWorker(queue, predictor, 30, forward=True, comparer=Comparer(fails=False))
+    assert restarted._compare_stale() and not restarted._compare_stale()
+    assert calls[-1] == ("9.3", "9.1") and [r.sop_uid for r in queue.due_results()] == ["5.9"]
+    assert queue.stale_comparisons() == []

@@ -4,7 +4,7 @@ studies) and the visits side by side as a Secondary Capture go to PACS with the 
 
 The prior is found by PatientID among the studies this node has read (`NodeQueue.prior_study`), dated before the new
 study by StudyDate; a study without either is not compared. A prior that arrives after the later study (fetched
-from PACS once that study came in) is compared with it then (`NodeQueue.stale_comparison`), and its follow-up SR
+from PACS once that study came in) is compared with it then (`NodeQueue.stale_comparisons`), and its follow-up SR
 follows. The comparison is `bonescan followup`'s (registration, linked hotspots, uptake check) with the node's
 lesion network, written to STORE/results/followup/<study UID>/<prior study UID>/. The
 node does not know when treatment started, so the pair is judged as a first follow-up (PCWG3: two or more new

@@ -14,8 +14,9 @@ it goes back to ready (its half-written results were never queued, so re-reading
 Results are keyed by their SOP Instance UID: once queued, a result keeps its UID however often it is resent.
 With follow-up on, each study read is also remembered by PatientID and StudyDate (`patient_studies`), in the
 transaction that records its result, so a later study of the patient finds it as its prior, with the prior it was
-compared with; a study whose latest prior is newer than that one (a prior that arrived after it) is compared again
-(`stale_comparison`), and that comparison's results are queued with the record of it in one transaction.
+compared with; a study whose latest prior is newer than that one (a prior that arrived after it, or a comparison
+that failed) is compared again (`stale_comparisons`), and that comparison's results are queued with the record of
+it in one transaction.
 """
 
 from __future__ import annotations
@@ -248,16 +249,16 @@ class NodeQueue:
                 (study.patient_id, study.study_date, study.study_uid)).fetchone()
         return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
 
-    def stale_comparison(self) -> PatientStudy | None:
-        """A study whose latest prior here is newer than the one it was compared with (or it was compared with
-        none): a prior that arrived after it. None when every study is compared with its latest prior."""
+    def stale_comparisons(self) -> list[PatientStudy]:
+        """Studies whose latest prior here is newer than the one they were compared with (or they were compared
+        with none): a prior arrived after them, or their comparison failed. Oldest first."""
         with self._lock:
-            row = self._db.execute(
+            rows = self._db.execute(
                 "SELECT l.study_uid, l.patient_id, l.study_date, l.files FROM patient_studies l"
                 " WHERE (SELECT MAX(p.study_date) FROM patient_studies p WHERE p.patient_id = l.patient_id"
                 "        AND p.study_date < l.study_date) > COALESCE(l.compared_date, '')"
-                " ORDER BY l.study_date LIMIT 1").fetchone()
-        return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
+                " ORDER BY l.study_date").fetchall()
+        return [PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n"))) for row in rows]
 
     def record_comparison(self, study: PatientStudy, prior: PatientStudy, results: list[tuple[str, str, Path]],
                           forward: bool, now: float | None = None) -> None:

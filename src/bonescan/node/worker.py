@@ -151,6 +151,8 @@ class PredictionWorker(threading.Thread):
         # whether a study may wait to be compared with a prior that arrived after it: at start (a kill may have
         # cut one short) and after each study of a known patient, not at every idle poll
         self._stale_possible = True
+        # (study, prior) comparisons that failed in this run: tried again at the next start, not at every idle poll
+        self._failed: set[tuple[str, str]] = set()
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -236,34 +238,41 @@ class PredictionWorker(threading.Thread):
         prior = self.queue.prior_study(patient)
         if prior is None:
             return patient, []
-        return replace(patient, compared_with=prior), self._compare_with(patient, prior)
+        results = self._compare_with(patient, prior)
+        if results is None:  # recorded as not compared: the next start tries again
+            return patient, []
+        return replace(patient, compared_with=prior), results
 
-    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> list[tuple[str, str, Path]]:
-        """The follow-up results of `study` against `prior`; none, with the reason logged, when that fails (e.g. a
-        prior whose files are gone): the attempt counts as made, so it is not repeated."""
+    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> list[tuple[str, str, Path]] | None:
+        """The follow-up results of `study` against `prior`; None, with the reason logged, when that fails (e.g. a
+        prior whose files cannot be read): not tried again before the next start."""
         try:
             results, summary = self.comparer.compare(study, prior)
         except Exception as error:  # noqa: BLE001 - whatever fails, the study's own results are not held up
-            reason = f"no follow-up comparison ({type(error).__name__}: {error})"
+            reason = f"no follow-up comparison ({type(error).__name__}: {error}); tried again at the next start"
             log.warning("study %s: %s", study.study_uid, reason)
             self.queue.record_event("warning", reason, study.study_uid)
-            return []
+            self._failed.add((study.study_uid, prior.study_uid))
+            return None
         log.info("study %s follow-up %s", study.study_uid, summary)
         return results
 
     def _compare_stale(self) -> bool:
-        """Compare one study read before its latest prior arrived with that prior and queue the follow-up
-        results; False when there is none."""
+        """Compare one study with a newer prior than it was compared with (one that arrived after it) and queue
+        the follow-up results; False when there is none left to try in this run."""
         try:
-            study = self.queue.stale_comparison()
-            if study is None:
-                self._stale_possible = False
-                return False
-            prior = self.queue.prior_study(study)
-            self.queue.record_comparison(study, prior, self._compare_with(study, prior), self.forward)
+            for study in self.queue.stale_comparisons():
+                prior = self.queue.prior_study(study)
+                if (study.study_uid, prior.study_uid) in self._failed:
+                    continue
+                results = self._compare_with(study, prior)
+                if results is not None:
+                    self.queue.record_comparison(study, prior, results, self.forward)
+                    if self.on_result is not None:
+                        self.on_result()
+                return True
         except Exception as error:  # noqa: BLE001 - e.g. a locked database: the next idle moment tries again
             log.error("cannot compare a study with a prior that arrived after it: %s", error)
             return False
-        if self.on_result is not None:
-            self.on_result()
-        return True
+        self._stale_possible = False
+        return False
