@@ -182,8 +182,8 @@ def test_bench_lesions_prints_the_lesion_step_against_the_classifier(tmp_path, c
                  "--parts-cases", "2", "--batch-size", "2", "--data", str(tmp_path / "bench")])
     out = capsys.readouterr().out
     assert code == 0, out
-    classifier = float(re.search(r"classifier, whole prediction: ([\d.]+) ms per study \(4 studies, 0 failed\)",
-                                 out).group(1))
+    classifier = float(re.search(r"classifier, whole prediction: ([\d.]+) ms per study (at the margin )?\([^)]*"
+                                 r"reader processes' start[^)]*; 4 studies, 0 failed\)", out).group(1))
     step, ratio = re.search(r"lesion step as predict runs it: ([\d.]+) ms per study = ([\d.]+)x the classifier",
                             out).groups()
     assert classifier > 0 and float(ratio) == pytest.approx(float(step) / classifier, abs=0.051)
