@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bonescan.errors import ConfigError
 from bonescan.node.config import Destination, NodeConfig
-from bonescan.node.queue import MAX_PREDICTION_ATTEMPTS, NodeQueue
+from bonescan.node.queue import MAX_PREDICTION_ATTEMPTS, NodeQueue, PatientStudy
 from bonescan.node.sender import backoff
 
 
@@ -128,10 +129,12 @@ def test_a_readings_warnings_are_recorded_with_its_result_and_the_runs_fallback_
     assert [r.sop_uid for r in queue.due_results()] == ["5.1", "5.2"]
 
 
-def _read_with_patient(queue: NodeQueue, uid: str, date: str, read_at: float, compared_with=None):
+def _read_with_patient(queue: NodeQueue, uid: str, date: str, read_at: float, compared_with=None, verdict=None,
+                       awaiting=None):
     from bonescan.node.queue import PatientStudy
 
-    study = PatientStudy(uid, "P1", date, (Path(f"{uid}.dcm"),), compared_with=compared_with)
+    study = PatientStudy(uid, "P1", date, (Path(f"{uid}.dcm"),), compared_with=compared_with, verdict=verdict,
+                         awaiting=awaiting)
     queue.add_instance(f"{uid}.9", uid, "nm", 2, Path(f"{uid}.dcm"), "CAM", now=read_at - 1)
     queue.claim_ready(30, 8, now=read_at - 1)
     queue.finish_study(uid, 0.2, "no metastasis", "youden", 0.5, [], forward=False, now=read_at, patient=study)
@@ -144,7 +147,8 @@ def test_a_study_read_before_its_prior_arrived_is_compared_again_once(tmp_path):
     assert queue.stale_comparisons() == []  # no prior at all
     january = _read_with_patient(queue, "9.1", "20260101", read_at=250.0)  # fetched after March was read
     assert [s.study_uid for s in queue.stale_comparisons()] == ["9.3"] and queue.prior_study(march).study_uid == "9.1"
-    queue.record_comparison(march, january, [("5.1", "followup", tmp_path / "fu.dcm")], forward=True, now=251.0)
+    queue.record_comparison(replace(march, compared_with=january), [("5.1", "followup", tmp_path / "fu.dcm")],
+                            forward=True, now=251.0)
     assert queue.stale_comparisons() == []
     assert [(r.study_uid, r.kind) for r in queue.due_results(now=252.0)] == [("9.3", "followup")]
     queue.mark_sent("5.1")
@@ -177,6 +181,7 @@ def test_a_store_from_before_comparisons_were_recorded_compares_nothing_again(tm
 def test_a_comparison_that_fails_is_tried_again_at_the_next_start_not_at_every_idle_moment(tmp_path):
     from types import SimpleNamespace
 
+    from bonescan.node.followup import NodeComparison
     from bonescan.node.worker import PredictionWorker
 
     queue = NodeQueue(tmp_path / "q.sqlite")
@@ -188,11 +193,11 @@ def test_a_comparison_that_fails_is_tried_again_at_the_next_start_not_at_every_i
         def __init__(self, fails: bool):
             self.fails = fails
 
-        def compare(self, study, prior):
+        def compare(self, study, prior, awaiting=None):
             calls.append((study.study_uid, prior.study_uid))
             if self.fails:
                 raise OSError("prior files unreadable")
-            return [("5.9", "followup", tmp_path / "fu.dcm")], "1 new"
+            return NodeComparison([("5.9", "followup", tmp_path / "fu.dcm")], "1 new", "no progression", None)
 
     predictor = SimpleNamespace(batch_size=1, point=None)
     worker = PredictionWorker(queue, predictor, 30, forward=True, comparer=Comparer(fails=True))
@@ -204,3 +209,109 @@ def test_a_comparison_that_fails_is_tried_again_at_the_next_start_not_at_every_i
     assert restarted._compare_stale() and not restarted._compare_stale()
     assert calls[-1] == ("9.3", "9.1") and [r.sop_uid for r in queue.due_results()] == ["5.9"]
     assert queue.stale_comparisons() == []
+
+
+def test_new_lesions_awaiting_confirmation_are_compared_with_the_next_scan_and_kept_for_it(tmp_path):
+    from types import SimpleNamespace
+
+    from bonescan.node.followup import NodeComparison
+    from bonescan.node.worker import PredictionWorker
+
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    january = _read_with_patient(queue, "9.1", "20260101", read_at=100.0)
+    _read_with_patient(queue, "9.4", "20260401", read_at=110.0, compared_with=january, verdict="unconfirmed",
+                       awaiting=("9.1", "9.4"))
+    _read_with_patient(queue, "9.0", "20251001", read_at=120.0)  # an older study, awaited by nothing
+    # Read long ago: retention keeps April (the latest) and January (its new lesions were counted against it)
+    assert queue.start_removals(read_before=1000.0, keep_priors=True, now=1000.0) == ["9.0"]
+    queue.finish_removal("9.0")
+    prior = queue.prior_study(PatientStudy("9.6", "P1", "20260601", ()))
+    assert prior.study_uid == "9.4" and prior.verdict == "unconfirmed" and prior.awaiting == ("9.1", "9.4")
+    assert [s.study_uid for s in queue.awaiting_confirmation(prior)] == ["9.1", "9.4"]
+
+    _read_with_patient(queue, "9.6", "20260601", read_at=1100.0)  # read; its comparison is still to be made
+    calls = []
+
+    class Comparer:
+        def compare(self, study, prior, awaiting=None):
+            calls.append((study.study_uid, prior.study_uid, [s.study_uid for s in awaiting or ()]))
+            return NodeComparison([("5.6", "followup", tmp_path / "fu.dcm")], "3 more new", "progression", None)
+
+    worker = PredictionWorker(queue, SimpleNamespace(batch_size=1, point=None), 30, forward=True,
+                              comparer=Comparer())
+    assert worker._compare_stale() and not worker._compare_stale()
+    assert calls == [("9.6", "9.4", ["9.1", "9.4"])]  # the confirmatory scan of April's new lesions
+    assert queue.query("SELECT verdict, awaiting_baseline, compared_with FROM patient_studies WHERE study_uid = "
+                       "'9.6'") == [("progression", None, "9.4")]
+    # confirmed: nothing awaits any more, so January and April may go
+    queue.mark_sent("5.6")
+    assert queue.start_removals(read_before=2000.0, keep_priors=True, now=2000.0) == ["9.1", "9.4"]
+
+
+def test_a_scan_whose_awaited_baseline_is_gone_is_compared_with_its_prior_alone_and_says_so(tmp_path):
+    import sqlite3
+    from types import SimpleNamespace
+
+    from bonescan.node.followup import NodeComparison
+    from bonescan.node.worker import PredictionWorker
+
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    january = _read_with_patient(queue, "9.1", "20260101", read_at=100.0)
+    _read_with_patient(queue, "9.4", "20260401", read_at=110.0, compared_with=january, verdict="unconfirmed",
+                       awaiting=("9.1", "9.4"))
+    with sqlite3.connect(tmp_path / "q.sqlite") as db:  # e.g. removed by hand
+        db.execute("DELETE FROM patient_studies WHERE study_uid = '9.1'")
+    _read_with_patient(queue, "9.6", "20260601", read_at=120.0)
+    calls = []
+
+    class Comparer:
+        def compare(self, study, prior, awaiting=None):
+            calls.append(awaiting)
+            return NodeComparison([("5.6", "followup", tmp_path / "fu.dcm")], "", "unconfirmed", ("9.4", "9.6"))
+
+    worker = PredictionWorker(queue, SimpleNamespace(batch_size=1, point=None), 30, forward=True,
+                              comparer=Comparer())
+    assert worker._compare_stale()
+    assert calls == [None]
+    assert "no longer held" in queue.query("SELECT message FROM events WHERE study_uid = '9.6'")[0][0]
+    assert queue.query("SELECT awaiting_baseline, awaiting_followup FROM patient_studies WHERE study_uid = '9.6'"
+                       ) == [("9.4", "9.6")]
+
+
+def test_a_store_from_before_verdicts_were_kept_gains_them_empty(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.executescript("""
+        CREATE TABLE patient_studies (study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL,
+                                      study_date TEXT NOT NULL, files TEXT NOT NULL, compared_with TEXT,
+                                      compared_date TEXT);
+        INSERT INTO patient_studies VALUES ('9.1', 'P1', '20260101', 'a.dcm', NULL, NULL),
+                                           ('9.2', 'P1', '20260201', 'b.dcm', '9.1', '20260101');""")
+    db.close()
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    prior = queue.prior_study(PatientStudy("9.3", "P1", "20260301", ()))
+    assert prior.study_uid == "9.2" and prior.verdict is None and prior.awaiting is None
+    assert queue.stale_comparisons() == []
+
+
+def test_status_counts_studies_read_after_their_removal_and_the_followup_verdicts(tmp_path):
+    from bonescan.node.status import format_status, node_status
+
+    queue = NodeQueue(tmp_path / "queue.sqlite")
+    january = _read_with_patient(queue, "9.1", "20260101", read_at=1000.0)
+    april = _read_with_patient(queue, "9.4", "20260401", read_at=1010.0, compared_with=january,
+                               verdict="unconfirmed", awaiting=("9.1", "9.4"))
+    _read_with_patient(queue, "9.6", "20260601", read_at=1020.0, compared_with=april, verdict="progression")
+    queue.add_instance("9.7.9", "9.7", "nm", 1, Path("9.7.dcm"), "CAM", now=1020.0)
+    queue.claim_ready(0, 8, now=1030.0)
+    queue.fail_study("9.7", "one view only", now=1030.0)
+    for uid in queue.start_removals(read_before=1015.0, keep_priors=False, now=1040.0):
+        queue.finish_removal(uid, now=1040.0)
+    assert queue.query("SELECT state FROM studies WHERE study_uid IN ('9.1', '9.4')") == [("removed",)] * 2
+    status = node_status(tmp_path, now=1050.0)
+    assert status["throughput"]["studies_last_hour"] == 3  # removed ones too; the failed one is not a read study
+    assert status["latency_s"]["studies"] == 3
+    # 9.6 confirmed progression and nothing of its patient awaits confirmation any more
+    assert status["followup"] == {"progression": 1, "awaiting confirmation": 0}
+    assert any("PCWG3 verdict: progression 1" in line for line in format_status(status))

@@ -6,15 +6,21 @@ The prior is found by PatientID among the studies this node has read (`NodeQueue
 study by StudyDate; a study without either is not compared. A prior that arrives after the later study (fetched
 from PACS once that study came in) is compared with it then (`NodeQueue.stale_comparisons`), and its follow-up SR
 follows. The comparison is `bonescan followup`'s (registration, linked hotspots, uptake check) with the node's
-lesion network, written to STORE/results/followup/<study UID>/<prior study UID>/. The
-node does not know when treatment started, so the pair is judged as a first follow-up (PCWG3: two or more new
-lesions are "unconfirmed" until a later scan confirms them); a verdict across the treatment baseline and a
-confirmatory scan is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on the studies chosen.
+lesion network, written to STORE/results/followup/<study UID>/<prior study UID>/.
+
+PCWG3 in the node. The node does not know when treatment started, so a pair is judged as a first follow-up: two or
+more new lesions are "unconfirmed" until a later scan confirms them. The node remembers which baseline and first
+follow-up they were counted on, and the patient's next scan is compared with both (baseline, first follow-up,
+confirmatory: `bonescan followup`'s "2+2"): two or more further new lesions at least 6 weeks after the first
+follow-up confirm progression, fewer do not (a flare, or healing), and a scan within 6 weeks leaves them waiting for
+the next. A verdict that needs the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on
+the studies chosen.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,34 +51,64 @@ def visit_source(study: PatientStudy) -> StudySource:
     return StudySource(study.study_uid, study.files, ordered=len(study.files) == 1)
 
 
+@dataclass(frozen=True)
+class NodeComparison:
+    """A comparison made by the node: the follow-up SR and side-by-side SC to send as (SOP Instance UID, kind, path),
+    a one-line summary, the PCWG3 status, and the (baseline, first follow-up) study UIDs whose new lesions the next
+    scan must still confirm (None when nothing waits)."""
+
+    results: list[tuple[str, str, Path]]
+    summary: str
+    verdict: str
+    awaiting: tuple[str, str] | None
+
+
+def still_awaiting(visits: Sequence[PatientStudy], comparison) -> tuple[str, str] | None:
+    """The (baseline, first follow-up) whose new lesions wait for a later scan after this comparison: the same pair
+    when this scan came too soon to confirm them, this scan and its prior when it shows >= 2 new lesions of its own
+    (its verdict unconfirmed), else None."""
+    from ..followup.pcwg3 import MIN_NEW, UNCONFIRMED  # the follow-up package loads registration: only when used
+
+    if comparison.verdict.status != UNCONFIRMED:
+        return None
+    if len(visits) == 3 and len(comparison.followup.new) >= MIN_NEW:  # the confirmatory scan came within 6 weeks
+        return visits[0].study_uid, visits[1].study_uid
+    return visits[-2].study_uid, visits[-1].study_uid
+
+
 class PriorComparer:
     """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
 
-    def __init__(self, lesion_model, results: str | Path):
+    def __init__(self, lesion_model, results: str | Path, reader=None):
+        """`reader`: another lesion reader (`followup.readers`), e.g. the synthetic truth's."""
         from ..followup import NetworkReader
 
-        self.reader = NetworkReader(lesion_model.run_dir, model=lesion_model)
+        self.reader = reader or NetworkReader(lesion_model.run_dir, model=lesion_model)
         self.folder = Path(results) / FOLLOWUP_DIR
 
-    def compare(self, current: PatientStudy, prior: PatientStudy) -> tuple[list[tuple[str, str, Path]], str]:
-        """The follow-up SR and side-by-side Secondary Capture of `current` against `prior` to send, as (SOP
-        Instance UID, kind, path), and a one-line summary. Written to followup/<study UID>/<prior UID>/: a study
-        compared again with a prior that arrived after it keeps the files of its first comparison."""
+    def compare(self, current: PatientStudy, prior: PatientStudy,
+                awaiting: tuple[PatientStudy, PatientStudy] | None = None) -> NodeComparison:
+        """Compare `current` with `prior`, or, when `awaiting` holds the baseline and first follow-up whose new
+        lesions wait for confirmation, with both of them (PCWG3 "2+2"). Written to followup/<study UID>/<prior
+        UID>/: a study compared again with a prior that arrived after it keeps the files of its first comparison."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
 
-        visits = [load_visit(visit_source(study), role)
-                  for study, role in ((prior, "baseline"), (current, "follow-up"))]
+        studies = [*awaiting, current] if awaiting else [prior, current]
+        roles = ("baseline", "follow-up", "confirmatory")
+        visits = [load_visit(visit_source(study), role) for study, role in zip(studies, roles)]
         comparison = compare_visits(visits, self.reader, first_followup=True)
         paths = write_comparison(comparison, self.folder / safe_file_stem(current.study_uid)
                                  / safe_file_stem(prior.study_uid))
-        change = comparison.followup
-        summary = (f"against the study of {prior.study_date}: {len(change.new)} new, {len(change.resolved)} resolved, "
-                   f"{len(change.persistent)} persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; "
-                   f"PCWG3 {comparison.verdict.status}")
+        change = comparison.confirmatory or comparison.followup
+        against = (f"confirming the {len(comparison.followup.new)} new lesions of {studies[1].study_date} against "
+                   f"{studies[0].study_date}" if awaiting else f"against the study of {prior.study_date}")
+        summary = (f"{against}: {len(change.new)} new, {len(change.resolved)} resolved, {len(change.persistent)} "
+                   f"persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; PCWG3 "
+                   f"{comparison.verdict.status} ({comparison.verdict.reason})")
         results = []
         for key, kind in (("sr", "followup"), ("sc", "followup-sc")):
             if key in paths:
                 header = pydicom.dcmread(paths[key], stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
                 results.append((str(header.SOPInstanceUID), kind, paths[key]))
-        return results, summary
+        return NodeComparison(results, summary, comparison.verdict.status, still_awaiting(studies, comparison))

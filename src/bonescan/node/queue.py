@@ -16,7 +16,9 @@ With follow-up on, each study read is also remembered by PatientID and StudyDate
 transaction that records its result, so a later study of the patient finds it as its prior, with the prior it was
 compared with; a study whose latest prior is newer than that one (a prior that arrived after it, or a comparison
 that failed) is compared again (`stale_comparisons`), and that comparison's results are queued with the record of
-it in one transaction.
+it in one transaction. Each comparison's PCWG3 verdict is kept with it, and while two or more new lesions await
+confirmation, which baseline and first follow-up they were counted on (`awaiting_confirmation`): the patient's next
+scan confirms them or not (`node.followup`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt);
 CREATE TABLE IF NOT EXISTS patient_studies (
     study_uid TEXT PRIMARY KEY, patient_id TEXT NOT NULL, study_date TEXT NOT NULL, files TEXT NOT NULL,
-    compared_with TEXT, compared_date TEXT);
+    compared_with TEXT, compared_date TEXT, verdict TEXT, awaiting_baseline TEXT, awaiting_followup TEXT);
 CREATE INDEX IF NOT EXISTS patient_studies_patient ON patient_studies(patient_id, study_date);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, level TEXT NOT NULL, study_uid TEXT, message TEXT NOT NULL);
@@ -84,6 +86,9 @@ class PatientStudy:
     study_date: str
     files: tuple[Path, ...]
     compared_with: "PatientStudy | None" = None  # the prior it was compared with (in finish_study, record_comparison)
+    verdict: str | None = None  # that comparison's PCWG3 status
+    # (baseline, first follow-up) study UIDs whose >= 2 new lesions a later scan has still to confirm
+    awaiting: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class NodeQueue:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
             self._record_comparisons_of_older_stores()
+            self._add_verdict_columns_to_older_stores()
         except sqlite3.DatabaseError as error:
             raise ConfigError(self.path, f"cannot open the node's queue database ({error})") from error
         self._lock = threading.Lock()
@@ -137,6 +143,19 @@ class NodeQueue:
             UPDATE patient_studies AS l SET (compared_with, compared_date) = (
                 SELECT p.study_uid, p.study_date FROM patient_studies p WHERE p.patient_id = l.patient_id
                 AND p.study_date < l.study_date ORDER BY p.study_date DESC LIMIT 1);
+            COMMIT;""")
+
+    def _add_verdict_columns_to_older_stores(self) -> None:
+        """A store made before verdicts were kept: its comparisons' verdicts are unknown (NULL), so no scan waits
+        for confirmation by the next one."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}
+        if "verdict" in columns:
+            return
+        self._db.executescript("""
+            BEGIN IMMEDIATE;
+            ALTER TABLE patient_studies ADD COLUMN verdict TEXT;
+            ALTER TABLE patient_studies ADD COLUMN awaiting_baseline TEXT;
+            ALTER TABLE patient_studies ADD COLUMN awaiting_followup TEXT;
             COMMIT;""")
 
     def close(self) -> None:
@@ -228,11 +247,13 @@ class NodeQueue:
         with self._transaction() as db:
             if patient is not None:
                 prior = patient.compared_with
+                awaiting = patient.awaiting or (None, None)
                 db.execute("INSERT OR REPLACE INTO patient_studies (study_uid, patient_id, study_date, files,"
-                           " compared_with, compared_date) VALUES (?, ?, ?, ?, ?, ?)",
+                           " compared_with, compared_date, verdict, awaiting_baseline, awaiting_followup)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (patient.study_uid, patient.patient_id, patient.study_date,
                             "\n".join(str(p) for p in patient.files), prior and prior.study_uid,
-                            prior and prior.study_date))
+                            prior and prior.study_date, patient.verdict, *awaiting))
             db.execute("UPDATE studies SET state = 'done', probability = ?, decision = ?, operating_point = ?,"
                        " threshold = ?, error = NULL, finished_at = ?, updated_at = ? WHERE study_uid = ?",
                        (probability, decision, operating_point, threshold, now, now, study_uid))
@@ -240,34 +261,58 @@ class NodeQueue:
             for warning in warnings:
                 self._event(db, "warning", study_uid, warning)
 
+    _PATIENT_STUDY = ("SELECT study_uid, patient_id, study_date, files, verdict, awaiting_baseline, awaiting_followup"
+                      " FROM patient_studies")
+
+    @staticmethod
+    def _patient_study(row: tuple) -> PatientStudy:
+        uid, patient_id, date, files, verdict, baseline, followup = row
+        return PatientStudy(uid, patient_id, date, tuple(Path(p) for p in files.split("\n")), verdict=verdict,
+                            awaiting=(baseline, followup) if baseline and followup else None)
+
     def prior_study(self, study: PatientStudy) -> PatientStudy | None:
         """The latest study of the same patient read here and dated before `study`, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT study_uid, patient_id, study_date, files FROM patient_studies WHERE patient_id = ?"
-                " AND study_date < ? AND study_uid != ? ORDER BY study_date DESC LIMIT 1",
-                (study.patient_id, study.study_date, study.study_uid)).fetchone()
-        return None if row is None else PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n")))
+                f"{self._PATIENT_STUDY} WHERE patient_id = ? AND study_date < ? AND study_uid != ?"
+                " ORDER BY study_date DESC LIMIT 1", (study.patient_id, study.study_date, study.study_uid)).fetchone()
+        return None if row is None else self._patient_study(row)
+
+    def awaiting_confirmation(self, prior: PatientStudy) -> tuple[PatientStudy, PatientStudy] | None:
+        """The baseline and first follow-up whose new lesions the scan after `prior` confirms or not: those its
+        comparison left awaiting confirmation, when both are still held here; else None."""
+        if prior.awaiting is None:
+            return None
+        with self._lock:
+            rows = {row[0]: row for row in self._db.execute(
+                f"{self._PATIENT_STUDY} WHERE study_uid IN (?, ?)", prior.awaiting)}
+        if not all(uid in rows for uid in prior.awaiting):
+            return None
+        baseline, followup = (self._patient_study(rows[uid]) for uid in prior.awaiting)
+        return baseline, followup
 
     def stale_comparisons(self) -> list[PatientStudy]:
         """Studies whose latest prior here is newer than the one they were compared with (or they were compared
         with none): a prior arrived after them, or their comparison failed. Oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT l.study_uid, l.patient_id, l.study_date, l.files FROM patient_studies l"
+                f"{self._PATIENT_STUDY} l"
                 " WHERE (SELECT MAX(p.study_date) FROM patient_studies p WHERE p.patient_id = l.patient_id"
                 "        AND p.study_date < l.study_date) > COALESCE(l.compared_date, '')"
                 " ORDER BY l.study_date").fetchall()
-        return [PatientStudy(*row[:3], tuple(Path(p) for p in row[3].split("\n"))) for row in rows]
+        return [self._patient_study(row) for row in rows]
 
-    def record_comparison(self, study: PatientStudy, prior: PatientStudy, results: list[tuple[str, str, Path]],
-                          forward: bool, now: float | None = None) -> None:
-        """Queue the results of comparing an already read `study` with `prior`, and record that it was compared
-        with it (so it is not compared again), in one transaction."""
+    def record_comparison(self, study: PatientStudy, results: list[tuple[str, str, Path]], forward: bool,
+                          now: float | None = None) -> None:
+        """Queue the results of comparing an already read `study` with its `compared_with` prior, and record that
+        comparison (so it is not made again) with its verdict, in one transaction."""
         now = time.time() if now is None else now
+        prior = study.compared_with
         with self._transaction() as db:
-            db.execute("UPDATE patient_studies SET compared_with = ?, compared_date = ? WHERE study_uid = ?",
-                       (prior.study_uid, prior.study_date, study.study_uid))
+            db.execute("UPDATE patient_studies SET compared_with = ?, compared_date = ?, verdict = ?,"
+                       " awaiting_baseline = ?, awaiting_followup = ? WHERE study_uid = ?",
+                       (prior.study_uid, prior.study_date, study.verdict, *(study.awaiting or (None, None)),
+                        study.study_uid))
             self._queue_results(db, study.study_uid, results, forward, now)
 
     @staticmethod
@@ -293,16 +338,22 @@ class NodeQueue:
 
     def start_removals(self, read_before: float, keep_priors: bool, now: float | None = None) -> list[str]:
         """Mark as removing every study read (done or failed) before `read_before` with no result waiting to be
-        sent, except, with `keep_priors`, each patient's latest study; forget them as priors. Returns them with
+        sent, except, with `keep_priors`, each patient's latest study and the baseline and first follow-up its
+        comparison left awaiting confirmation by the next scan; forget them as priors. Returns them with
         any removal a kill left unfinished."""
         now = time.time() if now is None else now
         with self._transaction() as db:
             expired = [uid for (uid,) in db.execute(
                 "SELECT s.study_uid FROM studies s WHERE s.state IN ('done', 'failed') AND s.finished_at < ?"
                 " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid AND o.state = 'pending')"
-                " AND NOT (? AND EXISTS (SELECT 1 FROM patient_studies p WHERE p.study_uid = s.study_uid"
+                " AND NOT (? AND (EXISTS (SELECT 1 FROM patient_studies p WHERE p.study_uid = s.study_uid"
                 "   AND p.study_date = (SELECT MAX(q.study_date) FROM patient_studies q"
-                "                       WHERE q.patient_id = p.patient_id)))", (read_before, keep_priors))]
+                "                       WHERE q.patient_id = p.patient_id))"
+                "   OR EXISTS (SELECT 1 FROM patient_studies a WHERE s.study_uid IN (a.awaiting_baseline,"
+                "                                                                     a.awaiting_followup)"
+                "     AND a.study_date = (SELECT MAX(q.study_date) FROM patient_studies q"
+                "                         WHERE q.patient_id = a.patient_id))))",
+                (read_before, keep_priors))]
             for uid in expired:
                 db.execute("UPDATE studies SET state = 'removing', updated_at = ? WHERE study_uid = ?", (now, uid))
                 db.execute("DELETE FROM patient_studies WHERE study_uid = ?", (uid,))

@@ -7,7 +7,8 @@ Segmentations) and, without a limit, fills its disk. With `--keep-days N` a stud
 .png) and its follow-up comparison (STORE/results/followup/<study UID>/). The study's row stays, in state
 `removed`, with its probability and decision (the queue database is the node's record of what it read); the
 results already sent live on in PACS. With follow-up on, each patient's latest study read here is kept whatever
-its age: it is the prior that the patient's next scan is compared with.
+its age: it is the prior that the patient's next scan is compared with; so are a baseline and first follow-up
+whose new lesions await confirmation by the next scan (PCWG3 "2+2", `node.followup`).
 
 Safe against a kill at any moment: a study is first marked `removing` (and forgotten as a prior) in one
 transaction, then its files are deleted, then it is marked `removed`; a pass finds studies left in `removing` and

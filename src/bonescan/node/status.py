@@ -26,6 +26,24 @@ def _running(paths: StorePaths) -> bool:
     return False
 
 
+# a study read (not failed), whether or not retention has removed its files since
+READ = "s.state IN ('done', 'removing', 'removed') AND s.probability IS NOT NULL"
+
+
+def _followup_verdicts(db: sqlite3.Connection) -> dict[str, int]:
+    """Follow-up comparisons by their PCWG3 status, and how many scans' new lesions await confirmation now (a
+    patient's latest comparison that left some); empty for a store from before verdicts were kept."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(patient_studies)")}
+    if "verdict" not in columns:
+        return {}
+    counts = dict(db.execute("SELECT verdict, COUNT(*) FROM patient_studies WHERE verdict IS NOT NULL"
+                             " GROUP BY verdict").fetchall())
+    counts["awaiting confirmation"] = db.execute(
+        "SELECT COUNT(*) FROM patient_studies p WHERE p.awaiting_followup IS NOT NULL AND p.study_date = ("
+        " SELECT MAX(q.study_date) FROM patient_studies q WHERE q.patient_id = p.patient_id)").fetchone()[0]
+    return counts
+
+
 def node_status(store: str | Path, recent: int = 10, now: float | None = None) -> dict:
     """Queue counts, throughput, receive-to-result latency and recent errors of a node's store."""
     paths = StorePaths(Path(store))
@@ -37,14 +55,16 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
         studies = dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
         outbox = dict(db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         instances = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-        # Latency: first instance received -> last result sent (or stored, without forwarding).
+        # Latency: first instance received -> last result sent (or stored, without forwarding). Studies read
+        # count whether or not retention has removed their files since.
         rows = db.execute(
             "SELECT s.first_received, COALESCE(MAX(o.sent_at), s.finished_at), s.finished_at FROM studies s"
-            " LEFT JOIN outbox o ON o.study_uid = s.study_uid WHERE s.state = 'done' GROUP BY s.study_uid"
+            f" LEFT JOIN outbox o ON o.study_uid = s.study_uid WHERE {READ} GROUP BY s.study_uid"
             " HAVING SUM(o.state = 'pending') = 0 OR SUM(o.state = 'pending') IS NULL"
             " ORDER BY s.finished_at DESC LIMIT 200").fetchall()
         finished = [r[0] for r in db.execute(
-            "SELECT finished_at FROM studies WHERE state = 'done' AND finished_at >= ?", (now - 3600,))]
+            f"SELECT finished_at FROM studies s WHERE {READ} AND finished_at >= ?", (now - 3600,))]
+        verdicts = _followup_verdicts(db)
         pending = db.execute("SELECT COUNT(*), MIN(queued_at), MAX(attempts), MIN(next_attempt) FROM outbox"
                              " WHERE state = 'pending'").fetchone()
         last_error = db.execute("SELECT last_error FROM outbox WHERE state = 'pending' AND last_error IS NOT NULL"
@@ -79,6 +99,7 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
             "median": round(statistics.median(latencies), 3) if latencies else None,
             "p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None,
         },
+        "followup": verdicts,
         "recent_errors": [{"at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)), "level": level,
                            "study_uid": uid, "message": message} for at, level, uid, message in events],
     }
@@ -105,6 +126,11 @@ def format_status(status: dict) -> list[str]:
     if lat["studies"]:
         lines.append(f"receive-to-result latency over the last {lat['studies']} studies: median {lat['median']} s, "
                      f"p95 {lat['p95']} s")
+    verdicts = dict(status.get("followup") or {})
+    if sum(verdicts.values()):
+        waiting = verdicts.pop("awaiting confirmation", 0)
+        lines.append("follow-up comparisons of the studies held, by PCWG3 verdict: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            verdicts.items())) + f"; patients whose new lesions await confirmation by their next scan: {waiting}")
     if status["recent_errors"]:
         lines.append("recent errors:")
         lines += [f"  {e['at']} {e['level']}: {e['study_uid'] or '-'}: {e['message']}" for e in status["recent_errors"]]

@@ -22,7 +22,7 @@ import pydicom
 
 from ..io import StudySource
 from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
-from .followup import PriorComparer, patient_study
+from .followup import NodeComparison, PriorComparer, patient_study
 from .queue import NodeQueue, PatientStudy, StudyWork
 
 log = logging.getLogger("bonescan.node")
@@ -238,24 +238,35 @@ class PredictionWorker(threading.Thread):
         prior = self.queue.prior_study(patient)
         if prior is None:
             return patient, []
-        results = self._compare_with(patient, prior)
-        if results is None:  # recorded as not compared: the next start tries again
+        compared = self._compare_with(patient, prior)
+        if compared is None:  # recorded as not compared: the next start tries again
             return patient, []
-        return replace(patient, compared_with=prior), results
+        return self._compared(patient, prior, compared), compared.results
 
-    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> list[tuple[str, str, Path]] | None:
-        """The follow-up results of `study` against `prior`; None, with the reason logged, when that fails (e.g. a
+    @staticmethod
+    def _compared(study: PatientStudy, prior: PatientStudy, compared: NodeComparison) -> PatientStudy:
+        """The study as recorded once compared: with its prior, its verdict and what still awaits confirmation."""
+        return replace(study, compared_with=prior, verdict=compared.verdict, awaiting=compared.awaiting)
+
+    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> NodeComparison | None:
+        """The comparison of `study` with `prior`, and with the baseline and first follow-up whose new lesions the
+        prior's comparison left awaiting confirmation; None, with the reason logged, when that fails (e.g. a
         prior whose files cannot be read): not tried again before the next start."""
         try:
-            results, summary = self.comparer.compare(study, prior)
+            awaiting = self.queue.awaiting_confirmation(prior)
+            if prior.awaiting and awaiting is None:
+                self.queue.record_event("warning", "the baseline or first follow-up whose new lesions this scan "
+                                                   "would confirm is no longer held; compared as a first follow-up "
+                                                   f"of the study of {prior.study_date}", study.study_uid)
+            compared = self.comparer.compare(study, prior, awaiting)
         except Exception as error:  # noqa: BLE001 - whatever fails, the study's own results are not held up
             reason = f"no follow-up comparison ({type(error).__name__}: {error}); tried again at the next start"
             log.warning("study %s: %s", study.study_uid, reason)
             self.queue.record_event("warning", reason, study.study_uid)
             self._failed.add((study.study_uid, prior.study_uid))
             return None
-        log.info("study %s follow-up %s", study.study_uid, summary)
-        return results
+        log.info("study %s follow-up %s", study.study_uid, compared.summary)
+        return compared
 
     def _compare_stale(self) -> bool:
         """Compare one study with a newer prior than it was compared with (one that arrived after it) and queue
@@ -265,9 +276,10 @@ class PredictionWorker(threading.Thread):
                 prior = self.queue.prior_study(study)
                 if (study.study_uid, prior.study_uid) in self._failed:
                     continue
-                results = self._compare_with(study, prior)
-                if results is not None:
-                    self.queue.record_comparison(study, prior, results, self.forward)
+                compared = self._compare_with(study, prior)
+                if compared is not None:
+                    self.queue.record_comparison(self._compared(study, prior, compared), compared.results,
+                                                 self.forward)
                     if self.on_result is not None:
                         self.on_result()
                 return True

@@ -1,0 +1,65 @@
+"""PCWG3 "2+2" in the node: the scan after one with >= 2 new lesions confirms them or not, read here with the
+synthetic truth (the oracle reader) on followed patients whose course is known."""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from bonescan.followup import OracleReader
+from bonescan.node.followup import FOLLOWUP_DIR, PriorComparer, patient_study
+from bonescan.synth.followup import generate_patient, plan_patient
+from bonescan.synth.writer import write_case
+
+# (cohort seed, patient): progression with 2+ more new lesions 81 days after the first follow-up; progression not
+# confirmed (0-1 more, 53 days later); progression whose confirmatory scan came 23 days after the first follow-up
+CONFIRMED, NOT_CONFIRMED, TOO_EARLY = (2, 5), (0, 2), (0, 5)
+
+
+@pytest.fixture(scope="module")
+def visits(tmp_path_factory):
+    """Each patient's three visits as the node records them."""
+    found = {}
+    for seed, index in (CONFIRMED, NOT_CONFIRMED, TOO_EARLY):
+        studies = tmp_path_factory.mktemp("pcwg3") / "studies"  # a folder each: case names repeat across seeds
+        studies.mkdir()
+        plan = plan_patient(seed, index)
+        assert plan.change == "progression" and len(plan.timepoints) == 3
+        records = [write_case(case, studies) for case in generate_patient(plan, "paper", 2.4, "generic", 6)]
+        found[(seed, index)] = [patient_study([studies / name for name in r["files"]]) for r in records]
+    return found
+
+
+@pytest.mark.parametrize("patient, verdict, awaiting", [
+    (CONFIRMED, "progression", None), (NOT_CONFIRMED, "no progression", None),
+    (TOO_EARLY, "unconfirmed", "the same two")])
+def test_the_scan_after_new_lesions_confirms_them_or_not(visits, tmp_path, patient, verdict, awaiting):
+    baseline, followup, confirmatory = visits[patient]
+    comparer = PriorComparer(None, tmp_path, reader=OracleReader())
+    first = comparer.compare(followup, baseline)
+    assert first.verdict == "unconfirmed" and first.awaiting == (baseline.study_uid, followup.study_uid)
+
+    second = comparer.compare(confirmatory, followup, awaiting=(baseline, followup))
+    assert second.verdict == verdict
+    assert second.awaiting == (None if awaiting is None else first.awaiting)
+    assert "confirming the" in second.summary
+    folder = tmp_path / FOLLOWUP_DIR / confirmatory.study_uid / followup.study_uid
+    record = json.loads((folder / "followup.json").read_text())
+    assert [v["study_uid"] for v in record["visits"]] == [s.study_uid for s in (baseline, followup, confirmatory)]
+    assert record["verdict"]["status"] == verdict and record["confirmatory"] is not None
+    [(sop, kind, path)] = [r for r in second.results if r[1] == "followup"]
+    report = pydicom.dcmread(path)
+    assert report.SOPInstanceUID == sop and report.StudyInstanceUID == confirmatory.study_uid
+    referenced = {item.StudyInstanceUID for seq in ("CurrentRequestedProcedureEvidenceSequence",
+                                                    "PertinentOtherEvidenceSequence") for item in report.get(seq, [])}
+    assert referenced == {baseline.study_uid, followup.study_uid, confirmatory.study_uid}
+
+
+def test_a_scan_with_two_new_lesions_of_its_own_waits_for_the_next(visits, tmp_path):
+    """Against its prior alone (nothing awaited), a scan with >= 2 new lesions is the one awaiting confirmation."""
+    baseline, _, confirmatory = visits[CONFIRMED]
+    compared = PriorComparer(None, tmp_path, reader=OracleReader()).compare(confirmatory, baseline)
+    assert compared.verdict == "unconfirmed"
+    assert compared.awaiting == (baseline.study_uid, confirmatory.study_uid)
