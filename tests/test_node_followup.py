@@ -63,3 +63,13 @@ def test_a_scan_with_two_new_lesions_of_its_own_waits_for_the_next(visits, tmp_p
     compared = PriorComparer(None, tmp_path, reader=OracleReader()).compare(confirmatory, baseline)
     assert compared.verdict == "unconfirmed"
     assert compared.awaiting == (baseline.study_uid, confirmatory.study_uid)
+
+
+def test_a_pair_compared_again_keeps_the_files_of_the_first_comparison(visits, tmp_path):
+    """Its first follow-up SR may still wait to be sent when the pair is compared again (out-of-order arrival)."""
+    baseline, followup, _ = visits[NOT_CONFIRMED]
+    comparer = PriorComparer(None, tmp_path, reader=OracleReader())
+    first, again = comparer.compare(followup, baseline), comparer.compare(followup, baseline)
+    paths = [dict((kind, path) for _, kind, path in c.results)["followup"] for c in (first, again)]
+    assert paths[0] != paths[1] and paths[1].parent.name.endswith(".2")
+    assert pydicom.dcmread(paths[0]).SOPInstanceUID == first.results[0][0]

@@ -315,3 +315,24 @@ def test_status_counts_studies_read_after_their_removal_and_the_followup_verdict
     # 9.6 confirmed progression and nothing of its patient awaits confirmation any more
     assert status["followup"] == {"progression": 1, "awaiting confirmation": 0}
     assert any("PCWG3 verdict: progression 1" in line for line in format_status(status))
+
+
+def test_a_study_compared_before_its_prior_was_compared_is_compared_again_when_that_leaves_lesions_awaiting(tmp_path):
+    """Arrival order December, June, October (one patient): June is compared with December at once; October's
+    arrival then compares December with it, leaving two new lesions awaiting confirmation, which June, the scan
+    after, must confirm or not: June is compared again."""
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    december = _read_with_patient(queue, "9.12", "20251201", read_at=100.0)
+    _read_with_patient(queue, "9.6", "20260601", read_at=110.0, compared_with=december, verdict="no progression")
+    october = _read_with_patient(queue, "9.10", "20251001", read_at=120.0)
+    assert [s.study_uid for s in queue.stale_comparisons()] == ["9.12"]
+    queue.record_comparison(replace(december, compared_with=october, verdict="unconfirmed", awaiting=("9.10", "9.12")),
+                            [], forward=True)
+    assert [s.study_uid for s in queue.stale_comparisons()] == ["9.6"]
+    june = queue.stale_comparisons()[0]
+    queue.record_comparison(replace(june, compared_with=december, verdict="progression"), [], forward=True)
+    assert queue.stale_comparisons() == []
+    # a comparison made again that leaves what awaits as it was sends nothing through again
+    queue.record_comparison(replace(december, compared_with=october, verdict="unconfirmed", awaiting=("9.10", "9.12")),
+                            [], forward=True)
+    assert queue.stale_comparisons() == []

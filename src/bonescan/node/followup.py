@@ -13,7 +13,8 @@ more new lesions are "unconfirmed" until a later scan confirms them. The node re
 follow-up they were counted on, and the patient's next scan is compared with both (baseline, first follow-up,
 confirmatory: `bonescan followup`'s "2+2"): two or more further new lesions at least 6 weeks after the first
 follow-up confirm progression, fewer do not (a flare, or healing), and a scan within 6 weeks leaves them waiting for
-the next. A verdict that needs the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on
+the next. Studies that arrive out of order end where studies in order do: a comparison made later that changes
+what awaits confirmation sends the next scan, compared before, through its comparison again. A verdict that needs the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on
 the studies chosen.
 """
 
@@ -76,6 +77,15 @@ def still_awaiting(visits: Sequence[PatientStudy], comparison) -> tuple[str, str
     return visits[-2].study_uid, visits[-1].study_uid
 
 
+def unused_folder(folder: Path) -> Path:
+    """`folder`, or folder.2, .3 ... when it exists: an earlier comparison's files may still wait to be sent."""
+    candidate, n = folder, 1
+    while candidate.exists():
+        n += 1
+        candidate = folder.with_name(f"{folder.name}.{n}")
+    return candidate
+
+
 class PriorComparer:
     """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
 
@@ -90,7 +100,8 @@ class PriorComparer:
                 awaiting: tuple[PatientStudy, PatientStudy] | None = None) -> NodeComparison:
         """Compare `current` with `prior`, or, when `awaiting` holds the baseline and first follow-up whose new
         lesions wait for confirmation, with both of them (PCWG3 "2+2"). Written to followup/<study UID>/<prior
-        UID>/: a study compared again with a prior that arrived after it keeps the files of its first comparison."""
+        UID>/ (.2, .3 ... when compared with that prior again): a study compared again keeps the files of every
+        earlier comparison."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
 
@@ -98,8 +109,8 @@ class PriorComparer:
         roles = ("baseline", "follow-up", "confirmatory")
         visits = [load_visit(visit_source(study), role) for study, role in zip(studies, roles)]
         comparison = compare_visits(visits, self.reader, first_followup=True)
-        paths = write_comparison(comparison, self.folder / safe_file_stem(current.study_uid)
-                                 / safe_file_stem(prior.study_uid))
+        paths = write_comparison(comparison, unused_folder(self.folder / safe_file_stem(current.study_uid)
+                                                           / safe_file_stem(prior.study_uid)))
         change = comparison.confirmatory or comparison.followup
         against = (f"confirming the {len(comparison.followup.new)} new lesions of {studies[1].study_date} against "
                    f"{studies[0].study_date}" if awaiting else f"against the study of {prior.study_date}")

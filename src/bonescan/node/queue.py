@@ -293,7 +293,8 @@ class NodeQueue:
 
     def stale_comparisons(self) -> list[PatientStudy]:
         """Studies whose latest prior here is newer than the one they were compared with (or they were compared
-        with none): a prior arrived after them, or their comparison failed. Oldest first."""
+        with none): a prior arrived after them, their comparison failed, or what their prior left awaiting
+        confirmation changed since (`record_comparison`). Oldest first."""
         with self._lock:
             rows = self._db.execute(
                 f"{self._PATIENT_STUDY} l"
@@ -305,14 +306,21 @@ class NodeQueue:
     def record_comparison(self, study: PatientStudy, results: list[tuple[str, str, Path]], forward: bool,
                           now: float | None = None) -> None:
         """Queue the results of comparing an already read `study` with its `compared_with` prior, and record that
-        comparison (so it is not made again) with its verdict, in one transaction."""
+        comparison (so it is not made again) with its verdict, in one transaction. When it changes what awaits
+        confirmation, a later study already compared with `study` is to be compared again (it is the scan that
+        confirms them or not)."""
         now = time.time() if now is None else now
         prior = study.compared_with
+        awaiting = study.awaiting or (None, None)
         with self._transaction() as db:
+            before = db.execute("SELECT awaiting_baseline, awaiting_followup FROM patient_studies WHERE study_uid = ?",
+                                (study.study_uid,)).fetchone()
             db.execute("UPDATE patient_studies SET compared_with = ?, compared_date = ?, verdict = ?,"
                        " awaiting_baseline = ?, awaiting_followup = ? WHERE study_uid = ?",
-                       (prior.study_uid, prior.study_date, study.verdict, *(study.awaiting or (None, None)),
-                        study.study_uid))
+                       (prior.study_uid, prior.study_date, study.verdict, *awaiting, study.study_uid))
+            if before is not None and tuple(before) != tuple(awaiting):
+                db.execute("UPDATE patient_studies SET compared_date = NULL WHERE compared_with = ?",
+                           (study.study_uid,))
             self._queue_results(db, study.study_uid, results, forward, now)
 
     @staticmethod
