@@ -28,3 +28,24 @@ def test_bench_node_with_a_lesion_run_counts_a_study_done_with_its_segmentations
     assert code == 0
     assert "results at the destination: 4 studies, lost 0, duplicated 0" in out and "lesion run" in out
     assert "; 8 Segmentations" in out  # one per view of each study
+
+
+def test_bench_node_with_followup_sends_visits_in_date_order_and_times_later_visits_to_their_followup_sr(
+        tmp_path, capsys):
+    import pandas as pd
+
+    lesions = make_lesion_run(tmp_path / "lesion-run")
+    assert main(["bench", "node", "--cases", "4", "--preset", "tiny", "--followup"]) == 2  # needs --lesions
+    code = main(["bench", "node", "--cases", "5", "--associations", "1", "--preset", "tiny", "--threads", "1",
+                 "--lesions", str(lesions), "--followup", "--data", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert code == 0
+    manifest = pd.read_csv(tmp_path / "data" / "manifest.csv")
+    patients = []  # whole patients, in order, until 5 studies
+    for patient, visits in manifest.groupby("patient_id", sort=True):
+        if sum(len(v) for v in patients) < 5:
+            patients.append(visits)
+    taken = pd.concat(patients)
+    later = int((taken["timepoint"] > 0).sum())
+    assert f"results at the destination: {len(taken)} studies, lost 0, duplicated 0" in out
+    assert f"follow-up: {later} follow-up SRs for {later} later visits" in out

@@ -127,13 +127,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and the untrained weights."),
         batch_size: int = typer.Option(1, "--batch-size", help="The node's --batch-size."),
         lesions: Optional[Path] = typer.Option(None, "--lesions", help="The node's --lesions (a lesion run)."),
+        followup: bool = typer.Option(
+            False, "--followup", help="The node's --followup: send the visits of followed patients in date order "
+                                      "(--cases counts studies, whole patients); later visits reported apart."),
     ) -> None:
         """Studies per minute and first-byte-to-result latency (median, p95) through a node subprocess."""
         from ..node.bench import benchmark_node
 
         result = benchmark_node(cases=cases, associations=associations, run=run, preset=preset, kills=kills,
                                 rate=rate, data=data, seed=seed, threads=threads, batch_size=batch_size,
-                                lesions=lesions,
+                                lesions=lesions, followup=followup,
                                 progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
         for line in result.lines():
             typer.echo(line)

@@ -7,7 +7,10 @@ camera starts sending it (the node's first byte, on loopback) to the arrival of 
 Studies per minute: studies completed over the time from the first byte sent to the last result stored.
 `--kills N` kills the node with SIGKILL N times while it works (evenly over the run) and restarts it; the
 figures then include the restarts, and the report counts lost and duplicated results. `--lesions RUN` runs the
-node with a lesion run: a study's latency then ends with the last of its SC, SR and Segmentations.
+node with a lesion run: a study's latency then ends with the last of its SC, SR and Segmentations. `--followup`
+adds the node's follow-up: the studies are the visits of followed patients (`bonescan synth --follow-up`), sent in
+date order, and a later visit's latency ends with its follow-up SR and side-by-side SC; first and later visits are
+reported apart.
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ class NodeBenchmark:
     rate: float
     batch_size: int
     segmentations: int | None = None  # distinct Segmentations at the destination (with a lesion run)
+    # with --followup: latencies of the later visits (compared with a prior), and their follow-up SRs received
+    followup_latencies: list[float] | None = None
+    followup_reports: int | None = None
 
     def lines(self) -> list[str]:
-        lat = sorted(self.latencies)
-        median = statistics.median(lat) if lat else float("nan")
-        p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+        median, p95 = _median_p95(self.latencies)
         pace = f"{self.rate:g} studies/s offered" if self.rate > 0 else "as fast as the cameras can send"
         return [
             f"node: {self.cases} studies over {self.associations} associations ({pace}), {self.kills} kill -9 "
@@ -67,7 +71,26 @@ class NodeBenchmark:
             f"latency first byte -> result stored at the destination: median {median:.2f} s, p95 {p95:.2f} s",
             f"model alone: {self.model_seconds:.3f} s per study; median latency above it: "
             f"{median - self.model_seconds:.2f} s",
-        ]
+        ] + self._followup_lines()
+
+    def _followup_lines(self) -> list[str]:
+        if self.followup_latencies is None:
+            return []
+        later = self.followup_latencies
+        first = list(self.latencies)
+        for value in later:  # the later visits' latencies are among all of them
+            first.remove(value)
+        (median, p95), (first_median, first_p95) = _median_p95(later), _median_p95(first)
+        return [f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
+                f"visit (to its follow-up SR and SC) median {median:.2f} s, p95 {p95:.2f} s; of a first visit median "
+                f"{first_median:.2f} s, p95 {first_p95:.2f} s"]
+
+
+def _median_p95(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan"), float("nan")
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def untrained_run(folder: Path, preset: str, seed: int = 0) -> str:
@@ -191,13 +214,45 @@ def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) 
     return sorted(studies.glob("*.dcm"))[:cases]
 
 
+def _followup_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> tuple[list[Path], set[str]]:
+    """The visits of the first followed patients that make at least `cases` studies (whole patients), in date
+    order, and the names of the later visits (each has its prior among them)."""
+    import pandas as pd
+    import pydicom
+
+    from ..synth.followup import generate_followup_cohort
+
+    manifest = data / "manifest.csv"
+    if not manifest.is_file() or len(pd.read_csv(manifest)) < cases:
+        patients = (cases + 1) // 2  # 2-3 visits each
+        say(f"generating {patients} followed patients in {data}")
+        generate_followup_cohort(data, patients, seed=seed)
+    df = pd.read_csv(manifest)
+    if "timepoint" not in df or df["path"].isna().any():
+        raise ConfigError(manifest, "bench node --followup needs a follow-up cohort (bonescan synth --follow-up) "
+                                    "with one file per study")
+    taken = []
+    for _, visits in df.groupby("patient_id", sort=True):
+        if len(taken) >= cases:
+            break
+        taken += [row for _, row in visits.sort_values("timepoint").iterrows()]
+
+    def study_date(row) -> str:
+        return str(pydicom.dcmread(data / row["path"], stop_before_pixels=True, specific_tags=["StudyDate"]).StudyDate)
+
+    taken.sort(key=lambda row: (study_date(row), row["path"]))
+    return [data / row["path"] for row in taken], {Path(row["path"]).name for row in taken if row["timepoint"] > 0}
+
+
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
                    threads: int | None = None, batch_size: int = 1, lesions: str | Path | None = None,
-                   progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+                   followup: bool = False, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
+    if followup and lesions is None:
+        raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
     say = progress or (lambda message: None)
     work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
     node = None
@@ -209,7 +264,12 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             weights = f"trained, from {run}"
         if lesions is not None:
             weights += f"; lesion run {lesions}"
-        files = _study_files(Path(data) if data else work / "data", cases, seed, say)
+        later: set[str] = set()
+        if followup:
+            files, later = _followup_files(Path(data) if data else work / "data", cases, seed, say)
+            cases = len(files)
+        else:
+            files = _study_files(Path(data) if data else work / "data", cases, seed, say)
         import torch
 
         if threads:
@@ -226,6 +286,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
                    "--forward", pacs.address, "--quiet", "--batch-size", str(batch_size)]
         if lesions is not None:
             command += ["--lesions", str(lesions)]
+        if followup:
+            command += ["--followup"]
 
         def start() -> tuple[subprocess.Popen, int]:
             (store / "node.json").unlink(missing_ok=True)
@@ -279,23 +341,33 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         for path in files:
             uid_of[path.name] = str(pydicom.dcmread(path, stop_before_pixels=True,
                                                     specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-        latencies, lost, duplicated = [], 0, 0
-        # with a lesion run: a Segmentation per view, and the numbered hotspots beside the heat map
-        expected = {SEG: 2, SC: 2} if lesions else {}
+        latencies, followup_latencies, lost, duplicated = [], [], 0, 0
         for name, uid in uid_of.items():
+            # with a lesion run: a Segmentation per view, and the numbered hotspots beside the heat map; a later
+            # visit: its follow-up SR and the visits side by side (an SC) too
+            expected = {SEG: 2, SC: 2} if lesions else {}
+            if name in later:
+                expected = {SEG: 2, SC: 3, SR: 2}
             classes = table.get(uid)
-            if not classes or SR not in classes:
+            if not classes or len(classes.get(SR, ())) < expected.get(SR, 1):
                 lost += 1
                 continue
             duplicated += any(len(sops) > expected.get(sop_class, 1) for sop_class, sops in classes.items())
-            latencies.append(max(min(sops.values()) for sops in classes.values()) - starts[name])
+            # when the last result it makes arrived: of each kind, the copy it makes last (or the last that came)
+            latency = max(sorted(sops.values())[:expected.get(sop_class, 1)][-1]
+                          for sop_class, sops in classes.items()) - starts[name]
+            latencies.append(latency)
+            if name in later:
+                followup_latencies.append(latency)
         arrivals = [at for classes in table.values() for sops in classes.values() for at in sops.values()]
         seconds = (max(arrivals) - min(starts.values())) if arrivals else float("nan")
         resent = len(pacs.received) - sum(len(s) for c in table.values() for s in c.values())
         pacs.server.shutdown()
         segmentations = sum(len(classes.get(SEG, ())) for classes in table.values()) if lesions else None
+        reports = sum(len(table.get(uid_of[name], {}).get(SR, ())) - 1 for name in later) if followup else None
         return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
-                             latencies, model_s, weights, threads, rate, batch_size, segmentations)
+                             latencies, model_s, weights, threads, rate, batch_size, segmentations,
+                             followup_latencies if followup else None, reports)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()
