@@ -479,6 +479,23 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
         node.stop()
 
 
+def test_the_predictor_keeps_each_studys_lesions_for_its_followup_comparison(run, tmp_path):
+    from bonescan.node.queue import Instance, StudyWork
+    from bonescan.node.worker import Predictor
+
+    predictor = Predictor(run, tmp_path / "results", lesions=make_lesion_run(tmp_path / "lesion-run"))
+    works = [StudyWork(ds.StudyInstanceUID, (Instance(f"{k}", save(ds, tmp_path / f"{k}.dcm"), 2),), False)
+             for k, ds in enumerate([study(120), study(121)])]
+    outcomes = predictor.predict(works)
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert set(predictor.lesions) == {w.study_uid for w in works}
+    for work, outcome in zip(works, outcomes):  # the lesions its report was written from
+        assert len(predictor.lesions[work.study_uid].hotspots) == json.loads(Path(outcome.lesions).read_text())[
+            "n_hotspots"]
+    predictor.predict(works[:1])
+    assert set(predictor.lesions) == {works[0].study_uid}  # the last batch's only
+
+
 def test_a_prior_sent_as_two_view_files_in_either_order_is_read_by_its_views(tmp_path):
     from bonescan.followup import load_visit
     from bonescan.node.followup import patient_study, visit_source

@@ -73,3 +73,22 @@ def test_a_pair_compared_again_keeps_the_files_of_the_first_comparison(visits, t
     paths = [dict((kind, path) for _, kind, path in c.results)["followup"] for c in (first, again)]
     assert paths[0] != paths[1] and paths[1].parent.name.endswith(".2")
     assert pydicom.dcmread(paths[0]).SOPInstanceUID == first.results[0][0]
+
+
+def test_lesions_found_already_are_taken_as_they_are(visits, tmp_path):
+    """The node's study just read: the comparison describes the hotspots (numbers, tracking UIDs) of its report."""
+    from bonescan.followup import load_visit
+    from bonescan.node.followup import visit_source
+
+    baseline, followup, _ = visits[NOT_CONFIRMED]
+    oracle = OracleReader()
+    visit = load_visit(visit_source(followup), "follow-up")
+    found = oracle.read(visit.study, visit.files)
+    for k, hotspot in enumerate(found.hotspots):
+        hotspot.uid = f"2.25.{k + 1}"  # as the node's own reading named them
+    compared = PriorComparer(None, tmp_path, reader=oracle).compare(followup, baseline,
+                                                                     known={followup.study_uid: found})
+    record = json.loads(next((tmp_path / FOLLOWUP_DIR).rglob("followup.json")).read_text())
+    uids = {h["uid"] for lesion in record["lesions"] for h in lesion["visits"].get("follow-up", [])}
+    assert uids and uids <= {f"2.25.{k + 1}" for k in range(len(found.hotspots))}
+    assert compared.verdict == "unconfirmed"

@@ -193,7 +193,7 @@ def test_a_comparison_that_fails_is_tried_again_at_the_next_start_not_at_every_i
         def __init__(self, fails: bool):
             self.fails = fails
 
-        def compare(self, study, prior, awaiting=None):
+        def compare(self, study, prior, awaiting=None, known=None):
             calls.append((study.study_uid, prior.study_uid))
             if self.fails:
                 raise OSError("prior files unreadable")
@@ -233,7 +233,7 @@ def test_new_lesions_awaiting_confirmation_are_compared_with_the_next_scan_and_k
     calls = []
 
     class Comparer:
-        def compare(self, study, prior, awaiting=None):
+        def compare(self, study, prior, awaiting=None, known=None):
             calls.append((study.study_uid, prior.study_uid, [s.study_uid for s in awaiting or ()]))
             return NodeComparison([("5.6", "followup", tmp_path / "fu.dcm")], "3 more new", "progression", None)
 
@@ -265,7 +265,7 @@ def test_a_scan_whose_awaited_baseline_is_gone_is_compared_with_its_prior_alone_
     calls = []
 
     class Comparer:
-        def compare(self, study, prior, awaiting=None):
+        def compare(self, study, prior, awaiting=None, known=None):
             calls.append(awaiting)
             return NodeComparison([("5.6", "followup", tmp_path / "fu.dcm")], "", "unconfirmed", ("9.4", "9.6"))
 

@@ -33,6 +33,9 @@ class LesionStep:
     # The last batch's written results by item index, for the DICOM writer: (StudyLesions, hotspot number map,
     # overlay image).
     last: dict = field(default_factory=dict)
+    # When a dict: every study's StudyLesions by item index, over all batches until the caller empties it (the
+    # DICOM node compares them with the patient's prior without reading the study again).
+    found: dict | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -76,6 +79,8 @@ class LesionStep:
                 outcome.status, outcome.error = "failed", f"writing lesions: {type(error).__name__}: {error}"
                 continue
             self.last[item.index] = (lesions, numbers, overlay)
+            if self.found is not None:
+                self.found[item.index] = lesions
             outcome.bsi = round(lesions.bsi, 4)
             outcome.n_malignant = lesions.n_malignant
             outcome.n_malignant_lesions = lesions.n_malignant_lesions

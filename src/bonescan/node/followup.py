@@ -97,18 +97,22 @@ class PriorComparer:
         self.folder = Path(results) / FOLLOWUP_DIR
 
     def compare(self, current: PatientStudy, prior: PatientStudy,
-                awaiting: tuple[PatientStudy, PatientStudy] | None = None) -> NodeComparison:
+                awaiting: tuple[PatientStudy, PatientStudy] | None = None,
+                known: dict | None = None) -> NodeComparison:
         """Compare `current` with `prior`, or, when `awaiting` holds the baseline and first follow-up whose new
-        lesions wait for confirmation, with both of them (PCWG3 "2+2"). Written to followup/<study UID>/<prior
+        lesions wait for confirmation, with both of them (PCWG3 "2+2"). `known`: lesions found already, by Study
+        Instance UID (the study just read), taken as they are. Written to followup/<study UID>/<prior
         UID>/ (.2, .3 ... when compared with that prior again): a study compared again keeps the files of every
         earlier comparison."""
         from ..followup import compare_visits, load_visit
         from ..followup.output import write_comparison
+        from ..followup.readers import KnownLesions
 
         studies = [*awaiting, current] if awaiting else [prior, current]
         roles = ("baseline", "follow-up", "confirmatory")
         visits = [load_visit(visit_source(study), role) for study, role in zip(studies, roles)]
-        comparison = compare_visits(visits, self.reader, first_followup=True)
+        reader = KnownLesions(self.reader, known) if known else self.reader
+        comparison = compare_visits(visits, reader, first_followup=True)
         paths = write_comparison(comparison, unused_folder(self.folder / safe_file_stem(current.study_uid)
                                                            / safe_file_stem(prior.study_uid)))
         change = comparison.confirmatory or comparison.followup

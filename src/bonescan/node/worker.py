@@ -73,6 +73,7 @@ class Predictor:
         self.label = f"{run} ({loaded.checkpoint_path.name})"
         self.batch_size = batch_size
         self.lesion_step = None
+        self.lesions: dict = {}  # the last batch's StudyLesions by Study Instance UID (with a lesion run)
         if lesions is not None:
             from ..lesions.step import LesionStep
 
@@ -115,11 +116,16 @@ class Predictor:
         return time.perf_counter() - start
 
     def predict(self, works: list[StudyWork]) -> list[StudyOutcome]:
-        """One outcome per claimed study, in order; SR and SC written for those that were read."""
+        """One outcome per claimed study, in order; SR and SC written for those that were read. With a lesion run,
+        `lesions` holds this batch's StudyLesions by Study Instance UID (for the follow-up comparison)."""
         sources = [study_source(work) for work in works]
+        found: dict = {}
+        if self.lesion_step is not None:
+            self.lesion_step.found = found
         report = predict_sources(sources, self.model, self.preprocess, self.engine, self.point,
                                  run_label=self.label, workers=0, dicom_dir=self.results,
                                  lesion_step=self.lesion_step)
+        self.lesions = {works[index].study_uid: lesions for index, lesions in found.items()}
         return report.studies
 
 
@@ -238,7 +244,9 @@ class PredictionWorker(threading.Thread):
         prior = self.queue.prior_study(patient)
         if prior is None:
             return patient, []
-        compared = self._compare_with(patient, prior)
+        # the lesions just found for this study: the comparison describes the hotspots its own report lists
+        known = {uid: self.predictor.lesions[uid]} if uid in self.predictor.lesions else None
+        compared = self._compare_with(patient, prior, known)
         if compared is None:  # recorded as not compared: the next start tries again
             return patient, []
         return self._compared(patient, prior, compared), compared.results
@@ -248,7 +256,8 @@ class PredictionWorker(threading.Thread):
         """The study as recorded once compared: with its prior, its verdict and what still awaits confirmation."""
         return replace(study, compared_with=prior, verdict=compared.verdict, awaiting=compared.awaiting)
 
-    def _compare_with(self, study: PatientStudy, prior: PatientStudy) -> NodeComparison | None:
+    def _compare_with(self, study: PatientStudy, prior: PatientStudy, known: dict | None = None
+                      ) -> NodeComparison | None:
         """The comparison of `study` with `prior`, and with the baseline and first follow-up whose new lesions the
         prior's comparison left awaiting confirmation; None, with the reason logged, when that fails (e.g. a
         prior whose files cannot be read): not tried again before the next start."""
@@ -258,7 +267,7 @@ class PredictionWorker(threading.Thread):
                 self.queue.record_event("warning", "the baseline or first follow-up whose new lesions this scan "
                                                    "would confirm is no longer held; compared as a first follow-up "
                                                    f"of the study of {prior.study_date}", study.study_uid)
-            compared = self.comparer.compare(study, prior, awaiting)
+            compared = self.comparer.compare(study, prior, awaiting, known)
         except Exception as error:  # noqa: BLE001 - whatever fails, the study's own results are not held up
             reason = f"no follow-up comparison ({type(error).__name__}: {error}); tried again at the next start"
             log.warning("study %s: %s", study.study_uid, reason)
