@@ -364,3 +364,64 @@ def test_the_followup_sr_lists_new_and_grown_lesions_first_up_to_the_limit(monke
     assert [lesion.number for lesion in output.lesions_for_dicom(comparison)] == [2, 5, 7, 9]
     monkeypatch.setattr(output, "DICOM_HOTSPOT_LIMIT", 5)
     assert [lesion.number for lesion in output.lesions_for_dicom(comparison)] == [1, 2, 5, 7, 9]
+
+
+# --- real DICOM structure: NM1 (a GE whole-body scan) as two visits --------------------------------------------
+
+def _nm1_visit(nm1_path, folder, study_uid: str, date: str, shift: tuple[int, int] = (0, 0),
+               recount: float | None = None):
+    """NM1's real header and counts as one visit: its anterior view and, for the posterior, the same counts
+    mirrored (NM1 holds one view), two single-view files of one study; `shift` moves the patient on the table
+    (rows, columns), the rest of the image filled with the background's zero counts; `recount` acquires it again
+    at that share of the counts (a new Poisson realisation, as a later scan is)."""
+    import copy
+
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(nm1_path)
+    ds.decompress()
+    counts = ds.pixel_array
+    moved = np.zeros_like(counts)
+    (dr, dc), (rows, cols) = shift, counts.shape
+    moved[max(dr, 0):rows + min(dr, 0), max(dc, 0):cols + min(dc, 0)] = \
+        counts[max(-dr, 0):rows + min(-dr, 0), max(-dc, 0):cols + min(-dc, 0)]
+    if recount is not None:
+        moved = np.random.default_rng(0).poisson(moved * recount).astype(counts.dtype)
+    folder.mkdir(parents=True)
+    for name, image in (("ANT", moved), ("POST", moved[:, ::-1])):
+        view = copy.deepcopy(ds)
+        view.ViewPosition, view.StudyInstanceUID, view.StudyDate = name, study_uid, date
+        view.SeriesInstanceUID = generate_uid()
+        view.SOPInstanceUID = view.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        view.PixelData = np.ascontiguousarray(image).tobytes()
+        view.save_as(folder / f"{name}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_followup_of_real_nm_studies_registers_the_shift_and_reports_both(nm1_path, tmp_path, capsys):
+    from nodekit import make_lesion_run
+
+    baseline = _nm1_visit(nm1_path, tmp_path / "2004", "1.2.826.0.1.3680043.8.498.1", "20040826")
+    later = _nm1_visit(nm1_path, tmp_path / "2005", "1.2.826.0.1.3680043.8.498.2", "20050301", shift=(6, 3),
+                       recount=0.7)
+    out = tmp_path / "out"
+    assert main(["followup", str(baseline), str(later), "--run", str(make_lesion_run(tmp_path / "run")),
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "followup.json").read_text())
+    assert [v["study_date"] for v in result["visits"]] == ["20040826", "20050301"]
+    assert result["patient_id"] == "8NM1" and result["visits"][1]["timepoint_days"] == 187
+    # the shift of 3 columns and 6 rows of 2.26 mm (x, y), found in each view (the posterior is mirrored)
+    registration = result["visits"][1]["registration"]
+    for view, expected in (("anterior", [3 * 2.26, 6 * 2.26]), ("posterior", [-3 * 2.26, 6 * 2.26])):
+        assert registration[view]["translation_mm"] == pytest.approx(expected, abs=1.0), view
+        assert abs(registration[view]["rotation_deg"]) < 0.5 and 0.5 < registration[view]["correlation"] < 1
+    sr = pydicom.dcmread(out / "followup_sr.dcm")
+    referenced = {item.StudyInstanceUID for seq in ("CurrentRequestedProcedureEvidenceSequence",
+                                                    "PertinentOtherEvidenceSequence") for item in sr.get(seq, [])}
+    assert referenced == {"1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"}
+    assert sr.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.2" and sr.PatientID == "8NM1"
+    # NM1 itself holds the anterior view only: refused by name, nothing written
+    assert main(["followup", str(nm1_path), str(later), "--run", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert "only the anterior view" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
