@@ -69,6 +69,35 @@ def test_box_truth_trains_its_core_and_leaves_the_band_out_of_the_loss():
     assert logits.grad[0, :, :N_LABELS].abs().max() == 0  # box-only truth has no regions to learn
 
 
+def test_region_loss_is_cross_entropy_plus_the_soft_dice_of_the_classes_present():
+    """Against the textbook form (softmax, one-hot target, per-class sums), value and gradient, in float64."""
+    import torch.nn.functional as F
+
+    from bonescan.lesions.task import lesion_loss
+
+    def reference(region_logits, truth):
+        probability = torch.softmax(region_logits, 1)[:, 1:]
+        target = F.one_hot(truth, N_LABELS).permute(0, 3, 1, 2)[:, 1:].double()
+        present = target.sum((0, 2, 3)) > 0
+        dice = (2 * (probability * target).sum((0, 2, 3)) + 1) / (probability.sum((0, 2, 3)) + target.sum((0, 2, 3)) + 1)
+        return F.cross_entropy(region_logits, truth) + 1 - dice[present].mean()
+
+    generator = torch.Generator().manual_seed(0)
+    regions = torch.randint(0, N_LABELS, (3, 2, 32, 16), generator=generator)
+    regions[regions == 5] = 0  # a class absent from the batch
+    weights = torch.tensor([[0.0, 1.0]] * 3)  # regions only: the loss is the region loss alone
+    logits = torch.randn((3, 2, N_LABELS + 2, 32, 16), generator=generator, dtype=torch.float64, requires_grad=True)
+    loss = lesion_loss(logits, regions, torch.zeros_like(regions), weights)
+    expected = reference(logits[:, :, :N_LABELS].reshape(6, N_LABELS, 32, 16), regions.reshape(6, 32, 16))
+    assert float(loss) == pytest.approx(float(expected), abs=1e-12)
+    (grad,), (expected_grad,) = torch.autograd.grad(loss, logits), torch.autograd.grad(expected, logits)
+    assert torch.allclose(grad, expected_grad, atol=1e-15) and grad[:, :, :N_LABELS].abs().max() > 0
+    background = torch.zeros_like(regions)  # no region class present: cross-entropy alone
+    loss = lesion_loss(logits, background, torch.zeros_like(regions), weights)
+    ce = F.cross_entropy(logits[:, :, :N_LABELS].reshape(6, N_LABELS, 32, 16), background.reshape(6, 32, 16))
+    assert float(loss) == pytest.approx(float(ce), abs=1e-12)
+
+
 def test_metastasis_map_learns_a_small_lesion_beside_a_large_kidney():
     """The metastasis map has its own loss: a 4-pixel metastasis is not drowned by a 200-pixel kidney."""
     from bonescan.lesions.network import HOTSPOT, MALIGNANCY
