@@ -78,8 +78,9 @@ def test_region_loss_is_cross_entropy_plus_the_soft_dice_of_the_classes_present(
     def reference(region_logits, truth):
         probability = torch.softmax(region_logits, 1)[:, 1:]
         target = F.one_hot(truth, N_LABELS).permute(0, 3, 1, 2)[:, 1:].double()
-        present = target.sum((0, 2, 3)) > 0
-        dice = (2 * (probability * target).sum((0, 2, 3)) + 1) / (probability.sum((0, 2, 3)) + target.sum((0, 2, 3)) + 1)
+        per_class = target.sum((0, 2, 3))
+        dice = (2 * (probability * target).sum((0, 2, 3)) + 1) / (probability.sum((0, 2, 3)) + per_class + 1)
+        present = per_class > 0
         return F.cross_entropy(region_logits, truth) + 1 - dice[present].mean()
 
     generator = torch.Generator().manual_seed(0)

@@ -14,8 +14,8 @@ follow-up they were counted on, and the patient's next scan is compared with bot
 confirmatory: `bonescan followup`'s "2+2"): two or more further new lesions at least 6 weeks after the first
 follow-up confirm progression, fewer do not (a flare, or healing), and a scan within 6 weeks leaves them waiting for
 the next. Studies that arrive out of order end where studies in order do: a comparison made later that changes
-what awaits confirmation sends the next scan, compared before, through its comparison again. A verdict that needs the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on
-the studies chosen.
+what awaits confirmation sends the next scan, compared before, through its comparison again. A verdict that needs
+the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on the studies chosen.
 """
 
 from __future__ import annotations

@@ -124,39 +124,32 @@ class NodeQueue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            self._record_comparisons_of_older_stores()
-            self._add_verdict_columns_to_older_stores()
+            self._migrate_older_stores()
         except sqlite3.DatabaseError as error:
             raise ConfigError(self.path, f"cannot open the node's queue database ({error})") from error
         self._lock = threading.Lock()
 
-    def _record_comparisons_of_older_stores(self) -> None:
-        """A store made before comparisons were recorded: its studies were compared with their latest prior then,
-        which is recorded as such, so that none is compared (and its follow-up SR sent) again."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}
-        if "compared_date" in columns:
-            return
-        self._db.executescript("""
-            BEGIN IMMEDIATE;
+    def _migrate_older_stores(self) -> None:
+        """Columns added to patient_studies since a store was made, filled with what its rows meant then."""
+        # Made before comparisons were recorded: its studies were compared with their latest prior then, which is
+        # recorded as such, so that none is compared (and its follow-up SR sent) again.
+        self._add_columns("compared_date", """
             ALTER TABLE patient_studies ADD COLUMN compared_with TEXT;
             ALTER TABLE patient_studies ADD COLUMN compared_date TEXT;
             UPDATE patient_studies AS l SET (compared_with, compared_date) = (
                 SELECT p.study_uid, p.study_date FROM patient_studies p WHERE p.patient_id = l.patient_id
-                AND p.study_date < l.study_date ORDER BY p.study_date DESC LIMIT 1);
-            COMMIT;""")
-
-    def _add_verdict_columns_to_older_stores(self) -> None:
-        """A store made before verdicts were kept: its comparisons' verdicts are unknown (NULL), so no scan waits
-        for confirmation by the next one."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}
-        if "verdict" in columns:
-            return
-        self._db.executescript("""
-            BEGIN IMMEDIATE;
+                AND p.study_date < l.study_date ORDER BY p.study_date DESC LIMIT 1);""")
+        # Made before verdicts were kept: its comparisons' verdicts are unknown (NULL), so no scan waits for
+        # confirmation by the next one.
+        self._add_columns("verdict", """
             ALTER TABLE patient_studies ADD COLUMN verdict TEXT;
             ALTER TABLE patient_studies ADD COLUMN awaiting_baseline TEXT;
-            ALTER TABLE patient_studies ADD COLUMN awaiting_followup TEXT;
-            COMMIT;""")
+            ALTER TABLE patient_studies ADD COLUMN awaiting_followup TEXT;""")
+
+    def _add_columns(self, column: str, script: str) -> None:
+        """Run `script` in one transaction unless patient_studies has `column` already."""
+        if column not in {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}:
+            self._db.executescript(f"BEGIN IMMEDIATE;{script}\nCOMMIT;")
 
     def close(self) -> None:
         with self._lock:

@@ -129,8 +129,9 @@ def format_status(status: dict) -> list[str]:
     verdicts = dict(status.get("followup") or {})
     if sum(verdicts.values()):
         waiting = verdicts.pop("awaiting confirmation", 0)
-        lines.append("follow-up comparisons of the studies held, by PCWG3 verdict: " + ", ".join(f"{k} {v}" for k, v in sorted(
-            verdicts.items())) + f"; patients whose new lesions await confirmation by their next scan: {waiting}")
+        counted = ", ".join(f"{verdict} {n}" for verdict, n in sorted(verdicts.items()))
+        lines.append(f"follow-up comparisons of the studies held, by PCWG3 verdict: {counted}; patients whose new "
+                     f"lesions await confirmation by their next scan: {waiting}")
     if status["recent_errors"]:
         lines.append("recent errors:")
         lines += [f"  {e['at']} {e['level']}: {e['study_uid'] or '-'}: {e['message']}" for e in status["recent_errors"]]
