@@ -36,7 +36,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                     "view (hotspots, skeletal regions) is sent with it."),
         followup: bool = typer.Option(
             False, "--followup", help="With --lesions: compare each study with the latest earlier study of its "
-                                      "PatientID read here, and send the follow-up SR too."),
+                                      "PatientID read here, and send the follow-up SR too; >= 2 new lesions are "
+                                      "confirmed or not by the patient's next scan (PCWG3 2+2)."),
         store: Optional[Path] = typer.Option(
             None, "--store", help="Folder for received instances, results and the durable queue."),
         keep_days: Optional[float] = typer.Option(
