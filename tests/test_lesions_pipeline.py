@@ -99,6 +99,22 @@ def test_region_loss_is_cross_entropy_plus_the_soft_dice_of_the_classes_present(
     assert float(loss.detach()) == pytest.approx(float(ce.detach()), abs=1e-12)
 
 
+def test_class_overlap_is_the_same_by_index_sum_and_by_one_hot_product():
+    """The CPU's index sum and the one-hot product kept for CUDA: equal value and gradient (float64)."""
+    from bonescan.lesions.task import class_overlap
+
+    generator = torch.Generator().manual_seed(1)
+    probability = torch.softmax(torch.randn(500, N_LABELS, generator=generator, dtype=torch.float64), 1)
+    probability.requires_grad_(True)
+    truth = torch.randint(0, N_LABELS, (500,), generator=generator)
+    weights = torch.randn(N_LABELS, generator=generator, dtype=torch.float64)  # a gradient that tells classes apart
+    by_index, by_product = (class_overlap(probability, truth, one_hot) for one_hot in (False, True))
+    assert torch.allclose(by_index, by_product, atol=1e-12) and by_index.sum() > 0
+    (grad_index,), (grad_product,) = (torch.autograd.grad((o * weights).sum(), probability)
+                                      for o in (by_index, by_product))
+    assert torch.equal(grad_index, grad_product)
+
+
 def test_metastasis_map_learns_a_small_lesion_beside_a_large_kidney():
     """The metastasis map has its own loss: a 4-pixel metastasis is not drowned by a 200-pixel kidney."""
     from bonescan.lesions.network import HOTSPOT, MALIGNANCY
