@@ -41,11 +41,6 @@ class LesionBenchmark:
     failed: int
     classifier_end_to_end: float
     classifier_margin: float | None  # see the module's docstring; None when too few studies show one
-
-    @property
-    def classifier(self) -> float:
-        """What the lesion step is compared with: the margin where there is one."""
-        return self.classifier_margin or self.classifier_end_to_end
     lesion_step: float
     network: float
     hotspots: float
@@ -56,6 +51,11 @@ class LesionBenchmark:
     threads: int
     peak_rss_mib: float
     weights: str
+
+    @property
+    def classifier(self) -> float:
+        """What the lesion step is compared with: the margin where there is one."""
+        return self.classifier_margin or self.classifier_end_to_end
 
     def lines(self) -> list[str]:
         """The printed report."""
