@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -334,6 +335,23 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
         assert record["n_malignant_lesions"] == study.n_malignant_lesions <= study.n_malignant
         assert record["superscan"] == study.superscan == (record["bsi"] >= SUPERSCAN_BSI)
         assert int(arrays["regions"].max()) < N_LABELS
+
+
+def test_a_follow_up_reads_a_study_with_the_hotspot_uids_of_its_own_report(lesion_setup):
+    """`bonescan followup` (and the node's comparison) read the prior again: its hotspots keep their tracking UIDs,
+    so the follow-up SR names the lesions as the prior's report did."""
+    from bonescan.followup import NetworkReader, load_visit
+
+    folder, _, manifest, _, _ = lesion_setup
+    path = manifest.loc[0, "path"]
+    out = folder / "predict-one"
+    report = predict_studies(folder / "classifier", [path], engine="torch", lesions=folder / "lesion-run",
+                             lesions_out=out)
+    assert report.ok, [s.error for s in report.failures]
+    reported = json.loads(Path(report.studies[0].lesions).read_text())["hotspots"]
+    visit = load_visit(path, "baseline")
+    again = NetworkReader(folder / "lesion-run").read(visit.study, visit.files).hotspots
+    assert reported and [h["uid"] for h in reported] == [h.uid for h in again]
 
 
 def test_a_study_whose_lesions_fail_is_listed_and_the_batch_goes_on(lesion_setup, monkeypatch):

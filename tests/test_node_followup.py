@@ -80,7 +80,7 @@ def test_lesions_found_already_are_taken_as_they_are(visits, tmp_path):
     from bonescan.followup import load_visit
     from bonescan.node.followup import visit_source
 
-    baseline, followup, _ = visits[NOT_CONFIRMED]
+    baseline, followup, _ = visits[CONFIRMED]  # metastases on the baseline already, and new ones
     oracle = OracleReader()
     visit = load_visit(visit_source(followup), "follow-up")
     found = oracle.read(visit.study, visit.files)
@@ -92,3 +92,29 @@ def test_lesions_found_already_are_taken_as_they_are(visits, tmp_path):
     uids = {h["uid"] for lesion in record["lesions"] for h in lesion["visits"].get("follow-up", [])}
     assert uids and uids <= {f"2.25.{k + 1}" for k in range(len(found.hotspots))}
     assert compared.verdict == "unconfirmed"
+
+    # Each lesion of the follow-up SR carries the tracking UID its hotspot has in the report of the earliest visit
+    # showing it: a lesion already on the baseline the baseline's, a new one the follow-up's own.
+    earliest = {}
+    for lesion in record["lesions"]:
+        role = "baseline" if "baseline" in lesion["visits"] else "follow-up"
+        first = min(lesion["visits"][role], key=lambda h: (h["view"] != "anterior", h["number"]))
+        assert lesion["tracking_uid"] == first["uid"]
+        earliest[first["uid"]] = role
+    assert set(earliest.values()) == {"baseline", "follow-up"}
+    report = pydicom.dcmread(dict((kind, path) for _, kind, path in compared.results)["followup"])
+    lesion_uids = {uid for uid, name in _tracking(report) if name.startswith("lesion ")}
+    assert lesion_uids == set(earliest)
+
+
+def _tracking(dataset) -> list[tuple[str, str]]:
+    """(tracking UID, tracking identifier) of every measurement group of an SR."""
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        if item.ValueType == "CONTAINER":
+            names = {c.ConceptNameCodeSequence[0].CodeValue: c for c in item.get("ContentSequence", [])
+                     if "ConceptNameCodeSequence" in c}
+            if "112040" in names and "112039" in names:  # Tracking Unique Identifier, Tracking Identifier
+                found.append((str(names["112040"].UID), str(names["112039"].TextValue)))
+        found += _tracking(item)
+    return found

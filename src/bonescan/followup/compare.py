@@ -48,7 +48,7 @@ class Comparison:
                        for i, (v, tr) in enumerate(zip(self.visits, self.transforms))],
             "followup": self.followup.to_json(),
             "confirmatory": self.confirmatory.to_json() if self.confirmatory else None,
-            "lesions": [{"number": les.number, "region": les.region,
+            "lesions": [{"number": les.number, "region": les.region, "tracking_uid": les.tracking_uid,
                          "visits": {self.visits[v].role: [h.to_json() for h in hs] for v, hs in sorted(les.hotspots.items())}}
                         for les in self.lesions],
             "seconds": {k: round(s, 3) for k, s in self.seconds.items()},

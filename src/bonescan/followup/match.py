@@ -57,6 +57,13 @@ class Lesion:
         return max((h.area_mm2 for h in self.hotspots.get(visit, [])), default=0.0)
 
     @property
+    def tracking_uid(self) -> str:
+        """The tracking UID of its hotspot on the earliest visit that shows it (anterior first): the follow-up
+        report names the lesion as that study's own report names the hotspot, one finding to a viewer."""
+        first = min(self.hotspots)
+        return min(self.hotspots[first], key=lambda h: (VIEWS.index(h.view), h.number)).uid
+
+    @property
     def region(self) -> str:
         """The region named most often by its hotspots, latest visit first on a tie."""
         names = [h.region for v in sorted(self.hotspots, reverse=True) for h in self.hotspots[v] if h.region]

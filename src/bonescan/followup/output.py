@@ -6,7 +6,8 @@ Everything is built in memory first and only then written, each file atomically,
 
 The SR (Comprehensive SR, TID 1500 measurement report) joins the newest study and references every study
 compared (the newest in its evidence, the earlier ones as pertinent other evidence). It holds one measurement
-group per lesion (tracking identifier and UID shared by the lesion across visits, finding site = its skeletal
+group per lesion (tracking identifier "lesion <n>"; tracking UID that of its hotspot on the earliest visit showing
+it, as that study's own report gives it, so a viewer takes both for one finding; finding site = its skeletal
 region, its area on the newest visit where it is seen, and its status: new, persistent, grown or resolved) and
 one group for the patient (PCWG3 verdict, number of new lesions, change in BSI). At most DICOM_HOTSPOT_LIMIT
 lesion groups, new ones first, then grown, resolved and persistent (`lesions_for_dicom`): each costs highdicom
@@ -172,7 +173,7 @@ def build_sr(comparison: Comparison, capture: Dataset | None = None) -> Dataset 
         sites = [hd.sr.FindingSite(anatomic_location=region.site, laterality=region.laterality)] if region else None
         status = lesion_status(comparison, lesion.number)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"lesion {lesion.number}"),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=f"lesion {lesion.number}"),
             finding_type=codes.SCT.Lesion, finding_sites=sites, algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(lesion.area(visit)),
                                             unit=codes.UCUM.SquareMillimeter)],

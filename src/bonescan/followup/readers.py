@@ -137,7 +137,9 @@ class NetworkReader:
         self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
-        return self.model.read(study, study_key=study.study_id)[0]
+        from ..lesions.infer import tracking_key
+
+        return self.model.read(study, study_key=tracking_key(study.study_id))[0]
 
 
 class KnownLesions:

@@ -107,6 +107,13 @@ class LesionModel:
                              outline_threshold=self.outline_threshold)
 
 
+def tracking_key(study_id: str, name: str | None = None) -> str:
+    """What seeds a study's hotspot tracking UIDs (`study_lesions`): its id and the name it is reported under (a
+    manifest's case_id, else the id again), so that reading a study again, for a follow-up, gives its hotspots the
+    UIDs of its own report."""
+    return f"{study_id}:{name or study_id}"
+
+
 def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
                     precision: str = "fp32", flip_average: bool | None = None,
                     rescorer: bool = True) -> LesionModel:

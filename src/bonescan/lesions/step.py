@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..preprocess import preprocess_views
-from .infer import LesionModel, load_lesion_run, study_lesions
+from .infer import LesionModel, load_lesion_run, study_lesions, tracking_key
 from .outputs import LesionOutputs, render_lesions
 
 POST_THREADS = min(4, os.cpu_count() or 1)  # studies post-processed at once
@@ -53,7 +53,7 @@ class LesionStep:
             spacing = item.spacing if item.spacing else 2.4
             try:
                 return study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
-                                     study_key=f"{outcome.study_id}:{outcome.name}", threshold=self.model.threshold,
+                                     study_key=tracking_key(outcome.study_id, outcome.name), threshold=self.model.threshold,
                                      rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 return error
