@@ -49,3 +49,24 @@ def test_bench_node_with_followup_sends_visits_in_date_order_and_times_later_vis
     later = int((taken["timepoint"] > 0).sum())
     assert f"results at the destination: {len(taken)} studies, lost 0, duplicated 0" in out
     assert f"follow-up: {later} follow-up SRs for {later} later visits" in out
+
+
+def test_bench_node_with_followup_sends_a_study_of_one_file_per_view_whole(tmp_path, capsys):
+    """A camera that writes one file per view (Philips profile): both files of a visit go to the node, which reads
+    the study once both views are in, and the visit counts once, with its follow-up SR."""
+    import pandas as pd
+
+    from bonescan.synth.followup import generate_followup_cohort
+
+    generate_followup_cohort(tmp_path / "data", 2, seed=3, site="philips-brightview")
+    manifest = pd.read_csv(tmp_path / "data" / "manifest.csv")
+    assert manifest["path"].isna().all() and manifest["anterior"].notna().all()  # two files per visit
+    lesions = make_lesion_run(tmp_path / "lesion-run")
+    code = main(["bench", "node", "--cases", "2", "--associations", "1", "--preset", "tiny", "--threads", "1",
+                 "--lesions", str(lesions), "--followup", "--data", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert code == 0
+    first = manifest[manifest["patient_id"] == sorted(manifest["patient_id"])[0]]
+    later = int((first["timepoint"] > 0).sum())
+    assert f"results at the destination: {len(first)} studies, lost 0, duplicated 0" in out
+    assert f"follow-up: {later} follow-up SRs for {later} later visits" in out

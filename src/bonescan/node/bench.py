@@ -10,7 +10,8 @@ figures then include the restarts, and the report counts lost and duplicated res
 node with a lesion run: a study's latency then ends with the last of its SC, SR and Segmentations. `--followup`
 adds the node's follow-up: the studies are the visits of followed patients (`bonescan synth --follow-up`), sent in
 date order, and a later visit's latency ends with its follow-up SR and side-by-side SC; first and later visits are
-reported apart.
+reported apart. A study is one file or two (a camera that writes one file per view, as `--site mixed` cohorts hold):
+its files go over one association one after the other, and its latency starts with the first.
 """
 
 from __future__ import annotations
@@ -162,8 +163,15 @@ class _Pacs:
         return out
 
 
+Study = tuple[Path, ...]  # the files of one study: one, or one per view
+
+
+def study_name(study: Study) -> str:
+    return study[0].name
+
+
 class _Camera(threading.Thread):
-    def __init__(self, index: int, files: list[Path], port: dict, starts: dict, pace: float, offset: float):
+    def __init__(self, index: int, files: list[Study], port: dict, starts: dict, pace: float, offset: float):
         super().__init__(daemon=True, name=f"camera{index}")
         self.index, self.files, self.port, self.starts, self.pace = index, files, port, starts, pace
         self.offset = offset
@@ -187,23 +195,27 @@ class _Camera(threading.Thread):
                     if self.pace > 0:  # offered load: cameras staggered, study k due at begin + (k + offset) / pace
                         due = begin + (self.acknowledged + self.offset) / self.pace
                         time.sleep(max(0.0, due - time.time()))
-                    path = self.files[self.acknowledged]
+                    study = self.files[self.acknowledged]
                     if not assoc.is_established:  # the node went away while this camera waited
                         break
-                    self.starts.setdefault(path.name, time.time())
-                    try:
-                        status = assoc.send_c_store(path)
-                    except RuntimeError:  # aborted between the check and the send
-                        break
-                    if not status or status.Status != 0x0000:
+                    self.starts.setdefault(study_name(study), time.time())
+                    if not all(self._store(assoc, path) for path in study):  # a lost study is sent again whole
                         break
                     self.acknowledged += 1
             finally:
                 if assoc.is_established:
                     assoc.release()
 
+    @staticmethod
+    def _store(assoc, path: Path) -> bool:
+        try:
+            status = assoc.send_c_store(path)
+        except RuntimeError:  # aborted between the check and the send
+            return False
+        return bool(status) and status.Status == 0x0000
 
-def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[Path]:
+
+def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> list[Study]:
     studies = data / "studies"
     have = len(list(studies.glob("*.dcm"))) if studies.is_dir() else 0
     if have < cases:
@@ -211,12 +223,12 @@ def _study_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) 
 
         say(f"generating {cases - have} synthetic studies in {data}")
         generate_cohort(data, cases, seed=seed, difficulty="paper", workers=1)
-    return sorted(studies.glob("*.dcm"))[:cases]
+    return [(path,) for path in sorted(studies.glob("*.dcm"))[:cases]]
 
 
-def _followup_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> tuple[list[Path], set[str]]:
+def _followup_files(data: Path, cases: int, seed: int, say: Callable[[str], None]) -> tuple[list[Study], set[str]]:
     """The visits of the first followed patients that make at least `cases` studies (whole patients), in date
-    order, and the names of the later visits (each has its prior among them)."""
+    order, and the names (`study_name`) of the later visits (each has its prior among them)."""
     import pandas as pd
     import pydicom
 
@@ -228,20 +240,24 @@ def _followup_files(data: Path, cases: int, seed: int, say: Callable[[str], None
         say(f"generating {patients} followed patients in {data}")
         generate_followup_cohort(data, patients, seed=seed)
     df = pd.read_csv(manifest)
-    if "timepoint" not in df or df["path"].isna().any():
-        raise ConfigError(manifest, "bench node --followup needs a follow-up cohort (bonescan synth --follow-up) "
-                                    "with one file per study")
+    if "timepoint" not in df or "patient_id" not in df:
+        raise ConfigError(manifest, "bench node --followup needs a follow-up cohort (bonescan synth --follow-up): "
+                                    "no patient_id and timepoint columns")
     taken = []
     for _, visits in df.groupby("patient_id", sort=True):
         if len(taken) >= cases:
             break
         taken += [row for _, row in visits.sort_values("timepoint").iterrows()]
 
-    def study_date(row) -> str:
-        return str(pydicom.dcmread(data / row["path"], stop_before_pixels=True, specific_tags=["StudyDate"]).StudyDate)
+    def files(row) -> Study:
+        path = row.get("path")
+        return (data / path,) if isinstance(path, str) and path else (data / row["anterior"], data / row["posterior"])
 
-    taken.sort(key=lambda row: (study_date(row), row["path"]))
-    return [data / row["path"] for row in taken], {Path(row["path"]).name for row in taken if row["timepoint"] > 0}
+    def study_date(row) -> str:
+        return str(pydicom.dcmread(files(row)[0], stop_before_pixels=True, specific_tags=["StudyDate"]).StudyDate)
+
+    taken.sort(key=lambda row: (study_date(row), study_name(files(row))))
+    return [files(row) for row in taken], {study_name(files(row)) for row in taken if row["timepoint"] > 0}
 
 
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
@@ -266,10 +282,10 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             weights += f"; lesion run {lesions}"
         later: set[str] = set()
         if followup:
-            files, later = _followup_files(Path(data) if data else work / "data", cases, seed, say)
-            cases = len(files)
+            studies, later = _followup_files(Path(data) if data else work / "data", cases, seed, say)
+            cases = len(studies)
         else:
-            files = _study_files(Path(data) if data else work / "data", cases, seed, say)
+            studies = _study_files(Path(data) if data else work / "data", cases, seed, say)
         import torch
 
         if threads:
@@ -309,7 +325,7 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         node, port = start()
         port_box = {"port": port}
         starts: dict[str, float] = {}
-        shares = [files[a::associations] for a in range(associations)]
+        shares = [studies[a::associations] for a in range(associations)]
         cameras = [_Camera(a, share, port_box, starts, rate / associations, a / associations)
                    for a, share in enumerate(shares)]
         for camera in cameras:
@@ -338,9 +354,9 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         uid_of = {}
         import pydicom
 
-        for path in files:
-            uid_of[path.name] = str(pydicom.dcmread(path, stop_before_pixels=True,
-                                                    specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        for study in studies:
+            uid_of[study_name(study)] = str(pydicom.dcmread(study[0], stop_before_pixels=True,
+                                                            specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
         latencies, followup_latencies, lost, duplicated = [], [], 0, 0
         for name, uid in uid_of.items():
             # with a lesion run: a Segmentation per view, and the numbered hotspots beside the heat map; a later
