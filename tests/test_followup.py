@@ -425,3 +425,17 @@ def test_followup_of_real_nm_studies_registers_the_shift_and_reports_both(nm1_pa
                  "--out", str(tmp_path / "refused")]) == 2
     assert "only the anterior view" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+
+
+def test_earlier_tracking_uids_go_to_one_lesion_each():
+    from bonescan.followup.match import Lesion, carry_tracking_uids
+
+    joined_before = [Lesion(1, {0: [_spot("anterior", 10, 10)]}, [0.5]), Lesion(2, {0: [_spot("anterior", 30, 10)]},
+                                                                                 [0.5])]
+    carry_tracking_uids(joined_before, {"anterior1010": "2.25.7", "anterior3010": "2.25.7"})
+    assert [lesion.tracking_uid for lesion in joined_before] == ["2.25.7", "anterior3010"]
+    # a UID that another lesion of this report already carries as its own is not taken
+    taken = [Lesion(1, {1: [_spot("anterior", 10, 10)]}, [0.5, 0.5]), Lesion(2, {0: [_spot("anterior", 50, 10)]},
+                                                                              [0.5, 0.5])]
+    carry_tracking_uids(taken, {"anterior1010": "anterior5010"})
+    assert [lesion.tracking_uid for lesion in taken] == ["anterior1010", "anterior5010"]

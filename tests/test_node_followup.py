@@ -107,6 +107,27 @@ def test_lesions_found_already_are_taken_as_they_are(visits, tmp_path):
     assert lesion_uids == set(earliest)
 
 
+def test_a_lesion_keeps_its_tracking_uid_from_one_followup_report_to_the_next(visits, tmp_path):
+    """Second visit against the first, then the third against the second: a lesion seen on all three carries the
+    first report's tracking UID (its hotspot's on the first visit) in the second report too."""
+    baseline, followup, confirmatory = visits[CONFIRMED]
+    comparer = PriorComparer(None, tmp_path, reader=OracleReader())
+    comparer.compare(followup, baseline)
+    second = comparer.compare(confirmatory, followup)
+    records = [json.loads((tmp_path / FOLLOWUP_DIR / now.study_uid / prior.study_uid / "followup.json").read_text())
+               for now, prior in ((followup, baseline), (confirmatory, followup))]
+    earlier = {h["uid"]: lesion["tracking_uid"] for lesion in records[0]["lesions"]
+               for h in lesion["visits"].get("follow-up", [])}
+    carried = [(lesion["tracking_uid"], earlier[h["uid"]]) for lesion in records[1]["lesions"]
+               for h in lesion["visits"].get("baseline", [])[:1] if h["uid"] in earlier]
+    from_first_visit = {h["uid"] for lesion in records[0]["lesions"] for h in lesion["visits"].get("baseline", [])}
+    assert carried and all(now == before for now, before in carried)
+    assert any(before in from_first_visit for _, before in carried)  # named after the first visit's hotspot
+    report = pydicom.dcmread(dict((kind, path) for _, kind, path in second.results)["followup"])
+    uids = [uid for uid, name in _tracking(report) if name.startswith("lesion ")]
+    assert {now for now, _ in carried} <= set(uids) and len(uids) == len(set(uids))
+
+
 def _tracking(dataset) -> list[tuple[str, str]]:
     """(tracking UID, tracking identifier) of every measurement group of an SR."""
     found = []

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .match import Change, Lesion, MatchedPair, change_between, drop_unreported, link_lesions
+from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
@@ -56,8 +56,11 @@ class Comparison:
 
 
 def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup: bool = True,
-                   force: bool = False) -> Comparison:
-    """Compare visits (baseline, follow-up[, confirmatory]): refuse bad sets first, then read, register, link."""
+                   force: bool = False, known_tracking: dict[str, str] | None = None) -> Comparison:
+    """Compare visits (baseline, follow-up[, confirmatory]): refuse bad sets first, then read, register, link.
+
+    `known_tracking`: hotspot UID -> the tracking UID an earlier follow-up report gave its lesion, so that a lesion
+    keeps one tracking UID from report to report (`match.carry_tracking_uids`)."""
     visits = list(visits)
     check_visits(visits, force)
     t0 = time.perf_counter()
@@ -82,6 +85,8 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], rose,
                                       new_focus)
     lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
+    if known_tracking:
+        carry_tracking_uids(lesions, known_tracking)
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint

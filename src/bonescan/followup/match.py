@@ -41,6 +41,7 @@ class Lesion:
     number: int
     hotspots: dict[int, list[Hotspot]]
     thresholds: list[float] = field(repr=False)
+    known_uid: str | None = field(default=None, repr=False)  # its tracking UID in an earlier follow-up report
 
     def present(self, visit: int) -> bool:
         return bool(self.hotspots.get(visit))
@@ -58,8 +59,11 @@ class Lesion:
 
     @property
     def tracking_uid(self) -> str:
-        """The tracking UID of its hotspot on the earliest visit that shows it (anterior first): the follow-up
-        report names the lesion as that study's own report names the hotspot, one finding to a viewer."""
+        """The UID an earlier follow-up report gave it (`carry_tracking_uids`), else that of its hotspot on the
+        earliest visit showing it (anterior first): the follow-up report names the lesion as that study's own
+        report names the hotspot, one finding to a viewer."""
+        if self.known_uid:
+            return self.known_uid
         first = min(self.hotspots)
         return min(self.hotspots[first], key=lambda h: (VIEWS.index(h.view), h.number)).uid
 
@@ -68,6 +72,23 @@ class Lesion:
         """The region named most often by its hotspots, latest visit first on a tie."""
         names = [h.region for v in sorted(self.hotspots, reverse=True) for h in self.hotspots[v] if h.region]
         return Counter(names).most_common(1)[0][0] if names else ""
+
+
+def carry_tracking_uids(lesions: list[Lesion], known: dict[str, str]) -> None:
+    """Give each lesion the tracking UID an earlier report gave it: `known` maps a hotspot's UID to the tracking
+    UID of the lesion it belonged to there. A lesion takes it through its hotspots on its earliest visit; a UID
+    two lesions would share (the earlier report had joined what is now two) goes to the first only, and none
+    that another lesion's own hotspot UID already names."""
+    used = {lesion.tracking_uid for lesion in lesions}
+    for lesion in lesions:
+        first = min(lesion.hotspots)
+        for hotspot in sorted(lesion.hotspots[first], key=lambda h: (VIEWS.index(h.view), h.number)):
+            uid = known.get(hotspot.uid)
+            if uid and uid not in used:
+                used.discard(lesion.tracking_uid)
+                lesion.known_uid = uid
+                used.add(uid)
+                break
 
 
 @dataclass

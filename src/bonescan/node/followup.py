@@ -16,10 +16,15 @@ follow-up confirm progression, fewer do not (a flare, or healing), and a scan wi
 the next. Studies that arrive out of order end where studies in order do: a comparison made later that changes
 what awaits confirmation sends the next scan, compared before, through its comparison again. A verdict that needs
 the real treatment baseline is `bonescan followup BASELINE FOLLOWUP CONFIRMATORY` on the studies chosen.
+
+A lesion keeps its tracking UID from one follow-up SR to the next: a comparison takes the UIDs that the latest
+comparison of each earlier study gave its lesions (`earlier_tracking`), so a viewer that follows tracking UIDs links
+a lesion across every report of the patient, not only across the two studies of one.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +82,26 @@ def still_awaiting(visits: Sequence[PatientStudy], comparison) -> tuple[str, str
     return visits[-2].study_uid, visits[-1].study_uid
 
 
+def earlier_tracking(folder: Path, study_uids: Sequence[str]) -> dict[str, str]:
+    """Hotspot UID -> lesion tracking UID, from the latest comparison of each of these studies with its own prior
+    (followup/<study>/*/followup.json): the hotspots of that study there, and the UIDs their lesions were given.
+    Comparisons written before lesions carried a tracking UID, or unreadable, give nothing."""
+    known: dict[str, str] = {}
+    for study_uid in study_uids:
+        records = sorted((folder / safe_file_stem(study_uid)).glob("*/followup.json"), key=lambda p: p.stat().st_mtime)
+        if not records:
+            continue
+        try:
+            record = json.loads(records[-1].read_text(encoding="utf-8"))
+            role = next(v["role"] for v in record["visits"] if v["study_uid"] == study_uid)
+            for lesion in record["lesions"]:
+                for hotspot in lesion["visits"].get(role, []) if lesion.get("tracking_uid") else []:
+                    known[hotspot["uid"]] = lesion["tracking_uid"]
+        except (OSError, ValueError, KeyError, StopIteration, TypeError):
+            continue
+    return known
+
+
 def unused_folder(folder: Path) -> Path:
     """`folder`, or folder.2, .3 ... when it exists: an earlier comparison's files may still wait to be sent."""
     candidate, n = folder, 1
@@ -112,7 +137,8 @@ class PriorComparer:
         roles = ("baseline", "follow-up", "confirmatory")
         visits = [load_visit(visit_source(study), role) for study, role in zip(studies, roles)]
         reader = KnownLesions(self.reader, known) if known else self.reader
-        comparison = compare_visits(visits, reader, first_followup=True)
+        comparison = compare_visits(visits, reader, first_followup=True,
+                                    known_tracking=earlier_tracking(self.folder, [s.study_uid for s in studies[:-1]]))
         paths = write_comparison(comparison, unused_folder(self.folder / safe_file_stem(current.study_uid)
                                                            / safe_file_stem(prior.study_uid)))
         change = comparison.confirmatory or comparison.followup
