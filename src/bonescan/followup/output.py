@@ -6,8 +6,9 @@ Everything is built in memory first and only then written, each file atomically,
 
 The SR (Comprehensive SR, TID 1500 measurement report) joins the newest study and references every study
 compared (the newest in its evidence, the earlier ones as pertinent other evidence). It holds one measurement
-group per lesion (tracking identifier "lesion <n>"; tracking UID that of its hotspot on the earliest visit showing
-it, as that study's own report gives it, so a viewer takes both for one finding; finding site = its skeletal
+group per lesion (tracking identifier "lesion <n>"; tracking UID the one an earlier follow-up report gave it, else
+that of its hotspot on the earliest visit showing it, as that study's own report gives it, so a viewer takes them
+for one finding; finding site = its skeletal
 region, its area on the newest visit where it is seen, and its status: new, persistent, grown or resolved) and
 one group for the patient (PCWG3 verdict, number of new lesions, change in BSI). At most DICOM_HOTSPOT_LIMIT
 lesion groups, new ones first, then grown, resolved and persistent (`lesions_for_dicom`): each costs highdicom

@@ -53,8 +53,9 @@ class LesionStep:
             spacing = item.spacing if item.spacing else 2.4
             try:
                 return study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
-                                     study_key=tracking_key(outcome.study_id, outcome.name), threshold=self.model.threshold,
-                                     rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
+                                     study_key=tracking_key(outcome.study_id, outcome.name),
+                                     threshold=self.model.threshold, rescorer=self.model.rescorer,
+                                     outline_threshold=self.model.outline_threshold)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 return error
 

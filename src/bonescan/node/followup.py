@@ -88,10 +88,11 @@ def earlier_tracking(folder: Path, study_uids: Sequence[str]) -> dict[str, str]:
     Comparisons written before lesions carried a tracking UID, or unreadable, give nothing."""
     known: dict[str, str] = {}
     for study_uid in study_uids:
-        records = sorted((folder / safe_file_stem(study_uid)).glob("*/followup.json"), key=lambda p: p.stat().st_mtime)
-        if not records:
-            continue
-        try:
+        try:  # retention may remove a folder while it is read
+            records = sorted((folder / safe_file_stem(study_uid)).glob("*/followup.json"),
+                             key=lambda p: p.stat().st_mtime)
+            if not records:
+                continue
             record = json.loads(records[-1].read_text(encoding="utf-8"))
             role = next(v["role"] for v in record["visits"] if v["study_uid"] == study_uid)
             for lesion in record["lesions"]:
