@@ -59,22 +59,28 @@ class LesionBenchmark:
 
     def lines(self) -> list[str]:
         """The printed report."""
-        ms = 1000.0
         rescorer = ("no rescorer" if self.rescorer is None
-                    else f"rescorer (count candidates, features, scores) {self.rescorer * ms:.1f} ms")
+                    else f"rescorer (count candidates, features, scores) {_ms(self.rescorer)} ms")
         return [
             f"classifier: {self.weights}; engine {self.engine}; {self.threads} threads",
             f"classifier, whole prediction: " + (
-                f"{self.classifier_margin * ms:.1f} ms per study at the margin ({self.classifier_end_to_end * ms:.1f} "
+                f"{_ms(self.classifier_margin)} ms per study at the margin ({_ms(self.classifier_end_to_end)} "
                 "ms with the reader processes' start" if self.classifier_margin else
-                f"{self.classifier_end_to_end * ms:.1f} ms per study (with the reader processes' start: too few "
+                f"{_ms(self.classifier_end_to_end)} ms per study (with the reader processes' start: too few "
                 "studies to measure the margin") + f"; {self.cases} studies, {self.failed} failed)",
-            f"lesion step as predict runs it: {self.lesion_step * ms:.1f} ms per study = "
+            f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
             f"{self.lesion_step / self.classifier:.1f}x the classifier (goal: <= 2x)",
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
-            f"study): network {self.network * ms:.1f} ms, hotspots {self.hotspots * ms:.1f} ms, {rescorer}",
+            f"study): network {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, {rescorer}",
             f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
         ]
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds to three significant digits (whole ones from 100): a fast classifier's 0.27 ms printed as 0.3
+    would be 10 % off, and so would every ratio read from the printed figures."""
+    value = seconds * 1000.0
+    return f"{value:.0f}" if value >= 99.95 else f"{value:.3g}"
 
 
 def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, preset: str = "cpu-small",
