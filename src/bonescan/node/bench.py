@@ -54,9 +54,11 @@ class NodeBenchmark:
     rate: float
     batch_size: int
     segmentations: int | None = None  # distinct Segmentations at the destination (with a lesion run)
-    # with --followup: latencies of the later visits (compared with a prior), and their follow-up SRs received
+    # with --followup: latencies of the later visits (compared with a prior) and of the first visits, and the
+    # follow-up SRs received
     followup_latencies: list[float] | None = None
     followup_reports: int | None = None
+    first_visit_latencies: list[float] | None = None
 
     def lines(self) -> list[str]:
         median, p95 = _median_p95(self.latencies)
@@ -77,10 +79,7 @@ class NodeBenchmark:
     def _followup_lines(self) -> list[str]:
         if self.followup_latencies is None:
             return []
-        later = self.followup_latencies
-        first = list(self.latencies)
-        for value in later:  # the later visits' latencies are among all of them
-            first.remove(value)
+        later, first = self.followup_latencies, self.first_visit_latencies or []
         (median, p95), (first_median, first_p95) = _median_p95(later), _median_p95(first)
         return [f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
                 f"visit (to its follow-up SR and SC) median {median:.2f} s, p95 {p95:.2f} s; of a first visit median "
@@ -357,7 +356,7 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         for study in studies:
             uid_of[study_name(study)] = str(pydicom.dcmread(study[0], stop_before_pixels=True,
                                                             specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-        latencies, followup_latencies, lost, duplicated = [], [], 0, 0
+        latencies, followup_latencies, first_latencies, lost, duplicated = [], [], [], 0, 0
         for name, uid in uid_of.items():
             # with a lesion run: a Segmentation per view, and the numbered hotspots beside the heat map; a later
             # visit: its follow-up SR and the visits side by side (an SC) too
@@ -373,8 +372,7 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             latency = max(sorted(sops.values())[:expected.get(sop_class, 1)][-1]
                           for sop_class, sops in classes.items()) - starts[name]
             latencies.append(latency)
-            if name in later:
-                followup_latencies.append(latency)
+            (followup_latencies if name in later else first_latencies).append(latency)
         arrivals = [at for classes in table.values() for sops in classes.values() for at in sops.values()]
         seconds = (max(arrivals) - min(starts.values())) if arrivals else float("nan")
         resent = len(pacs.received) - sum(len(s) for c in table.values() for s in c.values())
@@ -383,7 +381,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         reports = sum(len(table.get(uid_of[name], {}).get(SR, ())) - 1 for name in later) if followup else None
         return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
                              latencies, model_s, weights, threads, rate, batch_size, segmentations,
-                             followup_latencies if followup else None, reports)
+                             followup_latencies if followup else None, reports,
+                             first_latencies if followup else None)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()
