@@ -82,3 +82,25 @@ def test_exact_runs_cap_onednn_below_amx_only_on_amx_cpus_and_keep_a_user_settin
     assert device.cap_onednn_for_exact_runs() == "AVX512_CORE_BF16" == os.environ[device.ONEDNN_ISA_VARIABLE]
     monkeypatch.setenv(device.ONEDNN_ISA_VARIABLE, "AVX2")
     assert device.cap_onednn_for_exact_runs() == "AVX2"
+
+
+def test_the_avx2_emulation_makes_bonescan_choose_as_on_a_cpu_without_native_bf16():
+    """scripts/avx2_emulation (behind scripts/test_as_avx2.sh) must keep hiding native bf16 as torch changes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    emulation = Path(__file__).resolve().parents[1] / "scripts" / "avx2_emulation"
+    probe = ("import sys, torch; from bonescan.device import choose_precision, cpu_has_amx, cpu_has_native_bf16; "
+             "print(cpu_has_amx(), cpu_has_native_bf16(), choose_precision(torch.device('cpu')).autocast_dtype, "
+             "'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(emulation), os.environ.get("PYTHONPATH")]))}
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "None", "True"]
+    untouched = subprocess.run([sys.executable, "-c", "import sys, os, bonescan; "
+                                "print('torch' in sys.modules, os.environ['ONEDNN_MAX_CPU_ISA'])"],
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert untouched.stdout.split() == ["False", "AVX2"]  # a process that never imports torch does not load it
