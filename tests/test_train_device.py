@@ -86,7 +86,6 @@ def test_exact_runs_cap_onednn_below_amx_only_on_amx_cpus_and_keep_a_user_settin
 
 def test_the_avx2_emulation_makes_bonescan_choose_as_on_a_cpu_without_native_bf16():
     """scripts/avx2_emulation (behind scripts/test_as_avx2.sh) must keep hiding native bf16 as torch changes."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
