@@ -139,3 +139,23 @@ def _tracking(dataset) -> list[tuple[str, str]]:
                 found.append((str(names["112040"].UID), str(names["112039"].TextValue)))
         found += _tracking(item)
     return found
+
+
+def test_earlier_reports_that_cannot_be_read_give_no_tracking_uids(tmp_path):
+    """A comparison file cut short (or from before lesions carried a tracking UID) leaves the next comparison to
+    name its lesions afresh, not to fail."""
+    from bonescan.node.followup import earlier_tracking
+
+    cut = tmp_path / "1.2.3" / "1.2.2"
+    cut.mkdir(parents=True)
+    (cut / "followup.json").write_text('{"visits": [{"role": "baseline", "study_uid": "1.2.2"}, {"ro')
+    older = tmp_path / "1.2.4" / "1.2.3"
+    older.mkdir(parents=True)
+    (older / "followup.json").write_text(json.dumps({
+        "visits": [{"role": "baseline", "study_uid": "1.2.3"}, {"role": "follow-up", "study_uid": "1.2.4"}],
+        "lesions": [{"number": 1, "visits": {"follow-up": [{"uid": "2.25.1"}]}}]}))
+    assert earlier_tracking(tmp_path, ["1.2.3", "1.2.4", "1.2.9"]) == {}
+    (older / "followup.json").write_text(json.dumps({
+        "visits": [{"role": "baseline", "study_uid": "1.2.3"}, {"role": "follow-up", "study_uid": "1.2.4"}],
+        "lesions": [{"number": 1, "tracking_uid": "2.25.7", "visits": {"follow-up": [{"uid": "2.25.1"}]}}]}))
+    assert earlier_tracking(tmp_path, ["1.2.3", "1.2.4"]) == {"2.25.1": "2.25.7"}
