@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import body_views, nm_dataset, save
+from srkit import content_items
 
 from bonescan.dicom_out import AlgorithmInfo, ReadingResult, write_dicom_results
 from bonescan.io import read_study
@@ -27,15 +28,6 @@ def nm_study(tmp_path: Path):
 def overlay() -> np.ndarray:
     rng = np.random.default_rng(3)
     return (rng.random((120, 70, 3)) * 255).astype(np.uint8)
-
-
-def _content_items(dataset) -> list:
-    """Every content item of an SR tree, depth first."""
-    items = []
-    for item in getattr(dataset, "ContentSequence", []):
-        items.append(item)
-        items += _content_items(item)
-    return items
 
 
 def _coded_value(items, code_value: str) -> str:
@@ -66,7 +58,7 @@ def test_results_join_the_source_study_and_carry_the_reading(tmp_path, nm_study,
     assert np.array_equal(sc.pixel_array, overlay)
     assert sc.PhotometricInterpretation == "RGB"
 
-    items = _content_items(sr)
+    items = content_items(sr)
     assert _numeric(items, "122157") == pytest.approx(0.8125)  # Probability
     assert _numeric(items, "122411") == pytest.approx(0.4375)  # Threshold Value
     assert _coded_value(items, "94222008") == "Present"  # Bony metastasis
@@ -89,7 +81,7 @@ def test_results_join_the_source_study_and_carry_the_reading(tmp_path, nm_study,
 def test_negative_decision_is_coded_absent(tmp_path, nm_study, overlay):
     path, study = nm_study
     written = write_dicom_results(tmp_path, study, overlay, ReadingResult(0.1, False, "rule-out", 0.2), [path])
-    items = _content_items(pydicom.dcmread(written.structured_report))
+    items = content_items(pydicom.dcmread(written.structured_report))
     assert _coded_value(items, "94222008") == "Absent"
 
 

@@ -27,6 +27,7 @@ from bonescan.preprocess import PreprocessConfig
 from bonescan.presets import AugmentConfig, preset_config
 from bonescan.synth import generate_cohort
 from bonescan.train import train
+from srkit import content_items, content_values
 
 DCIODVFY = shutil.which("dciodvfy")
 
@@ -407,10 +408,10 @@ def test_sr_holds_bsi_and_one_group_per_hotspot_with_finding_site(tmp_path, nm1_
     measurements = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = measurements[0].ContentSequence
     assert len(groups) == 2 + len(hotspots)  # the study-level group, the BSI, one per hotspot
-    text = " ".join(_content_values(sr))
+    text = " ".join(content_values(sr))
     assert "hotspot 1 (anterior)" in text and "1.2.3.4.1" in text and "Bone Scan Index" in text
     assert "Number of malignant lesions" in text and "Superscan pattern" in text
-    counted = [item for item in _content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NMALLES"]
+    counted = [item for item in content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NMALLES"]
     assert [float(item.MeasuredValueSequence[0].NumericValue) for item in counted] == [lesions.n_malignant_lesions]
     assert lesions.n_malignant_lesions == 1
     assert "Rib" in text and "Left" in text  # finding site with laterality
@@ -418,28 +419,6 @@ def test_sr_holds_bsi_and_one_group_per_hotspot_with_finding_site(tmp_path, nm1_
         check = subprocess.run([DCIODVFY, "-new", str(written.structured_report)], capture_output=True, text=True,
                                timeout=60)
         assert [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")] == []
-
-
-def _content_items(dataset) -> list:
-    """Every content item of an SR tree, depth first."""
-    items = []
-    for item in getattr(dataset, "ContentSequence", []):
-        items += [item, *_content_items(item)]
-    return items
-
-
-def _content_values(dataset) -> list[str]:
-    """Every text, UID and code meaning in an SR content tree."""
-    values = []
-    for item in getattr(dataset, "ContentSequence", []):
-        for key in ("TextValue", "UID"):
-            if key in item:
-                values.append(str(item[key].value))
-        for key in ("ConceptCodeSequence", "ConceptNameCodeSequence"):
-            if key in item:
-                values.append(str(item[key][0].CodeMeaning))
-        values += _content_values(item)
-    return values
 
 
 def _segment_masks(path) -> dict[str, np.ndarray]:
@@ -533,10 +512,10 @@ def test_sr_and_segmentations_list_the_most_malignant_hotspots_up_to_the_limit(t
                                   ReadingResult(0.8, True, "youden", 0.5), [source], lesions=lesions,
                                   hotspot_numbers=numbers)
     sr = pydicom.dcmread(written.structured_report)
-    text = " ".join(_content_values(sr))
+    text = " ".join(content_values(sr))
     # the two most malignant (2 and 3) are listed, hotspot 1 is not; the study group counts all three
     assert "hotspot 2 (anterior)" in text and "hotspot 3 (anterior)" in text and "hotspot 1 (anterior)" not in text
-    found = [item for item in _content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NHOTSPOTS"]
+    found = [item for item in content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "NHOTSPOTS"]
     assert [float(item.MeasuredValueSequence[0].NumericValue) for item in found] == [3.0]
     masks = _segment_masks(next(p for p in written.segmentations if p.name.endswith("_seg_anterior.dcm")))
     assert {"hotspot 2", "hotspot 3"} <= set(masks) and "hotspot 1" not in masks

@@ -12,6 +12,7 @@ from bonescan.followup import OracleReader
 from bonescan.node.followup import FOLLOWUP_DIR, PriorComparer, patient_study
 from bonescan.synth.followup import generate_patient, plan_patient
 from bonescan.synth.writer import write_case
+from srkit import tracking
 
 # (cohort seed, patient): progression with 2+ more new lesions 81 days after the first follow-up; progression not
 # confirmed (0-1 more, 53 days later); progression whose confirmatory scan came 23 days after the first follow-up
@@ -103,7 +104,7 @@ def test_lesions_found_already_are_taken_as_they_are(visits, tmp_path):
         earliest[first["uid"]] = role
     assert set(earliest.values()) == {"baseline", "follow-up"}
     report = pydicom.dcmread(dict((kind, path) for _, kind, path in compared.results)["followup"])
-    lesion_uids = {uid for uid, name in _tracking(report) if name.startswith("lesion ")}
+    lesion_uids = {uid for uid, name in tracking(report) if name.startswith("lesion ")}
     assert lesion_uids == set(earliest)
 
 
@@ -124,21 +125,8 @@ def test_a_lesion_keeps_its_tracking_uid_from_one_followup_report_to_the_next(vi
     assert carried and all(now == before for now, before in carried)
     assert any(before in from_first_visit for _, before in carried)  # named after the first visit's hotspot
     report = pydicom.dcmread(dict((kind, path) for _, kind, path in second.results)["followup"])
-    uids = [uid for uid, name in _tracking(report) if name.startswith("lesion ")]
+    uids = [uid for uid, name in tracking(report) if name.startswith("lesion ")]
     assert {now for now, _ in carried} <= set(uids) and len(uids) == len(set(uids))
-
-
-def _tracking(dataset) -> list[tuple[str, str]]:
-    """(tracking UID, tracking identifier) of every measurement group of an SR."""
-    found = []
-    for item in dataset.get("ContentSequence", []):
-        if item.ValueType == "CONTAINER":
-            names = {c.ConceptNameCodeSequence[0].CodeValue: c for c in item.get("ContentSequence", [])
-                     if "ConceptNameCodeSequence" in c}
-            if "112040" in names and "112039" in names:  # Tracking Unique Identifier, Tracking Identifier
-                found.append((str(names["112040"].UID), str(names["112039"].TextValue)))
-        found += _tracking(item)
-    return found
 
 
 def test_earlier_reports_that_cannot_be_read_give_no_tracking_uids(tmp_path):

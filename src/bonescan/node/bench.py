@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from .status import median_p95
 
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -87,10 +88,7 @@ class NodeBenchmark:
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan"), float("nan")
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return median_p95(values) or (float("nan"), float("nan"))
 
 
 def untrained_run(folder: Path, preset: str, seed: int = 0) -> str:

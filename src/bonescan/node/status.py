@@ -13,6 +13,14 @@ from ..errors import ConfigError
 from .config import StorePaths
 
 
+def median_p95(values: list[float]) -> tuple[float, float] | None:
+    """(median, 95th percentile by nearest rank) of latencies; None without any."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
 def _running(paths: StorePaths) -> bool:
     """True while a node holds the store's lock."""
     if not paths.lock.exists():
@@ -73,7 +81,8 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
                             " ORDER BY id DESC LIMIT ?", (recent,)).fetchall()
     finally:
         db.close()
-    latencies = sorted(end - start for start, end, _ in rows if start is not None and end is not None)
+    latencies = [end - start for start, end, _ in rows if start is not None and end is not None]
+    spread = median_p95(latencies)
     live = json.loads(paths.live.read_text()) if paths.live.is_file() else None
     running = _running(paths)
     return {
@@ -96,8 +105,8 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
         },
         "latency_s": {
             "studies": len(latencies),
-            "median": round(statistics.median(latencies), 3) if latencies else None,
-            "p95": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3) if latencies else None,
+            "median": round(spread[0], 3) if spread else None,
+            "p95": round(spread[1], 3) if spread else None,
         },
         "followup": verdicts,
         "recent_errors": [{"at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)), "level": level,
