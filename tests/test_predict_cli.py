@@ -186,8 +186,8 @@ def test_bench_lesions_prints_the_lesion_step_against_the_classifier(tmp_path, c
                                  r"reader processes' start[^)]*; 4 studies, 0 failed\)", out).group(1))
     step, ratio = re.search(r"lesion step as predict runs it: ([\d.]+) ms per study = ([\d.]+)x the classifier",
                             out).groups()
-    # both printed to three significant digits, the ratio to one decimal
-    assert classifier > 0 and float(ratio) == pytest.approx(float(step) / classifier, rel=0.01, abs=0.051)
+    # all three printed to three significant digits: each off by at most 0.5 % of its value
+    assert classifier > 0 and float(ratio) == pytest.approx(float(step) / classifier, rel=0.02)
     parts = re.search(r"one study at a time \(2 studies, ([\d.]+) hotspots per study\): network ([\d.]+) ms, "
                       r"hotspots ([\d.]+) ms, no rescorer", out)
     assert parts and float(parts.group(1)) == 0.0 and float(parts.group(2)) > 0  # this run finds no hotspots

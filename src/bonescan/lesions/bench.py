@@ -69,7 +69,7 @@ class LesionBenchmark:
                 f"{_ms(self.classifier_end_to_end)} ms per study (with the reader processes' start: too few "
                 "studies to measure the margin") + f"; {self.cases} studies, {self.failed} failed)",
             f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
-            f"{self.lesion_step / self.classifier:.1f}x the classifier (goal: <= 2x)",
+            f"{_figure(self.lesion_step / self.classifier)}x the classifier (goal: <= 2x)",
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
             f"study): network {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, {rescorer}",
             f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
@@ -77,9 +77,13 @@ class LesionBenchmark:
 
 
 def _ms(seconds: float) -> str:
-    """Milliseconds to three significant digits (whole ones from 100): a fast classifier's 0.27 ms printed as 0.3
-    would be 10 % off, and so would every ratio read from the printed figures."""
-    value = seconds * 1000.0
+    """Milliseconds to three significant digits: a fast classifier's 0.27 ms printed as 0.3 would be 10 % off, and
+    so would every ratio read from the printed figures."""
+    return _figure(seconds * 1000.0)
+
+
+def _figure(value: float) -> str:
+    """Three significant digits, whole numbers from 100 (never an exponent)."""
     return f"{value:.0f}" if value >= 99.95 else f"{value:.3g}"
 
 
