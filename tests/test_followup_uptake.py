@@ -110,14 +110,14 @@ def test_a_faint_focus_is_new_only_where_the_uptake_rose_clearly(baseline_focus,
     transforms = [{v: identity(SPACING) for v in ("anterior", "posterior")}] * 2
     check = UptakeCheck([baseline, followup], results, transforms)
     linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR_SHARE)
-    change = change_between(linking.lesions, results, 1, [0], check.rose, check.new_focus)
+    change = change_between(linking.lesions, results, 1, [0], check)
     lesions = drop_unreported(linking.lesions, [change])
     assert RISE < 1.26 < FOCUS_RISE and (change.new == [1]) is new and change.new_below_threshold == change.new
     assert [les.number for les in lesions] == ([1] if new else [])  # a faint focus not new is not reported
     # The same focus called malignant needs only the smaller rise.
     results[1] = _faint(0.95, region)
     change = change_between(link_lesions(results, transforms, [SPACING] * 2, [30] * 2).lesions, results, 1, [0],
-                            check.rose, check.new_focus)
+                            check)
     assert (change.new == [1]) is (baseline_focus in (None, 230.0)) and change.new_below_threshold == []
 
 
@@ -136,5 +136,5 @@ def test_the_faint_focus_floor_follows_the_readers_threshold():
         check = UptakeCheck([baseline, followup], results, transforms)
         linking = link_lesions(results, transforms, [SPACING] * 2, [30] * 2, FOCUS_FLOOR_SHARE)
         assert (len(linking.lesions) == 1) is new, threshold
-        change = change_between(linking.lesions, results, 1, [0], check.rose, check.new_focus)
+        change = change_between(linking.lesions, results, 1, [0], check)
         assert (change.new_below_threshold == [1]) is new, threshold

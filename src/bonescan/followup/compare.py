@@ -78,12 +78,10 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     check = None if exact else UptakeCheck([v.study for v in visits], results, transforms)
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
                            [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR_SHARE)
-    rose, new_focus = (check.rose, check.new_focus) if check else (None, None)
-    followup = change_between(linking.lesions, results, 1, [0], rose, new_focus)
+    followup = change_between(linking.lesions, results, 1, [0], check)
     confirmatory = None
     if len(visits) == 3:
-        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], rose,
-                                      new_focus)
+        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], check)
     lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
     if known_tracking:
         carry_tracking_uids(lesions, known_tracking)

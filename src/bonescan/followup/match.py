@@ -11,8 +11,9 @@ A lesion is what one bone focus leaves across views and visits:
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit, or new.
 
-Status of a lesion on a later visit against reference visits: new (absent on every reference, and either malignant
-now with its uptake risen since the baseline, or a fainter candidate whose uptake rose clearly: `uptake`),
+Status of a lesion on a later visit against reference visits: new (absent on every reference, and judged new: by the
+hand rules of `uptake`, malignant now with its uptake risen since the baseline or a fainter candidate whose uptake
+rose clearly; or by a scorer fitted on follow-up cohorts, `novelty`),
 resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
 and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -237,17 +238,27 @@ class Change:
 STATUSES = ("new", "resolved", "persistent", "grown")
 
 
+class NewLesionJudge(Protocol):
+    """Decides which lesions unseen on the reference visits are new on a later visit (`uptake.UptakeCheck`: the
+    hand rules; `novelty.LearnedNovelty`: a scorer fitted on follow-up cohorts)."""
+
+    def new_among(self, candidates: list[Lesion], visit: int, reference: list[int]) -> set[int]:
+        """Numbers of the `candidates` (present on `visit`, absent on every reference visit) that are new."""
+        ...
+
+
 def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int],
-                   rose: Callable[[list[Hotspot], int], bool] | None = None,
-                   new_focus: Callable[[list[Hotspot], int], bool] | None = None) -> Change:
+                   judge: NewLesionJudge | None = None) -> Change:
     """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI.
 
-    `rose(hotspots, visit)`, when given, must confirm a would-be new lesion (see `uptake.UptakeCheck.rose`);
-    one it does not confirm is listed in `already_there` instead. `new_focus(hotspots, visit)`, when given, makes
-    a lesion below the malignancy threshold and unseen before new (`uptake.UptakeCheck.new_focus`); lesions that
-    are neither malignant on a visit nor new take no part.
+    A lesion present on `visit` and on no reference visit is new when the `judge` says so; a malignant one it does
+    not call new is listed in `already_there` instead. Without a judge (a reader whose calls are the truth) every
+    such malignant lesion is new. Lesions that are neither malignant on a visit nor new take no part.
     """
     first = reference[0]
+    unseen = [les for les in lesions if les.present(visit) and not any(les.present(u) for u in reference)]
+    new = judge.new_among(unseen, visit, reference) if judge is not None else \
+        {les.number for les in unseen if les.malignant(visit)}
     status: dict[str, list[int]] = {name: [] for name in STATUSES}
     regions: dict[str, dict[str, int]] = {}
     already_there: list[int] = []
@@ -255,15 +266,13 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
     for lesion in lesions:
         seen_before = any(lesion.present(u) for u in reference)
         tags = []
-        if lesion.malignant(visit) and not seen_before:
-            if rose is not None and not rose(lesion.hotspots[visit], visit):
-                already_there.append(lesion.number)
-                continue
+        if lesion.number in new:
             tags.append("new")
-        elif (new_focus is not None and not seen_before and lesion.present(visit)
-              and new_focus(lesion.hotspots[visit], visit)):
-            tags.append("new")
-            below_threshold.append(lesion.number)
+            if not lesion.malignant(visit):
+                below_threshold.append(lesion.number)
+        elif lesion.malignant(visit) and not seen_before:
+            already_there.append(lesion.number)
+            continue
         elif not lesion.reported:
             continue
         elif lesion.malignant(first) and not lesion.present(visit):

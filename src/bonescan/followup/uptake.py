@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..lesions.hotspots import Hotspot, StudyLesions
+from .match import Lesion
 from .register import ViewTransform
 
 RISE = 1.25
@@ -96,6 +97,13 @@ class UptakeCheck:
         floor = FOCUS_FLOOR_SHARE * self.lesions[visit].threshold
         candidates = [h for h in hotspots if h.malignancy >= floor and h.region]
         return self.rose(candidates, visit, FOCUS_RISE)
+
+    def new_among(self, candidates: Sequence[Lesion], visit: int, reference: Sequence[int]) -> set[int]:
+        """The hand rules as a `match.NewLesionJudge`: a lesion unseen before is new when it is malignant and its
+        uptake rose (`rose`), or a fainter candidate whose uptake rose clearly (`new_focus`)."""
+        return {lesion.number for lesion in candidates
+                if (self.rose(lesion.hotspots[visit], visit) if lesion.malignant(visit)
+                    else self.new_focus(lesion.hotspots[visit], visit))}
 
     def rose(self, hotspots: Sequence[Hotspot], visit: int, factor: float = RISE) -> bool:
         """True when the uptake of any of these hotspots (one lesion on `visit`) rose `factor`-fold since the

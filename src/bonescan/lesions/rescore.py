@@ -20,15 +20,14 @@ detection systems put after a candidate generator (a false-positive reduction st
   candidate's malignancy. Count candidates scored below the rescorer's `keep_floor` are dropped, so a study lists
   about as many hotspots as before.
 
-Stored beside the lesion run as RUN/hotspot_rescorer.skops (skops: loading runs no pickled code; the one type it
-must trust is scikit-learn's tree predictor) and RUN/hotspot_rescorer.json (features, floor, what it was fitted on).
+Stored beside the lesion run as RUN/hotspot_rescorer.skops (`bonescan.trees`: loading runs no pickled code) and
+RUN/hotspot_rescorer.json (features, floor, what it was fitted on).
 Fit it on studies the network did not train on (a fresh `bonescan synth` seed, or a held-out split); the network's
 probabilities on its own training studies are overconfident.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import zipfile
 from dataclasses import dataclass
@@ -38,10 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from threadpoolctl import ThreadpoolController
 
 from ..errors import RunError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import write_text_atomic
+from ..trees import load_trees, one_thread, save_trees
 from .hotspots import normal_bone_level
 from .regions import region_under
 
@@ -71,12 +70,6 @@ FEATURES = ("metastasis_peak", "metastasis_mean", "hotspot_peak", "log_area", "l
             "log_ring_contrast", "log_ring_p90_contrast", "log_count_peak_over_bone", "log_matched_snr",
             "elongation", "posterior", "row", "distance_from_midline", "from_counts",
             "study_metastasis_peak") + tuple(f"region_{g}" for g in REGION_GROUPS)
-
-
-@functools.cache
-def _openmp() -> ThreadpoolController:
-    """One controller: it finds the loaded thread pools once (threadpool_limits searched them per call, 15 ms)."""
-    return ThreadpoolController()
 
 
 def _logit(p: float) -> float:
@@ -253,9 +246,7 @@ class HotspotRescorer:
         features = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
         if not len(features):
             return np.zeros(0)
-        # One OpenMP thread: a study has tens of candidates, and studies are post-processed in threads already
-        # (scikit-learn's thread team per call, beside torch's, cost more than the trees).
-        with _openmp().limit(limits=1, user_api="openmp"):
+        with one_thread():  # a study has tens of candidates, and studies are post-processed in threads already
             return self.model.predict_proba(features)[:, 1]
 
 
@@ -270,11 +261,10 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, from_counts: np.ndarr
         raise RunError("rescorer", f"needs candidates on and off metastases; got {int(labels.sum())} of "
                                    f"{labels.size} on one")
     # Early stopping on a tenth of the candidates held out (scikit-learn's default from 10,000 samples; always
-    # here, so small fits behave as large ones). One OpenMP thread: as fast at these sizes, and a busy machine
-    # made a spinning thread team 10x slower.
+    # here, so small fits behave as large ones). One OpenMP thread: as fast at these sizes (`trees`).
     model = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=31,
                                            l2_regularization=1.0, early_stopping=True, random_state=seed)
-    with _openmp().limit(limits=1, user_api="openmp"):
+    with one_thread():
         model.fit(features, labels)
         scores = model.predict_proba(features)[:, 1][np.asarray(from_counts, bool)]
     allowed = int(round(kept_per_study * n_studies))
@@ -289,19 +279,14 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, from_counts: np.ndarr
 
 def save_rescorer(rescorer: HotspotRescorer, run_dir: str | Path, fitted_on: dict) -> Path:
     """Write RUN/hotspot_rescorer.skops and .json (with `fitted_on` added), each atomically."""
-    import skops.io
-
     run_dir = Path(run_dir)
-    with atomic_path(run_dir / RESCORER_FILE) as target:
-        skops.io.dump(rescorer.model, target)
+    save_trees(rescorer.model, run_dir / RESCORER_FILE)
     write_text_atomic(run_dir / RESCORER_INFO, json.dumps({**rescorer.info, **fitted_on}, indent=2) + "\n")
     return run_dir / RESCORER_FILE
 
 
 def load_rescorer(run_dir: str | Path) -> HotspotRescorer | None:
     """The run's rescorer, None without one; RunError when its files are unusable."""
-    import skops.io
-
     path, info_path = Path(run_dir) / RESCORER_FILE, Path(run_dir) / RESCORER_INFO
     if not path.is_file():
         return None
@@ -311,12 +296,7 @@ def load_rescorer(run_dir: str | Path) -> HotspotRescorer | None:
             differ = sorted(set(info.get("features") or ()) ^ set(FEATURES)) or ["their order"]
             raise ValueError(f"it was fitted on other features than this version computes (differing: "
                              f"{', '.join(differ)})")
-        trusted = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
-        unknown = set(skops.io.get_untrusted_types(file=path)) - set(trusted)
-        if unknown:
-            raise ValueError(f"it holds types that are not trusted: {sorted(unknown)}")
-        model = skops.io.load(path, trusted=trusted)
-        return HotspotRescorer(model, float(info["keep_floor"]), info)
+        return HotspotRescorer(load_trees(path), float(info["keep_floor"]), info)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise RunError(path, f"cannot load the hotspot rescorer ({error}); fit it again with `bonescan lesions "
                              "rescorer`") from error
