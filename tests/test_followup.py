@@ -194,6 +194,9 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
     # Counts and verdicts follow the truth (the oracle reads perfectly; only registration and matching can err).
     assert summary.loc["progression", "new"] == summary.loc["progression", "truth_new"] >= 2
     assert summary.loc["flare", "new"] == 0 and summary.loc["flare", "verdict"] != "progression"
+    # Every true new lesion traced to a hotspot the oracle called new; none lost.
+    assert summary.loc["progression", "new_found"] == summary.loc["progression", "truth_new"]
+    assert summary[["new_not_called_new", "new_under_an_earlier_hotspot", "new_no_hotspot"]].sum().sum() == 0
     df = pd.read_csv(cohort / "manifest.csv")
     for change in ("progression", "flare"):
         patient = df[df["change"] == change]["patient_id"].iloc[0]
@@ -216,7 +219,9 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
         numbers = [les["number"] for les in result["lesions"]]
         assert sorted(numbers) == list(range(1, len(numbers) + 1))
         assert set(result["followup"]["new"]) <= set(numbers)
-    assert "reader: oracle" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reader: oracle" in printed and "without a hotspot; >= 2 new lesions within a perfect judge's reach: 1.000" \
+        in printed
 
 
 def test_a_patient_whose_comparison_fails_is_listed_and_the_batch_goes_on(cohort, tmp_path, monkeypatch):
@@ -349,6 +354,46 @@ def test_a_superscan_on_either_visit_is_named_in_the_verdicts_reason():
     assert diffuse.verdict.reason.startswith(plain.verdict.reason)
     assert "superscan pattern (diffuse uptake) on the follow-up (BSI 6.3 %)" in diffuse.verdict.reason
     assert [v["superscan"] for v in diffuse.to_json()["visits"]] == [False, True]
+
+
+def test_each_true_new_lesion_is_traced_to_where_it_was_lost():
+    from bonescan.followup import compare_visits
+    from bonescan.followup.fates import count_fates, hotspot_fates, new_lesion_fates
+    from bonescan.lesions.hotspots import Hotspot, StudyLesions
+
+    case = generate_case("normal", seed=1)
+
+    def square(row: int, col: int, malignancy: float) -> Hotspot:
+        return Hotspot(0, "anterior", (row - 3, col - 3, row + 3, col + 3), (row, col), 35.0, "pelvis", malignancy,
+                       2.0, f"{row}-{col}", np.ones((6, 6), bool))
+
+    class Reads:
+        """A reader whose calls are the truth: every unseen malignant lesion is new."""
+
+        name, exact = "reads", True
+
+        def __init__(self, *visits):
+            self.visits = iter(visits)
+
+        def read(self, study, files):
+            return StudyLesions(next(self.visits), np.zeros((2, *study.anterior.shape), np.uint8), 0.0, {}, 1.0, 0.5)
+
+    visits = [Visit(role, (f"{role}.dcm",), Study(f"{role}.dcm", case.anterior, case.posterior, (2.4, 2.4),
+                                                   StudyMeta(patient_id="A", study_date=date)))
+              for role, date in (("baseline", "20200101"), ("follow-up", "20200401"))]
+    # The old lesion at (300, 100) again, a new malignant focus at (500, 120), a benign-looking one at (600, 60).
+    comparison = compare_visits(visits, Reads([square(300, 100, 0.9)],
+                                              [square(300, 100, 0.9), square(500, 120, 0.9), square(600, 60, 0.1)]))
+    fates = {h.centroid: fate for h, fate in hotspot_fates(comparison)}
+    assert fates == {(300, 100): "under an earlier hotspot", (500, 120): "found", (600, 60): "not called new"}
+    # True new lesions under each hotspot, one where there is none, and one under both the old and the found one.
+    instances = np.zeros((2, *case.anterior.shape), np.int32)
+    for lesion, (row, col) in enumerate(((300, 100), (500, 120), (600, 60), (800, 128)), 1):
+        instances[0, row - 1:row + 1, col - 1:col + 1] = lesion
+    instances[0, 298, 98] = instances[0, 502, 122] = 5
+    traced = new_lesion_fates(instances, [1, 2, 3, 4, 5], hotspot_fates(comparison))
+    assert traced == {1: "under an earlier hotspot", 2: "found", 3: "not called new", 4: "no hotspot", 5: "found"}
+    assert count_fates(traced) == {"found": 2, "not called new": 1, "under an earlier hotspot": 1, "no hotspot": 1}
 
 
 def test_the_followup_sr_lists_new_and_grown_lesions_first_up_to_the_limit(monkeypatch):

@@ -75,6 +75,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                            f"specificity {fmt(s['pcwg3']['specificity'])}; flare called progression "
                            f"{fmt(s['flare_progression'])}; matching median {s['matching']['median_mm'] or 0:.1f} mm; "
                            f"median {s['seconds']['median'] or 0:.2f} s per comparison")
+                fates = s["new_fates"]
+                typer.echo(f"true new lesions: {fates['found']} found, {fates['not called new']} not called new, "
+                           f"{fates['under an earlier hotspot']} under a hotspot linked to the baseline, "
+                           f"{fates['no hotspot']} without a hotspot; >= 2 new lesions within a perfect judge's "
+                           f"reach: {fmt(s['two_new_in_reach'])}")
                 typer.echo(f"report: {report}")
             return
         visits = [load_visit(path, role) for path, role in zip(studies, ROLES)]

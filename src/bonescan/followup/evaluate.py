@@ -14,7 +14,10 @@ Evaluation (needs the synthetic truth files with `identity`, i.e. a `bonescan sy
   mean difference, 95 % limits of agreement, Bland and Altman 1986);
 - per course (stable, progression, response, flare): how often ">= 2 new" and PCWG3 progression were called;
 - matching: distance after registration between linked hotspots (mm), and the share of links joining the same
-  true finding (the identity under each hotspot's centroid).
+  true finding (the identity under each hotspot's centroid);
+- what became of each true new lesion of the follow-up (`fates`: found, not called new, under an earlier hotspot,
+  no hotspot), and the ">= 2 new lesions" sensitivity a perfect new-lesion judge of the reader's hotspots would
+  reach (the lesions in its reach: found or not called new).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..fileio import write_text_atomic
 from ..lesions.bsi import bone_scan_index
 from ..lesions.truth import LesionTruth, load_truth
 from .compare import Comparison, compare_visits
+from .fates import FATES, IN_REACH, count_fates, hotspot_fates, new_lesion_fates
 from .output import write_comparison
 from .pcwg3 import MIN_NEW, pcwg3_verdict
 from .readers import LesionReader, OracleReader
@@ -69,6 +73,7 @@ class PatientResult:
     distances: list[float] = field(default_factory=list, repr=False)
     links_correct: int = 0
     links_judged: int = 0
+    fates: dict[str, int] = field(default_factory=dict)  # true new lesions of the follow-up per `fates.FATES`
 
 
 def manifest_patients(manifest: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -176,7 +181,9 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
         results.append(result)
         if progress:
             progress(n, len(patients), result)
-    summary = pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "distances"} for r in results])
+    summary = pd.DataFrame([{**{k: v for k, v in asdict(r).items() if k not in ("distances", "fates")},
+                             **{f"new_{fate.replace(' ', '_')}": r.fates.get(fate) for fate in FATES}}
+                            for r in results])
     write_text_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
     return results
 
@@ -199,6 +206,9 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths)
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status
+    instances, _ = truths[1].confluent_metastases()
+    result.fates = count_fates(new_lesion_fates(instances, _new_lesions(truths[1], _shown(truths[0])),
+                                                hotspot_fates(comparison)))
     for pair in comparison.pairs:
         a = _identity_at(truths[pair.earlier], pair.view, pair.first.centroid)
         b = _identity_at(truths[pair.later], pair.view, pair.second.centroid)
@@ -262,6 +272,8 @@ def summarize(results: list[PatientResult]) -> dict:
         }
     distances = [d for r in done for d in r.distances]
     judged = sum(r.links_judged for r in done)
+    positives = [r for r in done if r.truth_new >= MIN_NEW]
+    in_reach = sum(sum(r.fates.get(fate, 0) for fate in IN_REACH) >= MIN_NEW for r in positives)
     statuses = ("progression", "unconfirmed", "no progression")
     return {
         "patients": len(results), "compared": len(done), "failed": [(r.patient_id, r.error) for r in results if r.error],
@@ -281,6 +293,8 @@ def summarize(results: list[PatientResult]) -> dict:
         "matching": {"links": len(distances), "median_mm": float(np.median(distances)) if distances else None,
                      "p95_mm": float(np.percentile(distances, 95)) if distances else None,
                      "correct": wilson(sum(r.links_correct for r in done), judged)},
+        "new_fates": {fate: sum(r.fates.get(fate, 0) for r in done) for fate in FATES},
+        "two_new_in_reach": wilson(in_reach, len(positives)),
         "seconds": {"median": float(np.median([r.seconds for r in done])) if done else None,
                     "max": float(max(r.seconds for r in done)) if done else None},
     }
