@@ -12,7 +12,8 @@ Modules, in the order data flows:
 - `pcwg3`: the Prostate Cancer Clinical Trials Working Group 3 verdict ("2+2" rule) with its reason;
 - `compare`: the comparison of one patient's visits (the above in order);
 - `output`: JSON, per-region CSV, side-by-side PNG and DICOM SR of a comparison, written atomically;
-- `evaluate`: a follow-up cohort against its truth (new lesions, PCWG3, change in BSI, per course), HTML report.
+- `evaluate`: a follow-up cohort against its truth (new lesions, PCWG3, change in BSI, per course), HTML report;
+- `fates`: where each true new lesion was lost (not called new, under a hotspot linked to the baseline, none).
 """
 
 from .compare import Comparison, compare_visits
