@@ -11,9 +11,9 @@ A lesion is what one bone focus leaves across views and visits:
 All hotspots take part, benign ones too, so that a focus the reader calls benign on one visit and malignant on the
 next is not counted as new. A lesion is reported when it is malignant on at least one visit, or new.
 
-Status of a lesion on a later visit against reference visits: new (absent on every reference, and judged new: by the
-hand rules of `uptake`, malignant now with its uptake risen since the baseline or a fainter candidate whose uptake
-rose clearly; or by a scorer fitted on follow-up cohorts, `novelty`),
+Status of a lesion on a later visit against reference visits: new (absent on every reference, and judged new: with a
+network reader by the count images, `uptake`: malignant now with its uptake risen since the baseline, or a fainter
+candidate whose uptake rose clearly),
 resolved (malignant on the first reference, absent now), persistent (now and on a reference), grown (persistent,
 and its larger view's area is at least GROWTH times what it was on the latest reference showing it).
 """
@@ -240,7 +240,7 @@ STATUSES = ("new", "resolved", "persistent", "grown")
 
 class NewLesionJudge(Protocol):
     """Decides which lesions unseen on the reference visits are new on a later visit (`uptake.UptakeCheck`: the
-    hand rules; `novelty.LearnedNovelty`: a scorer fitted on follow-up cohorts)."""
+    count images' rules)."""
 
     def new_among(self, candidates: list[Lesion], visit: int, reference: list[int]) -> set[int]:
         """Numbers of the `candidates` (present on `visit`, absent on every reference visit) that are new."""
