@@ -235,3 +235,19 @@ def test_a_fitted_rescorer_ranks_candidates_and_comes_back_from_its_files(tmp_pa
         load_rescorer(tmp_path)
     with pytest.raises(RunError, match="on and off metastases"):
         fit_rescorer(features, np.ones(n, bool), from_counts, n_studies=30)
+
+
+def test_a_rescorer_file_holding_other_types_than_trees_is_refused(tmp_path):
+    # skops loads only the types it is told to trust: a file that would build anything else (here a Fraction,
+    # standing for whatever an edited file could hold) is refused before it is loaded.
+    from fractions import Fraction
+
+    import skops.io
+
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(200, len(FEATURES)))
+    save_rescorer(fit_rescorer(features, features[:, 0] > 0, np.ones(200, bool), n_studies=10), tmp_path, {})
+    assert load_rescorer(tmp_path) is not None
+    skops.io.dump({"trees": Fraction(1, 3)}, tmp_path / RESCORER_FILE)
+    with pytest.raises(RunError, match="not trusted: \\['fractions.Fraction'\\]"):
+        load_rescorer(tmp_path)
