@@ -150,6 +150,8 @@ class PredictionReport:
     studies: list[StudyOutcome]
     seconds: float
     notices: list[str] = field(default_factory=list)  # engine rebuilds and fallbacks, for the record
+    # With a lesion step and `keep_lesions`: each study's StudyLesions by its index among the sources.
+    lesions: dict = field(default_factory=dict, repr=False)
 
     @property
     def failures(self) -> list[StudyOutcome]:
@@ -470,13 +472,15 @@ def predict_sources(
     progress: Callable[[int, int], None] | None = None,
     case_ids: Sequence[str] | None = None,
     lesion_step=None,
+    keep_lesions: bool = False,
 ) -> PredictionReport:
     """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
 
     With `case_ids` (one per source, from a manifest) each outcome carries its case_id, its study_id is the
     Study Instance UID read from the study (else the file name), and output files are named by case_id.
     `model` (the torch network) is needed only for heat maps and DICOM results. `lesion_step`
-    (`bonescan.lesions.step.LesionStep`) adds each study's hotspots and BSI.
+    (`bonescan.lesions.step.LesionStep`) adds each study's hotspots and BSI; with `keep_lesions` the report keeps
+    every study's StudyLesions (`PredictionReport.lesions`; a few studies at a time: each holds its region maps).
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
@@ -490,6 +494,7 @@ def predict_sources(
         cam_model = model if device == "cpu" else copy.deepcopy(model).float().to(device)
         outputs = OutputWriter(cam_model, heatmap_dir, dicom_dir, run_label)
     outcomes: dict[int, StudyOutcome] = {}
+    kept: dict = {}
     done = 0
     keep_views = outputs is not None or lesion_step is not None
     for items in iterate_batches(sources, preprocess_cfg, engine.batch_size, workers, keep_views=keep_views):
@@ -504,7 +509,9 @@ def predict_sources(
             for item, probability in zip(good, probabilities):
                 outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids)
             if lesion_step is not None:
-                lesion_step.apply(good, [outcomes[item.index] for item in good])
+                found = lesion_step.apply(good, [outcomes[item.index] for item in good])
+                if keep_lesions:
+                    kept.update(found)
             # a study whose lesion step failed gets no heat map or DICOM result without its lesions
             good = [item for item in good if outcomes[item.index].status != "failed"]
             if outputs is not None and good:
@@ -514,7 +521,8 @@ def predict_sources(
         if progress:
             progress(done, len(sources))
     studies = [outcomes[i] for i in range(len(sources))]
-    report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start)
+    report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start,
+                              lesions=kept)
     if lesion_step is not None:
         lesion_step.finish()
         if lesion_step.studies:

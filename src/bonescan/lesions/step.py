@@ -33,17 +33,15 @@ class LesionStep:
     # The last batch's written results by item index, for the DICOM writer: (StudyLesions, hotspot number map,
     # overlay image).
     last: dict = field(default_factory=dict)
-    # When a dict: every study's StudyLesions by item index, over all batches until the caller empties it (the
-    # DICOM node compares them with the patient's prior without reading the study again).
-    found: dict | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto", table: bool = True) -> "LesionStep":
         return cls(load_lesion_run(run_dir, device=device), LesionOutputs(Path(out_dir), table=table))
 
-    def apply(self, items, outcomes) -> None:
-        """Predict and write the lesions of read studies (`items` hold views and spacing), filling `outcomes`."""
+    def apply(self, items, outcomes) -> dict:
+        """Predict and write the lesions of read studies (`items` hold views and spacing), filling `outcomes`; the
+        StudyLesions written, by item index."""
         start = time.perf_counter()
         preprocess = self.model.config.preprocess
         inputs = np.stack([preprocess_views(*item.views, preprocess) for item in items])
@@ -80,14 +78,13 @@ class LesionStep:
                 outcome.status, outcome.error = "failed", f"writing lesions: {type(error).__name__}: {error}"
                 continue
             self.last[item.index] = (lesions, numbers, overlay)
-            if self.found is not None:
-                self.found[item.index] = lesions
             outcome.bsi = round(lesions.bsi, 4)
             outcome.n_malignant = lesions.n_malignant
             outcome.n_malignant_lesions = lesions.n_malignant_lesions
             outcome.superscan = lesions.superscan
             outcome.probability_from_lesions = round(lesions.probability, 4)
             outcome.lesions = str(path.resolve())
+        return {index: written[0] for index, written in self.last.items()}
 
     def finish(self) -> Path | None:
         if self._pool is not None:

@@ -119,13 +119,10 @@ class Predictor:
         """One outcome per claimed study, in order; SR and SC written for those that were read. With a lesion run,
         `lesions` holds this batch's StudyLesions by Study Instance UID (for the follow-up comparison)."""
         sources = [study_source(work) for work in works]
-        found: dict = {}
-        if self.lesion_step is not None:
-            self.lesion_step.found = found
         report = predict_sources(sources, self.model, self.preprocess, self.engine, self.point,
                                  run_label=self.label, workers=0, dicom_dir=self.results,
-                                 lesion_step=self.lesion_step)
-        self.lesions = {works[index].study_uid: lesions for index, lesions in found.items()}
+                                 lesion_step=self.lesion_step, keep_lesions=True)
+        self.lesions = {works[index].study_uid: lesions for index, lesions in report.lesions.items()}
         return report.studies
 
 
