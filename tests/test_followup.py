@@ -189,6 +189,7 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
                  "--out", str(out)]) == 0
     html = (out / "followup_report.html").read_text()
     assert "oracle (synthetic truth)" in html and "upper bound" in html
+    assert "true new lost: not called / under an earlier hotspot / no hotspot" in html and "<td>0 / 0 / 0</td>" in html
     summary = pd.read_csv(out / "followup_summary.csv").set_index("change")
     assert summary["error"].isna().all()
     # Counts and verdicts follow the truth (the oracle reads perfectly; only registration and matching can err).
