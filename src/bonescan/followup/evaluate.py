@@ -135,9 +135,11 @@ def _shown(truth: LesionTruth) -> set[int]:
     return {i for i, shown in zip(truth.identity, truth.shown()[1:]) if i and shown}
 
 
-def _new_lesions(truth: LesionTruth, before: set[int]) -> list[int]:
-    """Lesion ids (`confluent_metastases`) of `truth` none of whose member findings is in `before`."""
-    instances, lesions = truth.confluent_metastases()
+def _new_lesions(truth: LesionTruth, before: set[int],
+                 confluent: tuple[np.ndarray, list[int]] | None = None) -> list[int]:
+    """Lesion ids (`confluent_metastases`, or `confluent` when the caller has it already) of `truth` none of whose
+    member findings is in `before`."""
+    instances, lesions = confluent if confluent is not None else truth.confluent_metastases()
     members: dict[int, set[int]] = {lesion: set() for lesion in lesions}
     for finding in truth.metastasis_ids():
         lead = int(instances[truth.instances == finding][0])
@@ -206,8 +208,8 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths)
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status
-    instances, _ = truths[1].confluent_metastases()
-    result.fates = count_fates(new_lesion_fates(instances, _new_lesions(truths[1], _shown(truths[0])),
+    confluent = truths[1].confluent_metastases()
+    result.fates = count_fates(new_lesion_fates(confluent[0], _new_lesions(truths[1], _shown(truths[0]), confluent),
                                                 hotspot_fates(comparison)))
     for pair in comparison.pairs:
         a = _identity_at(truths[pair.earlier], pair.view, pair.first.centroid)

@@ -21,20 +21,19 @@ from typing import Iterable
 import numpy as np
 
 from ..lesions.hotspots import Hotspot
+from .match import VIEWS
 
 FATES = ("found", "not called new", "under an earlier hotspot", "no hotspot")
 IN_REACH = ("found", "not called new")  # the lesions a new-lesion judge is offered
-VIEWS = ("anterior", "posterior")
 
 
-def hotspot_fates(comparison, visit: int = 1) -> list[tuple[Hotspot, str]]:
-    """Each hotspot of `visit` with the fate it gives a new lesion under it (FATES[:3])."""
-    change = comparison.followup if visit == 1 else comparison.confirmatory
-    called = {id(h) for lesion in comparison.lesions if lesion.number in change.new
-              for h in lesion.hotspots.get(visit, [])}
-    linked = {id(pair.second) for pair in comparison.pairs if pair.later == visit}
+def hotspot_fates(comparison) -> list[tuple[Hotspot, str]]:
+    """Each hotspot of the follow-up visit with the fate it gives a new lesion under it (FATES[:3])."""
+    called = {id(h) for lesion in comparison.lesions if lesion.number in comparison.followup.new
+              for h in lesion.hotspots.get(1, [])}
+    linked = {id(pair.second) for pair in comparison.pairs if pair.later == 1}
     return [(h, "found" if id(h) in called else "under an earlier hotspot" if id(h) in linked else "not called new")
-            for h in comparison.visits[visit].lesions.hotspots]
+            for h in comparison.visits[1].lesions.hotspots]
 
 
 def new_lesion_fates(instances: np.ndarray, new_ids: Iterable[int],
