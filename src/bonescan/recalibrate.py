@@ -29,7 +29,7 @@ from scipy.stats import norm
 from .errors import ConfigError, PredictionsError, RunError
 from .evaluate.calibration import apply_temperature, calibration_summary, fit_temperature
 from .evaluate.operating_points import POINT_NAMES, OperatingPoints, choose_operating_points, confusion_counts
-from .evaluate.stats import Proportion, clean_for_json, wilson_interval
+from .evaluate.stats import Proportion, clean_for_json
 from .fileio import write_text_atomic
 
 RECALIBRATION_FILE = "recalibration.json"

@@ -8,6 +8,8 @@ import numpy as np
 
 from .errors import ViewError
 
+VIEWS = ("anterior", "posterior")  # a study's two views, in this order wherever both are stacked or listed
+
 
 @dataclass
 class StudyMeta:
@@ -51,7 +53,7 @@ class Study:
     @property
     def views(self) -> list[str]:
         """Names of the views present, in anterior/posterior order."""
-        return [name for name in ("anterior", "posterior") if getattr(self, name) is not None]
+        return [name for name in VIEWS if getattr(self, name) is not None]
 
     def both_views(self) -> tuple[np.ndarray, np.ndarray]:
         """Return (anterior, posterior) or refuse a study that lacks one of them."""

@@ -37,6 +37,7 @@ from ..errors import AnnotationError, BoneScanError, PredictionsError
 from ..lesions.bsi import bone_scan_index
 from ..lesions.regions import BY_LABEL, REGIONS
 from ..lesions.truth import LesionTruth, load_truth
+from ..study import VIEWS
 from .froc import (
     DEFAULT_TOLERANCE,
     FP_RATES,
@@ -51,7 +52,6 @@ from .froc import (
 from .lesion_agreement import bsi_agreement, count_agreement, region_dice
 from .stats import clean_for_json, delong_auc, delong_paired_test, wilson_interval
 
-VIEWS = ("anterior", "posterior")
 SIZE_BINS = ((0.0, 10.0, "< 10 mm"), (10.0, 20.0, "10-20 mm"), (20.0, math.inf, ">= 20 mm"))
 CONTRAST_BINS = ((0.0, 1.5, "< 1.5"), (1.5, 3.0, "1.5-3"), (3.0, math.inf, ">= 3"))
 # Rose's signal-to-noise ratio of the lesion against its own bone: under 5 no observer detects it reliably (Rose

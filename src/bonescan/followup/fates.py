@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from ..lesions.hotspots import Hotspot
-from .match import VIEWS
+from ..study import VIEWS
 
 FATES = ("found", "not called new", "under an earlier hotspot", "no hotspot")
 IN_REACH = ("found", "not called new")  # the lesions a new-lesion judge is offered

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..lesions.hotspots import Hotspot, StudyLesions
 from ..lesions.pairing import pair_nearest, pair_views
+from ..study import VIEWS
 from .register import ViewTransform
 
-VIEWS = ("anterior", "posterior")
 MATCH_MM = 20.0  # vertebral bodies are ~25-30 mm apart: a gate below that keeps neighbours apart
 GROWTH = 1.25
 

@@ -24,9 +24,8 @@ from ..lesions.bsi import bone_scan_index
 from ..lesions.hotspots import Hotspot, StudyLesions, normal_bone_level
 from ..lesions.regions import BY_LABEL
 from ..lesions.truth import LesionTruth, load_truth
-from ..study import Study
+from ..study import VIEWS, Study
 
-VIEWS = ("anterior", "posterior")
 _VIEW_SUFFIX = re.compile(r"_(ant|post)$")
 
 

@@ -20,9 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ..study import Study
+from ..study import VIEWS, Study
 
-VIEWS = ("anterior", "posterior")
 # Two coarse levels (the image at 1/8 then 1/4 of its size, ~10-20 mm pixels) are enough: measured on 40 synthetic
 # visit pairs (mixed cameras), lesion centres land a median 1.5 mm (95th percentile 6.7 mm) from where they lay on
 # the baseline, against 1.1 / 6.4 mm with a third level at 1/2 size, for half the time (0.14 against 0.26 CPU

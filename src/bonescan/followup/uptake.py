@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..lesions.hotspots import Hotspot, StudyLesions
+from ..study import VIEWS
 from .match import Lesion
 from .register import ViewTransform
 
@@ -48,7 +49,6 @@ FOCUS_FLOOR_SHARE = 0.7
 FOCUS_RISE = 1.4
 WINDOW_SHARE = 0.7
 SEARCH_MM = 3.0  # about one pixel: registration error, not a neighbour's uptake
-VIEWS = ("anterior", "posterior")
 
 
 def local_uptake(counts: np.ndarray, level: float, point_rc: Sequence[float], spacing: tuple[float, float],

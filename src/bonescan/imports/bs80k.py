@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +28,12 @@ from ..errors import AnnotationError, BoneScanError, ConfigError
 from ..io.checks import check_whole_body
 from ..io.voc import read_voc
 from ..crops import check_region_crop
+from ..study import VIEWS
 from .layout import Layout
 from .probe import probe_many
 from .report import ImportResult, Problem, attribute_removals
 
 WHOLE_BODY = "wholeBody"
-VIEWS = ("anterior", "posterior")
 
 
 @dataclass

@@ -49,10 +49,10 @@ import pandas as pd
 from ..errors import AnnotationError, BoneScanError, ConfigError
 from ..fileio import atomic_path
 from ..io.voc import VocAnnotation, read_voc
+from ..study import VIEWS
 from .regions import BY_LABEL, BY_NAME, REGIONS
 from .truth import CATEGORIES, LesionTruth, save_truth
 
-VIEWS = ("anterior", "posterior")
 BOX_COLUMNS = ("boxes_anterior", "boxes_posterior")
 COCO_COLUMN = "regions_coco"
 ANY = "*"

@@ -63,7 +63,7 @@ class LesionBenchmark:
                     else f"rescorer (count candidates, features, scores) {_ms(self.rescorer)} ms")
         return [
             f"classifier: {self.weights}; engine {self.engine}; {self.threads} threads",
-            f"classifier, whole prediction: " + (
+            "classifier, whole prediction: " + (
                 f"{_ms(self.classifier_margin)} ms per study at the margin ({_ms(self.classifier_end_to_end)} "
                 "ms with the reader processes' start" if self.classifier_margin else
                 f"{_ms(self.classifier_end_to_end)} ms per study (with the reader processes' start: too few "

@@ -31,7 +31,7 @@ from ..fileio import atomic_path, write_text_atomic
 from ..presets import AugmentConfig
 from ..preprocess import PreprocessConfig
 from .annotations import box_supervision
-from .regions import FLIP_LABELS, N_LABELS
+from .regions import FLIP_LABELS
 from .truth import load_truth
 
 HOT_FRACTION = 0.25

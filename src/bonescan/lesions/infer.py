@@ -32,6 +32,7 @@ from ..device import Precision, choose_precision, select_device
 from ..errors import RunError
 from ..preprocess import preprocess_views
 from ..presets import TrainConfig
+from ..study import VIEWS
 from .bsi import bone_scan_index
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
@@ -45,7 +46,6 @@ PEAK_SMOOTHING = 2.0  # stored pixels (Gaussian sigma): Poisson noise would othe
 RIM_DISTANCE = 2.0  # stored pixels: hot pixels this close to a metastatic candidate are its rim
 MALIGNANCY_THRESHOLD = 0.5
 MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
-VIEWS = ("anterior", "posterior")
 # Studies per network call on a CPU. The network is memory-bound at full resolution: at batch 8 one activation
 # (8 x 16 x 512 x 128 floats, 33 MB) outgrows the CPU's last-level cache, at 2 it stays in it. Measured on the
 # 2-core EPYC (32 MB L3), cpu-small-lesion, ms per study: batch 8 18.2-18.9, 4 15.1-15.8, 2 13.2-14.0, 1 13.1-13.3.

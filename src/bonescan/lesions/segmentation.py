@@ -26,11 +26,11 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..dicom_out import SEG_SERIES_NUMBER, with_type2_attributes
 from ..io.dicom import decide_views
+from ..study import VIEWS
 from .dicom import hotspots_for_dicom
 from .hotspots import StudyLesions
 from .regions import BY_LABEL
 
-VIEWS = ("anterior", "posterior")
 # Patient Orientation of the stored views (rows run head to feet): anterior seen from the front (columns run to
 # the patient's left), posterior seen from behind (columns run to the patient's right).
 ORIENTATION = {"anterior": ["L", "F"], "posterior": ["R", "F"]}

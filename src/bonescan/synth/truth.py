@@ -21,15 +21,13 @@ from ..lesions.regions import BY_NAME, N_LABELS
 from ..lesions.truth import LesionTruth
 from .case import SyntheticCase
 from .sites import SITES
-from .findings import Finding
-from .phantom import Anatomy, BoneSite, Organ
+from .phantom import BoneSite, Organ
 from .raster import LabelCanvas
 
 BONE_LEVEL = 0.3
 FOOTPRINT_FRACTION = 0.5
 VISIBLE_FRACTION = 0.25
 AXIAL_REGIONS = ("cervical_spine", "thoracic_spine", "lumbar_spine", "sternum", "ribs_right", "ribs_left", "pelvis")
-VIEWS = ("anterior", "posterior")
 
 # Phantom regions that map onto one skeletal region whatever the side; the others take the bone's side.
 _UNSIDED = {"skull": "skull", "sternum": "sternum", "pelvis": "pelvis"}
