@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from ..study import VIEWS
 from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
@@ -68,7 +69,7 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         visit.lesions = reader.read(visit.study, visit.files)
     t1 = time.perf_counter()
     base = visits[0].study
-    transforms = [{w: identity(base.pixel_spacing or (1.0, 1.0)) for w in ("anterior", "posterior")}]
+    transforms = [{w: identity(base.pixel_spacing or (1.0, 1.0)) for w in VIEWS}]
     transforms += [register_study(base, v.study) for v in visits[1:]]
     t2 = time.perf_counter()
     results = [v.lesions for v in visits]

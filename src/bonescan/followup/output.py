@@ -36,6 +36,7 @@ from ..dicom_out import (
 from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
 from ..lesions.dicom import DICOM_HOTSPOT_LIMIT
 from ..lesions.regions import BY_NAME
+from ..study import VIEWS
 from .compare import Comparison
 from .match import STATUSES
 
@@ -96,7 +97,7 @@ def side_by_side_image(comparison: Comparison) -> np.ndarray:
     font = ImageFont.load_default()
     panels = []
     for v, visit in enumerate(comparison.visits):
-        for view in ("anterior", "posterior"):
+        for view in VIEWS:
             image = np.sqrt(np.maximum(np.asarray(getattr(visit.study, view), np.float32), 0))
             top = float(np.percentile(image, 99.5)) or 1.0
             grey = (255 - np.clip(image / top * 255, 0, 255)).astype(np.uint8)  # dark uptake on white, as read
