@@ -11,12 +11,12 @@ from bonescan import device
 from bonescan.errors import ConfigError
 
 
-def test_auto_precision_follows_the_cpu_bf16_capability(monkeypatch):
+def test_auto_precision_follows_where_bf16_is_faster(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_bf16_is_faster", lambda: True)
     chosen = device.choose_precision(cpu, "auto")
     assert chosen.autocast_dtype is torch.bfloat16 and chosen.channels_last and not chosen.grad_scaling
-    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_bf16_is_faster", lambda: False)
     chosen = device.choose_precision(cpu, "auto")
     assert chosen.autocast_dtype is None and not chosen.channels_last and chosen.name == "fp32"
     with pytest.raises(ConfigError, match="fp16"):
@@ -25,17 +25,21 @@ def test_auto_precision_follows_the_cpu_bf16_capability(monkeypatch):
         device.choose_precision(cpu, "int8")
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
-                                                          (False, True, True)])
-def test_bf16_counts_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx, expected):
-    # oneDNN says yes on AVX-512 CPUs without BF16 too (emulated there: slower than fp32).
+@pytest.mark.parametrize("avx512_bf16, amx, native, auto", [(False, False, False, "fp32"),
+                                                              (True, False, True, "fp32"),
+                                                              (False, True, True, "bf16"),
+                                                              (True, True, True, "bf16")])
+def test_bf16_counts_only_where_native_and_auto_takes_it_only_with_amx(monkeypatch, avx512_bf16, amx, native, auto):
+    # oneDNN says yes on AVX-512 CPUs without BF16 too (emulated there: slower than fp32); with AVX512-BF16
+    # but no AMX bf16 is native, yet no faster than fp32 (see cpu_bf16_is_faster).
     monkeypatch.setattr(device, "onednn_reports_bf16", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert device.cpu_supports_bf16() is expected
-    assert device.choose_precision(torch.device("cpu"), "auto").name == ("bf16" if expected else "fp32")
+    assert device.cpu_supports_bf16() is native
+    assert device.choose_precision(torch.device("cpu"), "auto").name == auto
     monkeypatch.setattr(device, "onednn_reports_bf16", lambda: False)  # a torch built without oneDNN bf16
     assert device.cpu_supports_bf16() is False
+    assert device.choose_precision(torch.device("cpu"), "auto").name == "fp32"
 
 
 def test_bf16_autocast_runs_convolutions_in_bf16_on_cpu():

@@ -133,7 +133,8 @@ def bench_training(
         peaks = {name: matmul_peak_gflops(dtypes[name]) for name in dict.fromkeys(precisions)}
         lines = [
             f"machine: {torch.get_num_threads()} torch threads, "
-            f"native bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, allocator {allocator}",
+            f"native bf16 {'yes' if cpu_supports_bf16() else 'no (bf16 is emulated, slow)'}, "
+            f"--precision auto: {choose_precision(device, 'auto').name}, allocator {allocator}",
             "matmul roofline: " + ", ".join(f"{name} {peak:.1f} GFLOP/s" for name, peak in peaks.items()),
             f"{'preset':<16} {'prec':<5} {'input':>9} {'GFLOP/case':>11} {'s/case':>8} {'cases/s':>8} "
             f"{'roofline':>9} {'peak RSS':>9}",
