@@ -10,6 +10,7 @@ import jinja2
 import pandas as pd
 
 from ..errors import BoneScanError
+from ..study import VIEWS
 from . import figures as F
 from . import metrics as M
 from . import published as P
@@ -176,7 +177,7 @@ def _thumbnail_cells(row: pd.Series, heatmaps_dir: Path | None) -> dict[str, Any
 
             region = row.get("region")
             study = read_study(source, region=region if isinstance(region, str) and region else None)
-            for name in ("anterior", "posterior"):
+            for name in VIEWS:
                 image = getattr(study, name)
                 if image is not None:
                     cell["views"].append({"name": name, "uri": F.data_uri(F.view_thumbnail(image))})

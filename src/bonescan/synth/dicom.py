@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, gen
 
 from .. import __version__
 from ..fileio import atomic_path
+from ..study import VIEWS
 from .case import SyntheticCase
 from .sites import SITES, HeaderConvention
 
@@ -141,7 +142,7 @@ def _static_dataset(header: HeaderConvention, view: str | None) -> Dataset:
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "Whole-body bone scintigraphy"
-    views = ("anterior", "posterior") if view is None else (view,)
+    views = VIEWS if view is None else (view,)
     word = {"anterior": "ANT", "posterior": "POST"}
     ds.SeriesDescription = header.series_description.format(view=word[view]) if view else header.series_description
     ds.SeriesNumber = 1
