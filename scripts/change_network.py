@@ -23,6 +23,7 @@ import argparse
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from scipy import ndimage
 
 from bonescan.followup.evaluate import _new_lesions, _shown, _visit_files, manifest_patients, truth_of
 from bonescan.followup.register import ViewTransform, register_study
+from bonescan.fileio import atomic_path
 from bonescan.followup.visits import load_visit
 from bonescan.lesions.dataset import targets_in_network_geometry
 from bonescan.preprocess import PreprocessConfig, preprocess_views
@@ -54,11 +56,7 @@ def warp_onto(prior: np.ndarray, current: np.ndarray, transform: ViewTransform) 
     moving.SetSpacing((transform.moving_spacing[1], transform.moving_spacing[0]))
     fixed = sitk.GetImageFromArray(np.zeros(current.shape, np.float32))
     fixed.SetSpacing((transform.fixed_spacing[1], transform.fixed_spacing[0]))
-    euler = sitk.Euler2DTransform()
-    euler.SetCenter(transform.centre)
-    euler.SetAngle(transform.angle)
-    euler.SetTranslation(transform.translation)
-    return sitk.GetArrayFromImage(sitk.Resample(moving, fixed, euler, sitk.sitkLinear, 0.0))
+    return sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform._sitk(), sitk.sitkLinear, 0.0))
 
 
 def patient_pairs(job: tuple[Path, pd.DataFrame]) -> list[dict]:
@@ -97,9 +95,8 @@ def build_pairs(out: Path, cohorts: list[Path], workers: int = 2) -> int:
                 pairs += found
     arrays = {key: np.stack([p[key] for p in pairs]) if key in ("x", "y") else np.array([p[key] for p in pairs])
               for key in pairs[0]}
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return len(pairs)
 
 
@@ -163,8 +160,8 @@ def train(pairs: Path, out: Path, epochs: int, lr: float = 2e-3, init: Path | No
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        torch.save(net.state_dict(), out.with_name(out.name + ".tmp"))
-        out.with_name(out.name + ".tmp").replace(out)
+        with atomic_path(out) as tmp:
+            torch.save(net.state_dict(), tmp)
         print(f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} {time.time() - start:.0f} s", flush=True)
 
 
@@ -222,7 +219,7 @@ def evaluate(net_path: Path, sets: list[Path], rules: list[str] | None) -> None:
                 called = np.array([len(components(m, t, a)) >= 2 for m in maps])
                 specificity = (~called & ~truth).sum() / max(1, (~truth).sum())
                 scores.append(((called & truth).sum() if specificity >= MIN_SPECIFICITY else -1, specificity))
-            chosen = grid[int(np.argmax([s[0] * 10 + s[1] for s in scores]))]
+            chosen = grid[max(range(len(grid)), key=scores.__getitem__)]  # the first of equals
             print(f"chosen on {path}: threshold {chosen[0]}, components of >= {chosen[1]} pixels")
         found = [components(m, *chosen) for m in maps]
         counts = np.array([len(f) for f in found])
@@ -235,8 +232,8 @@ def evaluate(net_path: Path, sets: list[Path], rules: list[str] | None) -> None:
         rule_new, union = [], []
         for cohort, patient, areas in zip(data["cohort"][first], data["patient"][first], found):
             folder = folders[cohort]
-            summary = pd.read_csv(folder / "followup_summary.csv").set_index("patient_id").loc[patient]
-            shape = _followup_shape(Path(cohort), patient)
+            summary = _rule_summary(folder).loc[patient]
+            shape = _followup_shape(cohort, patient)
             points = rule_lesion_points(folder, patient, shape)
             near = [ndimage.binary_dilation(area, iterations=NEAR_RULE_LESION) for area in areas]
             extra = sum(not any(n[int(np.clip(round(r), 0, PREPROCESS.height - 1)),
@@ -249,11 +246,20 @@ def evaluate(net_path: Path, sets: list[Path], rules: list[str] | None) -> None:
         print(f"{path}: union {patient_calls(union >= 2, truth, change)}")
 
 
-def _followup_shape(cohort: Path, patient: str) -> tuple[int, int]:
+@lru_cache(maxsize=None)
+def _rule_summary(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "followup_summary.csv").set_index("patient_id")
+
+
+@lru_cache(maxsize=None)
+def _cohort_visits(cohort: str) -> dict[str, pd.DataFrame]:
+    return manifest_patients(Path(cohort) / "manifest.csv")[1]
+
+
+def _followup_shape(cohort: str, patient: str) -> tuple[int, int]:
     """Stored size of the patient's first follow-up (its truth file)."""
-    manifest = pd.read_csv(cohort / "manifest.csv")
-    row = manifest[manifest["patient_id"].astype(str) == patient].sort_values("timepoint").iloc[1]
-    return tuple(np.load(cohort / row["truth"])["instances"].shape[1:])
+    row = _cohort_visits(cohort)[patient].iloc[1]
+    return tuple(np.load(Path(cohort) / row["truth"])["instances"].shape[1:])
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def test_pairs_hold_each_later_visit_with_the_earlier_one_registered_and_the_new
     assert data["y"].shape[1:] == (2, script.PREPROCESS.height, script.PREPROCESS.width)
     masked = data["y"].reshape(count, -1).any(1)
     assert not masked[data["n_new"] == 0].any()  # only lesions unseen before are painted
-    assert masked[data["n_new"] > 0].all() if (data["n_new"] > 0).any() else True
+    assert (data["n_new"] > 0).any() and masked[data["n_new"] > 0].all()  # and every new lesion is painted
     later, earlier = data["x"][:, :2].astype(np.float32), data["x"][:, 2:].astype(np.float32)
     registered = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(later, earlier)]
     unrelated = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(later, np.roll(earlier, 1, axis=0))]
