@@ -33,6 +33,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         later_scan: bool = typer.Option(False, "--later-scan", help="FOLLOWUP is a later scan and BASELINE the "
                                         "first post-treatment scan (PCWG3 rule for later scans)."),
         force: bool = typer.Option(False, "--force", help="Compare studies whose PatientIDs differ."),
+        change_net: Optional[Path] = typer.Option(None, "--change-net", help="A change network (bonescan "
+                                                  "followup-train: RUN/change_net.pt): a second judge of new lesions "
+                                                  "that sees both visits."),
+        join: str = typer.Option("either", "--join", help="With --change-net, the new-lesion count of the verdict: "
+                                 "either (the larger of the rules' and the network's), network (the network's)."),
     ) -> None:
         """Compare a baseline with follow-up studies: new / resolved / persistent / grown lesions per region,
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
@@ -41,6 +46,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..followup.output import write_comparison
         from ..followup.visits import ROLES
 
+        from ..followup.change_net import JOINS, load_change_model
+
+        if join not in JOINS:
+            raise ConfigError("--join", f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
         if reader not in READERS:
             raise ConfigError("--reader", f"unknown reader {reader!r}; choose one of {', '.join(READERS)}")
         if (manifest is None) == (not studies):
@@ -56,12 +65,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             lesion_reader = NetworkReader(run)
         else:
             raise ConfigError("--run", "the lesion network's run is needed (or --reader oracle on a synthetic cohort)")
+        change_model = load_change_model(change_net) if change_net is not None else None
         if manifest is not None:
             def progress(done: int, total: int, result) -> None:
                 what = result.error or f"{result.verdict}; {result.new} new"
                 print(f"[{done}/{total}] {result.patient_id}: {what}", file=sys.stderr, flush=True)
 
-            results = run_followup_batch(manifest, lesion_reader, out, evaluate, not later_scan, force, progress)
+            results = run_followup_batch(manifest, lesion_reader, out, evaluate, not later_scan, force, progress,
+                                         change_model, join)
             failed = sum(bool(r.error) for r in results)
             typer.echo(f"compared {len(results) - failed} of {len(results)} patients (reader: {lesion_reader.name}); "
                        f"summary: {out / 'followup_summary.csv'}")
@@ -83,11 +94,38 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 typer.echo(f"report: {report}")
             return
         visits = [load_visit(path, role) for path, role in zip(studies, ROLES)]
-        comparison = compare_visits(visits, lesion_reader, not later_scan, force)
+        comparison = compare_visits(visits, lesion_reader, not later_scan, force, change_model=change_model, join=join)
         paths = write_comparison(comparison, out)
         change = comparison.followup
         typer.echo(f"PCWG3: {comparison.verdict.status} ({comparison.verdict.reason})")
         typer.echo(f"follow-up: {len(change.new)} new, {len(change.resolved)} resolved, {len(change.persistent)} "
                    f"persistent ({len(change.grown)} grown); BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} % "
                    f"(reader: {comparison.reader}; {comparison.seconds['total']:.1f} s)")
+        if comparison.network is not None:
+            typer.echo(f"change network: {len(comparison.network.followup)} new on the follow-up; the verdict counts "
+                       f"{comparison.new_count} ({join})")
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+    @app.command("followup-train")
+    def followup_train(
+        cohorts: list[Path] = typer.Argument(..., help="Synthetic follow-up cohorts to train on (bonescan synth "
+                                             "--follow-up folders)."),
+        val: list[Path] = typer.Option(..., "--val", help="Follow-up cohort(s) that choose the operating point "
+                                       "(repeat the option for more)."),
+        out: Path = typer.Option(..., "--out", help="Run folder: pairs, checkpoint, metrics.csv, change_net.pt."),
+        epochs: int = typer.Option(24, "--epochs"),
+        lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
+        batch: int = typer.Option(8, "--batch"),
+        resume: bool = typer.Option(False, "--resume", help="Continue after the run's last finished epoch."),
+        workers: int = typer.Option(2, "--workers", help="Processes that build the visit pairs."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
+        from ..followup.change_train import train_change_network
+
+        for folder in [*cohorts, *val]:
+            if not (folder / "manifest.csv").is_file():
+                raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
+        path = train_change_network(out, cohorts, val, epochs, lr, batch, resume, workers, seed,
+                                    progress=sys.stderr.isatty())
+        typer.echo(f"change network: {path} (use: bonescan followup --change-net {path})")

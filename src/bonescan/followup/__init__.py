@@ -9,6 +9,7 @@ Modules, in the order data flows:
 - `readers`: StudyLesions of each visit from a lesion reader (the trained lesion network, or the synthetic truth);
 - `register`: rigid registration of each later view to the baseline's (SimpleITK);
 - `match`: hotspots linked across views and visits into numbered lesions; new / resolved / persistent / grown;
+- `change_net`: the change network, a second judge of new lesions that sees both visits' images (optional);
 - `pcwg3`: the Prostate Cancer Clinical Trials Working Group 3 verdict ("2+2" rule) with its reason;
 - `compare`: the comparison of one patient's visits (the above in order);
 - `output`: JSON, per-region CSV, side-by-side PNG and DICOM SR of a comparison, written atomically;

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..study import VIEWS
+from .change_net import JOINS, ChangeModel, NewArea
 from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
@@ -29,6 +30,16 @@ class Comparison:
     verdict: Verdict
     first_followup: bool
     seconds: dict[str, float]
+    network: NetworkChange | None = None  # the change network's new lesions, when one was given
+
+    @property
+    def new_count(self) -> int:
+        """New lesions on the follow-up as the verdict counts them (`counted_new`)."""
+        return counted_new(self.followup, self.network, "followup")
+
+    @property
+    def confirm_new_count(self) -> int | None:
+        return counted_new(self.confirmatory, self.network, "confirmatory")
 
     @property
     def patient_id(self) -> str | None:
@@ -52,16 +63,37 @@ class Comparison:
             "lesions": [{"number": les.number, "region": les.region, "tracking_uid": les.tracking_uid,
                          "visits": {self.visits[v].role: [h.to_json() for h in hs] for v, hs in sorted(les.hotspots.items())}}
                         for les in self.lesions],
+            "change_network": self.network.to_json() if self.network else None,
             "seconds": {k: round(s, 3) for k, s in self.seconds.items()},
         }
 
 
+@dataclass
+class NetworkChange:
+    """The change network's new lesions on the follow-up (against the baseline) and on the confirmatory scan (against
+    the follow-up on a first follow-up, else against the reference), and how its count joins the rules'."""
+
+    model: str
+    join: str
+    followup: list[NewArea]
+    confirmatory: list[NewArea] | None
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "join": self.join, "followup": [a.to_json() for a in self.followup],
+                "confirmatory": [a.to_json() for a in self.confirmatory] if self.confirmatory is not None else None}
+
+
 def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup: bool = True,
-                   force: bool = False, known_tracking: dict[str, str] | None = None) -> Comparison:
+                   force: bool = False, known_tracking: dict[str, str] | None = None,
+                   change_model: ChangeModel | None = None, join: str = "either") -> Comparison:
     """Compare visits (baseline, follow-up[, confirmatory]): refuse bad sets first, then read, register, link.
 
     `known_tracking`: hotspot UID -> the tracking UID an earlier follow-up report gave its lesion, so that a lesion
-    keeps one tracking UID from report to report (`match.carry_tracking_uids`)."""
+    keeps one tracking UID from report to report (`match.carry_tracking_uids`).
+    `change_model`: the change network, a second judge of new lesions; `join` (`change_net.JOINS`) says how its
+    count and the rules' make the count the verdict uses."""
+    if join not in JOINS:
+        raise ValueError(f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
     visits = list(visits)
     check_visits(visits, force)
     t0 = time.perf_counter()
@@ -86,15 +118,44 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
     if known_tracking:
         carry_tracking_uids(lesions, known_tracking)
+    t3 = time.perf_counter()
+    network = None
+    if change_model is not None:
+        later = [visits[1].study, visits[2].study if len(visits) == 3 else None]
+        earlier = [visits[0].study, visits[1].study if first_followup else visits[0].study]
+        network = NetworkChange(
+            change_model.name, join, change_model.areas(later[0], earlier[0], visits[1].lesions),
+            change_model.areas(later[1], earlier[1], visits[2].lesions) if later[1] is not None else None)
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint
-    verdict = superscan_caveat(pcwg3_verdict(len(followup.new), len(confirmatory.new) if confirmatory else None,
-                                             days, first_followup), visits)
-    t3 = time.perf_counter()
+    verdict = pcwg3_verdict(counted_new(followup, network, "followup"),
+                            counted_new(confirmatory, network, "confirmatory"), days, first_followup)
+    if network is not None:
+        rules_counts = _scan_counts(len(followup.new), len(confirmatory.new) if confirmatory else None)
+        network_counts = _scan_counts(len(network.followup),
+                                      len(network.confirmatory) if network.confirmatory is not None else None)
+        verdict = replace(verdict, reason=f"{verdict.reason} (new lesions counted as the {join} of the rules "
+                                          f"({rules_counts}) and the change network ({network_counts}))")
+    verdict = superscan_caveat(verdict, visits)
+    t4 = time.perf_counter()
     return Comparison(reader.name, visits, transforms, lesions, linking.pairs, followup, confirmatory,
                       verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
-                                                "total": t3 - t0})
+                                                "change_network": t4 - t3, "total": t4 - t0}, network)
+
+
+def counted_new(rules: Change | None, network: NetworkChange | None, scan: str) -> int | None:
+    """New lesions on one scan ("followup" or "confirmatory") as the verdict counts them: the rules' count, joined
+    with the change network's (`change_net.JOINS`) when there is one; None without that scan."""
+    if rules is None:
+        return None
+    if network is None:
+        return len(rules.new)
+    return JOINS[network.join](len(rules.new), len(getattr(network, scan) or []))
+
+
+def _scan_counts(followup: int, confirmatory: int | None) -> str:
+    return f"{followup} new" + (f", {confirmatory} on the confirmatory scan" if confirmatory is not None else "")
 
 
 def superscan_caveat(verdict: Verdict, visits: Sequence[Visit]) -> Verdict:

@@ -38,6 +38,7 @@ from ..errors import BoneScanError, ManifestError
 from ..fileio import write_text_atomic
 from ..lesions.bsi import bone_scan_index
 from ..lesions.truth import LesionTruth, load_truth
+from .change_net import ChangeModel
 from .compare import Comparison, compare_visits
 from .fates import FATES, IN_REACH, count_fates, hotspot_fates, new_lesion_fates
 from .output import write_comparison
@@ -60,8 +61,10 @@ class PatientResult:
     n_visits: int = 0
     verdict: str = ""
     reason: str = ""
-    new: int | None = None
+    new: int | None = None  # as the verdict counts them: the rules', joined with the change network's if given
     confirm_new: int | None = None
+    rules_new: int | None = None
+    network_new: int | None = None  # the change network's count, when one was given
     days_to_confirm: int | None = None
     bsi_change: float | None = None
     seconds: float | None = None
@@ -98,13 +101,13 @@ def _visit_files(row: pd.Series) -> list[str]:
 
 
 def compare_patient(rows: pd.DataFrame, reader: LesionReader, first_followup: bool = True,
-                    force: bool = False) -> Comparison:
+                    force: bool = False, change_model: ChangeModel | None = None, join: str = "either") -> Comparison:
     """Compare the first three visits of one patient's manifest rows."""
     rows = rows.head(3)
     start = int(rows["timepoint"].iloc[0])
     visits = [load_visit(files if len(files) == 2 else files[0], role, int(t) - start)
               for files, role, t in zip((_visit_files(r) for _, r in rows.iterrows()), ROLES, rows["timepoint"])]
-    return compare_visits(visits, reader, first_followup, force)
+    return compare_visits(visits, reader, first_followup, force, change_model=change_model, join=join)
 
 
 def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
@@ -157,8 +160,10 @@ def _identity_at(truth: LesionTruth, view: str, centroid: tuple[float, float]) -
 
 def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Path, evaluate: bool = False,
                        first_followup: bool = True, force: bool = False,
-                       progress: Callable[[int, int, PatientResult], None] | None = None) -> list[PatientResult]:
-    """Compare every patient of `manifest`, write each comparison to out/<patient_id>/ and a summary CSV."""
+                       progress: Callable[[int, int, PatientResult], None] | None = None,
+                       change_model: ChangeModel | None = None, join: str = "either") -> list[PatientResult]:
+    """Compare every patient of `manifest`, write each comparison to out/<patient_id>/ and a summary CSV; with
+    `change_model`, new lesions are counted as `join` of the rules' and the change network's."""
     table, patients = manifest_patients(manifest)
     if isinstance(reader, OracleReader) and "truth" in table.columns:  # the manifest says where each truth file is
         for _, row in table.iterrows():
@@ -170,7 +175,7 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
         try:
             truths = truth_of(rows) if evaluate else None
             start = time.perf_counter()
-            comparison = compare_patient(rows, reader, first_followup, force)
+            comparison = compare_patient(rows, reader, first_followup, force, change_model, join)
             seconds = time.perf_counter() - start  # reading the studies included, writing the outputs not
             write_comparison(comparison, out / _safe(pid))
         except BoneScanError as error:
@@ -196,8 +201,9 @@ def _safe(name: str) -> str:
 
 def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTruth] | None) -> None:
     result.verdict, result.reason = comparison.verdict.status, comparison.verdict.reason
-    result.new = len(comparison.followup.new)
-    result.confirm_new = len(comparison.confirmatory.new) if comparison.confirmatory else None
+    result.new, result.confirm_new = comparison.new_count, comparison.confirm_new_count
+    result.rules_new = len(comparison.followup.new)
+    result.network_new = len(comparison.network.followup) if comparison.network else None
     visits = comparison.visits
     if len(visits) > 2 and visits[2].timepoint is not None and visits[1].timepoint is not None:
         result.days_to_confirm = visits[2].timepoint - visits[1].timepoint

@@ -9,10 +9,12 @@ compared (the newest in its evidence, the earlier ones as pertinent other eviden
 group per lesion (tracking identifier "lesion <n>"; tracking UID the one an earlier follow-up report gave it, else
 that of its hotspot on the earliest visit showing it, as that study's own report gives it, so a viewer takes them
 for one finding; finding site = its skeletal
-region, its area on the newest visit where it is seen, and its status: new, persistent, grown or resolved) and
-one group for the patient (PCWG3 verdict, number of new lesions, change in BSI). At most DICOM_HOTSPOT_LIMIT
-lesion groups, new ones first, then grown, resolved and persistent (`lesions_for_dicom`): each costs highdicom
-~14 ms, and a superscan's lesions run to hundreds; the JSON, CSV and image keep every lesion.
+region, its area on the newest visit where it is seen, and its status: new, persistent, grown or resolved), with a
+change network one group per new lesion it saw (tracking identifier "change network <visit> N<n>", status new), and
+one group for the patient (PCWG3 verdict, number of new lesions as the verdict counts them, with a change network
+also the rules' and the network's counts, change in BSI). At most DICOM_HOTSPOT_LIMIT lesion groups, new ones
+first, then grown, resolved and persistent (`lesions_for_dicom`), the network's after them while room is left: each
+costs highdicom ~14 ms, and a superscan's lesions run to hundreds; the JSON, CSV and image keep every lesion.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .match import STATUSES
 
 COLOURS = {"new": (220, 30, 30), "grown": (240, 140, 0), "persistent": (230, 200, 0), "resolved": (40, 110, 230),
            "seen": (120, 120, 120)}
+NETWORK_COLOUR = (200, 0, 200)  # the change network's new lesions: boxes labelled N1, N2, ...
 
 
 def _local(value: str, meaning: str) -> hd.sr.CodedConcept:
@@ -51,6 +54,8 @@ def _local(value: str, meaning: str) -> hd.sr.CodedConcept:
 FOLLOWUP_STATUS = _local("FU-STATUS", "Follow-up status")
 PCWG3_VERDICT = _local("PCWG3", "PCWG3 bone progression")
 NEW_LESIONS = _local("FU-NEW", "Number of new lesions")
+NETWORK_NEW_LESIONS = _local("FU-NEW-NET", "Number of new lesions seen by the change network")
+RULES_NEW_LESIONS = _local("FU-NEW-RULES", "Number of new lesions by the follow-up rules")
 BSI_CHANGE = _local("BSI-CHANGE", "Change in Bone Scan Index")
 
 
@@ -112,6 +117,11 @@ def side_by_side_image(comparison: Comparison) -> np.ndarray:
                     radius = max(6.0, np.sqrt(h.area_mm2) / (visit.study.pixel_spacing or (2.4, 2.4))[0])
                     draw.ellipse([c - radius, r - radius, c + radius, r + radius], outline=COLOURS[status], width=2)
                     draw.text((c + radius + 1, r - 6), str(lesion.number), fill=COLOURS[status], font=font)
+            for area in _network_areas(comparison, v):
+                if area.view == view:
+                    r0, c0, r1, c1 = area.box
+                    draw.rectangle([c0 - 2, r0 - 2, c1 + 1, r1 + 1], outline=NETWORK_COLOUR, width=1)
+                    draw.text((c0 - 14, r0 - 10), f"N{area.number}", fill=NETWORK_COLOUR, font=font)
             when = f"day {visit.timepoint}" if visit.timepoint is not None else "date unknown"
             draw.text((3, 3), f"{visit.role} ({when})", fill=(0, 0, 0), font=font)
             draw.text((3, 15), f"{view}  BSI {visit.lesions.bsi:.2f} %", fill=(0, 0, 0), font=font)
@@ -131,7 +141,17 @@ def side_by_side_image(comparison: Comparison) -> np.ndarray:
     for name in ("new", "grown", "persistent", "resolved"):
         draw.text((x, height - 13), name, fill=COLOURS[name], font=font)
         x += draw.textlength(name + "  ", font=font)
+    if comparison.network is not None:
+        draw.text((x, height - 13), "N: new by the change network", fill=NETWORK_COLOUR, font=font)
     return np.asarray(sheet).copy()
+
+
+def _network_areas(comparison: Comparison, visit: int) -> list:
+    """The change network's new lesions drawn on visit `visit` (the follow-up's, the confirmatory's)."""
+    network = comparison.network
+    if network is None or visit == 0:
+        return []
+    return (network.followup if visit == 1 else network.confirmatory) or []
 
 
 def _panel_status(comparison: Comparison, number: int, visit: int) -> str:
@@ -162,8 +182,10 @@ def build_sr(comparison: Comparison, capture: Dataset | None = None) -> Dataset 
     headers = [read_source_headers(v.files) for v in comparison.visits]
     if not all(headers):
         return None
-    algorithm = hd.sr.AlgorithmIdentification(name="bonescan follow-up", version=__version__,
-                                              parameters=[f"reader={comparison.reader}"])
+    parameters = [f"reader={comparison.reader}"]
+    if comparison.network is not None:
+        parameters.append(f"{comparison.network.model}, join={comparison.network.join}")
+    algorithm = hd.sr.AlgorithmIdentification(name="bonescan follow-up", version=__version__, parameters=parameters)
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name="bonescan",
                                                        manufacturer_name="bonescan", model_name="bonescan follow-up")
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
@@ -182,14 +204,30 @@ def build_sr(comparison: Comparison, capture: Dataset | None = None) -> Dataset 
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FOLLOWUP_STATUS,
                                                                  value=_local(status.upper(), status))],
             source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in headers[visit]]))
+    room = max(0, DICOM_HOTSPOT_LIMIT - len(groups))
+    for visit, area in [(v, a) for v in (1, 2) for a in _network_areas(comparison, v)][:room]:
+        region = BY_NAME.get(area.region)
+        sites = [hd.sr.FindingSite(anatomic_location=region.site, laterality=region.laterality)] if region else None
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(), identifier=f"change network {comparison.visits[visit].role} N{area.number}"),
+            finding_type=codes.SCT.Lesion, finding_sites=sites, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(area.area_mm2),
+                                            unit=codes.UCUM.SquareMillimeter)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FOLLOWUP_STATUS, value=_local("NEW", "new"))],
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(h) for h in headers[visit]]))
     newest = comparison.confirmatory or comparison.followup
+    lesions_unit = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")
+    counts = [hd.sr.Measurement(name=NEW_LESIONS, value=comparison.new_count, unit=lesions_unit)]
+    if comparison.network is not None:
+        counts += [hd.sr.Measurement(name=RULES_NEW_LESIONS, value=len(comparison.followup.new), unit=lesions_unit),
+                   hd.sr.Measurement(name=NETWORK_NEW_LESIONS, value=len(comparison.network.followup),
+                                     unit=lesions_unit)]
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="bone progression, patient"),
         finding_type=codes.SCT.BonyMetastasis, algorithm_id=algorithm,
-        measurements=[hd.sr.Measurement(name=NEW_LESIONS, value=len(comparison.followup.new),
-                                        unit=hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")),
-                      hd.sr.Measurement(name=BSI_CHANGE, value=round(newest.bsi_change, 4),
-                                        unit=codes.UCUM.Percent)],
+        measurements=counts + [hd.sr.Measurement(name=BSI_CHANGE, value=round(newest.bsi_change, 4),
+                                                 unit=codes.UCUM.Percent)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=PCWG3_VERDICT, value=_local(comparison.verdict.status.upper().replace(" ", "-"),
                                              comparison.verdict.status))]))

@@ -57,7 +57,7 @@ def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.nda
             rows, cols = np.nonzero(mask)
             r0, c0 = box[0].start, box[1].start
             centroid = (float(rows.mean() + r0), float(cols.mean() + c0))
-            region = region_of.get(k) or _region_at(regions[v], centroid)
+            region = region_of.get(k) or region_at(regions[v], centroid)
             hotspots.append(Hotspot(0, view, (r0, c0, box[0].stop, box[1].stop), centroid,
                                     float(mask.sum() * row_mm * col_mm), region, malignancy[k],
                                     float(image[box][mask].mean() / max(normal, 1e-6)),
@@ -68,7 +68,8 @@ def hotspots_from_instances(study: Study, regions: np.ndarray, instances: np.nda
     return hotspots, (levels[0], levels[1])
 
 
-def _region_at(regions: np.ndarray, centroid: tuple[float, float]) -> str:
+def region_at(regions: np.ndarray, centroid: tuple[float, float]) -> str:
+    """Name of the skeletal region under a (row, col) point of one view's label map ("" outside the skeleton)."""
     r = int(np.clip(round(centroid[0]), 0, regions.shape[0] - 1))
     c = int(np.clip(round(centroid[1]), 0, regions.shape[1] - 1))
     region = BY_LABEL.get(int(regions[r, c]))

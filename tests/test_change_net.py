@@ -1,0 +1,217 @@
+"""The change network for follow-up: its pairs and truth, its new lesions in the study's pixels, its operating
+point, its file, training with resume, and its count joined with the rules' in `bonescan followup`."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+from PIL import Image
+
+import bonescan.followup.change_train as change_train
+from bonescan.cli import main
+from bonescan.errors import ConfigError, RunError
+from bonescan.followup import OracleReader
+from bonescan.followup.change_net import (
+    PREPROCESS, ChangeNet, NewArea, load_change_model, new_areas, probability_maps, save_change_model,
+)
+from bonescan.followup.change_train import build_pairs, choose_operating_point, train_change_network
+from bonescan.followup.evaluate import compare_patient, manifest_patients
+from bonescan.followup.output import NETWORK_COLOUR, write_comparison
+from bonescan.lesions.regions import BY_NAME
+from bonescan.study import Study
+from bonescan.synth.followup import generate_followup_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("change")
+    generate_followup_cohort(root / "cohort", patients=4, seed=3, site="mixed")
+    return root / "cohort"
+
+
+@pytest.fixture(scope="module")
+def pairs(cohort):
+    out = cohort.parent / "pairs.npz"
+    return out, build_pairs(out, [cohort], workers=1)
+
+
+def test_pairs_hold_each_later_visit_with_the_earlier_one_registered_and_the_new_lesions(pairs):
+    path, count = pairs
+    data = np.load(path)
+    assert count == len(data["x"]) >= 4  # every patient has at least one later visit
+    assert data["x"].shape[1:] == (4, PREPROCESS.height, PREPROCESS.width)
+    assert data["y"].shape[1:] == (2, PREPROCESS.height, PREPROCESS.width)
+    masked = data["y"].reshape(count, -1).any(1)
+    assert not masked[data["n_new"] == 0].any()  # only lesions unseen before are painted
+    assert (data["n_new"] > 0).any() and masked[data["n_new"] > 0].all()  # and every new lesion is painted
+    later, earlier = data["x"][:, :2].astype(np.float32), data["x"][:, 2:].astype(np.float32)
+    registered = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(later, earlier)]
+    unrelated = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(later, np.roll(earlier, 1, axis=0))]
+    assert np.median(registered) > 0.8 and np.median(registered) > np.median(unrelated)
+
+
+def test_new_areas_count_a_lesion_of_both_views_once_and_lie_where_it_is_in_the_study():
+    study = Study("s", np.zeros((1024, 256), np.float32), np.zeros((1024, 256), np.float32), (2.4, 2.4))
+    probability = np.zeros((2, PREPROCESS.height, PREPROCESS.width), np.float32)
+    probability[0, 100:104, 20:24] = 0.9  # one lesion seen in both views (the posterior map is mirrored)
+    probability[1, 101:105, 20:24] = 0.8
+    probability[1, 300:302, 100:102] = 0.95  # posterior only
+    probability[0, 450, 60] = 0.35  # faint, one pixel
+    regions = np.zeros((2, 1024, 256), np.uint8)
+    regions[0, 190:220, 30:60] = BY_NAME["skull"].label
+    lesions = SimpleNamespace(regions=regions)
+    areas = new_areas(probability, study, lesions, threshold=0.5, min_pixels=1)
+    assert [a.view for a in areas] == ["anterior", "posterior"]
+    front, back = areas
+    assert front.centroid == pytest.approx(((102 + 0.5) * 2 - 0.5, (21.5 + 0.5) * 2 - 0.5))  # of the union
+    assert front.region == "skull" and front.probability == pytest.approx(0.9)
+    # 20 network pixels (the two views' outlines laid over each other), each 2 x 2 study pixels of 2.4 mm
+    assert front.area_mm2 == pytest.approx(20 * 4 * 2.4 * 2.4)
+    # the posterior area back in the stored (unmirrored) posterior view
+    assert back.centroid[1] == pytest.approx((PREPROCESS.width - 1 - 100.5 + 0.5) * 2 - 0.5)
+    assert back.box == (600, 52, 604, 56) and back.region == ""
+    assert len(new_areas(probability, study, None, threshold=0.3, min_pixels=1)) == 3
+    assert len(new_areas(probability, study, None, threshold=0.3, min_pixels=2)) == 2
+
+
+def test_the_operating_point_is_the_most_sensitive_at_the_wanted_specificity():
+    def patient(level: float) -> np.ndarray:
+        m = np.zeros((2, 64, 32), np.float32)
+        m[0, 5:8, 5:8] = m[0, 40:43, 20:23] = level
+        return m
+
+    maps = np.stack([patient(0.55)] * 6 + [patient(0.35)] * 4 + [patient(0.0)] * 6)
+    n_new = np.array([2] * 6 + [0] * 10)
+    point = choose_operating_point(maps, n_new)
+    # 0.1-0.3 call the four negatives with faint pairs (specificity 0.6); 0.4 and 0.5 find all six: the first wins
+    assert (point.threshold, point.min_pixels) == (0.4, 1)
+    assert point.sensitivity == (6, 6) and point.specificity == (10, 10)
+
+
+def test_a_change_network_file_round_trips_and_anything_else_is_refused_by_name(tmp_path, capsys):
+    torch.manual_seed(1)
+    net = ChangeNet()
+    path = save_change_model(tmp_path / "net.pt", net, 0.3, 2, {"cohorts": ["a"]})
+    model = load_change_model(path)
+    assert (model.threshold, model.min_pixels) == (0.3, 2) and "net.pt" in model.name
+    x = np.random.default_rng(0).random((1, 4, PREPROCESS.height, PREPROCESS.width), np.float32)
+    np.testing.assert_allclose(probability_maps(model.net, x), probability_maps(net.eval(), x), atol=1e-6)
+    (tmp_path / "text.pt").write_text("not a network")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    for bad, reason in (("text.pt", "not a change-network file"), ("other.pt", "expected format"),
+                        ("missing.pt", "no such change-network file")):
+        with pytest.raises(ConfigError, match=reason) as error:
+            load_change_model(tmp_path / bad)
+        assert bad in str(error.value)
+    assert main(["followup", "a", "b", "--reader", "oracle", "--change-net", str(tmp_path / "other.pt"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "other.pt" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(cohort):
+    """A change network of two short epochs on the small cohort (validated on it too)."""
+    run = cohort.parent / "run"
+    assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(run), "--epochs", "2",
+                 "--batch", "2", "--workers", "1"]) == 0
+    return run
+
+
+def test_training_resumes_after_a_crash_to_the_same_network(cohort, trained, tmp_path, monkeypatch, capsys):
+    whole = trained
+    metrics = pd.read_csv(whole / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2] and np.isfinite(metrics["loss"]).all()
+    # a second run into the same folder would overwrite the first: refused unless resumed
+    capsys.readouterr()
+    assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(whole), "--epochs", "2",
+                 "--batch", "2", "--workers", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    steps = int(torch.load(whole / "checkpoint.pt", weights_only=True)["steps"])
+    crashed, calls = tmp_path / "crashed", {"n": 0}
+    augment = change_train.augment
+
+    def crash_in_the_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == steps + 1:
+            raise KeyboardInterrupt
+        return augment(*args)
+
+    monkeypatch.setattr(change_train, "augment", crash_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_change_network(crashed, [cohort], [cohort], epochs=2, batch=2, workers=1, progress=False)
+    assert not (crashed / "change_net.pt").exists()
+    assert int(torch.load(crashed / "checkpoint.pt", weights_only=True)["epoch"]) == 1
+    monkeypatch.setattr(change_train, "augment", augment)
+    with pytest.raises(RunError, match="the same --epochs"):
+        train_change_network(crashed, [cohort], [cohort], epochs=3, batch=2, workers=1, progress=False,
+                             resume=True)  # another schedule cannot continue this one
+    train_change_network(crashed, [cohort], [cohort], epochs=2, batch=2, workers=1, progress=False, resume=True)
+    assert "built before" in capsys.readouterr().err  # the pairs were not built again
+    resumed, straight = load_change_model(crashed / "change_net.pt"), load_change_model(whole / "change_net.pt")
+    for a, b in zip(resumed.net.state_dict().values(), straight.net.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert (resumed.threshold, resumed.min_pixels) == (straight.threshold, straight.min_pixels)
+
+
+class FixedJudge:
+    """A change network stand-in that sees `counts[role]` new lesions on each later visit."""
+
+    name = "fixed judge"
+
+    def __init__(self, followup: int, confirmatory: int = 0):
+        self.counts = [followup, confirmatory]
+        self.calls = 0
+
+    def areas(self, later, earlier, lesions=None) -> list[NewArea]:
+        n = self.counts[min(self.calls, 1)]
+        self.calls += 1
+        return [NewArea(k + 1, "anterior", (100 + 40 * k, 60, 110 + 40 * k, 70), (105.0 + 40 * k, 65.0), 100.0,
+                        0.9, "ribs_left") for k in range(n)]
+
+
+def test_the_change_networks_count_joins_the_rules_in_the_verdict_and_every_output(cohort, tmp_path, monkeypatch):
+    _, patients = manifest_patients(cohort / "manifest.csv")
+    monkeypatch.chdir(cohort)  # the manifest's paths are relative to it
+    reader = OracleReader()
+    quiet = next(rows for rows in patients.values() if rows["change"].iloc[0] in ("stable", "response", "flare"))
+    alone = compare_patient(quiet, reader)
+    assert len(alone.followup.new) < 2 and alone.network is None
+    either = compare_patient(quiet, reader, change_model=FixedJudge(3), join="either")
+    assert either.new_count == 3 and len(either.followup.new) == len(alone.followup.new)
+    assert either.verdict.reason.startswith("3 lesions new on the first follow-up")
+    assert "change network (3 new" in either.verdict.reason and "either" in either.verdict.reason
+    network = compare_patient(quiet, reader, change_model=FixedJudge(0), join="network")
+    assert network.new_count == 0 and network.verdict.reason.startswith("0 lesions new")
+
+    paths = write_comparison(either, tmp_path / "out")
+    document = json.loads(paths["json"].read_text())
+    assert document["change_network"]["join"] == "either"
+    assert [a["number"] for a in document["change_network"]["followup"]] == [1, 2, 3]
+    image = np.asarray(Image.open(paths["png"]).convert("RGB"))
+    assert (image == NETWORK_COLOUR).all(-1).sum() > 50  # the network's boxes drawn
+    sr = pydicom.dcmread(paths["sr"])
+    text = " ".join(str(e.value) for e in sr.iterall() if isinstance(e.value, str))
+    assert "change network follow-up N3" in text and "seen by the change network" in text
+
+
+def test_followup_evaluates_a_cohort_with_a_trained_change_network(cohort, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(cohort)
+    out = tmp_path / "eval"
+    assert main(["followup", "--manifest", "manifest.csv", "--reader", "oracle", "--evaluate", "--out", str(out),
+                 "--change-net", str(trained / "change_net.pt"), "--join", "either"]) == 0
+    summary = pd.read_csv(out / "followup_summary.csv")
+    assert summary["error"].isna().all() and summary["network_new"].notna().all()
+    assert (summary["new"] == summary[["rules_new", "network_new"]].max(axis=1)).all()  # "either": the larger
+    assert "change network" in (out / "followup_report.html").read_text()
+    document = json.loads(next(out.glob("*/followup.json")).read_text())
+    assert document["change_network"]["model"].startswith("change network (change_net.pt")
+    assert main(["followup", "--manifest", "manifest.csv", "--reader", "oracle", "--out", str(tmp_path / "x"),
+                 "--change-net", str(trained / "change_net.pt"), "--join", "both"]) == 2
+    assert "--join" in capsys.readouterr().err
