@@ -147,3 +147,48 @@ def test_earlier_reports_that_cannot_be_read_give_no_tracking_uids(tmp_path):
         "visits": [{"role": "baseline", "study_uid": "1.2.3"}, {"role": "follow-up", "study_uid": "1.2.4"}],
         "lesions": [{"number": 1, "tracking_uid": "2.25.7", "visits": {"follow-up": [{"uid": "2.25.1"}]}}]}))
     assert earlier_tracking(tmp_path, ["1.2.3", "1.2.4"]) == {"2.25.1": "2.25.7"}
+
+
+class ChangeJudge:
+    """A change network stand-in: `counts` new lesions on the follow-up, then on the confirmatory scan."""
+
+    name = "change judge"
+
+    def __init__(self, *counts: int):
+        self.counts = list(counts)
+
+    def areas(self, later, earlier, lesions=None):
+        from bonescan.followup.change_net import NewArea
+
+        n = self.counts.pop(0)
+        return [NewArea(k + 1, "anterior", (50 * k, 60, 50 * k + 8, 68), (50 * k + 4.0, 64.0), 80.0, 0.9, "")
+                for k in range(n)]
+
+
+def test_the_nodes_change_network_can_confirm_what_the_rules_did_not(visits, tmp_path):
+    """With a change network, the node's verdict counts new lesions as the larger of its count and the rules'."""
+    baseline, followup, confirmatory = visits[NOT_CONFIRMED]
+    rules_alone = PriorComparer(None, tmp_path / "rules", reader=OracleReader())
+    assert rules_alone.compare(confirmatory, followup, awaiting=(baseline, followup)).verdict == "no progression"
+    joined = PriorComparer(None, tmp_path / "joined", reader=OracleReader(), change_model=ChangeJudge(0, 2),
+                           join="either")
+    second = joined.compare(confirmatory, followup, awaiting=(baseline, followup))
+    assert second.verdict == "progression" and "change network (0 new, 2 on the confirmatory scan)" in second.summary
+    record = json.loads(next((tmp_path / "joined").rglob("followup.json")).read_text())
+    assert len(record["change_network"]["confirmatory"]) == 2
+
+
+def test_the_node_takes_a_change_network_only_for_followup(tmp_path):
+    from bonescan.errors import ConfigError
+    from bonescan.node import NodeConfig
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "net.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="needs --followup"):
+        NodeConfig(run=tmp_path, store=tmp_path / "store", lesions=tmp_path / "run", change_net=tmp_path / "net.pt")
+    with pytest.raises(ConfigError, match="no such file"):
+        NodeConfig(run=tmp_path, store=tmp_path / "store", lesions=tmp_path / "run", followup=True,
+                   change_net=tmp_path / "missing.pt")
+    with pytest.raises(ConfigError, match="unknown join"):
+        NodeConfig(run=tmp_path, store=tmp_path / "store", lesions=tmp_path / "run", followup=True,
+                   change_net=tmp_path / "net.pt", join="both")

@@ -38,6 +38,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             False, "--followup", help="With --lesions: compare each study with the latest earlier study of its "
                                       "PatientID read here, and send the follow-up SR too; >= 2 new lesions are "
                                       "confirmed or not by the patient's next scan (PCWG3 2+2)."),
+        change_net: Optional[Path] = typer.Option(
+            None, "--change-net", help="With --followup: the change network (bonescan followup-train), a second "
+                                       "judge of new lesions that sees both studies."),
+        join: str = typer.Option("either", "--join", help="With --change-net: either (the larger of the rules' and "
+                                 "the network's new-lesion counts) or network (its count)."),
         store: Optional[Path] = typer.Option(
             None, "--store", help="Folder for received instances, results and the durable queue."),
         keep_days: Optional[float] = typer.Option(
@@ -90,7 +95,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, forward_tls_ca=forward_tls_ca,
             complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
-            device=device, lesions=lesions, followup=followup, keep_days=keep_days,
+            device=device, lesions=lesions, followup=followup, change_net=change_net, join=join, keep_days=keep_days,
         )
         _setup_logging(not quiet)
         if quiet:

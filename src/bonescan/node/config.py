@@ -55,6 +55,8 @@ class NodeConfig:
         goes with it; the lesion files (JSON, npz, overlay PNG) stay in the store's results/lesions/.
     followup: with `lesions`, compare each study with the latest earlier study of the same PatientID that this
         node has read, and send the follow-up SR too (`node.followup`).
+    change_net: with `followup`, the change network (`bonescan followup-train`) as a second judge of new lesions;
+        the verdict counts them as `join` of its count and the rules' (`followup.change_net.JOINS`).
     keep_days: remove a study's files this many days after it was read, once its results were sent
         (`node.retention`); None keeps everything. retention_interval: seconds between retention passes.
     """
@@ -82,6 +84,8 @@ class NodeConfig:
     forward_timeout: float = 30.0
     lesions: Path | None = None
     followup: bool = False
+    change_net: Path | None = None
+    join: str = "either"
     keep_days: float | None = None
     retention_interval: float = 3600.0
 
@@ -105,6 +109,12 @@ class NodeConfig:
             raise ConfigError("--lesions", f"{self.lesions}: no such run folder")
         if self.followup and self.lesions is None:
             raise ConfigError("--followup", "comparing a study with the patient's prior needs --lesions (a lesion run)")
+        if self.change_net is not None and not self.followup:
+            raise ConfigError("--change-net", "the change network judges follow-up comparisons: it needs --followup")
+        if self.change_net is not None and not Path(self.change_net).is_file():
+            raise ConfigError("--change-net", f"{self.change_net}: no such file")
+        if self.join not in ("either", "network"):
+            raise ConfigError("--join", f"unknown join {self.join!r}; choose either or network")
         if self.keep_days is not None and not self.keep_days > 0:
             raise ConfigError("--keep-days", f"must be > 0 days, got {self.keep_days}")
         if self.complete_after <= 0:

@@ -77,7 +77,7 @@ def still_awaiting(visits: Sequence[PatientStudy], comparison) -> tuple[str, str
 
     if comparison.verdict.status != UNCONFIRMED:
         return None
-    if len(visits) == 3 and len(comparison.followup.new) >= MIN_NEW:  # the confirmatory scan came within 6 weeks
+    if len(visits) == 3 and comparison.new_count >= MIN_NEW:  # the confirmatory scan came within 6 weeks
         return visits[0].study_uid, visits[1].study_uid
     return visits[-2].study_uid, visits[-1].study_uid
 
@@ -115,12 +115,14 @@ def unused_folder(folder: Path) -> Path:
 class PriorComparer:
     """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
 
-    def __init__(self, lesion_model, results: str | Path, reader=None):
-        """`reader`: another lesion reader (`followup.readers`), e.g. the synthetic truth's."""
+    def __init__(self, lesion_model, results: str | Path, reader=None, change_model=None, join: str = "either"):
+        """`reader`: another lesion reader (`followup.readers`), e.g. the synthetic truth's; `change_model`: the
+        change network (`followup.change_net`), a second judge of new lesions, its count joined as `join`."""
         from ..followup import NetworkReader
 
         self.reader = reader or NetworkReader(lesion_model.run_dir, model=lesion_model)
         self.folder = Path(results) / FOLLOWUP_DIR
+        self.change_model, self.join = change_model, join
 
     def compare(self, current: PatientStudy, prior: PatientStudy,
                 awaiting: tuple[PatientStudy, PatientStudy] | None = None,
@@ -139,13 +141,15 @@ class PriorComparer:
         visits = [load_visit(visit_source(study), role) for study, role in zip(studies, roles)]
         reader = KnownLesions(self.reader, known) if known else self.reader
         comparison = compare_visits(visits, reader, first_followup=True,
-                                    known_tracking=earlier_tracking(self.folder, [s.study_uid for s in studies[:-1]]))
+                                    known_tracking=earlier_tracking(self.folder, [s.study_uid for s in studies[:-1]]),
+                                    change_model=self.change_model, join=self.join)
         paths = write_comparison(comparison, unused_folder(self.folder / safe_file_stem(current.study_uid)
                                                            / safe_file_stem(prior.study_uid)))
         change = comparison.confirmatory or comparison.followup
-        against = (f"confirming the {len(comparison.followup.new)} new lesions of {studies[1].study_date} against "
+        against = (f"confirming the {comparison.new_count} new lesions of {studies[1].study_date} against "
                    f"{studies[0].study_date}" if awaiting else f"against the study of {prior.study_date}")
-        summary = (f"{against}: {len(change.new)} new, {len(change.resolved)} resolved, {len(change.persistent)} "
+        counted = comparison.confirm_new_count if comparison.confirmatory else comparison.new_count
+        summary = (f"{against}: {counted} new, {len(change.resolved)} resolved, {len(change.persistent)} "
                    f"persistent; BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} %; PCWG3 "
                    f"{comparison.verdict.status} ({comparison.verdict.reason})")
         results = []

@@ -67,7 +67,13 @@ class Node:
         if config.followup:
             from .followup import PriorComparer
 
-            comparer = PriorComparer(predictor.lesion_step.model, self.paths.results)
+            change_model = None
+            if config.change_net is not None:
+                from ..followup.change_net import load_change_model
+
+                change_model = load_change_model(config.change_net)
+            comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, change_model=change_model,
+                                     join=config.join)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
                                        config.poll, on_result=self.sender.wake.set if self.sender else None,
                                        comparer=comparer)
