@@ -126,6 +126,7 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tup
 
 
 def loss_of(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted binary cross-entropy plus soft Dice over the batch (new-lesion pixels are rare)."""
     p = torch.sigmoid(logit)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
     return F.binary_cross_entropy_with_logits(logit, target, pos_weight=torch.tensor(NEW_PIXEL_WEIGHT)) + dice
@@ -133,6 +134,8 @@ def loss_of(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class OperatingPoint:
+    """Threshold and smallest area of the network's new lesions, with the validation counts they gave."""
+
     threshold: float
     min_pixels: int
     sensitivity: tuple[int, int]
