@@ -4,6 +4,7 @@ point, its file, training with resume, and its count joined with the rules' in `
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -158,6 +159,19 @@ def test_training_resumes_after_a_crash_to_the_same_network(cohort, trained, tmp
     for a, b in zip(resumed.net.state_dict().values(), straight.net.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert (resumed.threshold, resumed.min_pixels) == (straight.threshold, straight.min_pixels)
+
+
+def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_training(cohort, pairs, tmp_path):
+    path, _ = pairs
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(path, run / "pairs_train.npz")  # the pairs of these cohorts, taken as built
+    held = dict(np.load(path))
+    held["n_new"] = np.zeros_like(held["n_new"])  # no patient with new lesions to find
+    np.savez(run / "pairs_val.npz", **held)
+    with pytest.raises(ConfigError, match="with and without >= 2 new lesions") as error:
+        train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False)
+    assert str(cohort) in str(error.value) and not (run / "checkpoint.pt").exists()
 
 
 class FixedJudge:

@@ -179,6 +179,12 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
 
     train_pairs = pairs_for(out / "pairs_train.npz", cohorts, workers, log)
     val_pairs = pairs_for(out / "pairs_val.npz", val_cohorts, workers, log)
+    first = val_pairs["visit"] == 1  # ">= 2 new lesions" is the first follow-up's question
+    positives = int((val_pairs["n_new"][first] >= 2).sum())
+    if positives == 0 or positives == int(first.sum()):  # checked before training, not after
+        raise ConfigError(", ".join(map(str, val_cohorts)), f"the validation cohorts need first follow-ups with and "
+                                                            f"without >= 2 new lesions to choose the threshold; "
+                                                            f"{positives} of {int(first.sum())} have them")
     images, masks = train_pairs["x"], train_pairs["y"]
     torch.manual_seed(seed)
     net = ChangeNet().to(memory_format=torch.channels_last)
@@ -224,7 +230,6 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
                         "steps": steps}, tmp)
         write_text_atomic(out / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, {history[-1]['seconds']:.0f} s")
-    first = val_pairs["visit"] == 1  # ">= 2 new lesions" is the first follow-up's question
     point = choose_operating_point(probability_maps(net, val_pairs["x"][first]), val_pairs["n_new"][first])
     log(f"operating point on the validation cohorts: threshold {point.threshold}, areas of >= {point.min_pixels} "
         f"pixels; >= 2 new lesions: sensitivity {point.sensitivity[0]}/{point.sensitivity[1]}, specificity "
