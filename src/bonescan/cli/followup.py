@@ -43,10 +43,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
         from ..followup import NetworkReader, OracleReader, compare_visits, load_visit
         from ..followup.evaluate import run_followup_batch, summarize, write_followup_report
+        from ..followup.change_net import JOINS, load_change_model
         from ..followup.output import write_comparison
         from ..followup.visits import ROLES
-
-        from ..followup.change_net import JOINS, load_change_model
 
         if join not in JOINS:
             raise ConfigError("--join", f"unknown join {join!r}; choose one of {', '.join(JOINS)}")

@@ -113,7 +113,7 @@ class NodeConfig:
             raise ConfigError("--change-net", "the change network judges follow-up comparisons: it needs --followup")
         if self.change_net is not None and not Path(self.change_net).is_file():
             raise ConfigError("--change-net", f"{self.change_net}: no such file")
-        if self.join not in ("either", "network"):
+        if self.join not in ("either", "network"):  # followup.change_net.JOINS, not imported: it loads torch
             raise ConfigError("--join", f"unknown join {self.join!r}; choose either or network")
         if self.keep_days is not None and not self.keep_days > 0:
             raise ConfigError("--keep-days", f"must be > 0 days, got {self.keep_days}")
