@@ -172,6 +172,8 @@ def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_tra
     with pytest.raises(ConfigError, match="with and without >= 2 new lesions") as error:
         train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False)
     assert str(cohort) in str(error.value) and not (run / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="--new-pixel-weight"):
+        train_change_network(run, [cohort], [cohort], epochs=1, workers=1, progress=False, new_pixel_weight=0)
 
 
 class FixedJudge:

@@ -118,6 +118,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue after the run's last finished epoch."),
         workers: int = typer.Option(2, "--workers", help="Processes that build the visit pairs."),
         seed: int = typer.Option(0, "--seed"),
+        new_pixel_weight: float = typer.Option(10.0, "--new-pixel-weight", help="Weight of new-lesion pixels in the "
+                                               "loss; higher paints fainter lesions (30: more sensitive, README)."),
     ) -> None:
         """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
         from ..followup.change_train import train_change_network
@@ -126,5 +128,5 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if not (folder / "manifest.csv").is_file():
                 raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
         path = train_change_network(out, cohorts, val, epochs, lr, batch, resume, workers, seed,
-                                    progress=sys.stderr.isatty())
+                                    progress=sys.stderr.isatty(), new_pixel_weight=new_pixel_weight)
         typer.echo(f"change network: {path} (use: bonescan followup --change-net {path})")

@@ -8,8 +8,8 @@
 
 Truth: the pixels (in the network's geometry) of the later visit's metastases none of whose findings showed on any
 earlier visit, confluent ones as one (`evaluate._new_lesions`, the count `bonescan followup --evaluate` measures
-against). Loss: binary cross-entropy with new-lesion pixels weighted 10 (they are rare) plus a soft Dice over the
-batch; AdamW, one-cycle schedule; flips and a shift of up to 2 pixels of the earlier visit (a registration's
+against). Loss: binary cross-entropy with new-lesion pixels weighted 10 (they are rare; `--new-pixel-weight`)
+plus a soft Dice over the batch; AdamW, one-cycle schedule; flips and a shift of up to 2 pixels of the earlier visit (a registration's
 residual) and each visit's count level scaled on its own. The operating point (threshold, smallest area) gives the
 highest patient sensitivity for ">= 2 new lesions" on the first follow-ups of the validation cohorts at specificity
 >= MIN_SPECIFICITY.
@@ -125,11 +125,11 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tup
     return x.clamp(0, 1.2), y
 
 
-def loss_of(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def loss_of(logit: torch.Tensor, target: torch.Tensor, new_pixel_weight: float = NEW_PIXEL_WEIGHT) -> torch.Tensor:
     """Weighted binary cross-entropy plus soft Dice over the batch (new-lesion pixels are rare)."""
     p = torch.sigmoid(logit)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-    return F.binary_cross_entropy_with_logits(logit, target, pos_weight=torch.tensor(NEW_PIXEL_WEIGHT)) + dice
+    return F.binary_cross_entropy_with_logits(logit, target, pos_weight=torch.tensor(new_pixel_weight)) + dice
 
 
 @dataclass
@@ -161,7 +161,7 @@ def choose_operating_point(maps: np.ndarray, n_new: np.ndarray) -> OperatingPoin
 
 def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list[Path], epochs: int = 24,
                          lr: float = 2e-3, batch: int = 8, resume: bool = False, workers: int = 2, seed: int = 0,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, new_pixel_weight: float = NEW_PIXEL_WEIGHT) -> Path:
     """Build the pairs, train (resuming after the last finished epoch with `resume`), choose the operating point on
     the validation cohorts' first follow-ups and write RUN/change_net.pt."""
     from tqdm import tqdm
@@ -170,6 +170,8 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
     checkpoint_path = out / "checkpoint.pt"
     if epochs < 1 or batch < 1:
         raise ConfigError("bonescan followup-train", f"epochs and batch must be >= 1, got {epochs} and {batch}")
+    if not new_pixel_weight > 0:
+        raise ConfigError("--new-pixel-weight", f"must be > 0, got {new_pixel_weight}")
     if checkpoint_path.exists() and not resume:
         raise RunError(out, "holds a checkpoint already: --resume continues it, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +216,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
             rows = np.sort(order[step * batch:(step + 1) * batch])
             x, y = augment(torch.from_numpy(images[rows].astype(np.float32)),
                            torch.from_numpy(masks[rows].astype(np.float32)), generator)
-            loss = loss_of(net(x.contiguous(memory_format=torch.channels_last)), y)
+            loss = loss_of(net(x.contiguous(memory_format=torch.channels_last)), y, new_pixel_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -236,5 +238,6 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         f"{point.specificity[0]}/{point.specificity[1]}")
     trained_on = {"cohorts": [str(c) for c in cohorts], "val_cohorts": [str(c) for c in val_cohorts],
                   "pairs": int(len(images)), "epochs": epochs, "views": list(VIEWS),
+                  "new_pixel_weight": float(new_pixel_weight),
                   "val_sensitivity": list(point.sensitivity), "val_specificity": list(point.specificity)}
     return save_change_model(out / "change_net.pt", net, point.threshold, point.min_pixels, trained_on)
