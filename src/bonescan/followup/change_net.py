@@ -62,7 +62,7 @@ def warp_onto(earlier: np.ndarray, later: np.ndarray, transform: ViewTransform) 
     moving.SetSpacing((transform.moving_spacing[1], transform.moving_spacing[0]))
     fixed = sitk.GetImageFromArray(np.zeros(np.shape(later), np.float32))
     fixed.SetSpacing((transform.fixed_spacing[1], transform.fixed_spacing[0]))
-    return sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform._sitk(), sitk.sitkLinear, 0.0))
+    return sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform.as_sitk(), sitk.sitkLinear, 0.0))
 
 
 def pair_input(later: Study, earlier: Study) -> np.ndarray:

@@ -7,12 +7,12 @@
     RUN/change_net.pt                    the network with the operating point chosen on the validation pairs
 
 Truth: the pixels (in the network's geometry) of the later visit's metastases none of whose findings showed on any
-earlier visit, confluent ones as one (`evaluate._new_lesions`, the count `bonescan followup --evaluate` measures
-against). Loss: binary cross-entropy with new-lesion pixels weighted 10 (they are rare; `--new-pixel-weight`)
-plus a soft Dice over the batch; AdamW, one-cycle schedule; flips and a shift of up to 2 pixels of the earlier visit (a registration's
-residual) and each visit's count level scaled on its own. The operating point (threshold, smallest area) gives the
-highest patient sensitivity for ">= 2 new lesions" on the first follow-ups of the validation cohorts at specificity
->= MIN_SPECIFICITY.
+earlier visit, confluent ones as one (`evaluate.new_lesion_ids`, the count `bonescan followup --evaluate` measures
+against). Loss: binary cross-entropy with new-lesion pixels weighted 10 (they are rare; `--new-pixel-weight`) plus a
+soft Dice over the batch; AdamW, one-cycle schedule; flips and a shift of up to 2 pixels of the earlier visit (a
+registration's residual) and each visit's count level scaled on its own. The operating point (threshold, smallest
+area) gives the highest patient sensitivity for ">= 2 new lesions" on the first follow-ups of the validation cohorts
+at specificity >= MIN_SPECIFICITY.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..fileio import atomic_path, write_text_atomic
 from ..lesions.dataset import targets_in_network_geometry
 from ..study import VIEWS
 from .change_net import PREPROCESS, ChangeNet, area_masks, pair_input, probability_maps, save_change_model
-from .evaluate import _new_lesions, _shown, _visit_files, manifest_patients, truth_of
+from .evaluate import manifest_patients, new_lesion_ids, shown_identities, truth_of, visit_files
 from .visits import load_visit
 
 MIN_SPECIFICITY = 0.92
@@ -46,14 +46,14 @@ NEW_PIXEL_WEIGHT = 10.0
 def patient_pairs(root: Path, rows: pd.DataFrame) -> list[dict]:
     """Each later visit (of the first three) of one patient with the visit before it, and its new-lesion mask."""
     rows = rows.head(3)
-    files = [[str(root / f) for f in _visit_files(row)] for _, row in rows.iterrows()]
+    files = [[str(root / f) for f in visit_files(row)] for _, row in rows.iterrows()]
     visits = [load_visit(f if len(f) == 2 else f[0], "visit") for f in files]
     truths = truth_of(rows.assign(truth=[str(root / t) for t in rows["truth"]]))
     seen, pairs = set(), []
     for k in range(1, len(visits)):
-        seen |= _shown(truths[k - 1])
+        seen |= shown_identities(truths[k - 1])
         confluent = truths[k].confluent_metastases()
-        new = _new_lesions(truths[k], seen, confluent)
+        new = new_lesion_ids(truths[k], seen, confluent)
         _, hot = targets_in_network_geometry(truths[k].regions, confluent[0], new, PREPROCESS)
         pairs.append({"x": pair_input(visits[k].study, visits[k - 1].study).astype(np.float16),
                       "y": (hot == 2).astype(np.uint8), "n_new": len(new), "visit": k,

@@ -93,7 +93,8 @@ def manifest_patients(manifest: str | Path) -> tuple[pd.DataFrame, dict[str, pd.
     return df, {pid: g.sort_values("timepoint", kind="stable") for pid, g in df.groupby("patient_id", sort=True)}
 
 
-def _visit_files(row: pd.Series) -> list[str]:
+def visit_files(row: pd.Series) -> list[str]:
+    """A manifest row's files, as written: one study path, or the anterior and posterior images."""
     path = row.get("path")
     if isinstance(path, str) and path:
         return [path]
@@ -106,7 +107,7 @@ def compare_patient(rows: pd.DataFrame, reader: LesionReader, first_followup: bo
     rows = rows.head(3)
     start = int(rows["timepoint"].iloc[0])
     visits = [load_visit(files if len(files) == 2 else files[0], role, int(t) - start)
-              for files, role, t in zip((_visit_files(r) for _, r in rows.iterrows()), ROLES, rows["timepoint"])]
+              for files, role, t in zip((visit_files(r) for _, r in rows.iterrows()), ROLES, rows["timepoint"])]
     return compare_visits(visits, reader, first_followup, force, change_model=change_model, join=join)
 
 
@@ -127,18 +128,19 @@ def truth_changes(truths: list[LesionTruth]) -> tuple[int, int | None, float]:
     are one focus) none of whose findings showed on an earlier visit. A new metastasis touching an old one reads as
     that one's growth, two touching new ones as one new focus.
     """
-    new = len(_new_lesions(truths[1], _shown(truths[0])))
-    more = len(_new_lesions(truths[2], _shown(truths[0]) | _shown(truths[1]))) if len(truths) > 2 else None
+    new = len(new_lesion_ids(truths[1], shown_identities(truths[0])))
+    more = (len(new_lesion_ids(truths[2], shown_identities(truths[0]) | shown_identities(truths[1])))
+            if len(truths) > 2 else None)
     bsi = [bone_scan_index(t.regions, t.malignant_mask())[0] for t in truths[:2]]
     return new, more, bsi[1] - bsi[0]
 
 
-def _shown(truth: LesionTruth) -> set[int]:
+def shown_identities(truth: LesionTruth) -> set[int]:
     """Identities of the findings with at least one pixel in either view."""
     return {i for i, shown in zip(truth.identity, truth.shown()[1:]) if i and shown}
 
 
-def _new_lesions(truth: LesionTruth, before: set[int],
+def new_lesion_ids(truth: LesionTruth, before: set[int],
                  confluent: tuple[np.ndarray, list[int]] | None = None) -> list[int]:
     """Lesion ids (`confluent_metastases`, or `confluent` when the caller has it already) of `truth` none of whose
     member findings is in `before`."""
@@ -167,7 +169,7 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
     table, patients = manifest_patients(manifest)
     if isinstance(reader, OracleReader) and "truth" in table.columns:  # the manifest says where each truth file is
         for _, row in table.iterrows():
-            reader.truth_files.update({str(f): row["truth"] for f in _visit_files(row) if row["truth"]})
+            reader.truth_files.update({str(f): row["truth"] for f in visit_files(row) if row["truth"]})
     out = Path(out)
     results = []
     for n, (pid, rows) in enumerate(patients.items(), 1):
@@ -215,8 +217,8 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status
     confluent = truths[1].confluent_metastases()
-    result.fates = count_fates(new_lesion_fates(confluent[0], _new_lesions(truths[1], _shown(truths[0]), confluent),
-                                                hotspot_fates(comparison)))
+    new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
+    result.fates = count_fates(new_lesion_fates(confluent[0], new_ids, hotspot_fates(comparison)))
     for pair in comparison.pairs:
         a = _identity_at(truths[pair.earlier], pair.view, pair.first.centroid)
         b = _identity_at(truths[pair.later], pair.view, pair.second.centroid)

@@ -41,7 +41,7 @@ class ViewTransform:
     fixed_spacing: tuple[float, float]
     metric: float  # final normalised correlation (ITK's sign: -1 is perfect)
 
-    def _sitk(self) -> sitk.Euler2DTransform:
+    def as_sitk(self) -> sitk.Euler2DTransform:
         transform = sitk.Euler2DTransform()
         transform.SetCenter(self.centre)
         transform.SetAngle(self.angle)
@@ -51,7 +51,7 @@ class ViewTransform:
     def to_fixed(self, points_rc: np.ndarray) -> np.ndarray:
         """(n, 2) moving pixels (row, col) -> baseline pixels (row, col)."""
         points = np.asarray(points_rc, float).reshape(-1, 2)
-        inverse = self._sitk().GetInverse()
+        inverse = self.as_sitk().GetInverse()
         (mr, mc), (fr, fc) = self.moving_spacing, self.fixed_spacing
         out = [inverse.TransformPoint((float(c * mc), float(r * mr))) for r, c in points]
         return np.array([(y / fr, x / fc) for x, y in out]).reshape(-1, 2)
