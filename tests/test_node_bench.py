@@ -7,6 +7,7 @@ import pytest
 from nodekit import make_lesion_run
 
 from bonescan.cli import main
+from bonescan.followup.change_net import ChangeNet, save_change_model
 
 pytestmark = pytest.mark.slow  # two node start-ups and synthetic studies: about 25 s on 2 shared cores
 
@@ -62,11 +63,26 @@ def test_bench_node_with_followup_sends_a_study_of_one_file_per_view_whole(tmp_p
     manifest = pd.read_csv(tmp_path / "data" / "manifest.csv")
     assert manifest["path"].isna().all() and manifest["anterior"].notna().all()  # two files per visit
     lesions = make_lesion_run(tmp_path / "lesion-run")
+    change_net = save_change_model(tmp_path / "change.pt", ChangeNet((4, 8, 16)), 0.5, 1)  # the node's second judge
     code = main(["bench", "node", "--cases", "2", "--associations", "1", "--preset", "tiny", "--threads", "1",
-                 "--lesions", str(lesions), "--followup", "--data", str(tmp_path / "data")])
+                 "--lesions", str(lesions), "--followup", "--data", str(tmp_path / "data"),
+                 "--change-net", str(change_net)])
     out = capsys.readouterr().out
     assert code == 0
+    assert f"change network {change_net} (join either)" in out
     first = manifest[manifest["patient_id"] == sorted(manifest["patient_id"])[0]]
     later = int((first["timepoint"] > 0).sum())
     assert f"results at the destination: {len(first)} studies, lost 0, duplicated 0" in out
     assert f"follow-up: {later} follow-up SRs for {later} later visits" in out
+
+
+def test_bench_node_refuses_a_change_network_without_followup_or_not_a_change_network(tmp_path, capsys):
+    not_a_network = tmp_path / "notes.pt"
+    not_a_network.write_text("not a network")
+    lesions = str(tmp_path / "lesion-run")  # never reached: the change network is checked first
+    assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--change-net", str(not_a_network)]) == 2
+    assert "it needs --followup" in capsys.readouterr().err
+    assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--lesions", lesions, "--followup",
+                 "--change-net", str(not_a_network), "--data", str(tmp_path / "data")]) == 2
+    assert "not a change-network file" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

@@ -136,13 +136,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         followup: bool = typer.Option(
             False, "--followup", help="The node's --followup: send the visits of followed patients in date order "
                                       "(--cases counts studies, whole patients); later visits reported apart."),
+        change_net: Optional[Path] = typer.Option(
+            None, "--change-net", help="With --followup: the node's --change-net (bonescan followup-train)."),
+        join: str = typer.Option("either", "--join", help="With --change-net: the node's --join."),
     ) -> None:
         """Studies per minute and first-byte-to-result latency (median, p95) through a node subprocess."""
         from ..node.bench import benchmark_node
 
         result = benchmark_node(cases=cases, associations=associations, run=run, preset=preset, kills=kills,
                                 rate=rate, data=data, seed=seed, threads=threads, batch_size=batch_size,
-                                lesions=lesions, followup=followup,
+                                lesions=lesions, followup=followup, change_net=change_net, join=join,
                                 progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
         for line in result.lines():
             typer.echo(line)

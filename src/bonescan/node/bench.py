@@ -10,7 +10,8 @@ figures then include the restarts, and the report counts lost and duplicated res
 node with a lesion run: a study's latency then ends with the last of its SC, SR and Segmentations. `--followup`
 adds the node's follow-up: the studies are the visits of followed patients (`bonescan synth --follow-up`), sent in
 date order, and a later visit's latency ends with its follow-up SR and side-by-side SC; first and later visits are
-reported apart. A study is one file or two (a camera that writes one file per view, as `--site mixed` cohorts hold):
+reported apart; `--change-net FILE` has the node's follow-up judge new lesions with the change network too.
+A study is one file or two (a camera that writes one file per view, as `--site mixed` cohorts hold):
 its files go over one association one after the other, and its latency starts with the first.
 """
 
@@ -260,12 +261,21 @@ def _followup_files(data: Path, cases: int, seed: int, say: Callable[[str], None
 def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | None = None, preset: str = "cpu-small",
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
                    threads: int | None = None, batch_size: int = 1, lesions: str | Path | None = None,
-                   followup: bool = False, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+                   followup: bool = False, change_net: str | Path | None = None, join: str = "either",
+                   progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
     if followup and lesions is None:
         raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
+    if change_net is not None and not followup:
+        raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")
+    if change_net is not None:
+        from ..followup.change_net import JOINS, load_change_model
+
+        load_change_model(change_net)  # a bad file is refused here, not after the studies are made
+        if join not in JOINS:
+            raise ConfigError("--join", f"unknown join {join!r}; use {' or '.join(JOINS)}")
     say = progress or (lambda message: None)
     work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
     node = None
@@ -277,6 +287,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             weights = f"trained, from {run}"
         if lesions is not None:
             weights += f"; lesion run {lesions}"
+        if change_net is not None:
+            weights += f"; change network {change_net} (join {join})"
         later: set[str] = set()
         if followup:
             studies, later = _followup_files(Path(data) if data else work / "data", cases, seed, say)
@@ -301,6 +313,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             command += ["--lesions", str(lesions)]
         if followup:
             command += ["--followup"]
+        if change_net is not None:
+            command += ["--change-net", str(change_net), "--join", join]
 
         def start() -> tuple[subprocess.Popen, int]:
             (store / "node.json").unlink(missing_ok=True)
