@@ -161,6 +161,43 @@ def test_training_resumes_after_a_crash_to_the_same_network(cohort, trained, tmp
     assert (resumed.threshold, resumed.min_pixels) == (straight.threshold, straight.min_pixels)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_runs_in_the_precision_asked_and_resumes_only_in_it(cohort, pairs, tmp_path, monkeypatch, precision):
+    path, _ = pairs
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("pairs_train.npz", "pairs_val.npz"):
+        shutil.copy(path, run / name)  # the pairs of these cohorts, taken as built
+    seen = set()
+    forward = ChangeNet.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        if self.training:
+            seen.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(ChangeNet, "forward", recording)
+    model = train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False,
+                                 precision=precision)
+    assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    document = torch.load(model, weights_only=True)
+    assert document["trained_on"]["precision"] == precision
+    assert all(v.dtype == torch.float32 for v in document["state"].values() if v.is_floating_point())
+    assert np.isfinite(pd.read_csv(run / "metrics.csv")["loss"]).all()
+    other = "fp32" if precision == "bf16" else "bf16"
+    with pytest.raises(RunError, match=f"was trained in {precision}"):
+        train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False, resume=True,
+                             precision=other)
+
+
+def test_training_refuses_a_precision_this_cpu_cannot_run_before_building_pairs(cohort, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(run), "--precision", "fp16"]) == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_training(cohort, pairs, tmp_path):
     path, _ = pairs
     run = tmp_path / "run"

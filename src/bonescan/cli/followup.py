@@ -120,6 +120,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         new_pixel_weight: float = typer.Option(10.0, "--new-pixel-weight", help="Weight of new-lesion pixels in the "
                                                "loss; higher paints fainter lesions (30: more sensitive, README)."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | auto (bf16 where this CPU runs it "
+                                      "faster, AMX): the training forward pass; the loss and weights stay fp32."),
     ) -> None:
         """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
         from ..followup.change_train import train_change_network
@@ -128,5 +130,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if not (folder / "manifest.csv").is_file():
                 raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
         path = train_change_network(out, cohorts, val, epochs, lr, batch, resume, workers, seed,
-                                    progress=sys.stderr.isatty(), new_pixel_weight=new_pixel_weight)
+                                    progress=sys.stderr.isatty(), new_pixel_weight=new_pixel_weight,
+                                    precision=precision)
         typer.echo(f"change network: {path} (use: bonescan followup --change-net {path})")

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..device import choose_precision
 from ..errors import ConfigError, RunError
 from ..fileio import atomic_path, write_text_atomic
 from ..lesions.dataset import targets_in_network_geometry
@@ -161,9 +162,14 @@ def choose_operating_point(maps: np.ndarray, n_new: np.ndarray) -> OperatingPoin
 
 def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list[Path], epochs: int = 24,
                          lr: float = 2e-3, batch: int = 8, resume: bool = False, workers: int = 2, seed: int = 0,
-                         progress: bool = True, new_pixel_weight: float = NEW_PIXEL_WEIGHT) -> Path:
+                         progress: bool = True, new_pixel_weight: float = NEW_PIXEL_WEIGHT,
+                         precision: str = "fp32") -> Path:
     """Build the pairs, train (resuming after the last finished epoch with `resume`), choose the operating point on
-    the validation cohorts' first follow-ups and write RUN/change_net.pt."""
+    the validation cohorts' first follow-ups and write RUN/change_net.pt.
+
+    `precision`: the training forward pass in fp32, bf16 (autocast; the loss and the weights stay fp32) or auto
+    (bf16 where the CPU runs it faster, `device.choose_precision`). The operating point is chosen in fp32, as
+    `bonescan followup` runs the network."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -172,6 +178,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         raise ConfigError("bonescan followup-train", f"epochs and batch must be >= 1, got {epochs} and {batch}")
     if not new_pixel_weight > 0:
         raise ConfigError("--new-pixel-weight", f"must be > 0, got {new_pixel_weight}")
+    chosen = choose_precision(torch.device("cpu"), precision)
     if checkpoint_path.exists() and not resume:
         raise RunError(out, "holds a checkpoint already: --resume continues it, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -201,12 +208,16 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         if state["epochs"] != epochs or state["steps"] != steps:
             raise RunError(checkpoint_path, f"was trained for {state['epochs']} epochs of {state['steps']} steps; "
                                             f"resume with the same --epochs, batch and cohorts")
+        if state.get("precision", "fp32") != chosen.name:
+            raise RunError(checkpoint_path, f"was trained in {state.get('precision', 'fp32')}; resume with the same "
+                                            f"--precision (got {chosen.name})")
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         history, first_epoch = list(state["history"]), int(state["epoch"])
         log(f"resuming after epoch {first_epoch}")
+    log(f"training in {chosen.name}: {epochs} epochs of {steps} batches of {batch} pairs")
     for epoch in range(first_epoch, epochs):
         net.train()
         order, start, losses = torch.randperm(len(images), generator=generator).numpy(), time.time(), []
@@ -216,7 +227,9 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
             rows = np.sort(order[step * batch:(step + 1) * batch])
             x, y = augment(torch.from_numpy(images[rows].astype(np.float32)),
                            torch.from_numpy(masks[rows].astype(np.float32)), generator)
-            loss = loss_of(net(x.contiguous(memory_format=torch.channels_last)), y, new_pixel_weight)
+            with chosen.autocast():
+                logit = net(x.contiguous(memory_format=torch.channels_last))
+            loss = loss_of(logit.float(), y, new_pixel_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -229,7 +242,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         with atomic_path(checkpoint_path) as tmp:
             torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                         "generator": generator.get_state(), "history": history, "epoch": epoch + 1, "epochs": epochs,
-                        "steps": steps}, tmp)
+                        "steps": steps, "precision": chosen.name}, tmp)
         write_text_atomic(out / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, {history[-1]['seconds']:.0f} s")
     point = choose_operating_point(probability_maps(net, val_pairs["x"][first]), val_pairs["n_new"][first])
@@ -238,6 +251,6 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         f"{point.specificity[0]}/{point.specificity[1]}")
     trained_on = {"cohorts": [str(c) for c in cohorts], "val_cohorts": [str(c) for c in val_cohorts],
                   "pairs": int(len(images)), "epochs": epochs, "views": list(VIEWS),
-                  "new_pixel_weight": float(new_pixel_weight),
+                  "new_pixel_weight": float(new_pixel_weight), "precision": chosen.name,
                   "val_sensitivity": list(point.sensitivity), "val_specificity": list(point.specificity)}
     return save_change_model(out / "change_net.pt", net, point.threshold, point.min_pixels, trained_on)

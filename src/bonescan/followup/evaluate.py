@@ -141,7 +141,7 @@ def shown_identities(truth: LesionTruth) -> set[int]:
 
 
 def new_lesion_ids(truth: LesionTruth, before: set[int],
-                 confluent: tuple[np.ndarray, list[int]] | None = None) -> list[int]:
+                   confluent: tuple[np.ndarray, list[int]] | None = None) -> list[int]:
     """Lesion ids (`confluent_metastases`, or `confluent` when the caller has it already) of `truth` none of whose
     member findings is in `before`."""
     instances, lesions = confluent if confluent is not None else truth.confluent_metastases()
