@@ -57,6 +57,33 @@ def test_pairs_hold_each_later_visit_with_the_earlier_one_registered_and_the_new
     assert np.median(registered) > 0.8 and np.median(registered) > np.median(unrelated)
 
 
+def test_a_patient_whose_study_cannot_be_read_is_left_out_of_the_pairs_and_named(cohort, pairs, tmp_path):
+    from bonescan.followup.change_train import pairs_for
+    from bonescan.followup.evaluate import visit_files
+
+    broken = tmp_path / "cohort"
+    shutil.copytree(cohort, broken)
+    _, patients = manifest_patients(broken / "manifest.csv")
+    victim, rows = next(iter(patients.items()))
+    (broken / visit_files(rows.iloc[1])[0]).write_bytes(b"not a DICOM file")  # its first follow-up
+    logged = []
+    held = pairs_for(tmp_path / "pairs.npz", [broken], 1, logged.append)
+    _, count = pairs
+    assert len(held["x"]) == count - (len(rows.head(3)) - 1) > 0  # the victim's later visits, nobody else's
+    assert victim not in set(held["patient"])
+    assert len(held["skipped"]) == 1 and f"{broken} {victim}:" in held["skipped"][0]
+    assert any(victim in line and "left out" in line for line in logged)
+    logged.clear()
+    pairs_for(tmp_path / "pairs.npz", [broken], 1, logged.append)  # taken as built, still named
+    assert any("built before" in line for line in logged) and any(victim in line for line in logged)
+
+    for _, rows in patients.items():
+        (broken / visit_files(rows.iloc[0])[0]).write_bytes(b"not a DICOM file")
+    with pytest.raises(ConfigError, match="no patient could be paired"):
+        build_pairs(tmp_path / "none.npz", [broken], workers=1)
+    assert not (tmp_path / "none.npz").exists()
+
+
 def test_new_areas_count_a_lesion_of_both_views_once_and_lie_where_it_is_in_the_study():
     study = Study("s", np.zeros((1024, 256), np.float32), np.zeros((1024, 256), np.float32), (2.4, 2.4))
     probability = np.zeros((2, PREPROCESS.height, PREPROCESS.width), np.float32)

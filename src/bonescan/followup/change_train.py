@@ -1,7 +1,9 @@
 """Training the change network (`change_net`) on synthetic follow-up cohorts, with resume.
 
     RUN/pairs_train.npz, pairs_val.npz   every later visit with the visit before it registered onto it, and the
-                                         pixels of its new lesions (built once, rebuilt when the cohorts differ)
+                                         pixels of its new lesions (built once, rebuilt when the cohorts differ);
+                                         a patient whose studies or truth cannot be read is left out, and the file
+                                         lists it with the reason (`skipped`, logged)
     RUN/checkpoint.pt                    network, optimiser, schedule and sampler after the last finished epoch
     RUN/metrics.csv                      loss and seconds per epoch
     RUN/change_net.pt                    the network with the operating point chosen on the validation pairs
@@ -17,6 +19,7 @@ at specificity >= MIN_SPECIFICITY.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import choose_precision
-from ..errors import ConfigError, RunError
+from ..errors import BoneScanError, ConfigError, RunError
 from ..fileio import atomic_path, write_text_atomic
 from ..lesions.dataset import targets_in_network_geometry
 from ..study import VIEWS
@@ -62,13 +65,22 @@ def patient_pairs(root: Path, rows: pd.DataFrame) -> list[dict]:
     return pairs
 
 
-def _patient_job(job: tuple[Path, pd.DataFrame]) -> list[dict]:
-    return patient_pairs(*job)
+def _patient_job(job: tuple[Path, pd.DataFrame]) -> tuple[list[dict], str | None]:
+    """The patient's pairs, or none and why: one unreadable patient must not end a build of thousands."""
+    root, rows = job
+    try:
+        return patient_pairs(root, rows), None
+    except BoneScanError as error:
+        reason = str(error)
+    except Exception as error:  # noqa: BLE001 - reported per patient, the build goes on
+        reason = f"{type(error).__name__}: {error}"
+    return [], f"{root} {rows['patient_id'].iloc[0]}: {reason}"
 
 
 def build_pairs(out: Path, cohorts: list[Path], workers: int = 2,
                 progress: Callable[[int, int], None] | None = None) -> int:
-    """Pairs of every patient of `cohorts` (folders holding a follow-up manifest.csv) into `out` (npz)."""
+    """Pairs of every patient of `cohorts` (folders holding a follow-up manifest.csv) into `out` (npz); patients that
+    fail are left out and listed in its `skipped` (cohort, patient id and reason)."""
     jobs = []
     for root in cohorts:
         _, patients = manifest_patients(root / "manifest.csv")
@@ -79,39 +91,49 @@ def build_pairs(out: Path, cohorts: list[Path], workers: int = 2,
     if not jobs:
         raise ConfigError(cohorts[0], "no patient with two visits to pair")
     pairs: list[dict] = []
-    if workers <= 1:
-        for n, job in enumerate(jobs, 1):
-            pairs += _patient_job(job)
+    skipped: list[str] = []
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.map(_patient_job, jobs, chunksize=4) if pool else map(_patient_job, jobs)
+        for n, (found, failure) in enumerate(results, 1):
+            pairs += found
+            skipped += [failure] if failure else []
             if progress:
                 progress(n, len(jobs))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for n, found in enumerate(pool.map(_patient_job, jobs, chunksize=4), 1):
-                pairs += found
-                if progress:
-                    progress(n, len(jobs))
+    if not pairs:
+        raise ConfigError(", ".join(map(str, cohorts)), f"no patient could be paired; {len(skipped)} failed, e.g. "
+                                                        + "; ".join(skipped[:3]))
     arrays = {key: np.stack([p[key] for p in pairs]) if key in ("x", "y") else np.array([p[key] for p in pairs])
               for key in pairs[0]}
     arrays["sources"] = np.array(sorted(str(c.resolve()) for c in cohorts))
+    arrays["skipped"] = np.array(skipped, dtype=str)
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     return len(pairs)
 
 
 def pairs_for(out: Path, cohorts: list[Path], workers: int, log: Callable[[str], None]) -> np.lib.npyio.NpzFile:
-    """The pairs file of `cohorts`, built unless `out` already holds the pairs of exactly these cohorts."""
+    """The pairs file of `cohorts`, built unless `out` already holds the pairs of exactly these cohorts; the patients
+    left out of it are logged."""
     wanted = sorted(str(c.resolve()) for c in cohorts)
+    built_before = False
     if out.is_file():
         with np.load(out) as held:
-            if sorted(held["sources"].tolist()) == wanted:
-                log(f"pairs: {out} (built before)")
-                return np.load(out)
-    start = time.time()
-    n = build_pairs(out, cohorts, workers,
-                    lambda done, total: log(f"pairs: {done}/{total} patients") if done % 50 == 0 or done == total
-                    else None)
-    log(f"pairs: {n} -> {out} in {time.time() - start:.0f} s")
-    return np.load(out)
+            built_before = sorted(held["sources"].tolist()) == wanted
+    if built_before:
+        log(f"pairs: {out} (built before)")
+    else:
+        start = time.time()
+        n = build_pairs(out, cohorts, workers,
+                        lambda done, total: log(f"pairs: {done}/{total} patients") if done % 50 == 0 or done == total
+                        else None)
+        log(f"pairs: {n} -> {out} in {time.time() - start:.0f} s")
+    held = np.load(out)
+    skipped = held["skipped"] if "skipped" in held.files else []  # files built before the list was kept
+    for failure in skipped:
+        log(f"pairs: patient left out: {failure}")
+    if len(skipped):
+        log(f"pairs: {len(skipped)} patients left out of {out.name} (listed above and in its `skipped`)")
+    return held
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
