@@ -117,8 +117,12 @@ def test_the_operating_point_is_the_most_sensitive_at_the_wanted_specificity():
     maps = np.stack([patient(0.55)] * 6 + [patient(0.35)] * 4 + [patient(0.0)] * 6)
     n_new = np.array([2] * 6 + [0] * 10)
     point = choose_operating_point(maps, n_new)
-    # 0.1-0.3 call the four negatives with faint pairs (specificity 0.6); 0.4 and 0.5 find all six: the first wins
+    # 0.01-0.3 call the four negatives with faint pairs (specificity 0.6); 0.4 and 0.5 find all six: the first wins
     assert (point.threshold, point.min_pixels) == (0.4, 1)
+    assert point.sensitivity == (6, 6) and point.specificity == (10, 10)
+    # a bold network's new lesions may all stay under 0.1: the grid reaches below it (0.01 calls the faint negatives)
+    point = choose_operating_point(np.stack([patient(0.07)] * 6 + [patient(0.015)] * 4 + [patient(0.0)] * 6), n_new)
+    assert (point.threshold, point.min_pixels) == (0.02, 1)
     assert point.sensitivity == (6, 6) and point.specificity == (10, 10)
 
 

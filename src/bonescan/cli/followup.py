@@ -110,7 +110,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         cohorts: list[Path] = typer.Argument(..., help="Synthetic follow-up cohorts to train on (bonescan synth "
                                              "--follow-up folders)."),
         val: list[Path] = typer.Option(..., "--val", help="Follow-up cohort(s) that choose the operating point "
-                                       "(repeat the option for more)."),
+                                       "(repeat the option for more; about 1,000 patients choose it well, README)."),
         out: Path = typer.Option(..., "--out", help="Run folder: pairs, checkpoint, metrics.csv, change_net.pt."),
         epochs: int = typer.Option(24, "--epochs"),
         lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
@@ -118,8 +118,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue after the run's last finished epoch."),
         workers: int = typer.Option(2, "--workers", help="Processes that build the visit pairs."),
         seed: int = typer.Option(0, "--seed"),
-        new_pixel_weight: float = typer.Option(10.0, "--new-pixel-weight", help="Weight of new-lesion pixels in the "
-                                               "loss; higher paints fainter lesions (30: more sensitive, README)."),
+        new_pixel_weight: float = typer.Option(30.0, "--new-pixel-weight", help="Weight of new-lesion pixels in the "
+                                               "loss; higher paints fainter lesions (10 found fewer, README)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | auto (bf16 where this CPU runs it "
                                       "faster, AMX): the training forward pass; the loss and weights stay fp32."),
     ) -> None:
