@@ -85,4 +85,8 @@ def test_bench_node_refuses_a_change_network_without_followup_or_not_a_change_ne
     assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--lesions", lesions, "--followup",
                  "--change-net", str(not_a_network), "--data", str(tmp_path / "data")]) == 2
     assert "not a change-network file" in capsys.readouterr().err
+    change_net = save_change_model(tmp_path / "change.pt", ChangeNet((4, 8, 16)), 0.5, 1)
+    assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--lesions", lesions, "--followup",
+                 "--change-net", str(change_net), "--join", "both", "--data", str(tmp_path / "data")]) == 2
+    assert "unknown join 'both'" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()

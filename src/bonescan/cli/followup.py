@@ -43,12 +43,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
         from ..followup import NetworkReader, OracleReader, compare_visits, load_visit
         from ..followup.evaluate import run_followup_batch, summarize, write_followup_report
-        from ..followup.change_net import JOINS, load_change_model
+        from ..followup.change_net import check_join, load_change_model
         from ..followup.output import write_comparison
         from ..followup.visits import ROLES
 
-        if join not in JOINS:
-            raise ConfigError("--join", f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
+        check_join(join)
         if reader not in READERS:
             raise ConfigError("--reader", f"unknown reader {reader!r}; choose one of {', '.join(READERS)}")
         if (manifest is None) == (not studies):

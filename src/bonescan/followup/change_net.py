@@ -39,6 +39,13 @@ FILE_FORMAT = "bonescan change network 1"
 JOINS = {"either": max, "network": lambda rules, network: network}
 
 
+def check_join(join: str) -> str:
+    """`join` when it names one of `JOINS`; otherwise one clear error naming --join."""
+    if join not in JOINS:
+        raise ConfigError("--join", f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
+    return join
+
+
 class ChangeNet(torch.nn.Module):
     """MONAI UNet over (later anterior, posterior, earlier anterior, posterior, row, column) -> new-lesion logit per
     view; the row and column ramps tell it where on the body a pixel lies, as the lesion network's."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..study import VIEWS
-from .change_net import JOINS, ChangeModel, NewArea
+from .change_net import JOINS, ChangeModel, NewArea, check_join
 from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
@@ -92,8 +92,7 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     keeps one tracking UID from report to report (`match.carry_tracking_uids`).
     `change_model`: the change network, a second judge of new lesions; `join` (`change_net.JOINS`) says how its
     count and the rules' make the count the verdict uses."""
-    if join not in JOINS:
-        raise ValueError(f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
+    check_join(join)
     visits = list(visits)
     check_visits(visits, force)
     t0 = time.perf_counter()

@@ -268,14 +268,13 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
     if followup and lesions is None:
         raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
-    if change_net is not None and not followup:
-        raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")
-    if change_net is not None:
-        from ..followup.change_net import JOINS, load_change_model
+    if change_net is not None:  # refused here, not after the studies are made
+        from ..followup.change_net import check_join, load_change_model
 
-        load_change_model(change_net)  # a bad file is refused here, not after the studies are made
-        if join not in JOINS:
-            raise ConfigError("--join", f"unknown join {join!r}; use {' or '.join(JOINS)}")
+        if not followup:
+            raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")
+        load_change_model(change_net)
+        check_join(join)
     say = progress or (lambda message: None)
     work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
     node = None
