@@ -5,9 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-import typer
-
 import bonescan
 from bonescan import cli
 from bonescan.errors import NotABoneScanError

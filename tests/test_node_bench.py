@@ -74,6 +74,7 @@ def test_bench_node_with_followup_sends_a_study_of_one_file_per_view_whole(tmp_p
     later = int((first["timepoint"] > 0).sum())
     assert f"results at the destination: {len(first)} studies, lost 0, duplicated 0" in out
     assert f"follow-up: {later} follow-up SRs for {later} later visits" in out
+    assert f"change network: judged {later} of {later} later visits" in out  # the node ran it, not only the rules
 
 
 def test_bench_node_refuses_a_change_network_without_followup_or_not_a_change_network(tmp_path, capsys):

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
+from .config import StorePaths
+from .followup import FOLLOWUP_DIR
 from .status import median_p95
 
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -61,6 +63,7 @@ class NodeBenchmark:
     followup_latencies: list[float] | None = None
     followup_reports: int | None = None
     first_visit_latencies: list[float] | None = None
+    change_network_records: int | None = None  # later visits whose stored comparison holds the change network's areas
 
     def lines(self) -> list[str]:
         median, p95 = _median_p95(self.latencies)
@@ -83,13 +86,26 @@ class NodeBenchmark:
             return []
         later, first = self.followup_latencies, self.first_visit_latencies or []
         (median, p95), (first_median, first_p95) = _median_p95(later), _median_p95(first)
-        return [f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
+        return ([f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
                 f"visit (to its follow-up SR and SC) median {median:.2f} s, p95 {p95:.2f} s; of a first visit median "
                 f"{first_median:.2f} s, p95 {first_p95:.2f} s"]
+                + ([f"change network: judged {self.change_network_records} of {len(later)} later visits"]
+                   if self.change_network_records is not None else []))
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:
     return median_p95(values) or (float("nan"), float("nan"))
+
+
+def _studies_judged_by_change_network(folder: Path) -> int:
+    """Later visits whose latest stored comparison (followup/<study>/*/followup.json) holds the change network's
+    result: proof that the node ran the network it was given, not only the rules."""
+    judged = 0
+    for study in folder.glob("*"):
+        records = sorted(study.glob("*/followup.json"), key=lambda p: p.stat().st_mtime)
+        if records and json.loads(records[-1].read_text(encoding="utf-8")).get("change_network") is not None:
+            judged += 1
+    return judged
 
 
 def untrained_run(folder: Path, preset: str, seed: int = 0) -> str:
@@ -390,10 +406,12 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
         pacs.server.shutdown()
         segmentations = sum(len(classes.get(SEG, ())) for classes in table.values()) if lesions else None
         reports = sum(len(table.get(uid_of[name], {}).get(SR, ())) - 1 for name in later) if followup else None
+        judged = (_studies_judged_by_change_network(StorePaths(store).results / FOLLOWUP_DIR)
+                  if change_net is not None else None)
         return NodeBenchmark(cases, associations, len(latencies), lost, duplicated, resent, kills, seconds,
                              latencies, model_s, weights, threads, rate, batch_size, segmentations,
                              followup_latencies if followup else None, reports,
-                             first_latencies if followup else None)
+                             first_latencies if followup else None, judged)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()
