@@ -121,14 +121,16 @@ def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
     return truths
 
 
-def truth_changes(truths: list[LesionTruth]) -> tuple[int, int | None, float]:
+def truth_changes(truths: list[LesionTruth], followup_confluent: tuple[np.ndarray, list[int]] | None = None
+                  ) -> tuple[int, int | None, float]:
     """(new metastases on the follow-up, more new on the confirmatory or None, change in BSI follow-up - baseline).
 
     New as a reader can see it: a lesion of the later visit (`LesionTruth.confluent_metastases`: touching outlines
     are one focus) none of whose findings showed on an earlier visit. A new metastasis touching an old one reads as
-    that one's growth, two touching new ones as one new focus.
+    that one's growth, two touching new ones as one new focus. `followup_confluent`: the follow-up's
+    `confluent_metastases` when the caller has it already.
     """
-    new = len(new_lesion_ids(truths[1], shown_identities(truths[0])))
+    new = len(new_lesion_ids(truths[1], shown_identities(truths[0]), followup_confluent))
     more = (len(new_lesion_ids(truths[2], shown_identities(truths[0]) | shown_identities(truths[1])))
             if len(truths) > 2 else None)
     bsi = [bone_scan_index(t.regions, t.malignant_mask())[0] for t in truths[:2]]
@@ -213,10 +215,10 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     result.distances = [p.distance_mm for p in comparison.pairs]
     if truths is None:
         return
-    result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths)
+    confluent = truths[1].confluent_metastases()
+    result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths, confluent)
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status
-    confluent = truths[1].confluent_metastases()
     new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
     result.fates = count_fates(new_lesion_fates(confluent[0], new_ids, hotspot_fates(comparison)))
     for pair in comparison.pairs:
