@@ -225,6 +225,29 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
         in printed
 
 
+def test_merged_followup_cohorts_evaluate_as_one_and_keep_their_patients_apart(cohort, tmp_path, capsys):
+    """A large evaluation pools cohorts with `bonescan cohort merge`: both start at pat00000, and a patient's visits
+    must not meet another cohort's same-named patient."""
+    other = tmp_path / "other"
+    generate_followup_cohort(other, patients=2, seed=1, site="mixed")
+    merged = tmp_path / "merged" / "manifest.csv"
+    assert main(["cohort", "merge", str(cohort / "manifest.csv"), str(other / "manifest.csv"),
+                 "--out", str(merged)]) == 0
+    assert main(["followup", "--manifest", str(merged), "--reader", "oracle", "--evaluate",
+                 "--out", str(tmp_path / "pooled")]) == 0
+    assert main(["followup", "--manifest", str(other / "manifest.csv"), "--reader", "oracle", "--evaluate",
+                 "--out", str(tmp_path / "alone")]) == 0
+    pooled = pd.read_csv(tmp_path / "pooled" / "followup_summary.csv").set_index("patient_id")
+    alone = pd.read_csv(tmp_path / "alone" / "followup_summary.csv").set_index("patient_id")
+    assert pooled["error"].isna().all() and len(pooled) == 3 + 2
+    visits = pd.read_csv(other / "manifest.csv").groupby("patient_id").size()
+    for patient, row in alone.iterrows():
+        mine = pooled.loc[f"other-{patient}"]
+        assert mine["n_visits"] == row["n_visits"] == min(3, visits[patient])
+        assert (mine["truth_new"], mine["new"], mine["verdict"]) == (row["truth_new"], row["new"], row["verdict"])
+    assert "compared 5 of 5 patients" in capsys.readouterr().out
+
+
 def test_a_patient_whose_comparison_fails_is_listed_and_the_batch_goes_on(cohort, tmp_path, monkeypatch):
     import bonescan.followup.evaluate as batch
 
