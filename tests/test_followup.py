@@ -223,6 +223,12 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
     printed = capsys.readouterr().out
     assert "reader: oracle" in printed and "without a hotspot; >= 2 new lesions within a perfect judge's reach: 1.000" \
         in printed
+    # The oracle calls new exactly the new metastases: nothing else under its new lesions.
+    kinds = [c for c in summary.columns if c.startswith("rules_called_")]
+    assert summary["rules_called_new_metastasis"].sum() == summary["new"].sum() > 0
+    assert summary[[c for c in kinds if c != "rules_called_new_metastasis"]].sum().sum() == 0
+    assert summary["network_called_nothing"].isna().all()  # no change network ran
+    assert "What the called new lesions were" in html
 
 
 def test_merged_followup_cohorts_evaluate_as_one_and_keep_their_patients_apart(cohort, tmp_path, capsys):
@@ -418,6 +424,51 @@ def test_each_true_new_lesion_is_traced_to_where_it_was_lost():
     traced = new_lesion_fates(instances, [1, 2, 3, 4, 5], hotspot_fates(comparison))
     assert traced == {1: "under an earlier hotspot", 2: "found", 3: "not called new", 4: "no hotspot", 5: "found"}
     assert count_fates(traced) == {"found": 2, "not called new": 1, "under an earlier hotspot": 1, "no hotspot": 1}
+
+
+def test_each_called_new_lesion_is_traced_to_the_finding_under_it():
+    from types import SimpleNamespace
+
+    from bonescan.followup.called_new import called_new_kinds, kind_map
+    from bonescan.followup.change_net import NewArea
+    from bonescan.followup.evaluate import new_lesion_ids
+    from bonescan.lesions.hotspots import Hotspot
+    from bonescan.lesions.truth import LesionTruth
+
+    instances = np.zeros((2, 40, 20), np.int32)
+    instances[0, 2:5, 2:5] = 1  # a new metastasis
+    instances[0, 10:13, 2:5] = 2  # a metastasis the baseline showed
+    instances[0, 20:23, 2:5] = 3  # a benign finding
+    instances[:, 30:33, 8:12] = 4  # the bladder, both views
+    truth = LesionTruth(np.zeros((2, 40, 20), np.uint8), instances, ["metastasis", "metastasis", "benign",
+                        "physiological"], ["metastasis", "metastasis", "degenerative_spine", "bladder"], [""] * 4,
+                        identity=[11, 12, 13, 14])
+    confluent = truth.confluent_metastases()
+    codes = kind_map(truth, confluent[0], new_lesion_ids(truth, {12}, confluent))
+
+    def hotspot(view, box, mask=None):
+        r0, c0, r1, c1 = box
+        return Hotspot(0, view, box, ((r0 + r1) / 2, (c0 + c1) / 2), 10.0, "", 0.9, 2.0, "u",
+                       np.ones((r1 - r0, c1 - c0), bool) if mask is None else mask)
+
+    corner = np.zeros((6, 6), bool)
+    corner[4:, 4:] = True  # its box covers the new metastasis, its outline does not
+    lesions = [SimpleNamespace(number=1, hotspots={1: [hotspot("anterior", (1, 1, 6, 6))]}),
+               SimpleNamespace(number=2, hotspots={1: [hotspot("anterior", (9, 1, 24, 6))]}),  # old + benign
+               SimpleNamespace(number=3, hotspots={1: [hotspot("posterior", (29, 7, 34, 13))]}),
+               SimpleNamespace(number=4, hotspots={1: [hotspot("anterior", (36, 1, 39, 6))]}),
+               SimpleNamespace(number=5, hotspots={1: [hotspot("anterior", (1, 1, 7, 7), corner)]}),
+               SimpleNamespace(number=6, hotspots={1: [hotspot("anterior", (1, 1, 6, 6))]})]  # not called new
+    areas = [NewArea(1, "anterior", (19, 1, 24, 6), (21.0, 3.0), 10.0, 0.9, ""),
+             NewArea(2, "posterior", (2, 2, 5, 5), (3.0, 3.0), 10.0, 0.9, "")]
+    comparison = SimpleNamespace(followup=SimpleNamespace(new=[1, 2, 3, 4, 5]), lesions=lesions,
+                                 network=SimpleNamespace(followup=areas))
+    kinds = called_new_kinds(comparison, codes)
+    assert kinds["rules"] == {"new metastasis": 1, "metastasis seen before": 1, "benign": 0, "artifact": 0,
+                              "physiological": 1, "nothing": 2}
+    assert kinds["network"]["benign"] == 1 and kinds["network"]["nothing"] == 1 and sum(kinds["network"].values()) == 2
+    assert called_new_kinds(SimpleNamespace(followup=SimpleNamespace(new=[]), lesions=lesions, network=None),
+                            codes) == {"rules": dict.fromkeys(kinds["rules"], 0), "network": {}}
 
 
 def test_the_followup_sr_lists_new_and_grown_lesions_first_up_to_the_limit(monkeypatch):

@@ -17,7 +17,10 @@ Evaluation (needs the synthetic truth files with `identity`, i.e. a `bonescan sy
   true finding (the identity under each hotspot's centroid);
 - what became of each true new lesion of the follow-up (`fates`: found, not called new, under an earlier hotspot,
   no hotspot), and the ">= 2 new lesions" sensitivity a perfect new-lesion judge of the reader's hotspots would
-  reach (the lesions in its reach: found or not called new).
+  reach (the lesions in its reach: found or not called new);
+- what each lesion called new on the follow-up truly was (`called_new`: a new metastasis, one seen before, a benign
+  finding, an artifact, physiological uptake, nothing), per judge (the rules; the change network when given), over
+  all patients and over those it falsely called ">= 2 new".
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..errors import BoneScanError, ManifestError
 from ..fileio import write_text_atomic
 from ..lesions.bsi import bone_scan_index
 from ..lesions.truth import LesionTruth, load_truth
+from .called_new import JUDGES, KINDS, called_new_kinds, kind_map
 from .change_net import ChangeModel
 from .compare import Comparison, compare_visits
 from .fates import FATES, IN_REACH, count_fates, hotspot_fates, new_lesion_fates
@@ -77,6 +81,7 @@ class PatientResult:
     links_correct: int = 0
     links_judged: int = 0
     fates: dict[str, int] = field(default_factory=dict)  # true new lesions of the follow-up per `fates.FATES`
+    called_new: dict[str, dict[str, int]] = field(default_factory=dict)  # judge -> `called_new.KINDS` -> lesions
 
 
 def manifest_patients(manifest: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -192,8 +197,10 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
         results.append(result)
         if progress:
             progress(n, len(patients), result)
-    summary = pd.DataFrame([{**{k: v for k, v in asdict(r).items() if k not in ("distances", "fates")},
-                             **{f"new_{fate.replace(' ', '_')}": r.fates.get(fate) for fate in FATES}}
+    summary = pd.DataFrame([{**{k: v for k, v in asdict(r).items() if k not in ("distances", "fates", "called_new")},
+                             **{f"new_{fate.replace(' ', '_')}": r.fates.get(fate) for fate in FATES},
+                             **{f"{judge}_called_{kind.replace(' ', '_')}": r.called_new.get(judge, {}).get(kind)
+                                for judge in JUDGES for kind in KINDS}}
                             for r in results])
     write_text_atomic(out / SUMMARY_FILE, summary.to_csv(index=False))
     return results
@@ -221,6 +228,7 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
                                          comparison.first_followup).status
     new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
     result.fates = count_fates(new_lesion_fates(confluent[0], new_ids, hotspot_fates(comparison)))
+    result.called_new = called_new_kinds(comparison, kind_map(truths[1], confluent[0], new_ids))
     for pair in comparison.pairs:
         a = _identity_at(truths[pair.earlier], pair.view, pair.first.centroid)
         b = _identity_at(truths[pair.later], pair.view, pair.second.centroid)
@@ -307,9 +315,26 @@ def summarize(results: list[PatientResult]) -> dict:
                      "correct": wilson(sum(r.links_correct for r in done), judged)},
         "new_fates": {fate: sum(r.fates.get(fate, 0) for r in done) for fate in FATES},
         "two_new_in_reach": wilson(in_reach, len(positives)),
+        "called_new": _called_new_totals(done),
         "seconds": {"median": float(np.median([r.seconds for r in done])) if done else None,
                     "max": float(max(r.seconds for r in done)) if done else None},
     }
+
+
+def _called_new_totals(done: list[PatientResult]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per judge that ran: its called new lesions per kind over all patients, and over the patients it alone would
+    have called ">= 2 new" without truly having them (its false positives)."""
+    totals = {}
+    for judge in JUDGES:
+        ran = [r for r in done if r.called_new.get(judge)]
+        if not ran:
+            continue
+        count = (lambda r: r.rules_new) if judge == "rules" else (lambda r: r.network_new)
+        false = [r for r in ran if r.truth_new < MIN_NEW and count(r) >= MIN_NEW]
+        totals[judge] = {"all": {k: sum(r.called_new[judge][k] for r in ran) for k in KINDS},
+                         "false_two_new": {k: sum(r.called_new[judge][k] for r in false) for k in KINDS},
+                         "false_patients": len(false)}
+    return totals
 
 
 def write_followup_report(out: str | Path, results: list[PatientResult], reader: str, manifest: str | Path,
@@ -320,5 +345,6 @@ def write_followup_report(out: str | Path, results: list[PatientResult], reader:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     html = env.get_template(TEMPLATE_NAME).render(
         summary=summarize(results), results=results, reader=reader, manifest=str(manifest), version=__version__,
+        kinds=KINDS,
         note=note, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), oracle=reader == OracleReader.name)
     return write_text_atomic(Path(out) / REPORT_FILE, html)
