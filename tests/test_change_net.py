@@ -293,6 +293,10 @@ def test_followup_evaluates_a_cohort_with_a_trained_change_network(cohort, train
     summary = pd.read_csv(out / "followup_summary.csv")
     assert summary["error"].isna().all() and summary["network_new"].notna().all()
     assert (summary["new"] == summary[["rules_new", "network_new"]].max(axis=1)).all()  # "either": the larger
+    # every area of the network traced to what lies under it
+    network_kinds = summary[[c for c in summary.columns if c.startswith("network_called_")]].sum(axis=1)
+    assert (network_kinds == summary["network_new"]).all()
+    assert f"called new by the change network: {int(summary['network_new'].sum())}, of which" in capsys.readouterr().out
     assert "change network" in (out / "followup_report.html").read_text()
     document = json.loads(next(out.glob("*/followup.json")).read_text())
     assert document["change_network"]["model"].startswith("change network (change_net.pt")

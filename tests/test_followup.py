@@ -229,6 +229,9 @@ def test_followup_cli_evaluates_a_cohort_with_the_oracle_reader(cohort, tmp_path
     assert summary[[c for c in kinds if c != "rules_called_new_metastasis"]].sum().sum() == 0
     assert summary["network_called_nothing"].isna().all()  # no change network ran
     assert "What the called new lesions were" in html
+    new = int(summary["new"].sum())
+    assert f"called new by the rules: {new}, of which {new} new metastasis, 0 metastasis seen before" in printed
+    assert "called new by the change network" not in printed
 
 
 def test_merged_followup_cohorts_evaluate_as_one_and_keep_their_patients_apart(cohort, tmp_path, capsys):

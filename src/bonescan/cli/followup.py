@@ -89,6 +89,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                            f"{fates['under an earlier hotspot']} under a hotspot linked to the baseline, "
                            f"{fates['no hotspot']} without a hotspot; >= 2 new lesions within a perfect judge's "
                            f"reach: {fmt(s['two_new_in_reach'])}")
+                for judge, totals in s["called_new"].items():
+                    called = totals["all"]
+                    kinds = ", ".join(f"{n} {kind}" for kind, n in called.items())
+                    typer.echo(f"called new by the {'rules' if judge == 'rules' else 'change network'}: "
+                               f"{sum(called.values())}, of which {kinds}")
                 typer.echo(f"report: {report}")
             return
         visits = [load_visit(path, role) for path, role in zip(studies, ROLES)]
