@@ -86,11 +86,12 @@ class NodeBenchmark:
             return []
         later, first = self.followup_latencies, self.first_visit_latencies or []
         (median, p95), (first_median, first_p95) = _median_p95(later), _median_p95(first)
-        return ([f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
-                f"visit (to its follow-up SR and SC) median {median:.2f} s, p95 {p95:.2f} s; of a first visit median "
-                f"{first_median:.2f} s, p95 {first_p95:.2f} s"]
-                + ([f"change network: judged {self.change_network_records} of {len(later)} later visits"]
-                   if self.change_network_records is not None else []))
+        lines = [f"follow-up: {self.followup_reports} follow-up SRs for {len(later)} later visits; latency of a later "
+                 f"visit (to its follow-up SR and SC) median {median:.2f} s, p95 {p95:.2f} s; of a first visit median "
+                 f"{first_median:.2f} s, p95 {first_p95:.2f} s"]
+        if self.change_network_records is not None:
+            lines.append(f"change network: judged {self.change_network_records} of {len(later)} later visits")
+        return lines
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:
