@@ -111,6 +111,25 @@ def _network_and_loss(config, batch_size: int):
     return build_model(config.model), lambda logits: nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
+def _training_step_seconds(model: nn.Module, optimizer, loss_of, images: torch.Tensor, precision,
+                           steps: int) -> list[float]:
+    """Seconds of each of `steps` training steps, after one warm-up step (allocations, oneDNN kernel selection)."""
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = model(images)
+        loss_of(logits.float()).backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def bench_training(
     presets: list[str],
     precisions: list[str],
@@ -156,20 +175,7 @@ def bench_training(
                 optimizer = make_optimizer(model, config)
                 images = torch.rand(batch_size, 2, height, width)
                 step_gflop = model_gflop_per_case(model, height, width, backward=True)
-
-                def step() -> None:
-                    optimizer.zero_grad(set_to_none=True)
-                    with precision.autocast():
-                        logits = model(images)
-                    loss_of(logits.float()).backward()
-                    optimizer.step()
-
-                step()  # warm-up: allocations, oneDNN kernel selection
-                times = []
-                for _ in range(steps):
-                    started = time.perf_counter()
-                    step()
-                    times.append(time.perf_counter() - started)
+                times = _training_step_seconds(model, optimizer, loss_of, images, precision, steps)
                 seconds_per_case = float(np.median(times)) / batch_size
                 achieved_gflops = step_gflop / seconds_per_case
                 lines.append(
