@@ -27,15 +27,12 @@ JUDGES = ("rules", "network")
 def kind_map(truth: LesionTruth, confluent_instances: np.ndarray, new_ids: Iterable[int]) -> np.ndarray:
     """[2 views, H, W] index into KINDS of each pixel of the follow-up truth ("nothing" off every finding).
     `confluent_instances`: `truth.confluent_metastases()[0]`, whose lesion ids `new_ids` are."""
+    seen_before = KINDS.index("metastasis seen before")
+    by_finding = np.array([KINDS.index("nothing")] + [seen_before if c == "metastasis" else KINDS.index(c)
+                                                      for c in truth.category], np.int8)
+    codes = by_finding[truth.instances]
     new = np.isin(confluent_instances, list(new_ids)) & (confluent_instances > 0)
-    codes = np.full(truth.instances.shape, KINDS.index("nothing"), np.int8)
-    for finding, category in enumerate(truth.category, 1):
-        pixels = truth.instances == finding
-        if category == "metastasis":
-            codes[pixels & new] = KINDS.index("new metastasis")
-            codes[pixels & ~new] = KINDS.index("metastasis seen before")
-        else:
-            codes[pixels] = KINDS.index(category)
+    codes[new & (codes == seen_before)] = KINDS.index("new metastasis")
     return codes
 
 

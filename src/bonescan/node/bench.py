@@ -33,7 +33,7 @@ from typing import Callable
 
 from ..errors import ConfigError
 from .config import StorePaths
-from .followup import FOLLOWUP_DIR
+from .followup import FOLLOWUP_DIR, latest_comparison
 from .status import median_p95
 
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -101,12 +101,7 @@ def _median_p95(values: list[float]) -> tuple[float, float]:
 def _studies_judged_by_change_network(folder: Path) -> int:
     """Later visits whose latest stored comparison (followup/<study>/*/followup.json) holds the change network's
     result: proof that the node ran the network it was given, not only the rules."""
-    judged = 0
-    for study in folder.glob("*"):
-        records = sorted(study.glob("*/followup.json"), key=lambda p: p.stat().st_mtime)
-        if records and json.loads(records[-1].read_text(encoding="utf-8")).get("change_network") is not None:
-            judged += 1
-    return judged
+    return sum((latest_comparison(study) or {}).get("change_network") is not None for study in folder.glob("*"))
 
 
 def untrained_run(folder: Path, preset: str, seed: int = 0) -> str:

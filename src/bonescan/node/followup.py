@@ -82,6 +82,12 @@ def still_awaiting(visits: Sequence[PatientStudy], comparison) -> tuple[str, str
     return visits[-2].study_uid, visits[-1].study_uid
 
 
+def latest_comparison(study_folder: Path) -> dict | None:
+    """The newest comparison stored for one study (followup/<study>/*/followup.json), None when there is none."""
+    records = sorted(study_folder.glob("*/followup.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(records[-1].read_text(encoding="utf-8")) if records else None
+
+
 def earlier_tracking(folder: Path, study_uids: Sequence[str]) -> dict[str, str]:
     """Hotspot UID -> lesion tracking UID, from the latest comparison of each of these studies with its own prior
     (followup/<study>/*/followup.json): the hotspots of that study there, and the UIDs their lesions were given.
@@ -89,11 +95,9 @@ def earlier_tracking(folder: Path, study_uids: Sequence[str]) -> dict[str, str]:
     known: dict[str, str] = {}
     for study_uid in study_uids:
         try:  # retention may remove a folder while it is read
-            records = sorted((folder / safe_file_stem(study_uid)).glob("*/followup.json"),
-                             key=lambda p: p.stat().st_mtime)
-            if not records:
+            record = latest_comparison(folder / safe_file_stem(study_uid))
+            if record is None:
                 continue
-            record = json.loads(records[-1].read_text(encoding="utf-8"))
             role = next(v["role"] for v in record["visits"] if v["study_uid"] == study_uid)
             for lesion in record["lesions"]:
                 for hotspot in lesion["visits"].get(role, []) if lesion.get("tracking_uid") else []:
