@@ -59,8 +59,11 @@ def test_statsmodels_mcnemar_matches_agresti_textbook_value():
 
 @pytest.fixture(scope="module")
 def read_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return two_reader_study(tmp_path_factory.mktemp("analysis"))
+
+
+def two_reader_study(folder: Path) -> Path:
     """Two readers, 4 cases (labels 0,1,0,1), both phases answered with known answers and times."""
-    folder = tmp_path_factory.mktemp("analysis")
     cases = write_cases(folder / "cases", 4)
     study = folder / "study"
     create_study(study, mode="blinded", cases_csv=cases, readers=["r1", "r2"], seed=0)

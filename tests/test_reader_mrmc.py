@@ -14,10 +14,16 @@ from bonescan.reader.analysis import analyze_study
 from bonescan.reader.mrmc import MrmcResult, answer_rating, obuchowski_rockette, study_mrmc
 from bonescan.reader.store import ReaderStore
 from bonescan.reader.study import create_study
-from test_reader_analysis import read_study  # noqa: F401  (fixture: two readers, confidences 3 and 4)
+from test_reader_analysis import two_reader_study
 from test_reader_api import write_cases
 
 DATA = Path(__file__).parent / "data" / "vandyke_roc.csv"
+
+
+@pytest.fixture(scope="module")
+def read_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two readers, confidences 3 and 4 (`test_reader_analysis`)."""
+    return two_reader_study(tmp_path_factory.mktemp("analysis"))
 
 
 def vandyke() -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +182,7 @@ def test_study_mrmc_says_why_it_is_not_computed():
     assert "AI-consulted" in study_mrmc(reads[reads["phase"] == "blinded"], truth)
 
 
-def test_analyze_study_writes_mrmc_section_and_csv(read_study, tmp_path):  # noqa: F811
+def test_analyze_study_writes_mrmc_section_and_csv(read_study, tmp_path):
     out = tmp_path / "out"
     result = analyze_study(read_study, out_dir=out)
     # By hand from the fixture's answers (rating = ±confidence): human AUCs r1 0.75, r2 0.5;
