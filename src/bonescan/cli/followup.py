@@ -43,6 +43,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
         from ..followup import NetworkReader, OracleReader, compare_visits, load_visit
         from ..followup.evaluate import run_followup_batch, summarize, write_followup_report
+        from ..followup.called_new import JUDGE_NAMES
         from ..followup.change_net import check_join, load_change_model
         from ..followup.output import write_comparison
         from ..followup.visits import ROLES
@@ -92,7 +93,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 for judge, totals in s["called_new"].items():
                     called = totals["all"]
                     kinds = ", ".join(f"{n} {kind}" for kind, n in called.items())
-                    typer.echo(f"called new by the {'rules' if judge == 'rules' else 'change network'}: "
+                    typer.echo(f"called new by the {JUDGE_NAMES[judge]}: "
                                f"{sum(called.values())}, of which {kinds}")
                 typer.echo(f"report: {report}")
             return

@@ -21,7 +21,8 @@ from ..lesions.truth import LesionTruth
 from ..study import VIEWS
 
 KINDS = ("new metastasis", "metastasis seen before", "benign", "artifact", "physiological", "nothing")
-JUDGES = ("rules", "network")
+JUDGES = ("rules", "network")  # each names a PatientResult count: rules_new, network_new
+JUDGE_NAMES = {"rules": "rules", "network": "change network"}  # as reports print them
 
 
 def kind_map(truth: LesionTruth, confluent_instances: np.ndarray, new_ids: Iterable[int]) -> np.ndarray:
@@ -56,5 +57,7 @@ def called_new_kinds(comparison, codes: np.ndarray) -> dict[str, dict[str, int]]
     if comparison.network is not None:
         for area in comparison.network.followup:
             counts["network"][KINDS[_kind_under(codes, area.view, area.box, None)]] += 1
-    return {judge: ({kind: counts[judge].get(kind, 0) for kind in KINDS}
-                    if judge == "rules" or comparison.network is not None else {}) for judge in JUDGES}
+    by_kind = {judge: {kind: counts[judge][kind] for kind in KINDS} for judge in JUDGES}
+    if comparison.network is None:
+        by_kind["network"] = {}  # no change network ran: nothing to count, not zero of each
+    return by_kind

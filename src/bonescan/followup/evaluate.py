@@ -41,7 +41,7 @@ from ..errors import BoneScanError, ManifestError
 from ..fileio import write_text_atomic
 from ..lesions.bsi import bone_scan_index
 from ..lesions.truth import LesionTruth, load_truth
-from .called_new import JUDGES, KINDS, called_new_kinds, kind_map
+from .called_new import JUDGE_NAMES, JUDGES, KINDS, called_new_kinds, kind_map
 from .change_net import ChangeModel
 from .compare import Comparison, compare_visits
 from .fates import FATES, IN_REACH, count_fates, hotspot_fates, new_lesion_fates
@@ -126,16 +126,15 @@ def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
     return truths
 
 
-def truth_changes(truths: list[LesionTruth], followup_confluent: tuple[np.ndarray, list[int]] | None = None
-                  ) -> tuple[int, int | None, float]:
+def truth_changes(truths: list[LesionTruth], followup_new: list[int] | None = None) -> tuple[int, int | None, float]:
     """(new metastases on the follow-up, more new on the confirmatory or None, change in BSI follow-up - baseline).
 
     New as a reader can see it: a lesion of the later visit (`LesionTruth.confluent_metastases`: touching outlines
     are one focus) none of whose findings showed on an earlier visit. A new metastasis touching an old one reads as
-    that one's growth, two touching new ones as one new focus. `followup_confluent`: the follow-up's
-    `confluent_metastases` when the caller has it already.
+    that one's growth, two touching new ones as one new focus. `followup_new`: the follow-up's `new_lesion_ids`
+    against the baseline when the caller has them already.
     """
-    new = len(new_lesion_ids(truths[1], shown_identities(truths[0]), followup_confluent))
+    new = len(followup_new if followup_new is not None else new_lesion_ids(truths[1], shown_identities(truths[0])))
     more = (len(new_lesion_ids(truths[2], shown_identities(truths[0]) | shown_identities(truths[1])))
             if len(truths) > 2 else None)
     bsi = [bone_scan_index(t.regions, t.malignant_mask())[0] for t in truths[:2]]
@@ -223,10 +222,10 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     if truths is None:
         return
     confluent = truths[1].confluent_metastases()
-    result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths, confluent)
+    new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
+    result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths, new_ids)
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status
-    new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
     result.fates = count_fates(new_lesion_fates(confluent[0], new_ids, hotspot_fates(comparison)))
     result.called_new = called_new_kinds(comparison, kind_map(truths[1], confluent[0], new_ids))
     for pair in comparison.pairs:
@@ -329,8 +328,7 @@ def _called_new_totals(done: list[PatientResult]) -> dict[str, dict[str, dict[st
         ran = [r for r in done if r.called_new.get(judge)]
         if not ran:
             continue
-        count = (lambda r: r.rules_new) if judge == "rules" else (lambda r: r.network_new)
-        false = [r for r in ran if r.truth_new < MIN_NEW and count(r) >= MIN_NEW]
+        false = [r for r in ran if r.truth_new < MIN_NEW and getattr(r, f"{judge}_new") >= MIN_NEW]
         totals[judge] = {"all": {k: sum(r.called_new[judge][k] for r in ran) for k in KINDS},
                          "false_two_new": {k: sum(r.called_new[judge][k] for r in false) for k in KINDS},
                          "false_patients": len(false)}
@@ -345,6 +343,5 @@ def write_followup_report(out: str | Path, results: list[PatientResult], reader:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     html = env.get_template(TEMPLATE_NAME).render(
         summary=summarize(results), results=results, reader=reader, manifest=str(manifest), version=__version__,
-        kinds=KINDS,
-        note=note, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), oracle=reader == OracleReader.name)
+        kinds=KINDS, judge_names=JUDGE_NAMES, note=note, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), oracle=reader == OracleReader.name)
     return write_text_atomic(Path(out) / REPORT_FILE, html)
