@@ -25,14 +25,18 @@ def test_auto_precision_follows_where_bf16_is_faster(monkeypatch):
         device.choose_precision(cpu, "int8")
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, native, auto", [(False, False, False, "fp32"),
-                                                              (True, False, True, "fp32"),
-                                                              (False, True, True, "bf16"),
-                                                              (True, True, True, "bf16")])
-def test_bf16_counts_only_where_native_and_auto_takes_it_only_with_amx(monkeypatch, avx512_bf16, amx, native, auto):
-    # oneDNN says yes on AVX-512 CPUs without BF16 too (emulated there: slower than fp32); with AVX512-BF16
-    # but no AMX bf16 is native, yet no faster than fp32 (see cpu_bf16_is_faster).
+@pytest.mark.parametrize("vendor, avx512_bf16, amx, native, auto", [("GenuineIntel", False, False, False, "fp32"),
+                                                                      ("GenuineIntel", True, False, True, "fp32"),
+                                                                      ("GenuineIntel", False, True, True, "bf16"),
+                                                                      ("GenuineIntel", True, True, True, "bf16"),
+                                                                      ("AuthenticAMD", False, False, False, "fp32"),
+                                                                      ("AuthenticAMD", True, False, True, "bf16")])
+def test_bf16_counts_only_where_native_and_auto_takes_it_only_where_faster(monkeypatch, vendor, avx512_bf16, amx,
+                                                                           native, auto):
+    # oneDNN says yes on AVX-512 CPUs without BF16 too (emulated there: slower than fp32); with AVX512-BF16 but no
+    # AMX bf16 is native, and faster than fp32 on AMD, no faster on Intel (see cpu_bf16_is_faster).
     monkeypatch.setattr(device, "onednn_reports_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert device.cpu_supports_bf16() is native
@@ -40,6 +44,16 @@ def test_bf16_counts_only_where_native_and_auto_takes_it_only_with_amx(monkeypat
     monkeypatch.setattr(device, "onednn_reports_bf16", lambda: False)  # a torch built without oneDNN bf16
     assert device.cpu_supports_bf16() is False
     assert device.choose_precision(torch.device("cpu"), "auto").name == "fp32"
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo_and_empty_where_it_cannot_be(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\nprocessor\t: 1\n"
+                       "vendor_id\t: AuthenticAMD\n")
+    assert device.cpu_vendor(cpuinfo) == "AuthenticAMD"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: an ARM core\n")  # no vendor line (aarch64 kernels)
+    assert device.cpu_vendor(cpuinfo) == ""
+    assert device.cpu_vendor(tmp_path / "missing") == ""
 
 
 def test_bf16_autocast_runs_convolutions_in_bf16_on_cpu():

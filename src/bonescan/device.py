@@ -7,6 +7,7 @@ import ctypes
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -41,14 +42,30 @@ def cpu_supports_bf16() -> bool:
 
 
 def cpu_bf16_is_faster() -> bool:
-    """True where bf16 pays on this CPU: AMX tiles, with oneDNN's bf16 kernels.
+    """True where bf16 pays on this CPU: AMX tiles, or AVX512-BF16 on an AMD CPU (Zen 4 and later), with oneDNN's
+    bf16 kernels.
 
-    With AVX512-BF16 alone (no AMX; an Intel Xeon whose AMX the hypervisor hides) bf16 was no faster than fp32,
-    2 threads: training steps 0.046-0.052 against 0.038-0.047 s per study for `cpu-small`, 0.072-0.083 against
+    With AVX512-BF16 alone on an Intel Xeon (no AMX; one whose AMX the hypervisor hides) bf16 was no faster than
+    fp32, 2 threads: training steps 0.046-0.052 against 0.038-0.047 s per study for `cpu-small`, 0.072-0.083 against
     0.076-0.088 for `cpu-small-lesion`, a ResNet-18 forward 25.4 against 25.2 ms, matmul 164 against 300 GFLOP/s.
-    There fp32 costs nothing and rounds nothing, so "auto" keeps it; AMX made bf16 3-8x faster.
+    There fp32 costs nothing and rounds nothing, so "auto" keeps it. On an AMD EPYC with AVX512-BF16 (no AMX, 2
+    threads) bf16 was faster: matmul 400 against 141 GFLOP/s, training steps 0.028-0.031 against 0.053-0.054 s per
+    study for `cpu-small`, 0.71 against 1.52 for `paper`, 0.070 against 0.081 for `cpu-small-lesion`
+    (`bonescan bench train`). AMX made bf16 3-8x faster.
     """
-    return cpu_has_amx() and cpu_supports_bf16()
+    return cpu_supports_bf16() and (cpu_has_amx() or cpu_vendor() == "AuthenticAMD")
+
+
+def cpu_vendor(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"); "" where it cannot be read."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -120,8 +137,8 @@ class Precision:
 
 
 def choose_precision(device: torch.device, requested: PrecisionName = "auto") -> Precision:
-    """Pick the fastest safe precision: bf16 autocast on CPUs where it is faster (AMX) and on bf16-capable GPUs,
-    fp16 + scaling on older GPUs.
+    """Pick the fastest safe precision: bf16 autocast on CPUs where it is faster (`cpu_bf16_is_faster`) and on
+    bf16-capable GPUs, fp16 + scaling on older GPUs.
 
     channels_last goes with reduced precision here (training): oneDNN's bf16 convolutions and tensor-core
     kernels want NHWC. The inference engine sets its own layout (see `bonescan.fastpath`).

@@ -126,7 +126,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         new_pixel_weight: float = typer.Option(30.0, "--new-pixel-weight", help="Weight of new-lesion pixels in the "
                                                "loss; higher paints fainter lesions (10 found fewer, README)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | auto (bf16 where this CPU runs it "
-                                      "faster, AMX): the training forward pass; the loss and weights stay fp32."),
+                                      "faster: AMX, or AVX512-BF16 on AMD): the training forward pass; the loss and "
+                                      "weights stay fp32."),
     ) -> None:
         """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
         from ..followup.change_train import train_change_network
