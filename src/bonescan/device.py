@@ -12,6 +12,7 @@ from typing import Iterator, Literal
 
 import torch
 
+from .cpuinfo import CPUINFO, cpuinfo_field
 from .errors import ConfigError
 
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
@@ -56,16 +57,9 @@ def cpu_bf16_is_faster() -> bool:
     return cpu_supports_bf16() and (cpu_has_amx() or cpu_vendor() == "AuthenticAMD")
 
 
-def cpu_vendor(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+def cpu_vendor(cpuinfo: str | Path = CPUINFO) -> str:
     """The CPU's vendor as /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD"); "" where it cannot be read."""
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id", cpuinfo) or ""
 
 
 def cpu_has_native_bf16() -> bool:

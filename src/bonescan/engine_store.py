@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .cpuinfo import CPUINFO, cpuinfo_field
 from .errors import RunError
 from .fileio import write_text_atomic
 
@@ -53,28 +54,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def cpu_isa_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+def cpu_isa_flags(cpuinfo: str | Path = CPUINFO) -> list[str]:
     """The ISA_FLAGS this CPU has, from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in ISA_FLAGS if flag in present]
-    return []
+    present = set((cpuinfo_field("flags", cpuinfo) or "").split())
+    return [flag for flag in ISA_FLAGS if flag in present]
 
 
-def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+def cpu_model_name(cpuinfo: str | Path = CPUINFO) -> str:
     """The CPU's model name (for people reading a record; not compared)."""
-    try:
-        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown"
 
 
 def package_versions() -> dict[str, str | None]:
