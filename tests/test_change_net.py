@@ -104,6 +104,13 @@ def test_new_areas_count_a_lesion_of_both_views_once_and_lie_where_it_is_in_the_
     # the posterior area back in the stored (unmirrored) posterior view
     assert back.centroid[1] == pytest.approx((PREPROCESS.width - 1 - 100.5 + 0.5) * 2 - 0.5)
     assert back.box == (600, 52, 604, 56) and back.region == ""
+    # each area's outline in its box: 2 x 2 study pixels per network pixel, the posterior one mirrored back
+    assert front.mask.shape == (front.box[2] - front.box[0], front.box[3] - front.box[1])
+    assert front.mask.sum() == 20 * 4
+    assert back.mask.shape == (4, 4) and back.mask.all()  # read at the mirrored columns: all False if not
+    probability[1, 301, 101] = 0.0  # an L-shaped area: its missing corner, mirrored back, is the bottom left of its box
+    (_, l_shaped) = new_areas(probability, study, None, threshold=0.5, min_pixels=1)
+    assert l_shaped.box == back.box and l_shaped.mask.sum() == 12 and not l_shaped.mask[2:, :2].any()
     assert len(new_areas(probability, study, None, threshold=0.3, min_pixels=1)) == 3
     assert len(new_areas(probability, study, None, threshold=0.3, min_pixels=2)) == 2
 

@@ -462,14 +462,17 @@ def test_each_called_new_lesion_is_traced_to_the_finding_under_it():
                SimpleNamespace(number=4, hotspots={1: [hotspot("anterior", (36, 1, 39, 6))]}),
                SimpleNamespace(number=5, hotspots={1: [hotspot("anterior", (1, 1, 7, 7), corner)]}),
                SimpleNamespace(number=6, hotspots={1: [hotspot("anterior", (1, 1, 6, 6))]})]  # not called new
+    outline = np.zeros((23, 5), bool)
+    outline[18:, :] = True  # its box reaches up over the new metastasis, its outline lies on the benign finding
     areas = [NewArea(1, "anterior", (19, 1, 24, 6), (21.0, 3.0), 10.0, 0.9, ""),
-             NewArea(2, "posterior", (2, 2, 5, 5), (3.0, 3.0), 10.0, 0.9, "")]
+             NewArea(2, "posterior", (2, 2, 5, 5), (3.0, 3.0), 10.0, 0.9, ""),
+             NewArea(3, "anterior", (1, 1, 24, 6), (21.0, 3.0), 10.0, 0.9, "", outline)]
     comparison = SimpleNamespace(followup=SimpleNamespace(new=[1, 2, 3, 4, 5]), lesions=lesions,
                                  network=SimpleNamespace(followup=areas))
     kinds = called_new_kinds(comparison, codes)
     assert kinds["rules"] == {"new metastasis": 1, "metastasis seen before": 1, "benign": 0, "artifact": 0,
                               "physiological": 1, "nothing": 2}
-    assert kinds["network"]["benign"] == 1 and kinds["network"]["nothing"] == 1 and sum(kinds["network"].values()) == 2
+    assert kinds["network"]["benign"] == 2 and kinds["network"]["nothing"] == 1 and sum(kinds["network"].values()) == 3
     assert called_new_kinds(SimpleNamespace(followup=SimpleNamespace(new=[]), lesions=lesions, network=None),
                             codes) == {"rules": dict.fromkeys(kinds["rules"], 0), "network": {}}
 

@@ -1,8 +1,8 @@
 """What each lesion a comparison calls new on the follow-up truly was, so that a false ">= 2 new lesions" says what
 fooled the judge: the specificity side of `fates`, which traces the true new lesions.
 
-A lesion the rules call new (the outlines of its follow-up hotspots) or an area of the change network (its box in
-the follow-up study's pixels) takes the first of KINDS among the follow-up's truth findings it overlaps:
+A lesion the rules call new (the outlines of its follow-up hotspots) or an area of the change network (its outline
+in the follow-up study's pixels) takes the first of KINDS among the follow-up's truth findings it overlaps:
 - new metastasis: a metastasis the evaluation counts new (`evaluate.new_lesion_ids`, confluent ones as one);
 - metastasis seen before: a metastasis shown on an earlier visit (grown, or brighter as in a flare);
 - benign, artifact, physiological: a finding of that truth category (bladder, kidneys and injection sites are
@@ -56,7 +56,7 @@ def called_new_kinds(comparison, codes: np.ndarray) -> dict[str, dict[str, int]]
             counts["rules"][KINDS[min(_kind_under(codes, h.view, h.box, h.mask) for h in hotspots)]] += 1
     if comparison.network is not None:
         for area in comparison.network.followup:
-            counts["network"][KINDS[_kind_under(codes, area.view, area.box, None)]] += 1
+            counts["network"][KINDS[_kind_under(codes, area.view, area.box, area.mask)]] += 1
     by_kind = {judge: {kind: counts[judge][kind] for kind in KINDS} for judge in JUDGES}
     if comparison.network is None:
         by_kind["network"] = {}  # no change network ran: nothing to count, not zero of each

@@ -15,7 +15,7 @@ the channels, and the threshold and smallest area chosen on a validation cohort.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -111,6 +111,9 @@ class NewArea:
     area_mm2: float
     probability: float  # the highest pixel probability inside
     region: str  # skeletal region under the centroid, from the lesion reader's region map ("" unknown)
+    # [box rows, box cols] bool: the area's own pixels inside `box` (None: the whole box), so that what lies under
+    # it is read from its outline, not from the corners of its box
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {"number": self.number, "view": self.view, "box": list(self.box),
@@ -133,12 +136,18 @@ def new_areas(probability: np.ndarray, later: Study, lesions: StudyLesions | Non
         box = (int(r.min() * scale_r), int(c.min() * scale_c), int(np.ceil((r.max() + 1) * scale_r)),
                int(np.ceil((c.max() + 1) * scale_c)))
         centroid = ((r.mean() + 0.5) * scale_r - 0.5, (c.mean() + 0.5) * scale_c - 0.5)
+        # each study pixel of the box takes the network pixel it falls in (posterior columns mirrored back)
+        rows_in = np.minimum((np.arange(box[0], box[2]) / scale_r).astype(int), PREPROCESS.height - 1)
+        cols_in = np.minimum((np.arange(box[1], box[3]) / scale_c).astype(int), PREPROCESS.width - 1)
+        if view_index == 1:
+            cols_in = PREPROCESS.width - 1 - cols_in
+        mask = area[np.ix_(rows_in, cols_in)]
         region = ""
         if lesions is not None and lesions.regions.shape[1:] == (rows, cols):
             region = region_at(lesions.regions[view_index], centroid)
         found.append(NewArea(number, VIEWS[view_index], box, (float(centroid[0]), float(centroid[1])),
                              float(area.sum() * scale_r * row_mm * scale_c * col_mm),
-                             float(probability[view_index][area].max()), region))
+                             float(probability[view_index][area].max()), region, mask))
     return found
 
 
