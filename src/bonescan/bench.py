@@ -290,7 +290,7 @@ def benchmark_prediction(
     try:
         sources = benchmark_sources(Path(data), cases, seed, say)
         engine, notices, chosen = benchmark_engine(run_dir, model, preprocess_cfg, batch_size, device, precision,
-                                                   compile, engine, say)
+                                                   compile, engine, say, len(sources))
         cold = "cold start: not measured (an engine was asked for; predict chooses its own only with defaults)"
         if cold_start and chosen:
             from .coldstart import measure_cold_start
@@ -367,9 +367,10 @@ def benchmark_model(run_dir, preset: str, seed: int, temporary_run: Path):
 
 
 def benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, device: str, precision: str, compile: str,
-                     engine: str, say: Callable[[str], None]):
-    """The engine `bonescan predict` would run (see predict.predict_studies), the notices choosing it gave, and
-    whether predict's own choice applied (defaults: no engine, precision, compile or GPU asked for)."""
+                     engine: str, say: Callable[[str], None], studies: int | None = None):
+    """The engine `bonescan predict` would run on `studies` studies (see predict.predict_studies), the notices
+    choosing it gave, and whether predict's own choice applied (defaults: no engine, precision, compile or GPU
+    asked for)."""
     from .engine_select import select_engine
     from .predict import ENGINE_CHOICES, uses_stored_engine
 
@@ -377,7 +378,7 @@ def benchmark_engine(run_dir: Path, model, preprocess_cfg, batch_size: int, devi
         raise ConfigError("--engine", f"unknown engine {engine!r}; use {' or '.join(ENGINE_CHOICES)}")
     if engine == "auto" and uses_stored_engine(run_dir, "best", device, precision, compile):
         say("choosing the engine (builds and times the exported engine the first time)")
-        selection = select_engine(run_dir, "best", batch_size, lambda: (model, preprocess_cfg), say)
+        selection = select_engine(run_dir, "best", batch_size, lambda: (model, preprocess_cfg), say, studies)
         if selection.engine is not None:
             return selection.engine, selection.notices, True
         torch_engine = InferenceEngine(model, device=device, precision=precision, compile=compile,

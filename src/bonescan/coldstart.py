@@ -72,7 +72,7 @@ def _probe(run_dir: str, files: list[str]) -> dict:
 
     imported = process_age_seconds()
     resolve_operating_point(run_dir)
-    selection = select_engine(run_dir)
+    selection = select_engine(run_dir, studies=1)  # as `predict` chooses for its one study
     if selection.engine is not None:
         engine, config = selection.engine, selection.preprocess_cfg
     else:

@@ -4,7 +4,9 @@ The choice is made by measurement and remembered in the RUN (`engine_store`):
 - int8 (`bonescan quantize`) runs when its record still matches the checkpoint, CPU ISA and versions, its file
   is intact, it passed its parity gate and it was measured faster than the fp32 engines when it was quantised;
 - else the exported fp32 engine, when it was measured faster than the torch engine when it was built;
-- else the torch engine (`fastpath.InferenceEngine`).
+- else the torch engine (`fastpath.InferenceEngine`), unless the caller says how many studies it will predict and
+  the torch engine's first call (compiling the network in bf16: seconds) would cost more than its faster studies
+  save over them; then the fastest exported engine (`engine_for_workload`).
 The fp32 engine is built on first use (export, parity with torch, timing: once per run and machine). A stale
 record is rebuilt with a notice, never used silently; an engine file that is corrupt or cannot be loaded gives
 one notice naming it and the fallback taken (rebuild, fp32, or the torch engine), and prediction goes on.
@@ -14,6 +16,7 @@ Nothing here imports torch unless an engine has to be built: reusing a stored en
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,11 +53,14 @@ class Selection:
 
 
 def select_engine(run_dir: str | Path, checkpoint: str = "best", batch_size: int = 8,
-                  load_model: Callable[[], tuple] | None = None, notice: Notice | None = None) -> Selection:
+                  load_model: Callable[[], tuple] | None = None, notice: Notice | None = None,
+                  studies: int | None = None) -> Selection:
     """The stored engine to use for RUN/checkpoints/<checkpoint>.pt, building the fp32 one when needed.
 
     `load_model` returns (model, preprocess_cfg) and is called only when an engine must be built (it imports
-    torch); by default it loads the run. `notice` receives every message about a rebuild or fallback.
+    torch); by default it loads the run. `notice` receives every message about a rebuild or fallback. `studies`:
+    how many studies the caller will predict (None: many), so that an engine whose first call
+    costs seconds is not chosen for a few studies (`engine_for_workload`).
     """
     notices: list[str] = []
 
@@ -69,21 +75,56 @@ def select_engine(run_dir: str | Path, checkpoint: str = "best", batch_size: int
     if chosen is not None:
         return Selection(chosen[0], chosen[1], _preprocess(chosen[1]), notices)
     record = ensure_fp32(store, now, load_model, say)
-    if record is None or record.runtime is None:
+    runtime = engine_for_workload(record, studies) if record is not None else None
+    if runtime is not None and record.runtime is None and store.file_problem(record) is not None:
+        runtime = None  # the file is checked where it is the chosen one; as a stand-in, only a sound one serves
+    if runtime is None:
         return Selection(None, record, _preprocess(record) if record else None, notices)
     try:
-        engine = ExportedEngine(store.folder / record.file, *runtime_and_precision(record.runtime), batch_size)
+        engine = ExportedEngine(store.folder / record.file, *runtime_and_precision(runtime), batch_size)
     except EngineError as error:
         say(f"{error}; rebuilding it")
         record = ensure_fp32(store, now, load_model, say, force=True)
-        if record is None or record.runtime is None:
+        runtime = engine_for_workload(record, studies) if record is not None else None
+        if runtime is None:
             return Selection(None, record, _preprocess(record) if record else None, notices)
         try:
-            engine = ExportedEngine(store.folder / record.file, *runtime_and_precision(record.runtime), batch_size)
+            engine = ExportedEngine(store.folder / record.file, *runtime_and_precision(runtime), batch_size)
         except EngineError as again:
             say(f"{again}; using the torch engine")
             return Selection(None, None, None, notices)
     return Selection(engine, record, _preprocess(record), notices)
+
+
+def engine_for_workload(record: EngineRecord, studies: int | None) -> str | None:
+    """The engine of `record` for predicting `studies` studies; None means the torch engine.
+
+    The fastest per study (`record.runtime`), except where that is the torch engine and an exported one would be
+    done sooner: its first call (recorded when the engines were built: loading, compiling) plus `studies` times its
+    seconds per study. On a CPU with native bf16 the torch engine compiles the network on its first call (6-8 s for
+    `cpu-small` on a 2-core EPYC) and may then run a little faster per study than OpenVINO in bf16; `bonescan
+    predict` on one study took 17 s from start to exit with it instead of 1.5 s. The torch engine's start is
+    understated (importing torch, seconds more, is not in it), so the choice leans towards it and never moves to it
+    from an exported engine. None for `studies` (many) or a record without first calls keeps the fastest per
+    study."""
+    per_study = record.speed.get("seconds_per_study", {})
+    first_call = record.speed.get("first_call_seconds", {})
+    if record.runtime is not None or studies is None or not first_call or "torch" not in per_study:
+        return record.runtime
+    totals = {name: first_call.get(name, 0.0) + studies * seconds for name, seconds in per_study.items()}
+    fastest = min(totals, key=totals.get)
+    return None if fastest == "torch" else fastest
+
+
+def first_call_seconds(candidates: dict[str, Callable[[np.ndarray], object]], inputs: np.ndarray) -> dict[str, float]:
+    """Seconds of each candidate's first call on `inputs`: what a process pays before its first batch (the torch
+    engine compiles then where it runs bf16)."""
+    seconds = {}
+    for name, run in candidates.items():
+        start = time.perf_counter()
+        run(inputs)
+        seconds[name] = time.perf_counter() - start
+    return seconds
 
 
 def ensure_fp32(store: EngineStore, now: Fingerprint, load_model: Callable[[], tuple] | None, say: Notice,
@@ -138,9 +179,12 @@ def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: Prep
     torch_engine = InferenceEngine(model, device="cpu", precision="auto", compile=TORCH_COMPILE,
                                    batch_size=TIMING_BATCH)
     candidates = {"torch": torch_engine.probabilities}
+    opening = {}  # seconds to open each exported engine (OpenVINO compiles it then): part of its first call
     for name, (runtime, precision, tolerance) in exported_candidates(EXPORTED_BF16 and cpu_supports_bf16()).items():
         try:
+            start = time.perf_counter()
             run = open_session(path, runtime, precision=precision)
+            opening[name] = time.perf_counter() - start
         except EngineError as error:
             record.parity[name] = {"error": error.reason}
             continue
@@ -149,9 +193,12 @@ def build_fp32(store: EngineStore, now: Fingerprint, model, preprocess_cfg: Prep
         record.parity[name] = {"max_abs_diff": max_diff, "cases": len(inputs), "tolerance": tolerance}
         if max_diff <= tolerance:
             candidates[name] = run
+    first_calls = {name: seconds + opening.get(name, 0.0)
+                   for name, seconds in first_call_seconds(candidates, inputs).items()}
     speed = seconds_per_study(candidates, inputs)
     record.speed = {"batch": len(inputs), "torch_engine": torch_engine.settings.describe(),
-                    "torch_precision": torch_engine.settings.precision, "seconds_per_study": speed}
+                    "torch_precision": torch_engine.settings.precision, "seconds_per_study": speed,
+                    "first_call_seconds": first_calls}
     fastest = min(speed, key=speed.get)
     record.runtime = None if fastest == "torch" else fastest
     record.file_sha256 = sha256_file(path)

@@ -416,7 +416,7 @@ def predict_studies(
             loaded = loaded or _load(run_dir, checkpoint)
             return loaded.model, loaded.preprocess_cfg
 
-        selection = select_engine(run_dir, checkpoint, batch_size, load_model, notice)
+        selection = select_engine(run_dir, checkpoint, batch_size, load_model, notice, studies=len(sources))
     if selection is not None and selection.engine is not None:
         runner, preprocess_cfg = selection.engine, selection.preprocess_cfg
     else:

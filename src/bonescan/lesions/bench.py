@@ -102,7 +102,7 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
         model, preprocess_cfg, weights, run_dir = benchmark_model(run_dir, preset, seed, temporary / "run")
         sources = benchmark_sources(Path(data) if data else temporary / "data", cases, seed, say)
         engine, _, _ = benchmark_engine(run_dir, model, preprocess_cfg, batch_size, "auto", "auto", "auto", "auto",
-                                         say)
+                                         say, len(sources))
         engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
         point, workers = OperatingPoint("0.5", 0.5), default_workers()
         say(f"the classifier alone: {len(sources) // 2} studies, then {len(sources)}")
