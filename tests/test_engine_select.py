@@ -126,7 +126,7 @@ def test_for_a_few_studies_an_engine_that_starts_at_once_beats_one_that_compiles
     monkeypatch.setattr(engine_select, "first_call_seconds",
                         lambda candidates, inputs: {name: 8.0 if name == "torch" else 0.1 for name in candidates})
     many = engine_select.select_engine(run)
-    assert many.record.runtime is None and many.engine is None  # a server, or no count given: the fastest per study
+    assert many.record.runtime is None and many.engine is None  # no count given: the fastest per study
     assert many.record.speed["first_call_seconds"]["torch"] == 8.0
     fastest_exported = min((name for name in many.record.speed["seconds_per_study"] if name != "torch"),
                            key=many.record.speed["seconds_per_study"].get)

@@ -101,7 +101,7 @@ def engine_for_workload(record: EngineRecord, studies: int | None) -> str | None
 
     The fastest per study (`record.runtime`), except where that is the torch engine and an exported one would be
     done sooner: its first call (recorded when the engines were built: loading, compiling) plus `studies` times its
-    seconds per study. On a CPU with native bf16 the torch engine compiles the network on its first call (6-8 s for
+    seconds per study. On a CPU with native bf16 the torch engine compiles the network on its first call (6-7 s for
     `cpu-small` on a 2-core EPYC) and may then run a little faster per study than OpenVINO in bf16; `bonescan
     predict` on one study took 17 s from start to exit with it instead of 1.5 s. The torch engine's start is
     understated (importing torch, seconds more, is not in it), so the choice leans towards it and never moves to it
