@@ -236,7 +236,8 @@ def test_training_refuses_a_precision_this_cpu_cannot_run_before_building_pairs(
     assert not run.exists()
 
 
-def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_training(cohort, pairs, tmp_path):
+def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_training(cohort, pairs, tmp_path,
+                                                                                      capsys):
     path, _ = pairs
     run = tmp_path / "run"
     run.mkdir()
@@ -247,6 +248,9 @@ def test_validation_cohorts_without_both_kinds_of_patient_are_refused_before_tra
     with pytest.raises(ConfigError, match="with and without >= 2 new lesions") as error:
         train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False)
     assert str(cohort) in str(error.value) and not (run / "checkpoint.pt").exists()
+    said = capsys.readouterr().err  # which cohorts train and which choose, and that one does both here
+    assert f"training on 1 cohort(s): {cohort}; choosing the operating point on 1" in said
+    assert f"warning: {cohort.resolve()} both trains and chooses the operating point" in said
     with pytest.raises(ConfigError, match="--new-pixel-weight"):
         train_change_network(run, [cohort], [cohort], epochs=1, workers=1, progress=False, new_pixel_weight=0)
 

@@ -209,6 +209,12 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    # `--val A B` gives B to training (one value per option): say which is which before hours of work
+    log(f"training on {len(cohorts)} cohort(s): {', '.join(map(str, cohorts))}; choosing the operating point on "
+        f"{len(val_cohorts)} (--val, once per cohort): {', '.join(map(str, val_cohorts))}")
+    both = sorted({str(c.resolve()) for c in cohorts} & {str(c.resolve()) for c in val_cohorts})
+    if both:
+        log(f"warning: {', '.join(both)} both trains and chooses the operating point: its figures will be optimistic")
     train_pairs = pairs_for(out / "pairs_train.npz", cohorts, workers, log)
     val_pairs = pairs_for(out / "pairs_val.npz", val_cohorts, workers, log)
     first = val_pairs["visit"] == 1  # ">= 2 new lesions" is the first follow-up's question
