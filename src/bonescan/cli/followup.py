@@ -37,7 +37,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                   "followup-train: RUN/change_net.pt): a second judge of new lesions "
                                                   "that sees both visits."),
         join: str = typer.Option("either", "--join", help="With --change-net, the new-lesion count of the verdict: "
-                                 "either (the larger of the rules' and the network's), network (the network's)."),
+                                 "either (the larger of the rules' and the network's), network (the network's; "
+                                 "better beside a small lesion network such as cpu-small-lesion, README)."),
     ) -> None:
         """Compare a baseline with follow-up studies: new / resolved / persistent / grown lesions per region,
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
