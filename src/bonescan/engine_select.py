@@ -109,7 +109,7 @@ def engine_for_workload(record: EngineRecord, studies: int | None) -> str | None
     study."""
     per_study = record.speed.get("seconds_per_study", {})
     first_call = record.speed.get("first_call_seconds", {})
-    if record.runtime is not None or studies is None or not first_call or "torch" not in per_study:
+    if record.runtime is not None or studies is None or not first_call:
         return record.runtime
     totals = {name: first_call.get(name, 0.0) + studies * seconds for name, seconds in per_study.items()}
     fastest = min(totals, key=totals.get)
