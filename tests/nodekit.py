@@ -131,7 +131,9 @@ class Destination:
 
 def scu(ae_title: str = "CAMERA") -> AE:
     ae = AE(ae_title=ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    # Generous: the tests check that every instance is answered, not how fast. On a 2-core machine also training
+    # and writing gigabytes, one answer once took over 30 s (the timeout this had; the intake fsyncs every instance).
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
     ae.add_requested_context(Verification)
     ae.add_requested_context(NM, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     return ae
