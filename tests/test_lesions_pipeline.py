@@ -14,6 +14,7 @@ import pydicom
 import pytest
 import torch
 
+from bonescan import device
 from bonescan.cohort import load_manifest
 from bonescan.errors import ConfigError, ManifestError, RunError
 from bonescan.lesions.bsi import bone_scan_index
@@ -255,14 +256,14 @@ def lesion_setup(tmp_path_factory):
     return folder, cohort.manifest, manifest, lesion_run, classifier
 
 
-def test_lesion_task_trains_through_the_shared_loop(lesion_setup):
+def test_lesion_task_trains_through_the_shared_loop(lesion_setup, monkeypatch):
     folder, _, manifest, lesion_run, classifier = lesion_setup
     assert list(lesion_run.metrics.columns) == ["epoch", "train_loss", "val_loss", "val_score", "lr",
                                                 "best_val_score", "seconds"]
     assert np.isfinite(lesion_run.metrics["train_loss"]).all() and lesion_run.epochs_run == 2
     record = json.loads((folder / "lesion-run" / "config.json").read_text())
     assert record["settings"]["task"] == "lesion" and record["lesion_truth"]["studies_without_truth"] == 0
-    loaded = load_lesion_run(folder / "lesion-run")
+    loaded = load_lesion_run(folder / "lesion-run", precision="fp32")
     assert loaded.maps(np.zeros((1, 2, 64, 32), np.float32)).shape == (1, 2, 3, 64, 32)
     # The loaded network runs channels-last; its probabilities are the plain layout's.
     from bonescan.lesions.network import build_lesion_net
@@ -274,6 +275,14 @@ def test_lesion_task_trains_through_the_shared_loop(lesion_setup):
     with torch.no_grad():
         expected = torch.sigmoid(plain.eval()(torch.from_numpy(inputs))[:, :, -2:]).numpy()
     np.testing.assert_allclose(loaded.maps(inputs)[:, :, 1:], expected, atol=1e-4)
+    # bf16 (native or emulated): the same probabilities to bf16's precision; "auto" takes it where the CPU runs it
+    # faster, else fp32.
+    np.testing.assert_allclose(load_lesion_run(folder / "lesion-run", precision="bf16").maps(inputs)[:, :, 1:],
+                               expected, atol=0.02)
+    for faster, name in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(device, "cpu_bf16_is_faster", lambda faster=faster: faster)
+        assert load_lesion_run(folder / "lesion-run", device="cpu").precision.name == name
+    monkeypatch.undo()
     with pytest.raises(RunError, match="not a lesion run"):
         load_lesion_run(folder / "classifier")
     # Studies without truth stay out of the lesion loss; with none at all there is nothing to learn from.
@@ -704,6 +713,7 @@ def test_frozen_threshold_is_used_by_the_loaded_run_and_bad_files_are_named(lesi
     record = json.loads((run / THRESHOLD_FILE).read_text())
     try:
         assert record["n_studies"] == 2 and record["fp_per_study_there"] <= 1.0
+        assert record["precision"] == load_lesion_run(run).precision.name  # the maps it was chosen on
         assert load_lesion_run(run).threshold == pytest.approx(record["malignancy_threshold"])
         assert load_lesion_run(run).outline_threshold == pytest.approx(record["malignancy_threshold"])
         (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 3}')
@@ -725,7 +735,7 @@ def test_flip_averaged_maps_are_the_same_for_a_study_and_its_mirror_image(lesion
     from dataclasses import replace
 
     folder, _, _, _, _ = lesion_setup
-    plain = load_lesion_run(folder / "lesion-run")
+    plain = load_lesion_run(folder / "lesion-run", precision="fp32")  # the arithmetic, to fp32's precision
     averaged = replace(plain, flip_average=True)
     studies = np.random.default_rng(0).gamma(2.0, 1.0, (3, 2, 64, 32)).astype(np.float32)
     mirror = studies[..., ::-1].copy()

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from bonescan.cli import main
+from bonescan.device import cpu_bf16_is_faster
 from bonescan.predict import FALLBACK_WARNING
 
 pytestmark = pytest.mark.slow  # trains a tiny run once (about 20 s on 2 cores)
@@ -188,7 +189,9 @@ def test_bench_lesions_prints_the_lesion_step_against_the_classifier(tmp_path, c
                             out).groups()
     # all three printed to three significant digits: each off by at most 0.5 % of its value
     assert classifier > 0 and float(ratio) == pytest.approx(float(step) / classifier, rel=0.02)
-    parts = re.search(r"one study at a time \(2 studies, ([\d.]+) hotspots per study\): network ([\d.]+) ms, "
-                      r"hotspots ([\d.]+) ms, no rescorer", out)
-    assert parts and float(parts.group(1)) == 0.0 and float(parts.group(2)) > 0  # this run finds no hotspots
+    parts = re.search(r"one study at a time \(2 studies, ([\d.]+) hotspots per study\): network \((fp32|bf16)\) "
+                      r"([\d.]+) ms, hotspots ([\d.]+) ms, no rescorer", out)
+    assert parts and float(parts.group(1)) == 0.0 and float(parts.group(3)) > 0  # this run finds no hotspots
+    # the lesion network's precision as "auto" takes it on this CPU
+    assert parts.group(2) == ("bf16" if cpu_bf16_is_faster() else "fp32")
     assert "peak RSS" in out

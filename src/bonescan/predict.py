@@ -430,7 +430,8 @@ def predict_studies(
     if lesions is not None:
         from .lesions.step import LesionStep
 
-        lesion_step = LesionStep.open(lesions, lesions_out if lesions_out is not None else ".", device=device)
+        lesion_step = LesionStep.open(lesions, lesions_out if lesions_out is not None else ".", device=device,
+                                      precision=precision)
     report = predict_sources(
         sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
         run_label=f"{run_dir} ({checkpoint})", workers=workers,
@@ -526,7 +527,8 @@ def predict_sources(
     if lesion_step is not None:
         lesion_step.finish()
         if lesion_step.studies:
-            report.notices.append(f"lesion step: {1000 * lesion_step.seconds / lesion_step.studies:.0f} ms "
+            report.notices.append(f"lesion step ({lesion_step.model.precision.name}): "
+                                  f"{1000 * lesion_step.seconds / lesion_step.studies:.0f} ms "
                                   f"per study over {lesion_step.studies} studies")
     return report
 

@@ -37,7 +37,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, "--workers", help="Reader processes decoding studies ahead of the network (default: cores / 2; "
                                     "none when the studies fit in one batch)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-        precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU)."),
+        precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16 (GPU); of the lesion "
+                                      "network too (auto: bf16 where this CPU runs it faster)."),
         compile: str = typer.Option("auto", "--compile", help="torch.compile the network: auto | on | off."),
         checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint of the run: best | last."),
         lesions: Optional[Path] = typer.Option(

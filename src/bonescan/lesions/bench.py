@@ -51,6 +51,7 @@ class LesionBenchmark:
     threads: int
     peak_rss_mib: float
     weights: str
+    lesion_precision: str = "fp32"  # the lesion network's (`load_lesion_run`'s "auto")
 
     @property
     def classifier(self) -> float:
@@ -71,7 +72,7 @@ class LesionBenchmark:
             f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
             f"{_figure(self.lesion_step / self.classifier)}x the classifier (goal: <= 2x)",
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
-            f"study): network {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, {rescorer}",
+            f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, {rescorer}",
             f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
         ]
 
@@ -121,7 +122,8 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
             classifier_margin=margin if margin > 0 else None,  # a few studies on a busy machine can show none
             lesion_step=step.seconds / max(step.studies, 1), parts_cases=parts.pop("studies"), **parts,
             engine=engine.settings.describe(), threads=torch.get_num_threads(),
-            peak_rss_mib=peak_rss_mib(include_children=True), weights=weights)
+            peak_rss_mib=peak_rss_mib(include_children=True), weights=weights,
+            lesion_precision=step.model.precision.name)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 

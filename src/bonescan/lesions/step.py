@@ -36,8 +36,10 @@ class LesionStep:
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto", table: bool = True) -> "LesionStep":
-        return cls(load_lesion_run(run_dir, device=device), LesionOutputs(Path(out_dir), table=table))
+    def open(cls, run_dir: str | Path, out_dir: str | Path, device: str = "auto", table: bool = True,
+             precision: str = "auto") -> "LesionStep":
+        return cls(load_lesion_run(run_dir, device=device, precision=precision),
+                   LesionOutputs(Path(out_dir), table=table))
 
     def apply(self, items, outcomes) -> dict:
         """Predict and write the lesions of read studies (`items` hold views and spacing), filling `outcomes`; the

@@ -83,6 +83,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
               "chosen_on": split, "n_studies": len(detections), "n_lesions": curve.n_lesions,
               "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
               "flip_average": model.flip_average,
+              "precision": model.precision.name,  # the maps' (`load_lesion_run`: bf16 where the CPU runs it faster)
               "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
                       "on the chosen split (FROC of bonescan.evaluate.froc)"}
     write_text_atomic(Path(run_dir) / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
