@@ -123,7 +123,7 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
     `precision` "auto" runs the network in bf16 where this CPU computes it faster (`device.choose_precision`) and
     in fp32 elsewhere. On the 2-core Zen 4 EPYC, the 12-epoch `cpu-small-lesion` run on the 119 test studies of
     `synth --cases 1200 --seed 11`: the same sensitivity at 0.5 / 1 / 2 / 4 false positives per study as fp32,
-    108 against 109 false-positive hotspots at the frozen threshold, BSI against truth r 0.98759 against 0.98761,
+    109 against 108 false-positive hotspots at the frozen threshold, BSI against truth r 0.98759 against 0.98761,
     the network 9.0 against 12.1 ms per study (batch 2) and the lesion step of `predict` 31 against 39 ms.
 
     `flip_average` overrides the frozen record's (`lesions.threshold` and `lesions.rescore_fit` freeze the threshold
