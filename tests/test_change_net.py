@@ -229,6 +229,28 @@ def test_training_runs_in_the_precision_asked_and_resumes_only_in_it(cohort, pai
                              precision=other)
 
 
+def test_training_builds_the_channels_asked_and_the_file_rebuilds_them(cohort, pairs, tmp_path, capsys):
+    path, _ = pairs
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("pairs_train.npz", "pairs_val.npz"):
+        shutil.copy(path, run / name)  # the pairs of these cohorts, taken as built
+    assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(run), "--epochs", "1",
+                 "--batch", "2", "--workers", "1", "--channels", "8,16,24"]) == 0
+    assert "channels 8,16,24" in capsys.readouterr().err
+    model = load_change_model(run / "change_net.pt")
+    assert model.net.channels == [8, 16, 24]
+    assert model.net.unet.model[0].conv.weight.shape[0] == 8  # the first level is as wide as asked
+    maps = probability_maps(model.net, np.load(path)["x"][:1])
+    assert maps.shape == (1, 2, PREPROCESS.height, PREPROCESS.width) and np.isfinite(maps).all()
+    with pytest.raises(RunError, match="was trained with channels 8,16,24"):
+        train_change_network(run, [cohort], [cohort], epochs=1, batch=2, workers=1, progress=False, resume=True)
+    for bad in ("16", "16,x,64", "16,1"):
+        assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(tmp_path / "bad"),
+                     "--channels", bad]) == 2
+        assert "--channels" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_training_refuses_a_precision_this_cpu_cannot_run_before_building_pairs(cohort, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["followup-train", str(cohort), "--val", str(cohort), "--out", str(run), "--precision", "fp16"]) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -236,3 +238,24 @@ def _items(dataset) -> list:
         items.append(item)
         items += _items(item)
     return items
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error_not_a_broken_pool(folder, tmp_path):
+    # Reader processes import the calling script again; unguarded, its top level runs in them and they stop.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from bonescan.io import find_studies\n"
+        "from bonescan.predict import iterate_batches\n"
+        "from bonescan.preprocess import PreprocessConfig\n"
+        f"sources = find_studies([{str(folder / 'study0.dcm')!r}, {str(folder / 'study1.dcm')!r}])\n"
+        "list(iterate_batches(sources, PreprocessConfig(height=64, width=32), 1, workers=1))\n"
+        "print('read')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode != 0 and "read" not in done.stdout.split()
+    assert "ConfigError" in done.stderr and '__name__ == "__main__"' in done.stderr and "--workers" in done.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("if __name__ == \"__main__\":\n" + "".join(f"    {line}\n" for line in
+                                                               script.read_text().splitlines()))
+    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["read"], done.stderr

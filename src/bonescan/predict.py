@@ -270,6 +270,7 @@ def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: in
     import multiprocessing
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # forkserver, not fork: a reader forked from this process shares its heap copy-on-write, so every page the
     # network then writes faults and is copied (measured: 9 s of system time and 1.47 instead of 1.77 studies/s
@@ -281,7 +282,15 @@ def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: in
         first = itertools.islice(queue, per_worker * workers)
         pending = deque(pool.submit(_read_batch, start, batch_size) for start in first)
         while pending:
-            batch = pending.popleft().result()
+            try:
+                batch = pending.popleft().result()
+            except BrokenProcessPool as error:
+                # Most often a script that calls bonescan without a main guard: each reader process imports the
+                # script again, which starts readers of its own, and Python stops that with a traceback of its own.
+                raise ConfigError("--workers", f"the {workers} reader process(es) stopped before reading their "
+                                               f"studies ({error}). A Python script that predicts must run under "
+                                               f"`if __name__ == \"__main__\":`, as each reader process imports it; "
+                                               f"workers=0 (--workers 0) reads in this process") from error
             following = next(queue, None)
             if following is not None:
                 pending.append(pool.submit(_read_batch, following, batch_size))

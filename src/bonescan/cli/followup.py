@@ -129,6 +129,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | auto (bf16 where this CPU runs it "
                                       "faster: AMX, or AVX512-BF16 on AMD): the training forward pass; the loss and "
                                       "weights stay fp32."),
+        channels: str = typer.Option("16,32,64,128,128", "--channels", help="U-Net channels per level (the file "
+                                     "keeps them; bonescan followup rebuilds the same network)."),
     ) -> None:
         """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
         from ..followup.change_train import train_change_network
@@ -138,5 +140,5 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
         path = train_change_network(out, cohorts, val, epochs, lr, batch, resume, workers, seed,
                                     progress=sys.stderr.isatty(), new_pixel_weight=new_pixel_weight,
-                                    precision=precision)
+                                    precision=precision, channels=channels)
         typer.echo(f"change network: {path} (use: bonescan followup --change-net {path})")

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from ..errors import BoneScanError, ConfigError, RunError
 from ..fileio import atomic_path, write_text_atomic
 from ..lesions.dataset import targets_in_network_geometry
 from ..study import VIEWS
-from .change_net import PREPROCESS, ChangeNet, area_masks, pair_input, probability_maps, save_change_model
+from .change_net import CHANNELS, PREPROCESS, ChangeNet, area_masks, pair_input, probability_maps, save_change_model
 from .evaluate import manifest_patients, new_lesion_ids, shown_identities, truth_of, visit_files
 from .visits import load_visit
 
@@ -137,6 +137,20 @@ def pairs_for(out: Path, cohorts: list[Path], workers: int, log: Callable[[str],
     return held
 
 
+def check_channels(channels: str | Sequence[int]) -> tuple[int, ...]:
+    """The U-Net's channels per level ("16,32,64" or a sequence): at least two levels of >= 2 channels (MONAI's
+    batch norm needs them); otherwise one clear error naming --channels."""
+    parts = channels.split(",") if isinstance(channels, str) else list(channels)
+    try:
+        values = tuple(int(c) for c in parts)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) < 2 or min(values) < 2:
+        raise ConfigError("--channels", f"needs at least two levels of >= 2 channels, e.g. 16,32,64,128,128; got "
+                                        f"{channels if isinstance(channels, str) else list(channels)!r}")
+    return values
+
+
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-right flip; the earlier visit moved by up to 2 pixels; each visit's count level scaled on its own."""
     if torch.rand((), generator=generator) < 0.5:
@@ -186,13 +200,14 @@ def choose_operating_point(maps: np.ndarray, n_new: np.ndarray) -> OperatingPoin
 def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list[Path], epochs: int = 24,
                          lr: float = 2e-3, batch: int = 8, resume: bool = False, workers: int = 2, seed: int = 0,
                          progress: bool = True, new_pixel_weight: float = NEW_PIXEL_WEIGHT,
-                         precision: str = "fp32") -> Path:
+                         precision: str = "fp32", channels: str | Sequence[int] = CHANNELS) -> Path:
     """Build the pairs, train (resuming after the last finished epoch with `resume`), choose the operating point on
     the validation cohorts' first follow-ups and write RUN/change_net.pt.
 
     `precision`: the training forward pass in fp32, bf16 (autocast; the loss and the weights stay fp32) or auto
     (bf16 where the CPU runs it faster, `device.choose_precision`). The operating point is chosen in fp32, as
-    `bonescan followup` runs the network."""
+    `bonescan followup` runs the network. `channels`: the U-Net's channels per level (CHANNELS by default; the file
+    keeps them, so `bonescan followup` rebuilds the same network)."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -201,6 +216,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         raise ConfigError("bonescan followup-train", f"epochs and batch must be >= 1, got {epochs} and {batch}")
     if not new_pixel_weight > 0:
         raise ConfigError("--new-pixel-weight", f"must be > 0, got {new_pixel_weight}")
+    channels = check_channels(channels)
     chosen = choose_precision(torch.device("cpu"), precision)
     if checkpoint_path.exists() and not resume:
         raise RunError(out, "holds a checkpoint already: --resume continues it, or give another --out")
@@ -225,7 +241,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
                                                             f"{positives} of {int(first.sum())} have them")
     images, masks = train_pairs["x"], train_pairs["y"]
     torch.manual_seed(seed)
-    net = ChangeNet().to(memory_format=torch.channels_last)
+    net = ChangeNet(channels).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, len(images) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps, pct_start=0.05)
@@ -237,6 +253,10 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         if state["epochs"] != epochs or state["steps"] != steps:
             raise RunError(checkpoint_path, f"was trained for {state['epochs']} epochs of {state['steps']} steps; "
                                             f"resume with the same --epochs, batch and cohorts")
+        trained_with = tuple(state.get("channels", CHANNELS))  # checkpoints written before --channels: the default
+        if trained_with != channels:
+            raise RunError(checkpoint_path, f"was trained with channels {','.join(map(str, trained_with))}; resume "
+                                            f"with the same --channels (got {','.join(map(str, channels))})")
         if state.get("precision", "fp32") != chosen.name:
             raise RunError(checkpoint_path, f"was trained in {state.get('precision', 'fp32')}; resume with the same "
                                             f"--precision (got {chosen.name})")
@@ -246,7 +266,8 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         generator.set_state(state["generator"])
         history, first_epoch = list(state["history"]), int(state["epoch"])
         log(f"resuming after epoch {first_epoch}")
-    log(f"training in {chosen.name}: {epochs} epochs of {steps} batches of {batch} pairs")
+    log(f"training in {chosen.name}: {epochs} epochs of {steps} batches of {batch} pairs; channels "
+        f"{','.join(map(str, channels))} ({sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters)")
     for epoch in range(first_epoch, epochs):
         net.train()
         order, start, losses = torch.randperm(len(images), generator=generator).numpy(), time.time(), []
@@ -271,7 +292,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         with atomic_path(checkpoint_path) as tmp:
             torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                         "generator": generator.get_state(), "history": history, "epoch": epoch + 1, "epochs": epochs,
-                        "steps": steps, "precision": chosen.name}, tmp)
+                        "steps": steps, "precision": chosen.name, "channels": list(channels)}, tmp)
         write_text_atomic(out / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, {history[-1]['seconds']:.0f} s")
     point = choose_operating_point(probability_maps(net, val_pairs["x"][first]), val_pairs["n_new"][first])
