@@ -72,7 +72,8 @@ class LesionBenchmark:
             f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
             f"{_figure(self.lesion_step / self.classifier)}x the classifier (goal: <= 2x)",
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
-            f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, {rescorer}",
+            f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, "
+            f"{rescorer}",
             f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
         ]
 
