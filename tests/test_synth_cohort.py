@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,21 @@ def test_unreadable_settings_file_is_a_config_error(tmp_path):
     (out / "synth.json").write_text("{not json")
     with pytest.raises(ConfigError, match="synth.json.*cannot be read"):
         generate_cohort(out, 1, seed=1)
+
+
+def test_a_script_generating_with_workers_without_a_main_guard_gets_one_clear_error(tmp_path):
+    # Spawned workers import the calling script again; unguarded, its top level runs in them and they stop.
+    script = tmp_path / "unguarded.py"
+    script.write_text("from bonescan.synth import generate_cohort\n"
+                      f"generate_cohort({str(tmp_path / 'cohort')!r}, 4, seed=1, difficulty='demo', workers=2)\n"
+                      "print('written')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0 and "written" not in done.stdout.split()
+    assert "ConfigError" in done.stderr and '__name__ == "__main__"' in done.stderr and "workers=1" in done.stderr
+    assert not (tmp_path / "cohort" / "manifest.csv").exists()  # no manifest of a cohort that was not written
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("if __name__ == \"__main__\":\n" + "".join(f"    {line}\n" for line in
+                                                               script.read_text().splitlines()))
+    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["written"], done.stderr
+    assert (tmp_path / "cohort" / "manifest.csv").is_file()

@@ -67,3 +67,13 @@ class AnnotationError(BoneScanError):
 class FollowUpError(BoneScanError):
     """Studies that cannot be compared as visits of one patient: another patient, a follow-up dated before its
     baseline, a visit without both views."""
+
+
+def workers_stopped(workers: int, error: BaseException, in_process: str) -> ConfigError:
+    """The error for a process pool whose workers stopped (`BrokenProcessPool`). Most often a Python script that
+    calls bonescan without a main guard: each worker process imports the script again, its top level starts workers
+    of its own, and Python stops that. `in_process` says how to run without workers."""
+    return ConfigError("--workers", f"the {workers} worker process(es) stopped before finishing ({error}). A Python "
+                                    f"script that calls bonescan with workers must run under "
+                                    f"`if __name__ == \"__main__\":`, as each worker process imports it; "
+                                    f"{in_process} works in this process")

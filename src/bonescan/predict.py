@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import BoneScanError, ConfigError, PredictionsError, RunError
+from .errors import BoneScanError, ConfigError, PredictionsError, RunError, workers_stopped
 from .fileio import write_text_atomic
 from .io import StudySource, find_studies, read_study
 from .preprocess import PreprocessConfig, preprocess_study
@@ -284,13 +284,8 @@ def _read_ahead(reader: StudyReader, starts: range, batch_size: int, workers: in
         while pending:
             try:
                 batch = pending.popleft().result()
-            except BrokenProcessPool as error:
-                # Most often a script that calls bonescan without a main guard: each reader process imports the
-                # script again, which starts readers of its own, and Python stops that with a traceback of its own.
-                raise ConfigError("--workers", f"the {workers} reader process(es) stopped before reading their "
-                                               f"studies ({error}). A Python script that predicts must run under "
-                                               f"`if __name__ == \"__main__\":`, as each reader process imports it; "
-                                               f"workers=0 (--workers 0) reads in this process") from error
+            except BrokenProcessPool as error:  # most often a script without a main guard (errors.workers_stopped)
+                raise workers_stopped(workers, error, "workers=0 (--workers 0)") from error
             following = next(queue, None)
             if following is not None:
                 pending.append(pool.submit(_read_batch, following, batch_size))

@@ -24,6 +24,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,7 +33,7 @@ import pandas as pd
 
 from .. import __version__
 from ..cohort import split_manifest, write_manifest
-from ..errors import ConfigError
+from ..errors import ConfigError, workers_stopped
 from ..fileio import write_text_atomic
 from .case import SyntheticCase, case_seed, generate_case
 from ..lesions.truth import save_truth
@@ -186,6 +187,8 @@ def generated(make: Callable, jobs: list, workers: int, chunksize: int) -> Itera
                                    initializer=keep_freed_memory)
     try:
         yield executor.map(make, jobs, chunksize=chunksize)
+    except BrokenProcessPool as error:  # most often a script without a main guard (errors.workers_stopped)
+        raise workers_stopped(workers, error, "workers=1 (--workers 1)") from error
     finally:
         executor.shutdown(cancel_futures=True)
 
