@@ -134,11 +134,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Train the change network (new lesions seen from both visits) for `bonescan followup --change-net`."""
         from ..followup.change_train import train_change_network
+        from .train import parse_channels
 
         for folder in [*cohorts, *val]:
             if not (folder / "manifest.csv").is_file():
                 raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
         path = train_change_network(out, cohorts, val, epochs, lr, batch, resume, workers, seed,
                                     progress=sys.stderr.isatty(), new_pixel_weight=new_pixel_weight,
-                                    precision=precision, channels=channels)
+                                    precision=precision, channels=parse_channels(channels, "--channels"))
         typer.echo(f"change network: {path} (use: bonescan followup --change-net {path})")

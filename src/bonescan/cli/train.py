@@ -8,15 +8,14 @@ from typing import Optional
 import typer
 
 
-def parse_channels(text: Optional[str]) -> Optional[tuple[int, ...]]:
-    """--lesion-channels "32,64,128" -> (32, 64, 128); None when not given."""
+def parse_channels(text: Optional[str], option: str = "--lesion-channels") -> Optional[tuple[int, ...]]:
+    """`option` "32,64,128" -> (32, 64, 128); None when not given."""
     if text is None:
         return None
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers",
-                                 param_hint="--lesion-channels") from None
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -137,17 +137,13 @@ def pairs_for(out: Path, cohorts: list[Path], workers: int, log: Callable[[str],
     return held
 
 
-def check_channels(channels: str | Sequence[int]) -> tuple[int, ...]:
-    """The U-Net's channels per level ("16,32,64" or a sequence): at least two levels of >= 2 channels (MONAI's
-    batch norm needs them); otherwise one clear error naming --channels."""
-    parts = channels.split(",") if isinstance(channels, str) else list(channels)
-    try:
-        values = tuple(int(c) for c in parts)
-    except (TypeError, ValueError):
-        values = ()
+def check_channels(channels: Sequence[int]) -> tuple[int, ...]:
+    """The U-Net's channels per level: at least two levels of >= 2 channels (MONAI's batch norm needs them, as the
+    lesion network's `LesionNetConfig`); otherwise one clear error naming --channels."""
+    values = tuple(channels)
     if len(values) < 2 or min(values) < 2:
         raise ConfigError("--channels", f"needs at least two levels of >= 2 channels, e.g. 16,32,64,128,128; got "
-                                        f"{channels if isinstance(channels, str) else list(channels)!r}")
+                                        f"{','.join(map(str, values))}")
     return values
 
 
@@ -200,7 +196,7 @@ def choose_operating_point(maps: np.ndarray, n_new: np.ndarray) -> OperatingPoin
 def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list[Path], epochs: int = 24,
                          lr: float = 2e-3, batch: int = 8, resume: bool = False, workers: int = 2, seed: int = 0,
                          progress: bool = True, new_pixel_weight: float = NEW_PIXEL_WEIGHT,
-                         precision: str = "fp32", channels: str | Sequence[int] = CHANNELS) -> Path:
+                         precision: str = "fp32", channels: Sequence[int] = CHANNELS) -> Path:
     """Build the pairs, train (resuming after the last finished epoch with `resume`), choose the operating point on
     the validation cohorts' first follow-ups and write RUN/change_net.pt.
 
