@@ -783,6 +783,51 @@ def test_flip_averaging_is_frozen_with_the_threshold_and_a_rescorer_fitted_on_ot
     assert not load_lesion_run(run).flip_average  # runs without the record keep the plain maps
 
 
+def test_threshold_and_rescorer_name_the_precision_of_their_maps_and_a_run_made_in_another_says_so(
+        lesion_setup, capsys, tmp_path):
+    from bonescan.cli import main
+    from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
+    from bonescan.lesions.threshold import THRESHOLD_FILE
+
+    folder, manifest_path, _, _, _ = lesion_setup
+    run = folder / "lesion-run"
+    written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
+    try:
+        # chosen on bf16 maps (native or emulated: the record is what is tested)
+        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                     "--precision", "bf16"]) == 0
+        assert "; bf16 maps" in capsys.readouterr().out
+        assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "bf16"
+        assert load_lesion_run(run, precision="bf16").notes == ()
+        (note,) = load_lesion_run(run, precision="fp32").notes
+        assert "maps are made in fp32 here, but its malignancy threshold was chosen on bf16 maps" in note
+        assert f"bonescan lesions threshold --run {run} --manifest MANIFEST --precision fp32" in note
+        # predict passes it on, as a warning, and still predicts
+        assert main(["predict", "--run", str(folder / "classifier"), "--manifest", str(manifest_path), "--split",
+                     "val", "--engine", "torch", "--precision", "fp32", "--lesions", str(run), "--lesions-out",
+                     str(tmp_path / "lesions"), "--out", str(tmp_path / "predictions.csv")]) == 0
+        assert f"bonescan: warning: {note}" in capsys.readouterr().err
+        # the rescorer fitted on fp32 maps freezes the threshold on them too; bf16 maps then name the rescorer
+        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "train",
+                     "--precision", "fp32"]) == 0
+        assert json.loads((run / RESCORER_INFO).read_text())["precision"] == "fp32"
+        assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "fp32"
+        assert load_lesion_run(run, precision="fp32").notes == ()
+        (note,) = load_lesion_run(run, precision="bf16").notes
+        assert ("malignancy threshold was chosen on fp32 maps and its hotspot rescorer fitted on fp32 maps" in note
+                and "bonescan lesions rescorer --run" in note)
+        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                     "--precision", "fp8"]) == 2
+        assert "unknown precision 'fp8'" in capsys.readouterr().err
+        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "precision": "fp8"}')
+        with pytest.raises(RunError, match="precision 'fp8' is not one of fp32, bf16, fp16"):
+            load_lesion_run(run)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    assert load_lesion_run(run, precision="fp32").notes == ()  # nothing recorded, nothing to say
+
+
 def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
         lesion_setup, capsys, tmp_path):
     from bonescan.cli import main

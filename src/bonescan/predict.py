@@ -530,6 +530,7 @@ def predict_sources(
                               lesions=kept)
     if lesion_step is not None:
         lesion_step.finish()
+        report.notices.extend(lesion_step.model.notes)
         if lesion_step.studies:
             report.notices.append(f"lesion step ({lesion_step.model.precision.name}): "
                                   f"{1000 * lesion_step.seconds / lesion_step.studies:.0f} ms "

@@ -63,6 +63,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             lesion_reader = OracleReader()
         elif run is not None:
             lesion_reader = NetworkReader(run)
+            for line in lesion_reader.model.notes:
+                typer.echo(f"bonescan: warning: {line}", err=True)
         else:
             raise ConfigError("--run", "the lesion network's run is needed (or --reader oracle on a synthetic cohort)")
         change_model = load_change_model(change_net) if change_net is not None else None

@@ -14,6 +14,10 @@ FLIP_AVERAGE = typer.Option(
     None, "--flip-average/--no-flip-average",
     help="Average the network's maps with those of the mirrored study (twice the network's time; kept in the run "
          "and used wherever it is applied). Default: as the run has it.")
+PRECISION = typer.Option(
+    "auto", "--precision",
+    help="auto | fp32 | bf16: the precision of the maps to choose on (recorded; auto: bf16 where this CPU runs it "
+         "faster). Choose on the maps of the machines that will use the run.")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -29,16 +33,18 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         flip_average: bool | None = FLIP_AVERAGE,
+        precision: str = PRECISION,
     ) -> None:
         """Choose the malignancy threshold on SPLIT at a false-positive budget; write RUN/malignancy_threshold.json."""
         from ..cohort import load_manifest
         from ..lesions.threshold import freeze_malignancy_threshold
 
-        record = freeze_malignancy_threshold(run, load_manifest(manifest), split, fp_per_study, device, flip_average)
+        record = freeze_malignancy_threshold(run, load_manifest(manifest), split, fp_per_study, device, flip_average,
+                                             precision)
         typer.echo(f"malignancy threshold {record['malignancy_threshold']:.4f}: on {record['n_studies']} {split} "
                    f"studies ({record['n_lesions']} metastases) sensitivity {record['sensitivity_there']:.3f} at "
-                   f"{record['fp_per_study_there']:.2f} false positives per study (budget {fp_per_study:g})"
-                   f"{'; maps averaged with the mirrored study' * record['flip_average']}")
+                   f"{record['fp_per_study_there']:.2f} false positives per study (budget {fp_per_study:g}); "
+                   f"{record['precision']} maps{', averaged with the mirrored study' * record['flip_average']}")
         typer.echo(f"wrote {Path(run) / 'malignancy_threshold.json'}")
 
     @group.command("rescorer")
@@ -54,6 +60,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fp_per_study: float = typer.Option(1.0, "--fp-per-study", help="False-positive hotspots per study allowed."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
         flip_average: bool | None = FLIP_AVERAGE,
+        precision: str = PRECISION,
     ) -> None:
         """Fit the run's hotspot rescorer (count candidates beside the network's, rescored by gradient boosting;
         RUN/hotspot_rescorer.skops), then freeze the malignancy threshold again on its scale."""
@@ -68,7 +75,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress, flip_average)
+        fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress, flip_average, precision)
         for case_id, reason in fitted.failed:
             typer.echo(f"left out {case_id}: {reason}", err=True)
         typer.echo(f"rescorer fitted on {fitted.n_studies} {'study' if fitted.n_studies == 1 else 'studies'} "
@@ -76,7 +83,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                    f"{fitted.n_on_metastases} on metastases); count candidates kept from {fitted.keep_floor:.3f}; "
                    f"wrote {fitted.path}")
         record = freeze_malignancy_threshold(run, load_manifest(threshold_manifest or manifest), threshold_split,
-                                             fp_per_study, device, flip_average)
+                                             fp_per_study, device, flip_average, precision)
         typer.echo(f"malignancy threshold {record['malignancy_threshold']:.4f} (rescored): on {record['n_studies']} "
                    f"{threshold_split} studies ({record['n_lesions']} metastases) sensitivity "
                    f"{record['sensitivity_there']:.3f} at {record['fp_per_study_there']:.2f} false positives per "

@@ -85,6 +85,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for line in report.notices:
             if line.startswith("lesion step"):
                 typer.echo(line)
+            elif line.startswith("lesion run"):  # the lesion run's settings were chosen on other maps
+                _stderr(f"bonescan: warning: {line}")
         for failure in report.failures:
             _stderr(f"bonescan: failed: {failure.name}: {failure.error}")
         if report.failures:

@@ -65,6 +65,9 @@ class LesionModel:
     rescorer: HotspotRescorer | None = None  # RUN/hotspot_rescorer.skops when fitted (`lesions.rescore`)
     outline_threshold: float = MALIGNANCY_THRESHOLD  # the network's own threshold when rescored (`lesions.threshold`)
     flip_average: bool = False  # maps averaged with the mirrored study's (frozen with the threshold)
+    # What the user should know of how these maps differ from those the run's settings were chosen on
+    # (`precision_notes`); predict, followup and the node pass them on.
+    notes: tuple[str, ...] = ()
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
@@ -147,9 +150,32 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
         raise RunError(paths.root, f"its hotspot rescorer was fitted on maps {'with' if not flip else 'without'} "
                                    f"flip averaging, and the run is asked for maps {'with' if flip else 'without'}; "
                                    f"fit it again: bonescan lesions rescorer --{'' if flip else 'no-'}flip-average")
+    notes = precision_notes(paths.root, chosen.name, frozen.precision,
+                            second_look.info.get("precision") if second_look is not None else None)
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
-                       frozen.threshold, second_look, frozen.outline_threshold, flip)
+                       frozen.threshold, second_look, frozen.outline_threshold, flip, notes)
+
+
+def precision_notes(run_dir: Path, precision: str, threshold_precision: str | None,
+                    rescorer_precision: str | None) -> tuple[str, ...]:
+    """A line when the run's frozen threshold or rescorer was chosen on maps of another precision than `precision`,
+    the one its maps are now made in; none for records that do not name one (made before they did).
+
+    Not an error, as a rescorer fitted without the run's flip averaging is: bf16 and fp32 maps differ by a few
+    hundredths, so only hotspots near the threshold can be called otherwise, and a machine where bf16 is emulated
+    (many times slower) should still be able to use a run frozen on one where it is native.
+    """
+    other = [f"{what} on {made} maps" for what, made in (("its malignancy threshold was chosen", threshold_precision),
+                                                         ("its hotspot rescorer fitted", rescorer_precision))
+             if made not in (None, precision)]
+    if not other:
+        return ()
+    # fitting the rescorer freezes the threshold again on the same maps
+    again = "rescorer" if rescorer_precision not in (None, precision) else "threshold"
+    return (f"lesion run {run_dir}: its maps are made in {precision} here, but {' and '.join(other)}: hotspots "
+            f"near the threshold may be called otherwise (to choose again on these maps: bonescan lesions {again} "
+            f"--run {run_dir} --manifest MANIFEST --precision {precision})",)
 
 
 def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:

@@ -40,12 +40,13 @@ def _source(row) -> str | list[str]:
 
 
 def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str | None = None,
-                         device: str = "auto", progress=None, flip_average: bool | None = None) -> RescorerFit:
+                         device: str = "auto", progress=None, flip_average: bool | None = None,
+                         precision: str = "auto") -> RescorerFit:
     """Fit on the manifest's studies with truth (of `split` when given) and write RUN/hotspot_rescorer.*.
 
     `flip_average` (None: as the run has it) chooses the network's maps the features are measured on; freeze the
-    threshold with the same choice after. ManifestError when no study has lesion truth with findings;
-    `progress(done, total)` is called per study.
+    threshold with the same choice after; `precision` is the maps', recorded as the threshold's is. ManifestError
+    when no study has lesion truth with findings; `progress(done, total)` is called per study.
     """
     from ..io import read_study
 
@@ -56,7 +57,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
         raise ManifestError("manifest", f"no {split or 'manifest'} study with lesion truth (a `truth` column) to fit "
                                         "the rescorer on")
     rows = rows[rows["truth"].fillna("").astype(str) != ""]
-    model = load_lesion_run(run_dir, device=device, flip_average=flip_average, rescorer=False)
+    model = load_lesion_run(run_dir, device=device, flip_average=flip_average, rescorer=False, precision=precision)
     config = model.config.preprocess
     features, labels, from_counts, failed = [], [], [], []
     n_studies = 0
@@ -93,6 +94,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
     rescorer = fit_rescorer(np.concatenate(features), np.concatenate(labels),
                             np.concatenate([np.asarray(f, bool) for f in from_counts]), n_studies)
     path = save_rescorer(rescorer, run_dir, {"fitted_on_split": split or "all", "failed_studies": len(failed),
-                                             "flip_average": model.flip_average})
+                                             "flip_average": model.flip_average,
+                                             "precision": model.precision.name})
     return RescorerFit(path, n_studies, rescorer.info["n_candidates"], rescorer.info["n_on_metastases"],
                        rescorer.keep_floor, failed)

@@ -12,7 +12,10 @@ A rescored run's threshold is on the rescorer's scale, but the BSI still outline
 network's own pixel probabilities (`infer.study_lesions`), so the record keeps the network's threshold beside it as
 `outline_threshold`: the threshold frozen before the rescorer was fitted (DEFAULT_THRESHOLD when there was none).
 The record also says whether the network's maps are averaged with the mirrored study's (`flip_average`, chosen with
-`--flip-average`): the threshold holds for the maps it was chosen on, so the run keeps them.
+`--flip-average`): the threshold holds for the maps it was chosen on, so the run keeps them. It names the precision
+those maps were made in (`precision`, chosen with `--precision`); a machine that makes them in another precision
+(bf16 where it is fast, fp32 where bf16 is emulated) uses the threshold all the same, and `load_lesion_run` says so
+(`LesionModel.notes`): the maps then differ by a few hundredths, enough to move a call near the threshold.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .truth import load_truth
 
 THRESHOLD_FILE = "malignancy_threshold.json"
 DEFAULT_THRESHOLD = 0.5
+PRECISIONS = ("fp32", "bf16", "fp16")  # `device.Precision.name`
 
 
 def threshold_at_fp(curve: FrocCurve, fp_per_study: float) -> tuple[float, float, float]:
@@ -47,11 +51,13 @@ def threshold_at_fp(curve: FrocCurve, fp_per_study: float) -> tuple[float, float
 
 def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, split: str = "val",
                                 fp_per_study: float = 1.0, device: str = "auto",
-                                flip_average: bool | None = None) -> dict:
+                                flip_average: bool | None = None, precision: str = "auto") -> dict:
     """Choose the run's malignancy threshold on `split` studies with truth and write RUN/malignancy_threshold.json.
 
     `flip_average` (None: as the run has it) chooses whether the network's maps are averaged with the mirrored
-    study's, here and wherever the run is used after. Returns what was written. ManifestError when the split has
+    study's, here and wherever the run is used after; `precision` ("auto": bf16 where this CPU runs it faster) is
+    the maps' precision, recorded (freeze with the precision of the machines that will use the run). Returns what
+    was written. ManifestError when the split has
     no study with lesion truth.
     """
     from ..io import read_study
@@ -64,7 +70,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
         rows = rows[rows["truth"].fillna("").astype(str) != ""]
     if "truth" not in manifest.columns or rows.empty:
         raise ManifestError("manifest", f"no {split!r} study with lesion truth (a `truth` column) to choose on")
-    model = load_lesion_run(run_dir, device=device, flip_average=flip_average)
+    model = load_lesion_run(run_dir, device=device, flip_average=flip_average, precision=precision)
     detections = []
     for row in rows.itertuples():
         source = row.path if isinstance(getattr(row, "path", None), str) and row.path else [row.anterior,
@@ -97,6 +103,7 @@ class FrozenThreshold:
     threshold: float = DEFAULT_THRESHOLD
     outline_threshold: float = DEFAULT_THRESHOLD  # the network's own pixel threshold (the BSI's outline)
     flip_average: bool = False  # the maps are averaged with the mirrored study's (`infer.LesionModel`)
+    precision: str | None = None  # the maps' precision when it was chosen (None: no record, or one from before)
 
 
 def load_frozen_threshold(run_dir: str | Path) -> FrozenThreshold:
@@ -118,7 +125,10 @@ def load_frozen_threshold(run_dir: str | Path) -> FrozenThreshold:
     flip = record.get("flip_average", False)
     if not isinstance(flip, bool):
         raise RunError(Path(run_dir) / THRESHOLD_FILE, f"flip_average {flip!r} is not true or false")
-    return FrozenThreshold(threshold, outline, flip)
+    precision = record.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise RunError(Path(run_dir) / THRESHOLD_FILE, f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return FrozenThreshold(threshold, outline, flip, precision)
 
 
 def _threshold_record(run_dir: str | Path) -> dict | None:

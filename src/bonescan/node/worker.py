@@ -78,6 +78,8 @@ class Predictor:
             from ..lesions.step import LesionStep
 
             self.lesion_step = LesionStep.open(lesions, self.results, device=device, table=False)
+            for line in self.lesion_step.model.notes:
+                log.warning("%s", line)
 
     def warm_up(self) -> float:
         """Read one synthetic study end to end (results in `results/.warm-up`, removed after); returns the seconds
