@@ -666,6 +666,50 @@ def test_touching_metastases_are_split_at_their_count_peaks_and_faint_ones_are_s
     assert len(np.unique(hotspot_components(hot, metastasis, single.astype(np.float32))[0][7:22, 7:14])) == 1
 
 
+def test_a_group_split_at_its_count_peaks_keeps_its_pixels_from_a_neighbours_peak():
+    from scipy import ndimage
+
+    from bonescan.lesions.infer import _split_at_count_peaks, count_peaks
+
+    rows, cols = np.mgrid[:40, :20]
+    peaks = [(8, 6), (31, 6), (19, 12)]  # two along a bar, one on a small group beside its middle
+    counts = (20 + sum(200 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / 40) for r, c in peaks)).astype(np.float32)
+    bar = (rows >= 5) & (rows <= 34) & (cols >= 5) & (cols <= 8)
+    beside = (rows >= 17) & (rows <= 21) & (cols >= 10) & (cols <= 13)  # one column apart: another group
+    candidate = bar | beside
+    components, _ = ndimage.label(candidate, structure=np.ones((3, 3), bool))
+    found = np.argwhere(count_peaks(counts, components) & candidate)
+    assert len(found) == 3 and all(np.abs(found - peak).sum(axis=1).min() <= 1 for peak in peaks)
+    labels, n = _split_at_count_peaks(candidate, counts)
+    # The bar's middle lies nearer the neighbour's peak than its own: it still goes to its own two peaks.
+    assert n == 3 and set(np.unique(labels[bar])) == {labels[8, 6], labels[31, 6]}
+    assert (labels[beside] == labels[19, 12]).all() and labels[19, 12] not in (labels[8, 6], labels[31, 6])
+    assert (labels[17:20, 5:9] == labels[8, 6]).all() and (labels[22:25, 5:9] == labels[31, 6]).all()
+
+    # Many groups: every pixel of a group with several peaks goes to one of its own nearest peaks.
+    rng = np.random.default_rng(3)
+    counts = ndimage.gaussian_filter(rng.poisson(rng.uniform(5, 300, (160, 64))).astype(np.float32), 1.0)
+    candidate = ndimage.binary_dilation(rng.random((160, 64)) > 0.97, iterations=2)
+    components, n_components = ndimage.label(candidate, structure=np.ones((3, 3), bool))
+    seeds, _ = ndimage.label(count_peaks(counts, components) & candidate, structure=np.ones((3, 3), bool))
+    labels, n = _split_at_count_peaks(candidate, counts)
+    assert n > n_components and (labels > 0).sum() == candidate.sum() and set(np.unique(labels)) == set(range(n + 1))
+    split = 0
+    for component in range(1, n_components + 1):
+        own = components == component
+        assert len(np.unique(labels[own])) == len(np.unique(seeds[own & (seeds > 0)])) or \
+            len(np.unique(seeds[own & (seeds > 0)])) < 2 and len(np.unique(labels[own])) == 1
+        peak_pixels = np.argwhere(own & (seeds > 0))
+        if len(np.unique(seeds[own & (seeds > 0)])) < 2:
+            continue
+        split += 1
+        for pixel in np.argwhere(own):
+            distance = np.hypot(*(peak_pixels - pixel).T)
+            assigned = labels[tuple(pixel)] == labels[tuple(peak_pixels.T)]
+            assert distance[assigned].min() == distance.min()  # a nearest peak of its own group
+    assert split >= 3
+
+
 def test_a_metastasis_touching_a_kidney_is_its_own_hotspot_with_its_rim():
     from bonescan.lesions.infer import hotspot_components
 
