@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -794,133 +795,139 @@ def test_flip_averaged_maps_are_the_same_for_a_study_and_its_mirror_image(lesion
     np.testing.assert_allclose(maps[:, :, 1:], (once[:, :, 1:] + once_mirrored[:, :, 1:]) / 2, atol=1e-5)
 
 
-def test_flip_averaging_is_frozen_with_the_threshold_and_a_rescorer_fitted_on_other_maps_is_refused(
-        lesion_setup, capsys):
-    from bonescan.cli import main
+@pytest.fixture
+def run_settings(lesion_setup):
+    """The shared lesion run, whose malignancy threshold record and rescorer files the test may write: removed when
+    the test ends, and by `clear()`."""
     from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
     from bonescan.lesions.threshold import THRESHOLD_FILE
 
-    folder, manifest_path, _, _, _ = lesion_setup
-    run = folder / "lesion-run"
+    run = lesion_setup[0] / "lesion-run"
     written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
-    try:
-        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
-                     "--flip-average"]) == 0
-        assert "averaged with the mirrored study" in capsys.readouterr().out
-        assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True
-        assert load_lesion_run(run).flip_average and not load_lesion_run(run, flip_average=False).flip_average
-        # the rescorer is fitted on the run's averaged maps, and the threshold frozen again keeps them
-        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
-        assert json.loads((run / RESCORER_INFO).read_text())["flip_average"] is True
-        assert load_lesion_run(run).flip_average and load_lesion_run(run).rescorer is not None
-        # plain maps under a rescorer fitted on averaged ones: refused, naming the fix
-        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
-                     "--no-flip-average"]) == 2
-        assert "bonescan lesions rescorer --no-flip-average" in capsys.readouterr().err
-        assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True  # nothing written
-        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "flip_average": "yes"}')
-        with pytest.raises(RunError, match="flip_average 'yes' is not true or false"):
-            load_lesion_run(run)
-    finally:
+
+    def clear() -> None:
         for path in written:
             path.unlink(missing_ok=True)
+
+    yield SimpleNamespace(run=run, rescorer=written[0], clear=clear)
+    clear()
+
+
+def test_flip_averaging_is_frozen_with_the_threshold_and_a_rescorer_fitted_on_other_maps_is_refused(
+        lesion_setup, run_settings, capsys):
+    from bonescan.cli import main
+    from bonescan.lesions.rescore import RESCORER_INFO
+    from bonescan.lesions.threshold import THRESHOLD_FILE
+
+    folder, manifest_path, _, _, _ = lesion_setup
+    run = run_settings.run  # its threshold record and rescorer are removed after the test
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                 "--flip-average"]) == 0
+    assert "averaged with the mirrored study" in capsys.readouterr().out
+    assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True
+    assert load_lesion_run(run).flip_average and not load_lesion_run(run, flip_average=False).flip_average
+    # the rescorer is fitted on the run's averaged maps, and the threshold frozen again keeps them
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
+    assert json.loads((run / RESCORER_INFO).read_text())["flip_average"] is True
+    assert load_lesion_run(run).flip_average and load_lesion_run(run).rescorer is not None
+    # plain maps under a rescorer fitted on averaged ones: refused, naming the fix
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                 "--no-flip-average"]) == 2
+    assert "bonescan lesions rescorer --no-flip-average" in capsys.readouterr().err
+    assert json.loads((run / THRESHOLD_FILE).read_text())["flip_average"] is True  # nothing written
+    (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "flip_average": "yes"}')
+    with pytest.raises(RunError, match="flip_average 'yes' is not true or false"):
+        load_lesion_run(run)
+    run_settings.clear()
     assert not load_lesion_run(run).flip_average  # runs without the record keep the plain maps
 
 
 def test_threshold_and_rescorer_name_the_precision_of_their_maps_and_a_run_made_in_another_says_so(
-        lesion_setup, capsys, tmp_path):
+        lesion_setup, run_settings, capsys, tmp_path):
     from bonescan.cli import main
-    from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
+    from bonescan.lesions.rescore import RESCORER_INFO
     from bonescan.lesions.threshold import THRESHOLD_FILE
 
     folder, manifest_path, _, _, _ = lesion_setup
-    run = folder / "lesion-run"
-    written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
-    try:
-        # chosen on bf16 maps (native or emulated: the record is what is tested)
-        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
-                     "--precision", "bf16"]) == 0
-        assert "; bf16 maps" in capsys.readouterr().out
-        assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "bf16"
-        assert load_lesion_run(run, precision="bf16").notes == ()
-        (note,) = load_lesion_run(run, precision="fp32").notes
-        assert "maps are made in fp32 here, but its malignancy threshold was chosen on bf16 maps" in note
-        assert f"bonescan lesions threshold --run {run} --manifest MANIFEST --precision fp32" in note
-        # predict passes it on, as a warning, and still predicts
-        assert main(["predict", "--run", str(folder / "classifier"), "--manifest", str(manifest_path), "--split",
-                     "val", "--engine", "torch", "--precision", "fp32", "--lesions", str(run), "--lesions-out",
-                     str(tmp_path / "lesions"), "--out", str(tmp_path / "predictions.csv")]) == 0
-        assert f"bonescan: warning: {note}" in capsys.readouterr().err
-        # the rescorer fitted on fp32 maps freezes the threshold on them too; bf16 maps then name the rescorer
-        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "train",
-                     "--precision", "fp32"]) == 0
-        assert json.loads((run / RESCORER_INFO).read_text())["precision"] == "fp32"
-        assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "fp32"
-        assert load_lesion_run(run, precision="fp32").notes == ()
-        (note,) = load_lesion_run(run, precision="bf16").notes
-        assert ("malignancy threshold was chosen on fp32 maps and its hotspot rescorer fitted on fp32 maps" in note
-                and "bonescan lesions rescorer --run" in note)
-        assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
-                     "--precision", "fp8"]) == 2
-        assert "unknown precision 'fp8'" in capsys.readouterr().err
-        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "precision": "fp8"}')
-        with pytest.raises(RunError, match="precision 'fp8' is not one of fp32, bf16, fp16"):
-            load_lesion_run(run)
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    run = run_settings.run  # its threshold record and rescorer are removed after the test
+    # chosen on bf16 maps (native or emulated: the record is what is tested)
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                 "--precision", "bf16"]) == 0
+    assert "; bf16 maps" in capsys.readouterr().out
+    assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "bf16"
+    assert load_lesion_run(run, precision="bf16").notes == ()
+    (note,) = load_lesion_run(run, precision="fp32").notes
+    assert "maps are made in fp32 here, but its malignancy threshold was chosen on bf16 maps" in note
+    assert f"bonescan lesions threshold --run {run} --manifest MANIFEST --precision fp32" in note
+    # predict passes it on, as a warning, and still predicts
+    assert main(["predict", "--run", str(folder / "classifier"), "--manifest", str(manifest_path), "--split",
+                 "val", "--engine", "torch", "--precision", "fp32", "--lesions", str(run), "--lesions-out",
+                 str(tmp_path / "lesions"), "--out", str(tmp_path / "predictions.csv")]) == 0
+    assert f"bonescan: warning: {note}" in capsys.readouterr().err
+    # the rescorer fitted on fp32 maps freezes the threshold on them too; bf16 maps then name the rescorer
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "train",
+                 "--precision", "fp32"]) == 0
+    assert json.loads((run / RESCORER_INFO).read_text())["precision"] == "fp32"
+    assert json.loads((run / THRESHOLD_FILE).read_text())["precision"] == "fp32"
+    assert load_lesion_run(run, precision="fp32").notes == ()
+    (note,) = load_lesion_run(run, precision="bf16").notes
+    assert ("malignancy threshold was chosen on fp32 maps and its hotspot rescorer fitted on fp32 maps" in note
+            and "bonescan lesions rescorer --run" in note)
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                 "--precision", "fp8"]) == 2
+    assert "unknown precision 'fp8'" in capsys.readouterr().err
+    (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.4, "precision": "fp8"}')
+    with pytest.raises(RunError, match="precision 'fp8' is not one of fp32, bf16, fp16"):
+        load_lesion_run(run)
+    run_settings.clear()
     assert load_lesion_run(run, precision="fp32").notes == ()  # nothing recorded, nothing to say
 
 
 def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
-        lesion_setup, capsys, tmp_path):
+        lesion_setup, run_settings, capsys, tmp_path):
     from bonescan.cli import main
-    from bonescan.lesions.rescore import RESCORER_FILE, RESCORER_INFO
+    from bonescan.lesions.rescore import RESCORER_INFO
     from bonescan.lesions.threshold import THRESHOLD_FILE
 
     folder, manifest_path, manifest, _, _ = lesion_setup
-    run = folder / "lesion-run"
-    written = [run / RESCORER_FILE, run / RESCORER_INFO, run / THRESHOLD_FILE]
-    try:
-        (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.7, "rescored": false}')  # the network's own
-        # the two validation studies (the tiny network lists thousands of candidates per study: few studies)
-        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
-        captured = capsys.readouterr()
-        assert "rescorer fitted on 2 studies" in captured.out and "(rescored)" in captured.out
-        assert "studies the rescorer was fitted on" in captured.err  # the same studies chose the threshold
-        loaded = load_lesion_run(run)
-        record = json.loads((run / THRESHOLD_FILE).read_text())
-        assert loaded.rescorer is not None and record["rescored"] is True
-        # the network's threshold still outlines malignant hotspots for the BSI
-        assert record["outline_threshold"] == loaded.outline_threshold == 0.7
-        info = json.loads((run / RESCORER_INFO).read_text())
-        assert info["n_studies"] == 2 and 0 < info["n_on_metastases"] < info["n_candidates"]
-        # every hotspot's malignancy is now the rescorer's
-        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
-                                 lesions=run, lesions_out=tmp_path / "predict")
-        assert report.ok, [s.error for s in report.failures]
-        # an unreadable study is named and left out, the others still fit; exit code 2
-        broken = tmp_path / "broken.dcm"
-        broken.write_bytes(b"not a DICOM file")
-        table = load_manifest(manifest_path)  # paths made absolute
-        first = table.index[table["path"].notna() & (table["split"] == "train")][0]
-        table.loc[first, ["path", "split"]] = [str(broken), "val"]  # a third validation study, unreadable
-        table.to_csv(tmp_path / "with_broken.csv", index=False)
-        assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(tmp_path / "with_broken.csv"),
-                     "--split", "val", "--threshold-manifest", str(manifest_path)]) == 2
-        captured = capsys.readouterr()
-        assert f"left out {table.loc[first, 'case_id']}" in captured.err
-        assert "rescorer fitted on 2 studies" in captured.out
-        assert load_lesion_run(run).outline_threshold == 0.7  # kept through a second fit
-    finally:
-        for path in written:
-            path.unlink(missing_ok=True)
+    run = run_settings.run  # its threshold record and rescorer are removed after the test
+    (run / THRESHOLD_FILE).write_text('{"malignancy_threshold": 0.7, "rescored": false}')  # the network's own
+    # the two validation studies (the tiny network lists thousands of candidates per study: few studies)
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path), "--split", "val"]) == 0
+    captured = capsys.readouterr()
+    assert "rescorer fitted on 2 studies" in captured.out and "(rescored)" in captured.out
+    assert "studies the rescorer was fitted on" in captured.err  # the same studies chose the threshold
+    loaded = load_lesion_run(run)
+    record = json.loads((run / THRESHOLD_FILE).read_text())
+    assert loaded.rescorer is not None and record["rescored"] is True
+    # the network's threshold still outlines malignant hotspots for the BSI
+    assert record["outline_threshold"] == loaded.outline_threshold == 0.7
+    info = json.loads((run / RESCORER_INFO).read_text())
+    assert info["n_studies"] == 2 and 0 < info["n_on_metastases"] < info["n_candidates"]
+    # every hotspot's malignancy is now the rescorer's
+    report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                             lesions=run, lesions_out=tmp_path / "predict")
+    assert report.ok, [s.error for s in report.failures]
+    # an unreadable study is named and left out, the others still fit; exit code 2
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    table = load_manifest(manifest_path)  # paths made absolute
+    first = table.index[table["path"].notna() & (table["split"] == "train")][0]
+    table.loc[first, ["path", "split"]] = [str(broken), "val"]  # a third validation study, unreadable
+    table.to_csv(tmp_path / "with_broken.csv", index=False)
+    assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(tmp_path / "with_broken.csv"),
+                 "--split", "val", "--threshold-manifest", str(manifest_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"left out {table.loc[first, 'case_id']}" in captured.err
+    assert "rescorer fitted on 2 studies" in captured.out
+    assert load_lesion_run(run).outline_threshold == 0.7  # kept through a second fit
+    run_settings.clear()
     assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(manifest_path.parent / "none.csv")]) == 2
     without_truth = manifest.drop(columns=["truth"])
     without_truth.to_csv(tmp_path / "no_truth.csv", index=False)
     assert main(["lesions", "rescorer", "--run", str(run), "--manifest", str(tmp_path / "no_truth.csv")]) == 2
     assert "lesion truth" in capsys.readouterr().err
-    assert not any(path.exists() for path in written[:2])
+    assert not (run / RESCORER_INFO).exists() and not run_settings.rescorer.exists()
 
 
 def test_overlay_outlines_malignant_hotspots_red_and_others_blue_including_shared_borders():
