@@ -241,7 +241,10 @@ def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np
     if n == 0:
         return components, 0
     boxes = ndimage.find_objects(components)
-    seeds, n_seeds = ndimage.label(count_peaks(counts, components, boxes) & candidate, structure=_EIGHT)
+    peaks = count_peaks(counts, components, boxes) & candidate
+    if np.bincount(components[peaks], minlength=n + 1).max() < 2:  # at most one peak pixel per group: none to split
+        return components, n
+    seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
     # a peak (a group of touching peak pixels) lies in one component, since both are 8-connected
     component_of_peak = np.zeros(n_seeds + 1, np.int64)
     at_peaks = seeds > 0
