@@ -39,6 +39,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         join: str = typer.Option("either", "--join", help="With --change-net, the new-lesion count of the verdict: "
                                  "either (the larger of the rules' and the network's), network (the network's; "
                                  "better beside a small lesion network such as cpu-small-lesion, README)."),
+        judge: Optional[Path] = typer.Option(None, "--judge", help="A learned new-lesion judge (bonescan "
+                                             "followup-judge) instead of the hand rules; fitted with --run's network."),
     ) -> None:
         """Compare a baseline with follow-up studies: new / resolved / persistent / grown lesions per region,
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
@@ -68,13 +70,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         else:
             raise ConfigError("--run", "the lesion network's run is needed (or --reader oracle on a synthetic cohort)")
         change_model = load_change_model(change_net) if change_net is not None else None
+        new_lesion_judge = None
+        if judge is not None:
+            from ..followup.new_judge import load_new_lesion_judge
+
+            if reader == "oracle":
+                raise ConfigError("--judge", "the oracle reader's lesions are the truth: there is nothing to judge")
+            new_lesion_judge = load_new_lesion_judge(judge)
+            fitted_with = new_lesion_judge.info.get("lesion_run")
+            if fitted_with and Path(fitted_with).resolve() != Path(run).resolve():
+                typer.echo(f"bonescan: warning: {judge} was fitted with the lesion network of {fitted_with}, not "
+                           f"{run}: the malignancy it weighs is another network's", err=True)
         if manifest is not None:
             def progress(done: int, total: int, result) -> None:
                 what = result.error or f"{result.verdict}; {result.new} new"
                 print(f"[{done}/{total}] {result.patient_id}: {what}", file=sys.stderr, flush=True)
 
             results = run_followup_batch(manifest, lesion_reader, out, evaluate, not later_scan, force, progress,
-                                         change_model, join)
+                                         change_model, join, new_lesion_judge)
             failed = sum(bool(r.error) for r in results)
             typer.echo(f"compared {len(results) - failed} of {len(results)} patients (reader: {lesion_reader.name}); "
                        f"summary: {out / 'followup_summary.csv'}")
@@ -101,17 +114,59 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 typer.echo(f"report: {report}")
             return
         visits = [load_visit(path, role) for path, role in zip(studies, ROLES)]
-        comparison = compare_visits(visits, lesion_reader, not later_scan, force, change_model=change_model, join=join)
+        comparison = compare_visits(visits, lesion_reader, not later_scan, force, change_model=change_model, join=join,
+                                    judge=new_lesion_judge)
         paths = write_comparison(comparison, out)
         change = comparison.followup
         typer.echo(f"PCWG3: {comparison.verdict.status} ({comparison.verdict.reason})")
         typer.echo(f"follow-up: {len(change.new)} new, {len(change.resolved)} resolved, {len(change.persistent)} "
                    f"persistent ({len(change.grown)} grown); BSI {change.bsi_before:.2f} -> {change.bsi_after:.2f} % "
-                   f"(reader: {comparison.reader}; {comparison.seconds['total']:.1f} s)")
+                   f"(reader: {comparison.reader}; new lesions judged by the {comparison.judge}; "
+                   f"{comparison.seconds['total']:.1f} s)")
         if comparison.network is not None:
             typer.echo(f"change network: {len(comparison.network.followup)} new on the follow-up; the verdict counts "
                        f"{comparison.new_count} ({join})")
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+    @app.command("followup-judge")
+    def followup_judge(
+        cohorts: list[Path] = typer.Argument(..., help="Synthetic follow-up cohorts to fit on (bonescan synth "
+                                             "--follow-up folders; about 600 patients fit it well, README)."),
+        run: Path = typer.Option(..., "--run", help="Training run with the lesion network the judge will serve."),
+        out: Optional[Path] = typer.Option(None, "--out", help="The judge's file (and FILE.json). Default: "
+                                           "RUN/new_lesion_judge.skops."),
+        specificity: float = typer.Option(0.90, "--specificity", help="\">= 2 new lesions\" specificity per "
+                                          "patient its threshold must reach out of fold."),
+    ) -> None:
+        """Fit a learned new-lesion judge on synthetic follow-up cohorts (for bonescan followup --judge)."""
+        from ..followup import NetworkReader
+        from ..followup.new_judge import collect_candidates, fit_new_lesion_judge, save_new_lesion_judge
+
+        if not 0.0 < specificity < 1.0:
+            raise ConfigError("--specificity", f"must lie between 0 and 1, got {specificity}")
+        for folder in cohorts:
+            if not (folder / "manifest.csv").is_file():
+                raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
+        if not run.is_dir():
+            raise ConfigError("--run", f"{run}: no such training run folder")
+        lesion_reader = NetworkReader(run)
+
+        def progress(done: int, total: int) -> None:
+            print(f"\r{done}/{total} patients", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+        candidates = collect_candidates([folder / "manifest.csv" for folder in cohorts], lesion_reader, progress)
+        for patient, reason in candidates.failed:
+            typer.echo(f"left out {patient}: {reason}", err=True)
+        fitted = fit_new_lesion_judge(candidates, specificity, {"lesion_run": str(run.resolve()),
+                                                                "cohorts": [str(c) for c in cohorts]})
+        path = save_new_lesion_judge(fitted, out or run / "new_lesion_judge.skops")
+        info = fitted.info
+        typer.echo(f"new-lesion judge fitted on {info['fitted_on_patients']} patients ({info['candidates']} "
+                   f"candidates, {info['on_new_metastases']} on new metastases); threshold {fitted.threshold:.2f}: "
+                   f"out of fold \">= 2 new lesions\" sensitivity {info['out_of_fold_sensitivity']:.3f}, specificity "
+                   f"{info['out_of_fold_specificity']:.3f}; wrote {path} (use: bonescan followup --judge {path})")
+        if candidates.failed:
+            raise typer.Exit(2)
 
     @app.command("followup-train")
     def followup_train(

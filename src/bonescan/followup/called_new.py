@@ -45,6 +45,11 @@ def _kind_under(codes: np.ndarray, view: str, box: tuple[int, int, int, int], ma
     return int(window.min()) if window.size else KINDS.index("nothing")
 
 
+def kind_at(codes: np.ndarray, hotspots) -> int:
+    """Index into KINDS of one lesion's hotspots on the follow-up: the first kind any of their outlines overlaps."""
+    return min(_kind_under(codes, h.view, h.box, h.mask) for h in hotspots)
+
+
 def called_new_kinds(comparison, codes: np.ndarray) -> dict[str, dict[str, int]]:
     """Per judge (JUDGES), how many of the follow-up's lesions it called new were of each of KINDS; the network's
     counts are empty without a change network."""
@@ -53,7 +58,7 @@ def called_new_kinds(comparison, codes: np.ndarray) -> dict[str, dict[str, int]]
     for lesion in comparison.lesions:
         hotspots = lesion.hotspots.get(1, []) if lesion.number in called else []
         if hotspots:
-            counts["rules"][KINDS[min(_kind_under(codes, h.view, h.box, h.mask) for h in hotspots)]] += 1
+            counts["rules"][KINDS[kind_at(codes, hotspots)]] += 1
     if comparison.network is not None:
         for area in comparison.network.followup:
             counts["network"][KINDS[_kind_under(codes, area.view, area.box, area.mask)]] += 1

@@ -31,6 +31,7 @@ class Comparison:
     first_followup: bool
     seconds: dict[str, float]
     network: NetworkChange | None = None  # the change network's new lesions, when one was given
+    judge: str = "rules"  # what decided which unseen lesions are new (`new_judge`), beside the change network
 
     @property
     def new_count(self) -> int:
@@ -47,7 +48,7 @@ class Comparison:
 
     def to_json(self) -> dict:
         return {
-            "patient_id": self.patient_id, "reader": self.reader,
+            "patient_id": self.patient_id, "reader": self.reader, "new_lesion_judge": self.judge,
             "rule": "PCWG3, first follow-up after the start of treatment" if self.first_followup
                     else "PCWG3, later scan against the first post-treatment scan",
             "verdict": self.verdict.to_json(),
@@ -85,13 +86,15 @@ class NetworkChange:
 
 def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup: bool = True,
                    force: bool = False, known_tracking: dict[str, str] | None = None,
-                   change_model: ChangeModel | None = None, join: str = "either") -> Comparison:
+                   change_model: ChangeModel | None = None, join: str = "either", judge=None) -> Comparison:
     """Compare visits (baseline, follow-up[, confirmatory]): refuse bad sets first, then read, register, link.
 
     `known_tracking`: hotspot UID -> the tracking UID an earlier follow-up report gave its lesion, so that a lesion
     keeps one tracking UID from report to report (`match.carry_tracking_uids`).
     `change_model`: the change network, a second judge of new lesions; `join` (`change_net.JOINS`) says how its
-    count and the rules' make the count the verdict uses."""
+    count and the rules' make the count the verdict uses. `judge`: what decides which lesions unseen before are new
+    (`new_judge.NewLesionModel`, or anything with `.name` and `.judge(studies, lesions, transforms)`); by default
+    the hand rules (`uptake.UptakeCheck`)."""
     check_join(join)
     visits = list(visits)
     check_visits(visits, force)
@@ -107,7 +110,8 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     # A reader that can err must show that the uptake rose where it calls a lesion new, and a faint candidate whose
     # uptake rose clearly is new too (see `uptake`); the truth needs neither.
     exact = getattr(reader, "exact", False)
-    check = None if exact else UptakeCheck([v.study for v in visits], results, transforms)
+    make_judge = judge.judge if judge is not None else UptakeCheck
+    check = None if exact else make_judge([v.study for v in visits], results, transforms)
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
                            [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR_SHARE)
     followup = change_between(linking.lesions, results, 1, [0], check)
@@ -140,7 +144,8 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     t4 = time.perf_counter()
     return Comparison(reader.name, visits, transforms, lesions, linking.pairs, followup, confirmatory,
                       verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
-                                                "change_network": t4 - t3, "total": t4 - t0}, network)
+                                                "change_network": t4 - t3, "total": t4 - t0}, network,
+                      "truth" if exact else getattr(judge, "name", "rules"))
 
 
 def counted_new(rules: Change | None, network: NetworkChange | None, scan: str) -> int | None:

@@ -107,13 +107,14 @@ def visit_files(row: pd.Series) -> list[str]:
 
 
 def compare_patient(rows: pd.DataFrame, reader: LesionReader, first_followup: bool = True,
-                    force: bool = False, change_model: ChangeModel | None = None, join: str = "either") -> Comparison:
-    """Compare the first three visits of one patient's manifest rows."""
+                    force: bool = False, change_model: ChangeModel | None = None, join: str = "either",
+                    judge=None) -> Comparison:
+    """Compare the first three visits of one patient's manifest rows (`judge`: as `compare_visits` takes it)."""
     rows = rows.head(3)
     start = int(rows["timepoint"].iloc[0])
     visits = [load_visit(files if len(files) == 2 else files[0], role, int(t) - start)
               for files, role, t in zip((visit_files(r) for _, r in rows.iterrows()), ROLES, rows["timepoint"])]
-    return compare_visits(visits, reader, first_followup, force, change_model=change_model, join=join)
+    return compare_visits(visits, reader, first_followup, force, change_model=change_model, join=join, judge=judge)
 
 
 def truth_of(rows: pd.DataFrame) -> list[LesionTruth]:
@@ -169,9 +170,11 @@ def _identity_at(truth: LesionTruth, view: str, centroid: tuple[float, float]) -
 def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Path, evaluate: bool = False,
                        first_followup: bool = True, force: bool = False,
                        progress: Callable[[int, int, PatientResult], None] | None = None,
-                       change_model: ChangeModel | None = None, join: str = "either") -> list[PatientResult]:
+                       change_model: ChangeModel | None = None, join: str = "either",
+                       judge=None) -> list[PatientResult]:
     """Compare every patient of `manifest`, write each comparison to out/<patient_id>/ and a summary CSV; with
-    `change_model`, new lesions are counted as `join` of the rules' and the change network's."""
+    `change_model`, new lesions are counted as `join` of the rules' and the change network's; `judge` decides
+    which lesions unseen before are new (`compare_visits`)."""
     table, patients = manifest_patients(manifest)
     if isinstance(reader, OracleReader) and "truth" in table.columns:  # the manifest says where each truth file is
         for _, row in table.iterrows():
@@ -183,7 +186,7 @@ def run_followup_batch(manifest: str | Path, reader: LesionReader, out: str | Pa
         try:
             truths = truth_of(rows) if evaluate else None
             start = time.perf_counter()
-            comparison = compare_patient(rows, reader, first_followup, force, change_model, join)
+            comparison = compare_patient(rows, reader, first_followup, force, change_model, join, judge)
             seconds = time.perf_counter() - start  # reading the studies included, writing the outputs not
             write_comparison(comparison, out / _safe(pid))
         except BoneScanError as error:

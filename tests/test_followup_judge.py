@@ -1,0 +1,130 @@
+"""The learned new-lesion judge: its threshold rule, fitting on a follow-up cohort, and `followup --judge`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonescan.cli import main
+from bonescan.errors import ManifestError, RunError
+from bonescan.followup.new_judge import (FEATURES, THRESHOLDS, Candidates, choose_threshold, fit_new_lesion_judge,
+                                         load_new_lesion_judge, patient_specificity_sensitivity)
+
+
+def test_the_threshold_is_the_most_sensitive_one_reaching_the_specificity():
+    # Four patients: two with >= 2 true new lesions (0, 1), two without (2, 3); each candidate's score.
+    patient = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    scores = np.array([0.9, 0.8, 0.35, 0.3, 0.5, 0.2, 0.05, 0.04])
+    truth_new = np.array([2, 3, 0, 1])
+    # at 0.3 patient 1 is found, patient 2 is not yet called (one candidate at 0.5 only)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.3) == (1.0, 1.0)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.2) == (0.5, 1.0)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85) == (1.0, 0.0)
+    threshold, specificity, sensitivity = choose_threshold(scores, patient, truth_new, 0.9)
+    assert threshold == pytest.approx(0.25) and (specificity, sensitivity) == (1.0, 1.0)  # the lowest reaching it
+    # a target no threshold reaches: the most specific threshold
+    everyone = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    assert choose_threshold(np.ones(8), everyone, truth_new, 0.9)[0] == THRESHOLDS[0]
+
+
+def test_a_judge_needs_both_kinds_of_candidate_and_enough_patients():
+    features = np.zeros((6, len(FEATURES)))
+    one_kind = Candidates(features, np.zeros(6, bool), np.arange(6), np.zeros(6, int), [])
+    with pytest.raises(ManifestError, match="0 of 6 on one"):
+        fit_new_lesion_judge(one_kind)
+    few = Candidates(features, np.array([1, 0, 1, 0, 1, 0], bool), np.array([0, 0, 1, 1, 2, 2]), np.zeros(3, int),
+                     [])
+    with pytest.raises(ManifestError, match="at least 5 patients"):
+        fit_new_lesion_judge(few)
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """A 1-epoch tiny lesion network, a follow-up cohort of 8 patients (and one.csv: the manifest of its first) and
+    the judge fitted on them by the CLI."""
+    from bonescan.synth import generate_cohort
+    from bonescan.synth.followup import generate_followup_cohort
+
+    folder = tmp_path_factory.mktemp("judge")
+    train = generate_cohort(folder / "train", cases=20, seed=2, difficulty="easy")
+    assert main(["train", "--manifest", str(train.manifest), "--preset", "tiny-lesion", "--epochs", "1",
+                 "--out", str(folder / "run"), "--precision", "fp32", "--workers", "0"]) == 0
+    generate_followup_cohort(folder / "cohort", patients=8, seed=0, site="mixed")
+    table = pd.read_csv(folder / "cohort" / "manifest.csv")
+    table[table["patient_id"] == table["patient_id"].iloc[0]].to_csv(folder / "cohort" / "one.csv", index=False)
+    assert main(["followup-judge", str(folder / "cohort"), "--run", str(folder / "run"), "--out",
+                 str(folder / "judge.skops")]) == 0
+    return folder
+
+
+def test_followup_judge_fits_on_a_cohort_and_followup_uses_it(judged, tmp_path, capsys):
+    folder = judged
+    judge = load_new_lesion_judge(folder / "judge.skops")
+    info = judge.info
+    assert info["fitted_on_patients"] == 8 and 0 < info["on_new_metastases"] < info["candidates"]
+    assert info["lesion_run"] == str((folder / "run").resolve()) and judge.threshold in THRESHOLDS
+    # one patient's batch, judged by the rules and by the learned judge: the outputs say which
+    base = ["followup", "--manifest", str(folder / "cohort" / "one.csv"), "--run", str(folder / "run")]
+    assert main([*base, "--out", str(tmp_path / "rules")]) == 0
+    assert main([*base, "--out", str(tmp_path / "learned"), "--judge", str(folder / "judge.skops")]) == 0
+    patient = sorted(p.name for p in (tmp_path / "learned").iterdir() if p.is_dir())[0]
+    rules = json.loads((tmp_path / "rules" / patient / "followup.json").read_text())
+    learned = json.loads((tmp_path / "learned" / patient / "followup.json").read_text())
+    assert rules["new_lesion_judge"] == "rules" and learned["new_lesion_judge"] == judge.name
+    assert judge.name.startswith("learned judge (8 patients")
+    scores = judge.probabilities(np.zeros((2, len(FEATURES))))
+    assert scores.shape == (2,) and ((0 <= scores) & (scores <= 1)).all()
+
+
+def test_the_learned_judge_calls_new_the_candidates_scored_at_its_threshold_or_more(monkeypatch):
+    from types import SimpleNamespace
+
+    from bonescan.followup import new_judge
+
+    class Scores:  # stands in for the trees: a candidate's score is its first feature
+        def predict_proba(self, features):
+            return np.stack([1 - features[:, 0], features[:, 0]], axis=1)
+
+    monkeypatch.setattr(new_judge, "candidate_features",
+                        lambda check, lesion, visit: [lesion.number / 10] * len(FEATURES))
+    judge = new_judge.NewLesionModel(Scores(), 0.3).judge([], [], [])
+    candidates = [SimpleNamespace(number=n) for n in (1, 2, 3, 4, 5)]
+    assert judge.new_among(candidates, 1, [0]) == {3, 4, 5}
+    assert judge.new_among([], 1, [0]) == set()
+
+
+def test_a_judge_that_cannot_be_used_is_refused_by_name(judged, tmp_path, capsys):
+    folder = judged
+    arguments = ["followup", "--manifest", str(folder / "cohort" / "one.csv"), "--out", str(tmp_path / "o")]
+    broken = tmp_path / "broken.skops"
+    broken.write_bytes(b"not a judge")
+    (tmp_path / "broken.skops.json").write_text(json.dumps({"features": list(FEATURES), "threshold": 0.5}))
+    assert main([*arguments, "--run", str(folder / "run"), "--judge", str(broken)]) == 2
+    assert f"{broken}: cannot use this new-lesion judge" in capsys.readouterr().err
+    with pytest.raises(RunError, match="other features"):
+        (tmp_path / "broken.skops.json").write_text(json.dumps({"features": ["rise"], "threshold": 0.5}))
+        load_new_lesion_judge(broken)
+    assert main([*arguments, "--reader", "oracle", "--judge", str(folder / "judge.skops")]) == 2
+    assert "nothing to judge" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # fitted with another run's network: used, with a warning
+    info = json.loads((folder / "judge.skops.json").read_text())
+    (tmp_path / "moved.skops").write_bytes((folder / "judge.skops").read_bytes())
+    (tmp_path / "moved.skops.json").write_text(json.dumps({**info, "lesion_run": str(tmp_path / "elsewhere")}))
+    table = pd.read_csv(folder / "cohort" / "manifest.csv")
+    single_files = table.groupby("patient_id")["path"].apply(lambda p: p.notna().all())
+    first = table[table["patient_id"] == single_files[single_files].index[0]].sort_values("timepoint")
+    visits = [str(folder / "cohort" / path) for path in first["path"].head(2)]
+    assert main(["followup", *visits, "--run", str(folder / "run"), "--out", str(tmp_path / "one"),
+                 "--judge", str(tmp_path / "moved.skops")]) == 0
+    captured = capsys.readouterr()
+    assert "was fitted with the lesion network of" in captured.err and "learned judge" in captured.out
+    # bad options: one error each, nothing fitted
+    for wrong in (["--specificity", "1.5"], ["--run", str(tmp_path / "none")]):
+        command = ["followup-judge", str(folder / "cohort"), "--run", str(folder / "run"), "--out",
+                   str(tmp_path / "j.skops"), *wrong]
+        assert main(command) == 2, wrong
+    assert not (tmp_path / "j.skops").exists()
