@@ -122,6 +122,17 @@ def test_a_judge_that_cannot_be_used_is_refused_by_name(judged, tmp_path, capsys
                  "--judge", str(tmp_path / "moved.skops")]) == 0
     captured = capsys.readouterr()
     assert "was fitted with the lesion network of" in captured.err and "learned judge" in captured.out
+    # a patient that cannot be compared is listed and left out; the others are collected
+    from bonescan.followup import NetworkReader
+    from bonescan.followup.new_judge import collect_candidates
+
+    two = table[table["patient_id"].isin(table["patient_id"].unique()[:2])].copy()
+    broken_visit = two.index[two["path"].notna()][-1]
+    two.loc[broken_visit, "path"] = str(broken)
+    two.to_csv(folder / "cohort" / "two.csv", index=False)
+    collected = collect_candidates([folder / "cohort" / "two.csv"], NetworkReader(folder / "run"))
+    assert len(collected.failed) == 1 and collected.truth_new.size == 1 and str(broken) in collected.failed[0][1]
+    assert collected.features.shape == (collected.patient.size, len(FEATURES)) and (collected.patient == 0).all()
     # bad options: one error each, nothing fitted
     for wrong in (["--specificity", "1.5"], ["--run", str(tmp_path / "none")]):
         command = ["followup-judge", str(folder / "cohort"), "--run", str(folder / "run"), "--out",

@@ -89,11 +89,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             results = run_followup_batch(manifest, lesion_reader, out, evaluate, not later_scan, force, progress,
                                          change_model, join, new_lesion_judge)
             failed = sum(bool(r.error) for r in results)
-            typer.echo(f"compared {len(results) - failed} of {len(results)} patients (reader: {lesion_reader.name}); "
+            described = lesion_reader.name + (f"; new lesions judged by the {new_lesion_judge.name}"
+                                              if new_lesion_judge is not None else "")
+            typer.echo(f"compared {len(results) - failed} of {len(results)} patients (reader: {described}); "
                        f"summary: {out / 'followup_summary.csv'}")
             if evaluate:
                 s = summarize(results)
-                report = write_followup_report(out, results, lesion_reader.name, manifest)
+                report = write_followup_report(out, results, described, manifest)
                 t = s["two_new"]
                 fmt = lambda x: "n/a" if x is None else f"{x[0]:.3f}"  # noqa: E731
                 typer.echo(f">= 2 new lesions: sensitivity {fmt(t['sensitivity'])}, specificity "
@@ -106,10 +108,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                            f"{fates['under an earlier hotspot']} under a hotspot linked to the baseline, "
                            f"{fates['no hotspot']} without a hotspot; >= 2 new lesions within a perfect judge's "
                            f"reach: {fmt(s['two_new_in_reach'])}")
-                for judge, totals in s["called_new"].items():
+                for which, totals in s["called_new"].items():
                     called = totals["all"]
                     kinds = ", ".join(f"{n} {kind}" for kind, n in called.items())
-                    typer.echo(f"called new by the {JUDGE_NAMES[judge]}: "
+                    name = "learned judge" if which == "rules" and new_lesion_judge is not None else JUDGE_NAMES[which]
+                    typer.echo(f"called new by the {name}: "
                                f"{sum(called.values())}, of which {kinds}")
                 typer.echo(f"report: {report}")
             return
