@@ -425,6 +425,10 @@ def test_a_node_with_followup_compares_a_patients_new_study_with_the_prior_and_s
 
     with pytest.raises(ConfigError, match="--followup"):
         NodeConfig(run=run, store=tmp_path / "nowhere", followup=True)
+    with pytest.raises(ConfigError, match="--judge.*needs --followup"):
+        NodeConfig(run=run, store=tmp_path / "nowhere", lesions=run, judge=tmp_path / "judge.skops")
+    with pytest.raises(ConfigError, match="--judge.*no such file"):
+        NodeConfig(run=run, store=tmp_path / "nowhere", lesions=run, followup=True, judge=tmp_path / "judge.skops")
     store = tmp_path / "store"
     node = Node(NodeConfig(run=run, store=store, port=0, forward=Dest.parse(pacs.address),
                            lesions=make_lesion_run(tmp_path / "lesion-run"), followup=True, poll=0.05))

@@ -58,6 +58,26 @@ def test_the_scan_after_new_lesions_confirms_them_or_not(visits, tmp_path, patie
     assert referenced == {baseline.study_uid, followup.study_uid, confirmatory.study_uid}
 
 
+def test_the_node_compares_with_its_new_lesion_judge(visits, tmp_path):
+    """A judge given to the node (`--judge`) decides which unseen lesions are new, and the record names it."""
+    from bonescan.followup.uptake import UptakeCheck
+
+    class Judge:  # the hand rules under another name, counting the comparisons it judged
+        name, judged = "a test judge", 0
+
+        def judge(self, studies, lesions, transforms):
+            Judge.judged += 1
+            return UptakeCheck(studies, lesions, transforms)
+
+    reader = OracleReader()
+    reader.exact = False  # the truth read as a network that can err: its new lesions are judged
+    baseline, followup, _ = visits[CONFIRMED]
+    PriorComparer(None, tmp_path, reader=reader, judge=Judge()).compare(followup, baseline)
+    record = json.loads((tmp_path / FOLLOWUP_DIR / followup.study_uid / baseline.study_uid / "followup.json")
+                        .read_text())
+    assert Judge.judged == 1 and record["new_lesion_judge"] == "a test judge"
+
+
 def test_a_scan_with_two_new_lesions_of_its_own_waits_for_the_next(visits, tmp_path):
     """Against its prior alone (nothing awaited), a scan with >= 2 new lesions is the one awaiting confirmation."""
     baseline, _, confirmatory = visits[CONFIRMED]

@@ -43,6 +43,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                        "judge of new lesions that sees both studies."),
         join: str = typer.Option("either", "--join", help="With --change-net: either (the larger of the rules' and "
                                  "the network's new-lesion counts) or network (its count)."),
+        judge: Optional[Path] = typer.Option(
+            None, "--judge", help="With --followup: a learned new-lesion judge (bonescan followup-judge) in the hand "
+                                  "rules' place."),
         store: Optional[Path] = typer.Option(
             None, "--store", help="Folder for received instances, results and the durable queue."),
         keep_days: Optional[float] = typer.Option(
@@ -95,7 +98,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, forward_tls_ca=forward_tls_ca,
             complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
-            device=device, lesions=lesions, followup=followup, change_net=change_net, join=join, keep_days=keep_days,
+            device=device, lesions=lesions, followup=followup, change_net=change_net, join=join, judge=judge,
+            keep_days=keep_days,
         )
         _setup_logging(not quiet)
         if quiet:

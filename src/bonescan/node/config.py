@@ -57,6 +57,7 @@ class NodeConfig:
         node has read, and send the follow-up SR too (`node.followup`).
     change_net: with `followup`, the change network (`bonescan followup-train`) as a second judge of new lesions;
         the verdict counts them as `join` of its count and the rules' (`followup.change_net.JOINS`).
+    judge: with `followup`, a learned new-lesion judge (`bonescan followup-judge`) in the hand rules' place.
     keep_days: remove a study's files this many days after it was read, once its results were sent
         (`node.retention`); None keeps everything. retention_interval: seconds between retention passes.
     """
@@ -86,6 +87,7 @@ class NodeConfig:
     followup: bool = False
     change_net: Path | None = None
     join: str = "either"
+    judge: Path | None = None
     keep_days: float | None = None
     retention_interval: float = 3600.0
 
@@ -113,6 +115,10 @@ class NodeConfig:
             raise ConfigError("--change-net", "the change network judges follow-up comparisons: it needs --followup")
         if self.change_net is not None and not Path(self.change_net).is_file():
             raise ConfigError("--change-net", f"{self.change_net}: no such file")
+        if self.judge is not None and not self.followup:
+            raise ConfigError("--judge", "the new-lesion judge judges follow-up comparisons: it needs --followup")
+        if self.judge is not None and not Path(self.judge).is_file():
+            raise ConfigError("--judge", f"{self.judge}: no such file")
         if self.join not in ("either", "network"):  # followup.change_net.JOINS, not imported: it loads torch
             raise ConfigError("--join", f"unknown join {self.join!r}; choose either or network")
         if self.keep_days is not None and not self.keep_days > 0:

@@ -119,14 +119,16 @@ def unused_folder(folder: Path) -> Path:
 class PriorComparer:
     """Compares a study with its patient's prior using the node's lesion network (loaded once, by the predictor)."""
 
-    def __init__(self, lesion_model, results: str | Path, reader=None, change_model=None, join: str = "either"):
+    def __init__(self, lesion_model, results: str | Path, reader=None, change_model=None, join: str = "either",
+                 judge=None):
         """`reader`: another lesion reader (`followup.readers`), e.g. the synthetic truth's; `change_model`: the
-        change network (`followup.change_net`), a second judge of new lesions, its count joined as `join`."""
+        change network (`followup.change_net`), a second judge of new lesions, its count joined as `join`;
+        `judge`: a learned new-lesion judge (`followup.new_judge`) in the hand rules' place."""
         from ..followup import NetworkReader
 
         self.reader = reader or NetworkReader(lesion_model.run_dir, model=lesion_model)
         self.folder = Path(results) / FOLLOWUP_DIR
-        self.change_model, self.join = change_model, join
+        self.change_model, self.join, self.judge = change_model, join, judge
 
     def compare(self, current: PatientStudy, prior: PatientStudy,
                 awaiting: tuple[PatientStudy, PatientStudy] | None = None,
@@ -146,7 +148,7 @@ class PriorComparer:
         reader = KnownLesions(self.reader, known) if known else self.reader
         comparison = compare_visits(visits, reader, first_followup=True,
                                     known_tracking=earlier_tracking(self.folder, [s.study_uid for s in studies[:-1]]),
-                                    change_model=self.change_model, join=self.join)
+                                    change_model=self.change_model, join=self.join, judge=self.judge)
         paths = write_comparison(comparison, unused_folder(self.folder / safe_file_stem(current.study_uid)
                                                            / safe_file_stem(prior.study_uid)))
         change = comparison.confirmatory or comparison.followup

@@ -72,8 +72,13 @@ class Node:
                 from ..followup.change_net import load_change_model
 
                 change_model = load_change_model(config.change_net)
+            judge = None
+            if config.judge is not None:
+                from ..followup.new_judge import load_new_lesion_judge
+
+                judge = load_new_lesion_judge(config.judge)
             comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, change_model=change_model,
-                                     join=config.join)
+                                     join=config.join, judge=judge)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
                                        config.poll, on_result=self.sender.wake.set if self.sender else None,
                                        comparer=comparer)
