@@ -26,8 +26,7 @@ def test_the_threshold_is_the_most_sensitive_one_reaching_the_specificity():
     threshold, specificity, sensitivity = choose_threshold(scores, patient, truth_new, 0.9)
     assert threshold == pytest.approx(0.25) and (specificity, sensitivity) == (1.0, 1.0)  # the lowest reaching it
     # a target no threshold reaches: the most specific threshold
-    everyone = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    assert choose_threshold(np.ones(8), everyone, truth_new, 0.9)[0] == THRESHOLDS[0]
+    assert choose_threshold(np.ones(8), patient, truth_new, 0.9)[0] == THRESHOLDS[0]
 
 
 def test_a_judge_needs_both_kinds_of_candidate_and_enough_patients():

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ManifestError, RunError
+from ..errors import BoneScanError, ManifestError, RunError
 from ..fileio import write_text_atomic
 from ..lesions.regions import REGIONS
 from ..trees import load_trees, one_thread, save_trees
@@ -144,7 +144,6 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
     """Compare every patient of the follow-up `manifests` (synthetic cohorts with truth) with the hand rules and
     label each candidate of the first follow-up by the finding under it. Patients that cannot be compared are
     listed and left out."""
-    from ..errors import BoneScanError
     from .evaluate import compare_patient, manifest_patients, new_lesion_ids, shown_identities, truth_of
 
     groups = [(manifest, pid, rows) for manifest in manifests for pid, rows in manifest_patients(manifest)[1].items()]
@@ -154,10 +153,9 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
         try:
             truths = truth_of(rows)
             compare_patient(rows, reader, judge=recorder)
-        except BoneScanError as error:
-            failed.append((f"{manifest}:{pid}", str(error)))
         except Exception as error:  # noqa: BLE001 - reported per patient, the fit goes on
-            failed.append((f"{manifest}:{pid}", f"{type(error).__name__}: {error}"))
+            reason = str(error) if isinstance(error, BoneScanError) else f"{type(error).__name__}: {error}"
+            failed.append((f"{manifest}:{pid}", reason))
         else:
             confluent = truths[1].confluent_metastases()
             new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)

@@ -57,8 +57,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
     `flip_average` (None: as the run has it) chooses whether the network's maps are averaged with the mirrored
     study's, here and wherever the run is used after; `precision` ("auto": bf16 where this CPU runs it faster) is
     the maps' precision, recorded (freeze with the precision of the machines that will use the run). Returns what
-    was written. ManifestError when the split has
-    no study with lesion truth.
+    was written. ManifestError when the split has no study with lesion truth.
     """
     from ..io import read_study
     from .infer import load_lesion_run
