@@ -286,7 +286,7 @@ class FixedJudge:
         self.counts = [followup, confirmatory]
         self.calls = 0
 
-    def areas(self, later, earlier, lesions=None) -> list[NewArea]:
+    def areas(self, later, earlier, lesions=None, probability=None) -> list[NewArea]:
         n = self.counts[min(self.calls, 1)]
         self.calls += 1
         return [NewArea(k + 1, "anterior", (100 + 40 * k, 60, 110 + 40 * k, 70), (105.0 + 40 * k, 65.0), 100.0,
@@ -304,6 +304,7 @@ def test_the_change_networks_count_joins_the_rules_in_the_verdict_and_every_outp
     assert either.new_count == 3 and len(either.followup.new) == len(alone.followup.new)
     assert either.verdict.reason.startswith("3 lesions new on the first follow-up")
     assert "change network (3 new" in either.verdict.reason and "either" in either.verdict.reason
+    assert "either of the truth (" in either.verdict.reason  # the oracle reader's new lesions are the truth's
     network = compare_patient(quiet, reader, change_model=FixedJudge(0), join="network")
     assert network.new_count == 0 and network.verdict.reason.startswith("0 lesions new")
 

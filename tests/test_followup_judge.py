@@ -10,8 +10,9 @@ import pytest
 
 from bonescan.cli import main
 from bonescan.errors import ManifestError, RunError
-from bonescan.followup.new_judge import (FEATURES, THRESHOLDS, Candidates, choose_threshold, fit_new_lesion_judge,
-                                         load_new_lesion_judge, patient_specificity_sensitivity)
+from bonescan.followup.new_judge import (CHANGE_FEATURES, FEATURES, THRESHOLDS, Candidates, choose_threshold,
+                                         fit_new_lesion_judge, load_new_lesion_judge,
+                                         patient_specificity_sensitivity)
 
 
 def test_the_threshold_is_the_most_sensitive_one_reaching_the_specificity():
@@ -25,6 +26,10 @@ def test_the_threshold_is_the_most_sensitive_one_reaching_the_specificity():
     assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85) == (1.0, 0.0)
     threshold, specificity, sensitivity = choose_threshold(scores, patient, truth_new, 0.9)
     assert threshold == pytest.approx(0.25) and (specificity, sensitivity) == (1.0, 1.0)  # the lowest reaching it
+    # beside a change network the larger count decides: it calls patient 2 (a false call) and finds patient 1
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.3, np.array([0, 0, 2, 0])) == (0.5, 1.0)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85, np.array([0, 2, 0, 0])) == (1.0, 0.5)
+    assert choose_threshold(scores, patient, truth_new, 0.9, np.array([0, 0, 2, 0]))[1:] == (0.5, 1.0)
     # a target no threshold reaches: the most specific threshold
     assert choose_threshold(np.ones(8), patient, truth_new, 0.9)[0] == THRESHOLDS[0]
 
@@ -87,12 +92,47 @@ def test_the_learned_judge_calls_new_the_candidates_scored_at_its_threshold_or_m
         def predict_proba(self, features):
             return np.stack([1 - features[:, 0], features[:, 0]], axis=1)
 
-    monkeypatch.setattr(new_judge, "candidate_features",
-                        lambda check, lesion, visit: [lesion.number / 10] * len(FEATURES))
+    given_maps = []
+
+    def features(check, lesion, visit, change_map=None):
+        given_maps.append(change_map)
+        return [lesion.number / 10] * (len(FEATURES) + (len(CHANGE_FEATURES) if change_map is not None else 0))
+
+    monkeypatch.setattr(new_judge, "candidate_features", features)
     judge = new_judge.NewLesionModel(Scores(), 0.3).judge([], [], [])
     candidates = [SimpleNamespace(number=n) for n in (1, 2, 3, 4, 5)]
     assert judge.new_among(candidates, 1, [0]) == {3, 4, 5}
     assert judge.new_among([], 1, [0]) == set()
+    assert given_maps == [None] * 5
+    # fitted beside a change network: each candidate is measured in the map of its own visit
+    beside = new_judge.NewLesionModel(Scores(), 0.3, {"features": list(FEATURES + CHANGE_FEATURES)})
+    assert beside.uses_change_network and "with the change network" in beside.name
+    maps = {1: np.zeros((2, 4, 4)), 2: np.ones((2, 4, 4))}
+    given_maps.clear()
+    assert beside.judge([], [], [], maps).new_among(candidates[:2], 2, [0, 1]) == set()
+    assert len(given_maps) == 2 and all(m is maps[2] for m in given_maps)
+
+
+def test_the_change_features_read_the_change_networks_map_under_a_hotspot():
+    """`grid_pixels` inverts `new_areas`' mapping: an area of the posterior map, as a hotspot, covers its own cells."""
+    from types import SimpleNamespace
+
+    from bonescan.followup.change_net import grid_pixels, new_areas
+    from bonescan.followup.new_judge import change_features
+
+    probability = np.zeros((2, 512, 128), np.float32)
+    cells = [(200, 30), (200, 31), (201, 30), (202, 30), (203, 30)]  # an L near the left edge of the grid
+    for k, (r, c) in enumerate(cells):
+        probability[1, r, c] = 0.6 + 0.1 * k
+    later = SimpleNamespace(anterior=np.zeros((1024, 256)), pixel_spacing=(2.0, 2.0))
+    (area,) = new_areas(probability, later, None, 0.5, 1)
+    assert area.view == "posterior" and area.box[1] > 128  # mirrored back: the right half of the stored view
+    assert set(zip(*(a.tolist() for a in grid_pixels(area, (1024, 256))))) == set(cells)
+    assert change_features(probability, [area], (1024, 256)) == pytest.approx([1.0, np.mean([0.6, 0.7, 0.8, 0.9,
+                                                                                               1.0])])
+    anterior = SimpleNamespace(view="anterior", box=area.box, mask=area.mask)  # same pixels, the other view's map
+    assert change_features(probability, [anterior], (1024, 256)) == [0.0, 0.0]
+    assert change_features(probability, [], (1024, 256)) == [0.0, 0.0]
 
 
 def test_a_judge_that_cannot_be_used_is_refused_by_name(judged, tmp_path, capsys):
@@ -138,3 +178,37 @@ def test_a_judge_that_cannot_be_used_is_refused_by_name(judged, tmp_path, capsys
                    str(tmp_path / "j.skops"), *wrong]
         assert main(command) == 2, wrong
     assert not (tmp_path / "j.skops").exists()
+
+
+def test_a_judge_fitted_beside_a_change_network_weighs_it_and_needs_it(judged, tmp_path, capsys):
+    import torch
+
+    from bonescan.followup.change_net import ChangeNet, save_change_model
+
+    folder = judged
+    torch.manual_seed(0)
+    for name in ("change.pt", "other.pt"):  # untrained: what it sees is noise, enough to carry the features
+        save_change_model(tmp_path / name, ChangeNet((4, 8, 8)), threshold=0.5, min_pixels=2)
+    assert main(["followup-judge", str(folder / "cohort"), "--run", str(folder / "run"), "--out",
+                 str(tmp_path / "judge.skops"), "--change-net", str(tmp_path / "change.pt")]) == 0
+    judge = load_new_lesion_judge(tmp_path / "judge.skops")
+    assert judge.uses_change_network and judge.info["features"] == list(FEATURES + CHANGE_FEATURES)
+    assert judge.info["change_network"] == str((tmp_path / "change.pt").resolve())
+    assert "change network" in judge.info["counted_as"]
+    base = ["followup", "--manifest", str(folder / "cohort" / "one.csv"), "--run", str(folder / "run"),
+            "--judge", str(tmp_path / "judge.skops")]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "without")]) == 2  # it cannot weigh what it is not given
+    said = capsys.readouterr().err
+    assert "--judge: this judge weighs what the change network sees" in said and "change.pt" in said
+    assert not (tmp_path / "without").exists()
+    assert main([*base, "--out", str(tmp_path / "with"), "--change-net", str(tmp_path / "change.pt")]) == 0
+    assert "fitted beside the change network" not in capsys.readouterr().err
+    patient = next(p for p in (tmp_path / "with").iterdir() if p.is_dir())
+    document = json.loads((patient / "followup.json").read_text())
+    assert document["new_lesion_judge"] == judge.name and "with the change network" in judge.name
+    assert document["change_network"] is not None
+    assert "either of the learned judge (" in document["verdict"]["reason"]
+    # another change network than it was fitted beside: used, with a warning
+    assert main([*base, "--out", str(tmp_path / "other"), "--change-net", str(tmp_path / "other.pt")]) == 0
+    assert "fitted beside the change network" in capsys.readouterr().err

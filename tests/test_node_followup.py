@@ -65,7 +65,7 @@ def test_the_node_compares_with_its_new_lesion_judge(visits, tmp_path):
     class Judge:  # the hand rules under another name, counting the comparisons it judged
         name, judged = "a test judge", 0
 
-        def judge(self, studies, lesions, transforms):
+        def judge(self, studies, lesions, transforms, change_maps=None):
             Judge.judged += 1
             return UptakeCheck(studies, lesions, transforms)
 
@@ -177,7 +177,7 @@ class ChangeJudge:
     def __init__(self, *counts: int):
         self.counts = list(counts)
 
-    def areas(self, later, earlier, lesions=None):
+    def areas(self, later, earlier, lesions=None, probability=None):
         from bonescan.followup.change_net import NewArea
 
         n = self.counts.pop(0)

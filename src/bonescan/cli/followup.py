@@ -40,7 +40,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                  "either (the larger of the rules' and the network's), network (the network's; "
                                  "better beside a small lesion network such as cpu-small-lesion, README)."),
         judge: Optional[Path] = typer.Option(None, "--judge", help="A learned new-lesion judge (bonescan "
-                                             "followup-judge) instead of the hand rules; fitted with --run's network."),
+                                             "followup-judge) instead of the hand rules; fitted with --run's network "
+                                             "(and --change-net's, if fitted beside one)."),
     ) -> None:
         """Compare a baseline with follow-up studies: new / resolved / persistent / grown lesions per region,
         change in BSI, PCWG3 verdict; side-by-side PNG and a DICOM SR referencing every study."""
@@ -72,7 +73,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         change_model = load_change_model(change_net) if change_net is not None else None
         new_lesion_judge = None
         if judge is not None:
-            from ..followup.new_judge import load_new_lesion_judge
+            from ..followup.new_judge import check_change_network, load_new_lesion_judge
 
             if reader == "oracle":
                 raise ConfigError("--judge", "the oracle reader's lesions are the truth: there is nothing to judge")
@@ -81,6 +82,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if fitted_with and Path(fitted_with).resolve() != Path(run).resolve():
                 typer.echo(f"bonescan: warning: {judge} was fitted with the lesion network of {fitted_with}, not "
                            f"{run}: the malignancy it weighs is another network's", err=True)
+            other_change_network = check_change_network(new_lesion_judge, change_net)
+            if other_change_network:
+                typer.echo(f"bonescan: warning: {judge}: {other_change_network}", err=True)
         if manifest is not None:
             def progress(done: int, total: int, result) -> None:
                 what = result.error or f"{result.verdict}; {result.new} new"
@@ -140,6 +144,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                            "RUN/new_lesion_judge.skops."),
         specificity: float = typer.Option(0.90, "--specificity", help="\">= 2 new lesions\" specificity per "
                                           "patient its threshold must reach out of fold."),
+        change_net: Optional[Path] = typer.Option(None, "--change-net", help="A change network (bonescan "
+                                                  "followup-train): the judge also weighs what it sees under each "
+                                                  "candidate, and its threshold is chosen for the larger of both "
+                                                  "counts (followup --change-net with --join either)."),
     ) -> None:
         """Fit a learned new-lesion judge on synthetic follow-up cohorts (for bonescan followup --judge)."""
         from ..followup import NetworkReader
@@ -153,15 +161,23 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if not run.is_dir():
             raise ConfigError("--run", f"{run}: no such training run folder")
         lesion_reader = NetworkReader(run)
+        change_model = None
+        if change_net is not None:
+            from ..followup.change_net import load_change_model
+
+            change_model = load_change_model(change_net)
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} patients", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-        candidates = collect_candidates([folder / "manifest.csv" for folder in cohorts], lesion_reader, progress)
+        candidates = collect_candidates([folder / "manifest.csv" for folder in cohorts], lesion_reader, progress,
+                                        change_model)
         for patient, reason in candidates.failed:
             typer.echo(f"left out {patient}: {reason}", err=True)
-        fitted = fit_new_lesion_judge(candidates, specificity, {"lesion_run": str(run.resolve()),
-                                                                "cohorts": [str(c) for c in cohorts]})
+        fitted_with = {"lesion_run": str(run.resolve()), "cohorts": [str(c) for c in cohorts]}
+        if change_net is not None:
+            fitted_with["change_network"] = str(change_net.resolve())
+        fitted = fit_new_lesion_judge(candidates, specificity, fitted_with)
         path = save_new_lesion_judge(fitted, out or run / "new_lesion_judge.skops")
         info = fitted.info
         typer.echo(f"new-lesion judge fitted on {info['fitted_on_patients']} patients ({info['candidates']} "

@@ -100,6 +100,21 @@ def area_masks(probability: np.ndarray, threshold: float, min_pixels: int) -> li
     return [area for area in (labels == k for k in range(1, n + 1)) if area.sum() >= min_pixels]
 
 
+def grid_pixels(hotspot, study_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) on the network's grid of a hotspot's pixels (its outline; posterior columns mirrored), in the
+    view's probability map: the inverse of `new_areas`' mapping."""
+    scale_r, scale_c = study_shape[0] / PREPROCESS.height, study_shape[1] / PREPROCESS.width
+    r0, c0, r1, c1 = hotspot.box
+    rows, cols = np.mgrid[r0:r1, c0:c1]
+    if hotspot.mask is not None and hotspot.mask.shape == rows.shape:
+        rows, cols = rows[hotspot.mask], cols[hotspot.mask]
+    grid_rows = np.minimum((rows.ravel() / scale_r).astype(int), PREPROCESS.height - 1)
+    grid_cols = np.minimum((cols.ravel() / scale_c).astype(int), PREPROCESS.width - 1)
+    if hotspot.view == "posterior":
+        grid_cols = PREPROCESS.width - 1 - grid_cols
+    return grid_rows, grid_cols
+
+
 @dataclass(frozen=True)
 class NewArea:
     """One new lesion of the change network, in the later study's pixels of the view where it shows most."""
@@ -164,9 +179,16 @@ class ChangeModel:
     def name(self) -> str:
         return f"change network ({self.path.name}, threshold {self.threshold:g}, >= {self.min_pixels} pixels)"
 
-    def areas(self, later: Study, earlier: Study, lesions: StudyLesions | None = None) -> list[NewArea]:
-        """The new lesions of `later` against `earlier` (registered here, the later study fixed)."""
-        probability = probability_maps(self.net, pair_input(later, earlier)[None])[0]
+    def probability(self, later: Study, earlier: Study) -> np.ndarray:
+        """[2, 512, 128] new-lesion probabilities of `later` against `earlier` (registered here, the later study
+        fixed; posterior mirrored)."""
+        return probability_maps(self.net, pair_input(later, earlier)[None])[0]
+
+    def areas(self, later: Study, earlier: Study, lesions: StudyLesions | None = None,
+              probability: np.ndarray | None = None) -> list[NewArea]:
+        """The new lesions of `later` against `earlier`, from `probability` when the caller has it already."""
+        if probability is None:
+            probability = self.probability(later, earlier)
         return new_areas(probability, later, lesions, self.threshold, self.min_pixels)
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from ..errors import ConfigError
 from ..study import VIEWS
 from .change_net import JOINS, ChangeModel, NewArea, check_join
 from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
@@ -14,6 +15,10 @@ from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
 from .uptake import FOCUS_FLOOR_SHARE, UptakeCheck
 from .visits import Visit, check_visits
+
+
+# How a verdict's reason names what counted the lesion-based new lesions; any other judge is a learned one.
+JUDGE_PHRASES = {"rules": "the rules", "truth": "the truth"}
 
 
 @dataclass
@@ -93,8 +98,9 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     keeps one tracking UID from report to report (`match.carry_tracking_uids`).
     `change_model`: the change network, a second judge of new lesions; `join` (`change_net.JOINS`) says how its
     count and the rules' make the count the verdict uses. `judge`: what decides which lesions unseen before are new
-    (`new_judge.NewLesionModel`, or anything with `.name` and `.judge(studies, lesions, transforms)`); by default
-    the hand rules (`uptake.UptakeCheck`)."""
+    (`new_judge.NewLesionModel`, or anything with `.name` and `.judge(studies, lesions, transforms, change_maps)`);
+    by default the hand rules (`uptake.UptakeCheck`). A judge that `uses_change_network` is given the change
+    network's probability map of each later visit, so it needs `change_model`."""
     check_join(join)
     visits = list(visits)
     check_visits(visits, force)
@@ -110,8 +116,24 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     # A reader that can err must show that the uptake rose where it calls a lesion new, and a faint candidate whose
     # uptake rose clearly is new too (see `uptake`); the truth needs neither.
     exact = getattr(reader, "exact", False)
-    make_judge = judge.judge if judge is not None else UptakeCheck
-    check = None if exact else make_judge([v.study for v in visits], results, transforms)
+    later = [visits[1].study, visits[2].study if len(visits) == 3 else None]
+    earlier = [visits[0].study, visits[1].study if first_followup else visits[0].study]
+    change_maps, maps_seconds = None, 0.0
+    if getattr(judge, "uses_change_network", False) and not exact:
+        if change_model is None:
+            raise ConfigError("--judge", f"the {judge.name} weighs what the change network sees: it needs the change "
+                                         "network (--change-net)")
+        # computed once: the judge weighs them, the network's own new lesions come from them below
+        change_maps = {visit: change_model.probability(after, before)
+                       for visit, (after, before) in enumerate(zip(later, earlier), start=1) if after is not None}
+        maps_seconds = time.perf_counter() - t2
+    if exact:
+        check = None
+    elif judge is None:
+        check = UptakeCheck([v.study for v in visits], results, transforms)
+    else:
+        check = judge.judge([v.study for v in visits], results, transforms, change_maps)
+    judge_name = "truth" if exact else getattr(judge, "name", "rules")
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
                            [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR_SHARE)
     followup = change_between(linking.lesions, results, 1, [0], check)
@@ -124,11 +146,10 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     t3 = time.perf_counter()
     network = None
     if change_model is not None:
-        later = [visits[1].study, visits[2].study if len(visits) == 3 else None]
-        earlier = [visits[0].study, visits[1].study if first_followup else visits[0].study]
-        network = NetworkChange(
-            change_model.name, join, change_model.areas(later[0], earlier[0], visits[1].lesions),
-            change_model.areas(later[1], earlier[1], visits[2].lesions) if later[1] is not None else None)
+        areas = [change_model.areas(after, before, visit.lesions, (change_maps or {}).get(n))
+                 for n, (after, before, visit) in enumerate(zip(later, earlier, visits[1:]), start=1)
+                 if after is not None]
+        network = NetworkChange(change_model.name, join, areas[0], areas[1] if len(areas) > 1 else None)
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint
@@ -138,14 +159,15 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         rules_counts = _scan_counts(len(followup.new), len(confirmatory.new) if confirmatory else None)
         network_counts = _scan_counts(len(network.followup),
                                       len(network.confirmatory) if network.confirmatory is not None else None)
-        verdict = replace(verdict, reason=f"{verdict.reason} (new lesions counted as the {join} of the rules "
-                                          f"({rules_counts}) and the change network ({network_counts}))")
+        verdict = replace(verdict, reason=f"{verdict.reason} (new lesions counted as the {join} of "
+                                          f"{JUDGE_PHRASES.get(judge_name, 'the learned judge')} ({rules_counts}) "
+                                          f"and the change network ({network_counts}))")
     verdict = superscan_caveat(verdict, visits)
     t4 = time.perf_counter()
     return Comparison(reader.name, visits, transforms, lesions, linking.pairs, followup, confirmatory,
-                      verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2,
-                                                "change_network": t4 - t3, "total": t4 - t0}, network,
-                      "truth" if exact else getattr(judge, "name", "rules"))
+                      verdict, first_followup, {"read": t1 - t0, "register": t2 - t1, "match": t3 - t2 - maps_seconds,
+                                                "change_network": t4 - t3 + maps_seconds, "total": t4 - t0},
+                      network, judge_name)
 
 
 def counted_new(rules: Change | None, network: NetworkChange | None, scan: str) -> int | None:

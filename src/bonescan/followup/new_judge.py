@@ -29,16 +29,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import BoneScanError, ManifestError, RunError
+from ..errors import BoneScanError, ConfigError, ManifestError, RunError
 from ..fileio import write_text_atomic
 from ..lesions.regions import REGIONS
+from ..study import VIEWS
 from ..trees import load_trees, one_thread, save_trees
 from .called_new import KINDS, kind_at, kind_map
+from .change_net import grid_pixels
 from .match import Lesion
 from .uptake import UptakeCheck
 
 FEATURES = ("views", "malignancy", "least_malignancy", "rise", "uptake_now", "uptake_before", "area_mm2",
             "uptake_ratio", "on_bone", "region")
+# A judge fitted beside a change network also weighs what that network sees under each candidate: its highest
+# new-lesion probability there, and the best mean over one hotspot's outline.
+CHANGE_FEATURES = ("change_max", "change_mean")
 REGION_CODES = {region.name: code for code, region in enumerate(REGIONS, start=1)}  # 0: off the skeleton
 RISE_CAP = 10.0  # where the baseline shows nothing at all
 FOLDS = 5
@@ -46,9 +51,14 @@ DEFAULT_SPECIFICITY = 0.90
 THRESHOLDS = np.round(np.concatenate([np.arange(0.01, 0.1, 0.01), np.arange(0.1, 0.96, 0.05)]), 2)
 
 
-def candidate_features(check: UptakeCheck, lesion: Lesion, visit: int) -> list[float]:
-    """FEATURES of one lesion unseen on the reference visits, as it shows on `visit` (its one or two hotspots)."""
+def candidate_features(check: UptakeCheck, lesion: Lesion, visit: int,
+                       change_map: np.ndarray | None = None) -> list[float]:
+    """FEATURES of one lesion unseen on the reference visits, as it shows on `visit` (its one or two hotspots);
+    and CHANGE_FEATURES when given the change network's [2, 512, 128] probability map of `visit`."""
     hotspots = lesion.hotspots[visit]
+    if change_map is not None:
+        shape = np.shape(check.studies[visit].anterior)
+        return candidate_features(check, lesion, visit) + change_features(change_map, hotspots, shape)
     threshold = check.lesions[visit].threshold or 1.0
     uptakes = [check.ratio(h, visit) for h in hotspots]
     rises = [now / before if before > 0 else RISE_CAP for now, before in uptakes]
@@ -58,6 +68,17 @@ def candidate_features(check: UptakeCheck, lesion: Lesion, visit: int) -> list[f
             min(h.malignancy for h in hotspots) / threshold, min(rises[steepest], RISE_CAP),
             uptakes[steepest][0], uptakes[steepest][1], max(h.area_mm2 for h in hotspots),
             _finite(max(h.uptake_ratio for h in hotspots)), float(bool(region)), float(REGION_CODES.get(region, 0))]
+
+
+def change_features(probability: np.ndarray, hotspots, study_shape: tuple[int, int]) -> list[float]:
+    """CHANGE_FEATURES of one lesion's hotspots in the change network's probability map."""
+    highest, means = 0.0, [0.0]
+    for hotspot in hotspots:
+        rows, cols = grid_pixels(hotspot, study_shape)
+        if rows.size:
+            values = probability[VIEWS.index(hotspot.view)][rows, cols]
+            highest, means = max(highest, float(values.max())), means + [float(values.mean())]
+    return [highest, max(means)]
 
 
 def _finite(value: float) -> float:
@@ -73,86 +94,127 @@ class NewLesionModel:
     info: dict = field(default_factory=dict)
 
     @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.info.get("features", FEATURES))
+
+    @property
+    def uses_change_network(self) -> bool:
+        """True when it weighs the change network's view of each candidate (fitted with --change-net)."""
+        return self.features == FEATURES + CHANGE_FEATURES
+
+    @property
     def name(self) -> str:
-        return f"learned judge ({self.info.get('fitted_on_patients', '?')} patients, threshold {self.threshold:.2f})"
+        beside = ", with the change network" if self.uses_change_network else ""
+        return (f"learned judge ({self.info.get('fitted_on_patients', '?')} patients, threshold "
+                f"{self.threshold:.2f}{beside})")
 
     def probabilities(self, features: Sequence[Sequence[float]]) -> np.ndarray:
         with one_thread():
-            return self.model.predict_proba(np.asarray(features, float).reshape(-1, len(FEATURES)))[:, 1]
+            return self.model.predict_proba(np.asarray(features, float).reshape(-1, len(self.features)))[:, 1]
 
-    def judge(self, studies, lesions, transforms) -> "LearnedJudge":
-        """The judge of one comparison (`compare.compare_visits`)."""
-        return LearnedJudge(self, studies, lesions, transforms)
+    def judge(self, studies, lesions, transforms, change_maps: dict[int, np.ndarray] | None = None
+              ) -> "LearnedJudge":
+        """The judge of one comparison (`compare.compare_visits`); `change_maps`: the change network's probability
+        map of each later visit, which a judge that `uses_change_network` needs."""
+        return LearnedJudge(self, studies, lesions, transforms, change_maps)
+
+
+def check_change_network(judge: NewLesionModel, change_net: str | Path | None) -> str | None:
+    """ConfigError naming --judge when the judge weighs a change network and none is given; a warning to show when
+    it was fitted beside another change network; else None."""
+    if not judge.uses_change_network:
+        return None
+    fitted_with = judge.info.get("change_network")
+    if change_net is None:
+        raise ConfigError("--judge", f"this judge weighs what the change network sees under each candidate: give "
+                                     f"the change network it was fitted with (--change-net {fitted_with})")
+    if fitted_with and Path(fitted_with).resolve() != Path(change_net).resolve():
+        return (f"the new-lesion judge was fitted beside the change network {fitted_with}, not {change_net}: the "
+                "probabilities it weighs are another network's")
+    return None
 
 
 class LearnedJudge(UptakeCheck):
     """The rules' measures of the count images (`UptakeCheck`), the fitted model's decision."""
 
-    def __init__(self, fitted: NewLesionModel, studies, lesions, transforms):
+    def __init__(self, fitted: NewLesionModel, studies, lesions, transforms,
+                 change_maps: dict[int, np.ndarray] | None = None):
         super().__init__(studies, lesions, transforms)
         self.fitted = fitted
+        self.change_maps = change_maps if fitted.uses_change_network else None
 
     def new_among(self, candidates: list[Lesion], visit: int, reference: list[int]) -> set[int]:
         if not candidates:
             return set()
-        scores = self.fitted.probabilities([candidate_features(self, lesion, visit) for lesion in candidates])
+        change_map = self.change_maps[visit] if self.change_maps is not None else None
+        scores = self.fitted.probabilities([candidate_features(self, lesion, visit, change_map)
+                                            for lesion in candidates])
         return {lesion.number for lesion, score in zip(candidates, scores) if score >= self.fitted.threshold}
 
 
 class CandidateRecorder:
-    """Judges with the hand rules and keeps every first follow-up candidate's features (for fitting)."""
+    """Judges with the hand rules and keeps every first follow-up candidate's features (for fitting); with
+    `uses_change_network`, their CHANGE_FEATURES too."""
 
     name = "rules"
 
-    def __init__(self):
+    def __init__(self, uses_change_network: bool = False):
+        self.uses_change_network = uses_change_network
         self.features: list[list[float]] = []
         self.lesions: list[Lesion] = []
 
-    def judge(self, studies, lesions, transforms) -> "RecordingRules":
-        return RecordingRules(self, studies, lesions, transforms)
+    def judge(self, studies, lesions, transforms, change_maps: dict[int, np.ndarray] | None = None
+              ) -> "RecordingRules":
+        return RecordingRules(self, studies, lesions, transforms, change_maps)
 
 
 class RecordingRules(UptakeCheck):
     """The hand rules, telling a `CandidateRecorder` of each first follow-up candidate they judge."""
 
-    def __init__(self, recorder: CandidateRecorder, studies, lesions, transforms):
+    def __init__(self, recorder: CandidateRecorder, studies, lesions, transforms,
+                 change_maps: dict[int, np.ndarray] | None = None):
         super().__init__(studies, lesions, transforms)
-        self.recorder = recorder
+        self.recorder, self.change_maps = recorder, change_maps
 
     def new_among(self, candidates: list[Lesion], visit: int, reference: list[int]) -> set[int]:
         if visit == 1:
+            change_map = self.change_maps[visit] if self.change_maps is not None else None
             for lesion in candidates:
-                self.recorder.features.append(candidate_features(self, lesion, visit))
+                self.recorder.features.append(candidate_features(self, lesion, visit, change_map))
                 self.recorder.lesions.append(lesion)
         return super().new_among(candidates, visit, reference)
 
 
 @dataclass
 class Candidates:
-    """First follow-up candidates of many patients: features, on a new metastasis or not, patient index; and per
-    patient the truth's new-lesion count."""
+    """First follow-up candidates of many patients: features (named `names`), on a new metastasis or not, patient
+    index; and per patient the truth's new-lesion count and the change network's (None without one)."""
 
     features: np.ndarray
     on_new_metastasis: np.ndarray
     patient: np.ndarray
     truth_new: np.ndarray
     failed: list[tuple[str, str]]
+    network_new: np.ndarray | None = None
+    names: tuple[str, ...] = FEATURES
 
 
-def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[int, int], None] | None = None
-                       ) -> Candidates:
+def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[int, int], None] | None = None,
+                       change_model=None) -> Candidates:
     """Compare every patient of the follow-up `manifests` (synthetic cohorts with truth) with the hand rules and
-    label each candidate of the first follow-up by the finding under it. Patients that cannot be compared are
-    listed and left out."""
+    label each candidate of the first follow-up by the finding under it; with `change_model`, measure what it sees
+    under each candidate and count its new lesions too. Patients that cannot be compared are listed and left
+    out."""
     from .evaluate import compare_patient, manifest_patients, new_lesion_ids, shown_identities, truth_of
 
     groups = [(manifest, pid, rows) for manifest in manifests for pid, rows in manifest_patients(manifest)[1].items()]
-    features, labels, patients, truth_new, failed = [], [], [], [], []
+    features, labels, patients, truth_new, network_new, failed = [], [], [], [], [], []
+    names = FEATURES + (CHANGE_FEATURES if change_model is not None else ())
     for done, (manifest, pid, rows) in enumerate(groups, start=1):
-        recorder = CandidateRecorder()
+        recorder = CandidateRecorder(uses_change_network=change_model is not None)
         try:
             truths = truth_of(rows)
-            compare_patient(rows, reader, judge=recorder)
+            comparison = compare_patient(rows, reader, judge=recorder, change_model=change_model)
         except Exception as error:  # noqa: BLE001 - reported per patient, the fit goes on
             reason = str(error) if isinstance(error, BoneScanError) else f"{type(error).__name__}: {error}"
             failed.append((f"{manifest}:{pid}", reason))
@@ -166,19 +228,24 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
                 labels.append(kind == "new metastasis")
                 patients.append(len(truth_new))
             truth_new.append(len(new_ids))
+            network_new.append(len(comparison.network.followup) if comparison.network is not None else 0)
         if progress is not None:
             progress(done, len(groups))
     if not truth_new:
         raise ManifestError(manifests[0], f"none of its {len(groups)} patients could be compared: "
                                           f"{failed[0][1] if failed else 'no patients'}")
-    return Candidates(np.asarray(features, float).reshape(-1, len(FEATURES)), np.asarray(labels, bool),
-                      np.asarray(patients, int), np.asarray(truth_new, int), failed)
+    return Candidates(np.asarray(features, float).reshape(-1, len(names)), np.asarray(labels, bool),
+                      np.asarray(patients, int), np.asarray(truth_new, int), failed,
+                      np.asarray(network_new, int) if change_model is not None else None, names)
 
 
 def patient_specificity_sensitivity(scores: np.ndarray, patient: np.ndarray, truth_new: np.ndarray,
-                                    threshold: float) -> tuple[float, float]:
-    """(">= 2 new" specificity, sensitivity) per patient when candidates scoring >= threshold are new."""
-    called = np.bincount(patient[scores >= threshold], minlength=truth_new.size) >= 2
+                                    threshold: float, network_new: np.ndarray | None = None) -> tuple[float, float]:
+    """(">= 2 new" specificity, sensitivity) per patient when candidates scoring >= threshold are new; with
+    `network_new` (the change network's count per patient), the larger of the two counts decides, as the verdict's
+    default join ("either") counts them."""
+    count = np.bincount(patient[scores >= threshold], minlength=truth_new.size)
+    called = (count if network_new is None else np.maximum(count, network_new)) >= 2
     positive = truth_new >= 2
     specificity = float((~called & ~positive).sum() / max((~positive).sum(), 1))
     sensitivity = float((called & positive).sum() / max(positive.sum(), 1))
@@ -186,10 +253,12 @@ def patient_specificity_sensitivity(scores: np.ndarray, patient: np.ndarray, tru
 
 
 def choose_threshold(scores: np.ndarray, patient: np.ndarray, truth_new: np.ndarray,
-                     specificity: float = DEFAULT_SPECIFICITY) -> tuple[float, float, float]:
+                     specificity: float = DEFAULT_SPECIFICITY, network_new: np.ndarray | None = None
+                     ) -> tuple[float, float, float]:
     """(threshold, specificity, sensitivity): the lowest of THRESHOLDS whose specificity reaches `specificity`
     (the most sensitive such), else the most specific one."""
-    measured = [(t, *patient_specificity_sensitivity(scores, patient, truth_new, t)) for t in THRESHOLDS]
+    measured = [(t, *patient_specificity_sensitivity(scores, patient, truth_new, t, network_new))
+                for t in THRESHOLDS]
     reaching = [m for m in measured if m[1] >= specificity]
     return reaching[0] if reaching else max(measured, key=lambda m: (m[1], m[2]))
 
@@ -225,8 +294,11 @@ def fit_new_lesion_judge(candidates: Candidates, specificity: float = DEFAULT_SP
             out_of_fold[held] = _classifier().fit(candidates.features[train], labels[train]) \
                 .predict_proba(candidates.features[held])[:, 1]
         model = _classifier().fit(candidates.features, labels)
-    threshold, spec, sens = choose_threshold(out_of_fold, candidates.patient, candidates.truth_new, specificity)
-    info = {"features": list(FEATURES), "threshold": threshold, "specificity_target": specificity,
+    threshold, spec, sens = choose_threshold(out_of_fold, candidates.patient, candidates.truth_new, specificity,
+                                             candidates.network_new)
+    info = {"features": list(candidates.names), "threshold": threshold, "specificity_target": specificity,
+            "counted_as": "the larger of its count and the change network's (--join either)"
+                          if candidates.network_new is not None else "its count alone",
             "out_of_fold_specificity": spec, "out_of_fold_sensitivity": sens, "fitted_on_patients": n_patients,
             "patients_with_two_new": int((candidates.truth_new >= 2).sum()), "candidates": int(labels.size),
             "on_new_metastases": int(labels.sum()), "failed_patients": len(candidates.failed),
@@ -251,7 +323,7 @@ def load_new_lesion_judge(path: str | Path) -> NewLesionModel:
     path = Path(path)
     try:
         info = json.loads(info_path(path).read_text(encoding="utf-8"))
-        if info.get("features") != list(FEATURES):
+        if info.get("features") not in (list(FEATURES), list(FEATURES + CHANGE_FEATURES)):
             raise ValueError("it was fitted on other features than this version measures")
         threshold = float(info["threshold"])
         if not 0.0 <= threshold <= 1.0:

@@ -74,9 +74,12 @@ class Node:
                 change_model = load_change_model(config.change_net)
             judge = None
             if config.judge is not None:
-                from ..followup.new_judge import load_new_lesion_judge
+                from ..followup.new_judge import check_change_network, load_new_lesion_judge
 
                 judge = load_new_lesion_judge(config.judge)
+                other_change_network = check_change_network(judge, config.change_net)
+                if other_change_network:
+                    log.warning("%s: %s", config.judge, other_change_network)
             comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, change_model=change_model,
                                      join=config.join, judge=judge)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
