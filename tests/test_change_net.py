@@ -19,7 +19,7 @@ from bonescan.cli import main
 from bonescan.errors import ConfigError, RunError
 from bonescan.followup import OracleReader
 from bonescan.followup.change_net import (
-    PREPROCESS, ChangeNet, NewArea, load_change_model, new_areas, probability_maps, save_change_model,
+    PREPROCESS, ChangeNet, NewArea, grid_pixels, load_change_model, new_areas, probability_maps, save_change_model,
 )
 from bonescan.followup.change_train import build_pairs, choose_operating_point, train_change_network
 from bonescan.followup.evaluate import compare_patient, manifest_patients
@@ -317,6 +317,55 @@ def test_the_change_networks_count_joins_the_rules_in_the_verdict_and_every_outp
     sr = pydicom.dcmread(paths["sr"])
     text = " ".join(str(e.value) for e in sr.iterall() if isinstance(e.value, str))
     assert "change network follow-up N3" in text and "seen by the change network" in text
+
+
+def test_areas_apart_are_those_on_no_offered_hotspot_in_either_view():
+    from types import SimpleNamespace
+
+    from bonescan.followup.change_net import apart_from, grid_pixels
+
+    shape = (1024, 256)  # two study pixels per grid cell each way
+    hotspot = SimpleNamespace(view="posterior", box=(400, 200, 404, 204), mask=None)
+    cells = grid_pixels(hotspot, shape)
+    assert set(zip(*(c.tolist() for c in cells))) == {(200, 27), (200, 26), (201, 27), (201, 26)}  # mirrored
+    on_it = NewArea(1, "anterior", (0, 0, 1, 1), (0.0, 0.0), 4.0, 0.9, "", grid=(np.array([201]), np.array([26])))
+    beside = NewArea(2, "anterior", (0, 0, 1, 1), (0.0, 0.0), 4.0, 0.9, "", grid=(np.array([201]), np.array([100])))
+    unknown = NewArea(3, "anterior", (0, 0, 1, 1), (0.0, 0.0), 4.0, 0.9, "")
+    assert apart_from([on_it, beside, unknown], [hotspot], shape) == [2, 3]
+    assert apart_from([on_it, beside], [], shape) == [1, 2]
+
+
+class OnHotspots(FixedJudge):
+    """A change network stand-in whose follow-up areas lie on the given hotspots' cells, and one more far off them."""
+
+    def __init__(self, hotspots, shape):
+        super().__init__(0)
+        self.grids = [grid_pixels(h, shape) for h in hotspots] + [(np.array([5]), np.array([5]))]
+
+    def areas(self, later, earlier, lesions=None, probability=None) -> list[NewArea]:
+        self.calls += 1
+        if self.calls > 1:
+            return []
+        return [NewArea(k + 1, "anterior", (0, 0, 1, 1), (0.0, 0.0), 4.0, 0.9, "", grid=grid)
+                for k, grid in enumerate(self.grids)]
+
+
+def test_the_union_join_adds_the_networks_lesions_apart_from_the_judged_ones(cohort, monkeypatch):
+    _, patients = manifest_patients(cohort / "manifest.csv")
+    monkeypatch.chdir(cohort)
+    reader = OracleReader()
+    rows = next(r for r in patients.values() if r["change"].iloc[0] == "progression")
+    alone = compare_patient(rows, reader)
+    called = [les for les in alone.lesions if les.number in alone.followup.new]
+    assert called, "a progressing patient with new lesions"
+    shape = np.shape(alone.visits[1].study.anterior)
+    network = OnHotspots([called[0].hotspots[1][0]], shape)  # one area on a judged lesion, one apart
+    union = compare_patient(rows, reader, change_model=network, join="union")
+    assert union.network.followup_apart == [2]
+    assert union.new_count == len(alone.followup.new) + 1  # the judged lesion counts once
+    assert "union of the truth" in union.verdict.reason and "apart from the lesions judged: 1" in union.verdict.reason
+    either = compare_patient(rows, reader, change_model=OnHotspots([called[0].hotspots[1][0]], shape), join="either")
+    assert either.new_count == max(len(alone.followup.new), 2)
 
 
 def test_followup_evaluates_a_cohort_with_a_trained_change_network(cohort, trained, tmp_path, monkeypatch, capsys):

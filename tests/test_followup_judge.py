@@ -26,10 +26,15 @@ def test_the_threshold_is_the_most_sensitive_one_reaching_the_specificity():
     assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85) == (1.0, 0.0)
     threshold, specificity, sensitivity = choose_threshold(scores, patient, truth_new, 0.9)
     assert threshold == pytest.approx(0.25) and (specificity, sensitivity) == (1.0, 1.0)  # the lowest reaching it
-    # beside a change network the larger count decides: it calls patient 2 (a false call) and finds patient 1
-    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.3, np.array([0, 0, 2, 0])) == (0.5, 1.0)
-    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85, np.array([0, 2, 0, 0])) == (1.0, 0.5)
-    assert choose_threshold(scores, patient, truth_new, 0.9, np.array([0, 0, 2, 0]))[1:] == (0.5, 1.0)
+    # beside a change network ([its count, those apart from every candidate] per patient) the join decides:
+    # "either" the larger count (the network calls patient 2 falsely, finds patient 1), "union" the judge's + apart
+    network = np.array([[0, 0], [2, 0], [2, 1], [0, 0]])
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85, network) == (0.5, 0.5)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.85, network, "union") == (1.0, 0.0)
+    assert patient_specificity_sensitivity(scores, patient, truth_new, 0.4, network, "union") == (0.5, 0.5)
+    assert choose_threshold(scores, patient, truth_new, 0.9, network)[1:] == (0.5, 1.0)  # none reaches it
+    # union: patient 2 (one candidate at 0.5, one lesion apart) is spared from 0.55, where only patient 0 is found
+    assert choose_threshold(scores, patient, truth_new, 0.9, network, "union") == (pytest.approx(0.55), 1.0, 0.5)
     # a target no threshold reaches: the most specific threshold
     assert choose_threshold(np.ones(8), patient, truth_new, 0.9)[0] == THRESHOLDS[0]
 
@@ -104,13 +109,18 @@ def test_the_learned_judge_calls_new_the_candidates_scored_at_its_threshold_or_m
     assert judge.new_among(candidates, 1, [0]) == {3, 4, 5}
     assert judge.new_among([], 1, [0]) == set()
     assert given_maps == [None] * 5
-    # fitted beside a change network: each candidate is measured in the map of its own visit
+    # fitted beside a change network: the candidates are measured in the follow-up's map
     beside = new_judge.NewLesionModel(Scores(), 0.3, {"features": list(FEATURES + CHANGE_FEATURES)})
     assert beside.uses_change_network and "with the change network" in beside.name
     maps = {1: np.zeros((2, 4, 4)), 2: np.ones((2, 4, 4))}
     given_maps.clear()
-    assert beside.judge([], [], [], maps).new_among(candidates[:2], 2, [0, 1]) == set()
-    assert len(given_maps) == 2 and all(m is maps[2] for m in given_maps)
+    assert beside.judge([], [], [], maps).new_among(candidates[:2], 1, [0]) == set()
+    assert len(given_maps) == 2 and all(m is maps[1] for m in given_maps)
+    # a confirmatory scan's candidates (unseen on two earlier scans) are not what it was fitted on: the rules judge
+    monkeypatch.setattr(new_judge.UptakeCheck, "new_among", lambda self, candidates, visit, reference: {"rules"})
+    given_maps.clear()
+    assert beside.judge([], [], [], maps).new_among(candidates, 2, [0, 1]) == {"rules"} and given_maps == []
+    assert judge.new_among(candidates, 1, [0]) == {3, 4, 5}
 
 
 def test_the_change_features_read_the_change_networks_map_under_a_hotspot():
@@ -194,7 +204,7 @@ def test_a_judge_fitted_beside_a_change_network_weighs_it_and_needs_it(judged, t
     judge = load_new_lesion_judge(tmp_path / "judge.skops")
     assert judge.uses_change_network and judge.info["features"] == list(FEATURES + CHANGE_FEATURES)
     assert judge.info["change_network"] == str((tmp_path / "change.pt").resolve())
-    assert "change network" in judge.info["counted_as"]
+    assert judge.info["join"] == "either"
     base = ["followup", "--manifest", str(folder / "cohort" / "one.csv"), "--run", str(folder / "run"),
             "--judge", str(tmp_path / "judge.skops")]
     capsys.readouterr()
@@ -210,5 +220,12 @@ def test_a_judge_fitted_beside_a_change_network_weighs_it_and_needs_it(judged, t
     assert document["change_network"] is not None
     assert "either of the learned judge (" in document["verdict"]["reason"]
     # another change network than it was fitted beside: used, with a warning
-    assert main([*base, "--out", str(tmp_path / "other"), "--change-net", str(tmp_path / "other.pt")]) == 0
-    assert "fitted beside the change network" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "other"), "--change-net", str(tmp_path / "other.pt"), "--join",
+                 "union"]) == 0
+    said = capsys.readouterr().err
+    assert "fitted beside the change network" in said and "chose its threshold for --join either, not union" in said
+    # its threshold cannot be chosen for the network's count alone, nor for a join without the network
+    for wrong in (["--change-net", str(tmp_path / "change.pt"), "--join", "network"], ["--join", "union"]):
+        assert main(["followup-judge", str(folder / "cohort"), "--run", str(folder / "run"), "--out",
+                     str(tmp_path / "no.skops"), *wrong]) == 2
+        assert "--join" in capsys.readouterr().err and not (tmp_path / "no.skops").exists()

@@ -212,3 +212,7 @@ def test_the_node_takes_a_change_network_only_for_followup(tmp_path):
     with pytest.raises(ConfigError, match="unknown join"):
         NodeConfig(run=tmp_path, store=tmp_path / "store", lesions=tmp_path / "run", followup=True,
                    change_net=tmp_path / "net.pt", join="both")
+    from bonescan.followup.joins import JOINS
+    from bonescan.node.config import NODE_JOINS
+
+    assert NODE_JOINS == tuple(JOINS)  # the node takes every join the follow-up knows, no other

@@ -37,8 +37,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                   "followup-train: RUN/change_net.pt): a second judge of new lesions "
                                                   "that sees both visits."),
         join: str = typer.Option("either", "--join", help="With --change-net, the new-lesion count of the verdict: "
-                                 "either (the larger of the rules' and the network's), network (the network's; "
-                                 "better beside a small lesion network such as cpu-small-lesion, README)."),
+                                 "either (the larger of the rules' and the network's), union (the rules' new lesions "
+                                 "plus the network's that lie on none of the lesions the rules judged), network (the "
+                                 "network's; better beside a small lesion network such as cpu-small-lesion, README)."),
         judge: Optional[Path] = typer.Option(None, "--judge", help="A learned new-lesion judge (bonescan "
                                              "followup-judge) instead of the hand rules; fitted with --run's network "
                                              "(and --change-net's, if fitted beside one)."),
@@ -48,7 +49,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..followup import NetworkReader, OracleReader, compare_visits, load_visit
         from ..followup.evaluate import run_followup_batch, summarize, write_followup_report
         from ..followup.called_new import JUDGE_NAMES
-        from ..followup.change_net import check_join, load_change_model
+        from ..followup.change_net import load_change_model
+        from ..followup.joins import check_join
         from ..followup.output import write_comparison
         from ..followup.visits import ROLES
 
@@ -82,9 +84,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if fitted_with and Path(fitted_with).resolve() != Path(run).resolve():
                 typer.echo(f"bonescan: warning: {judge} was fitted with the lesion network of {fitted_with}, not "
                            f"{run}: the malignancy it weighs is another network's", err=True)
-            other_change_network = check_change_network(new_lesion_judge, change_net)
-            if other_change_network:
-                typer.echo(f"bonescan: warning: {judge}: {other_change_network}", err=True)
+            for warning in check_change_network(new_lesion_judge, change_net, join):
+                typer.echo(f"bonescan: warning: {judge}: {warning}", err=True)
         if manifest is not None:
             def progress(done: int, total: int, result) -> None:
                 what = result.error or f"{result.verdict}; {result.new} new"
@@ -146,12 +147,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                           "patient its threshold must reach out of fold."),
         change_net: Optional[Path] = typer.Option(None, "--change-net", help="A change network (bonescan "
                                                   "followup-train): the judge also weighs what it sees under each "
-                                                  "candidate, and its threshold is chosen for the larger of both "
-                                                  "counts (followup --change-net with --join either)."),
+                                                  "candidate, and its threshold is chosen for the count --join makes "
+                                                  "of both (followup --change-net --join)."),
+        join: str = typer.Option("either", "--join", help="With --change-net: the join its threshold is chosen for, "
+                                 "either or union (as bonescan followup --join)."),
     ) -> None:
         """Fit a learned new-lesion judge on synthetic follow-up cohorts (for bonescan followup --judge)."""
         from ..followup import NetworkReader
-        from ..followup.new_judge import collect_candidates, fit_new_lesion_judge, save_new_lesion_judge
+        from ..followup.new_judge import FITTING_JOINS, collect_candidates, fit_new_lesion_judge, save_new_lesion_judge
 
         if not 0.0 < specificity < 1.0:
             raise ConfigError("--specificity", f"must lie between 0 and 1, got {specificity}")
@@ -160,6 +163,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise ConfigError(folder, "no manifest.csv here; give bonescan synth --follow-up folders")
         if not run.is_dir():
             raise ConfigError("--run", f"{run}: no such training run folder")
+        if join != "either" and change_net is None:
+            raise ConfigError("--join", "joins the judge's count with the change network's: it needs --change-net")
+        if join not in FITTING_JOINS:
+            raise ConfigError("--join", f"choose one of {', '.join(FITTING_JOINS)} (the judge's count must take part)")
         lesion_reader = NetworkReader(run)
         change_model = None
         if change_net is not None:
@@ -177,13 +184,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fitted_with = {"lesion_run": str(run.resolve()), "cohorts": [str(c) for c in cohorts]}
         if change_net is not None:
             fitted_with["change_network"] = str(change_net.resolve())
-        fitted = fit_new_lesion_judge(candidates, specificity, fitted_with)
+        fitted = fit_new_lesion_judge(candidates, specificity, fitted_with, join)
         path = save_new_lesion_judge(fitted, out or run / "new_lesion_judge.skops")
         info = fitted.info
+        counted = f" (--join {join} with the change network)" if change_net is not None else ""
+        use = f"bonescan followup --judge {path}" + (f" --change-net {change_net} --join {join}" if counted else "")
         typer.echo(f"new-lesion judge fitted on {info['fitted_on_patients']} patients ({info['candidates']} "
                    f"candidates, {info['on_new_metastases']} on new metastases); threshold {fitted.threshold:.2f}: "
-                   f"out of fold \">= 2 new lesions\" sensitivity {info['out_of_fold_sensitivity']:.3f}, specificity "
-                   f"{info['out_of_fold_specificity']:.3f}; wrote {path} (use: bonescan followup --judge {path})")
+                   f"out of fold \">= 2 new lesions\"{counted} sensitivity {info['out_of_fold_sensitivity']:.3f}, "
+                   f"specificity {info['out_of_fold_specificity']:.3f}; wrote {path} (use: {use})")
         if candidates.failed:
             raise typer.Exit(2)
 

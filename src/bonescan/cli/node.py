@@ -42,7 +42,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, "--change-net", help="With --followup: the change network (bonescan followup-train), a second "
                                        "judge of new lesions that sees both studies."),
         join: str = typer.Option("either", "--join", help="With --change-net: either (the larger of the rules' and "
-                                 "the network's new-lesion counts) or network (its count)."),
+                                 "the network's new-lesion counts), union (the rules' plus the network's lying on "
+                                 "none of the lesions the rules judged) or network (its count)."),
         judge: Optional[Path] = typer.Option(
             None, "--judge", help="With --followup: a learned new-lesion judge (bonescan followup-judge) in the hand "
                                   "rules' place."),

@@ -7,9 +7,8 @@ lesion network's input, and paints per view (posterior mirrored) the pixels of l
 visit. Its new lesions are the connected areas above its threshold of both views laid over each other, so a lesion
 seen from the front and from behind counts once.
 
-How its count joins the rules' for the PCWG3 verdict (`JOINS`): "either" takes the larger of the two counts (a
-patient has >= 2 new lesions when either judge says so), "network" its count alone. Measured on synthetic follow-up
-cohorts, README "Follow-up". Trained by `bonescan followup-train` (`change_train`); its file holds the weights,
+How its count joins the rules' for the PCWG3 verdict: `joins`. Measured on synthetic follow-up cohorts, README
+"Follow-up". Trained by `bonescan followup-train` (`change_train`); its file holds the weights,
 the channels, and the threshold and smallest area chosen on a validation cohort.
 """
 
@@ -36,14 +35,6 @@ from .register import ViewTransform, register_study
 PREPROCESS = PreprocessConfig(height=512, width=128, normalization="counts")  # the lesion network's input
 CHANNELS = (16, 32, 64, 128, 128)
 FILE_FORMAT = "bonescan change network 1"
-JOINS = {"either": max, "network": lambda rules, network: network}
-
-
-def check_join(join: str) -> str:
-    """`join` when it names one of `JOINS`; otherwise one clear error naming --join."""
-    if join not in JOINS:
-        raise ConfigError("--join", f"unknown join {join!r}; choose one of {', '.join(JOINS)}")
-    return join
 
 
 class ChangeNet(torch.nn.Module):
@@ -129,6 +120,8 @@ class NewArea:
     # [box rows, box cols] bool: the area's own pixels inside `box` (None: the whole box), so that what lies under
     # it is read from its outline, not from the corners of its box
     mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # (rows, cols) of its cells on the network's grid, both views laid over each other (None: not known)
+    grid: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {"number": self.number, "view": self.view, "box": list(self.box),
@@ -146,6 +139,7 @@ def new_areas(probability: np.ndarray, later: Study, lesions: StudyLesions | Non
     for number, area in enumerate(area_masks(probability, threshold, min_pixels), 1):
         view_index = int(np.argmax([probability[v][area].max() for v in range(2)]))
         r, c = np.nonzero(area)
+        grid = (r, c)
         if view_index == 1:  # posterior maps are mirrored like the lesion network's
             c = PREPROCESS.width - 1 - c
         box = (int(r.min() * scale_r), int(c.min() * scale_c), int(np.ceil((r.max() + 1) * scale_r)),
@@ -162,8 +156,17 @@ def new_areas(probability: np.ndarray, later: Study, lesions: StudyLesions | Non
             region = region_at(lesions.regions[view_index], centroid)
         found.append(NewArea(number, VIEWS[view_index], box, (float(centroid[0]), float(centroid[1])),
                              float(area.sum() * scale_r * row_mm * scale_c * col_mm),
-                             float(probability[view_index][area].max()), region, mask))
+                             float(probability[view_index][area].max()), region, mask, grid))
     return found
+
+
+def apart_from(areas: Sequence[NewArea], hotspots, study_shape: tuple[int, int]) -> list[int]:
+    """Numbers of the `areas` whose grid cells meet none of `hotspots`' (both views laid over each other, as the
+    areas were made); an area without its cells counts as apart."""
+    taken = np.zeros((PREPROCESS.height, PREPROCESS.width), bool)
+    for hotspot in hotspots:
+        taken[grid_pixels(hotspot, study_shape)] = True
+    return [area.number for area in areas if area.grid is None or not taken[area.grid].any()]
 
 
 @dataclass

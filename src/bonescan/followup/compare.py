@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
+
+import numpy as np
 
 from ..errors import ConfigError
 from ..study import VIEWS
-from .change_net import JOINS, ChangeModel, NewArea, check_join
-from .match import Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions
+from .change_net import ChangeModel, NewArea, apart_from
+from .joins import JOINS, check_join
+from .match import (Change, Lesion, MatchedPair, carry_tracking_uids, change_between, drop_unreported, link_lesions,
+                    unseen_before)
 from .pcwg3 import Verdict, pcwg3_verdict
 from .readers import LesionReader
 from .register import ViewTransform, identity, register_study
@@ -77,16 +81,20 @@ class Comparison:
 @dataclass
 class NetworkChange:
     """The change network's new lesions on the follow-up (against the baseline) and on the confirmatory scan (against
-    the follow-up on a first follow-up, else against the reference), and how its count joins the rules'."""
+    the follow-up on a first follow-up, else against the reference), and how its count joins the rules' (`joins`).
+    `*_apart`: the numbers of those that lie on none of the lesions the rules were offered on that scan."""
 
     model: str
     join: str
     followup: list[NewArea]
     confirmatory: list[NewArea] | None
+    followup_apart: list[int] = field(default_factory=list)
+    confirmatory_apart: list[int] | None = None
 
     def to_json(self) -> dict:
         return {"model": self.model, "join": self.join, "followup": [a.to_json() for a in self.followup],
-                "confirmatory": [a.to_json() for a in self.confirmatory] if self.confirmatory is not None else None}
+                "confirmatory": [a.to_json() for a in self.confirmatory] if self.confirmatory is not None else None,
+                "followup_apart": self.followup_apart, "confirmatory_apart": self.confirmatory_apart}
 
 
 def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup: bool = True,
@@ -136,10 +144,14 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     judge_name = "truth" if exact else getattr(judge, "name", "rules")
     linking = link_lesions(results, transforms, [v.study.pixel_spacing or (1.0, 1.0) for v in visits],
                            [v.study.anterior.shape[1] for v in visits], None if exact else FOCUS_FLOOR_SHARE)
-    followup = change_between(linking.lesions, results, 1, [0], check)
+    references = [[0], [0, 1] if first_followup else [0]][:len(visits) - 1]  # of the follow-up, the confirmatory
+    followup = change_between(linking.lesions, results, 1, references[0], check)
     confirmatory = None
     if len(visits) == 3:
-        confirmatory = change_between(linking.lesions, results, 2, [0, 1] if first_followup else [0], check)
+        confirmatory = change_between(linking.lesions, results, 2, references[1], check)
+    # what each later visit offered the judge, before unreported lesions are dropped (for the join "union")
+    offered = [[h for lesion in unseen_before(linking.lesions, visit, reference) for h in lesion.hotspots[visit]]
+               for visit, reference in enumerate(references, start=1)]
     lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
     if known_tracking:
         carry_tracking_uids(lesions, known_tracking)
@@ -149,7 +161,10 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         areas = [change_model.areas(after, before, visit.lesions, (change_maps or {}).get(n))
                  for n, (after, before, visit) in enumerate(zip(later, earlier, visits[1:]), start=1)
                  if after is not None]
-        network = NetworkChange(change_model.name, join, areas[0], areas[1] if len(areas) > 1 else None)
+        apart = [apart_from(found, hotspots, np.shape(after.anterior))
+                 for found, hotspots, after in zip(areas, offered, later)]
+        network = NetworkChange(change_model.name, join, areas[0], areas[1] if len(areas) > 1 else None,
+                                apart[0], apart[1] if len(apart) > 1 else None)
     days = None
     if confirmatory is not None and visits[2].timepoint is not None and visits[1].timepoint is not None:
         days = visits[2].timepoint - visits[1].timepoint
@@ -159,6 +174,10 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         rules_counts = _scan_counts(len(followup.new), len(confirmatory.new) if confirmatory else None)
         network_counts = _scan_counts(len(network.followup),
                                       len(network.confirmatory) if network.confirmatory is not None else None)
+        if join == "union":
+            network_counts += (f"; apart from the lesions judged: {len(network.followup_apart)}"
+                               + (f" and {len(network.confirmatory_apart)}" if network.confirmatory_apart is not None
+                                  else ""))
         verdict = replace(verdict, reason=f"{verdict.reason} (new lesions counted as the {join} of "
                                           f"{JUDGE_PHRASES.get(judge_name, 'the learned judge')} ({rules_counts}) "
                                           f"and the change network ({network_counts}))")
@@ -177,7 +196,8 @@ def counted_new(rules: Change | None, network: NetworkChange | None, scan: str) 
         return None
     if network is None:
         return len(rules.new)
-    return JOINS[network.join](len(rules.new), len(getattr(network, scan) or []))
+    return JOINS[network.join](len(rules.new), len(getattr(network, scan) or []),
+                               len(getattr(network, f"{scan}_apart") or []))
 
 
 def _scan_counts(followup: int, confirmatory: int | None) -> str:

@@ -247,6 +247,11 @@ class NewLesionJudge(Protocol):
         ...
 
 
+def unseen_before(lesions: list[Lesion], visit: int, reference: list[int]) -> list[Lesion]:
+    """The lesions present on `visit` and on none of the `reference` visits: what a new-lesion judge is offered."""
+    return [les for les in lesions if les.present(visit) and not any(les.present(u) for u in reference)]
+
+
 def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: int, reference: list[int],
                    judge: NewLesionJudge | None = None) -> Change:
     """The change on `visit` against `reference` visits: lesion numbers per status, per region, and BSI.
@@ -256,7 +261,7 @@ def change_between(lesions: list[Lesion], results: list[StudyLesions], visit: in
     such malignant lesion is new. Lesions that are neither malignant on a visit nor new take no part.
     """
     first = reference[0]
-    unseen = [les for les in lesions if les.present(visit) and not any(les.present(u) for u in reference)]
+    unseen = unseen_before(lesions, visit, reference)
     new = judge.new_among(unseen, visit, reference) if judge is not None else \
         {les.number for les in unseen if les.malignant(visit)}
     status: dict[str, list[int]] = {name: [] for name in STATUSES}

@@ -281,7 +281,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
     if followup and lesions is None:
         raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
     if change_net is not None:  # refused here, not after the studies are made
-        from ..followup.change_net import check_join, load_change_model
+        from ..followup.change_net import load_change_model
+        from ..followup.joins import check_join
 
         if not followup:
             raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+# `followup.joins.JOINS`' names, not imported from there: importing the follow-up package loads torch
+NODE_JOINS = ("either", "union", "network")
 AE_TITLE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")  # no backslash
 
 
@@ -56,7 +58,7 @@ class NodeConfig:
     followup: with `lesions`, compare each study with the latest earlier study of the same PatientID that this
         node has read, and send the follow-up SR too (`node.followup`).
     change_net: with `followup`, the change network (`bonescan followup-train`) as a second judge of new lesions;
-        the verdict counts them as `join` of its count and the rules' (`followup.change_net.JOINS`).
+        the verdict counts them as `join` of its count and the rules' (`followup.joins`).
     judge: with `followup`, a learned new-lesion judge (`bonescan followup-judge`) in the hand rules' place.
     keep_days: remove a study's files this many days after it was read, once its results were sent
         (`node.retention`); None keeps everything. retention_interval: seconds between retention passes.
@@ -119,8 +121,8 @@ class NodeConfig:
             raise ConfigError("--judge", "the new-lesion judge judges follow-up comparisons: it needs --followup")
         if self.judge is not None and not Path(self.judge).is_file():
             raise ConfigError("--judge", f"{self.judge}: no such file")
-        if self.join not in ("either", "network"):  # followup.change_net.JOINS, not imported: it loads torch
-            raise ConfigError("--join", f"unknown join {self.join!r}; choose either or network")
+        if self.join not in NODE_JOINS:
+            raise ConfigError("--join", f"unknown join {self.join!r}; choose one of {', '.join(NODE_JOINS)}")
         if self.keep_days is not None and not self.keep_days > 0:
             raise ConfigError("--keep-days", f"must be > 0 days, got {self.keep_days}")
         if self.complete_after <= 0:

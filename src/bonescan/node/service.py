@@ -77,9 +77,8 @@ class Node:
                 from ..followup.new_judge import check_change_network, load_new_lesion_judge
 
                 judge = load_new_lesion_judge(config.judge)
-                other_change_network = check_change_network(judge, config.change_net)
-                if other_change_network:
-                    log.warning("%s: %s", config.judge, other_change_network)
+                for warning in check_change_network(judge, config.change_net, config.join):
+                    log.warning("%s: %s", config.judge, warning)
             comparer = PriorComparer(predictor.lesion_step.model, self.paths.results, change_model=change_model,
                                      join=config.join, judge=judge)
         self.worker = PredictionWorker(self.queue, predictor, config.complete_after, config.forward is not None,
