@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from nodekit import make_lesion_run
@@ -64,17 +67,30 @@ def test_bench_node_with_followup_sends_a_study_of_one_file_per_view_whole(tmp_p
     assert manifest["path"].isna().all() and manifest["anterior"].notna().all()  # two files per visit
     lesions = make_lesion_run(tmp_path / "lesion-run")
     change_net = save_change_model(tmp_path / "change.pt", ChangeNet((4, 8, 16)), 0.5, 1)  # the node's second judge
+    judge = judge_beside(change_net, tmp_path / "judge.skops")  # in the rules' place, weighing the network's maps
     code = main(["bench", "node", "--cases", "2", "--associations", "1", "--preset", "tiny", "--threads", "1",
                  "--lesions", str(lesions), "--followup", "--data", str(tmp_path / "data"),
-                 "--change-net", str(change_net)])
+                 "--change-net", str(change_net), "--judge", str(judge)])
     out = capsys.readouterr().out
     assert code == 0
-    assert f"change network {change_net} (join either)" in out
+    assert f"change network {change_net} (join either); new-lesion judge {judge}" in out
     first = manifest[manifest["patient_id"] == sorted(manifest["patient_id"])[0]]
     later = int((first["timepoint"] > 0).sum())
     assert f"results at the destination: {len(first)} studies, lost 0, duplicated 0" in out
     assert f"follow-up: {later} follow-up SRs for {later} later visits" in out
     assert f"change network: judged {later} of {later} later visits" in out  # the node ran it, not only the rules
+
+
+def judge_beside(change_net: Path, path: Path) -> Path:
+    """A learned new-lesion judge fitted beside `change_net` on random candidates of 10 patients."""
+    from bonescan.followup.new_judge import (CHANGE_FEATURES, FEATURES, Candidates, fit_new_lesion_judge,
+                                             save_new_lesion_judge)
+
+    names = FEATURES + CHANGE_FEATURES
+    features = np.random.default_rng(0).random((60, len(names)))
+    candidates = Candidates(features, features[:, -1] > 0.5, np.arange(60) // 6, np.array([2, 0] * 5), [],
+                            np.zeros((10, 2), int), names)
+    return save_new_lesion_judge(fit_new_lesion_judge(candidates, 0.9, {"change_network": str(change_net)}), path)
 
 
 def test_bench_node_refuses_a_change_network_without_followup_or_not_a_change_network(tmp_path, capsys):
@@ -90,4 +106,10 @@ def test_bench_node_refuses_a_change_network_without_followup_or_not_a_change_ne
     assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--lesions", lesions, "--followup",
                  "--change-net", str(change_net), "--join", "both", "--data", str(tmp_path / "data")]) == 2
     assert "unknown join 'both'" in capsys.readouterr().err
+    judge = judge_beside(change_net, tmp_path / "judge.skops")
+    assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--judge", str(judge)]) == 2
+    assert "--judge judges follow-up comparisons: it needs --followup" in capsys.readouterr().err
+    assert main(["bench", "node", "--cases", "2", "--preset", "tiny", "--lesions", lesions, "--followup",
+                 "--judge", str(judge), "--data", str(tmp_path / "data")]) == 2
+    assert "this judge weighs what the change network sees" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()

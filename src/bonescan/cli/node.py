@@ -144,13 +144,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         change_net: Optional[Path] = typer.Option(
             None, "--change-net", help="With --followup: the node's --change-net (bonescan followup-train)."),
         join: str = typer.Option("either", "--join", help="With --change-net: the node's --join."),
+        judge: Optional[Path] = typer.Option(None, "--judge", help="With --followup: the node's --judge (bonescan "
+                                             "followup-judge)."),
     ) -> None:
         """Studies per minute and first-byte-to-result latency (median, p95) through a node subprocess."""
         from ..node.bench import benchmark_node
 
         result = benchmark_node(cases=cases, associations=associations, run=run, preset=preset, kills=kills,
                                 rate=rate, data=data, seed=seed, threads=threads, batch_size=batch_size,
-                                lesions=lesions, followup=followup, change_net=change_net, join=join,
+                                lesions=lesions, followup=followup, change_net=change_net, join=join, judge=judge,
                                 progress=lambda message: print(f"bench node: {message}", file=sys.stderr, flush=True))
         for line in result.lines():
             typer.echo(line)

@@ -274,12 +274,13 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
                    kills: int = 0, rate: float = 0.0, data: str | Path | None = None, seed: int = 0,
                    threads: int | None = None, batch_size: int = 1, lesions: str | Path | None = None,
                    followup: bool = False, change_net: str | Path | None = None, join: str = "either",
-                   progress: Callable[[str], None] | None = None) -> NodeBenchmark:
+                   judge: str | Path | None = None, progress: Callable[[str], None] | None = None) -> NodeBenchmark:
     """Send `cases` synthetic studies over `associations` to a node subprocess and time results at a PACS."""
     if cases < 1 or associations < 1 or kills < 0 or rate < 0:
         raise ConfigError("bench node", "cases and associations must be >= 1, kills and rate >= 0")
     if followup and lesions is None:
         raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
+    say = progress or (lambda message: None)
     if change_net is not None:  # refused here, not after the studies are made
         from ..followup.change_net import load_change_model
         from ..followup.joins import check_join
@@ -288,7 +289,13 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")
         load_change_model(change_net)
         check_join(join)
-    say = progress or (lambda message: None)
+    if judge is not None:
+        from ..followup.new_judge import check_change_network, load_new_lesion_judge
+
+        if not followup:
+            raise ConfigError("bench node", "--judge judges follow-up comparisons: it needs --followup")
+        for warning in check_change_network(load_new_lesion_judge(judge), change_net, join):
+            say(f"warning: {judge}: {warning}")
     work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
     node = None
     try:
@@ -301,6 +308,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             weights += f"; lesion run {lesions}"
         if change_net is not None:
             weights += f"; change network {change_net} (join {join})"
+        if judge is not None:
+            weights += f"; new-lesion judge {judge}"
         later: set[str] = set()
         if followup:
             studies, later = _followup_files(Path(data) if data else work / "data", cases, seed, say)
@@ -327,6 +336,8 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
             command += ["--followup"]
         if change_net is not None:
             command += ["--change-net", str(change_net), "--join", join]
+        if judge is not None:
+            command += ["--judge", str(judge)]
 
         def start() -> tuple[subprocess.Popen, int]:
             (store / "node.json").unlink(missing_ok=True)
