@@ -158,8 +158,8 @@ class LearnedJudge(UptakeCheck):
 
     def new_among(self, candidates: list[Lesion], visit: int, reference: list[int]) -> set[int]:
         # It was fitted on the lesions of one follow-up unseen on one earlier scan; a confirmatory scan's (unseen
-        # on two) are the rules' to judge: with it there, PCWG3 found 41 of 55 progressing patients against the
-        # rules' 47 (README "bonescan followup").
+        # on two) are the rules' to judge: with it there, PCWG3 found 41 of 55 progressing patients, with the rules
+        # there 46 (README "bonescan followup").
         if visit != 1:
             return super().new_among(candidates, visit, reference)
         if not candidates:
