@@ -154,7 +154,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Fit a learned new-lesion judge on synthetic follow-up cohorts (for bonescan followup --judge)."""
         from ..followup import NetworkReader
-        from ..followup.new_judge import FITTING_JOINS, collect_candidates, fit_new_lesion_judge, save_new_lesion_judge
+        from ..followup.new_judge import (check_fitting_join, collect_candidates, fit_new_lesion_judge,
+                                          save_new_lesion_judge)
 
         if not 0.0 < specificity < 1.0:
             raise ConfigError("--specificity", f"must lie between 0 and 1, got {specificity}")
@@ -165,8 +166,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise ConfigError("--run", f"{run}: no such training run folder")
         if join != "either" and change_net is None:
             raise ConfigError("--join", "joins the judge's count with the change network's: it needs --change-net")
-        if join not in FITTING_JOINS:
-            raise ConfigError("--join", f"choose one of {', '.join(FITTING_JOINS)} (the judge's count must take part)")
+        check_fitting_join(join)  # before the comparisons, not after them
         lesion_reader = NetworkReader(run)
         change_model = None
         if change_net is not None:

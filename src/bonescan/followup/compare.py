@@ -149,9 +149,6 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
     confirmatory = None
     if len(visits) == 3:
         confirmatory = change_between(linking.lesions, results, 2, references[1], check)
-    # what each later visit offered the judge, before unreported lesions are dropped (for the join "union")
-    offered = [[h for lesion in unseen_before(linking.lesions, visit, reference) for h in lesion.hotspots[visit]]
-               for visit, reference in enumerate(references, start=1)]
     lesions = drop_unreported(linking.lesions, [c for c in (followup, confirmatory) if c])
     if known_tracking:
         carry_tracking_uids(lesions, known_tracking)
@@ -161,6 +158,9 @@ def compare_visits(visits: Sequence[Visit], reader: LesionReader, first_followup
         areas = [change_model.areas(after, before, visit.lesions, (change_maps or {}).get(n))
                  for n, (after, before, visit) in enumerate(zip(later, earlier, visits[1:]), start=1)
                  if after is not None]
+        # what each later visit offered the judge, reported or not (`drop_unreported` leaves linking.lesions whole)
+        offered = [[h for lesion in unseen_before(linking.lesions, visit, reference) for h in lesion.hotspots[visit]]
+                   for visit, reference in enumerate(references, start=1)]
         apart = [apart_from(found, hotspots, np.shape(after.anterior))
                  for found, hotspots, after in zip(areas, offered, later)]
         network = NetworkChange(change_model.name, join, areas[0], areas[1] if len(areas) > 1 else None,

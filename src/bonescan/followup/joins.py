@@ -7,7 +7,7 @@ offered (lesions unseen on the earlier visits), so a lesion seen by both counts 
 - union: the judge's new lesions plus the network's that lie apart from its candidates: a new focus the reader
   never marked, or outlined together with an old lesion, counts beside those the judge found;
 - network: the network's count alone.
-Kept apart from `change_net` so that the node can check `--join` without loading torch.
+The node's configuration names them again (`node.config.NODE_JOINS`): importing the follow-up package loads torch.
 """
 
 from __future__ import annotations

@@ -295,15 +295,21 @@ def _classifier(seed: int = 0):
                                           random_state=seed)
 
 
+def check_fitting_join(join: str) -> str:
+    """`join` when a judge's threshold can be chosen for it (FITTING_JOINS); otherwise one error naming --join."""
+    if join not in FITTING_JOINS:
+        raise ConfigError("--join", f"the judge's threshold is chosen for {' or '.join(FITTING_JOINS)}; {join!r} "
+                                    "leaves nothing to it")
+    return join
+
+
 def fit_new_lesion_judge(candidates: Candidates, specificity: float = DEFAULT_SPECIFICITY,
                          fitted_with: dict | None = None, join: str = "either") -> NewLesionModel:
     """Fit the trees on every candidate; choose the threshold on out-of-fold scores (patients kept apart), beside a
     change network for the count `join` makes (`joins`)."""
     from sklearn.model_selection import GroupKFold
 
-    if join not in FITTING_JOINS:
-        raise ConfigError("--join", f"the judge's threshold is chosen for {' or '.join(FITTING_JOINS)}; {join!r} "
-                                    "leaves nothing to it")
+    check_fitting_join(join)
     labels = candidates.on_new_metastasis
     n_patients = candidates.truth_new.size
     if labels.all() or not labels.any():
