@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from .counter import done_counter
 
 READERS = ("auto", "network", "oracle")
 
@@ -174,8 +175,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
             change_model = load_change_model(change_net)
 
-        def progress(done: int, total: int) -> None:
-            print(f"\r{done}/{total} patients", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        progress = done_counter("patients")
 
         candidates = collect_candidates([folder / "manifest.csv" for folder in cohorts], lesion_reader, progress,
                                         change_model)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from .counter import done_counter
+
 
 # One option for both commands: the threshold and the rescorer must be chosen on the same maps.
 FLIP_AVERAGE = typer.Option(
@@ -72,8 +74,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             typer.echo(f"warning: the threshold is chosen on {threshold_split!r} studies the rescorer was fitted on; "
                        "its false positives there are fewer than on new studies (fit on another --split or give "
                        "--threshold-manifest)", err=True)
-        def progress(done: int, total: int) -> None:
-            print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        progress = done_counter("studies")
 
         fitted = fit_hotspot_rescorer(run, load_manifest(manifest), split, device, progress, flip_average, precision)
         for case_id, reason in fitted.failed:

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .counter import done_counter
+
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -56,8 +58,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..predict import predict_studies
         from ..predict_sharded import join_predict_job
 
-        def progress(done: int, total: int) -> None:
-            print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        progress = done_counter("studies")
 
         job = join_predict_job(out, device)  # under torchrun: each rank predicts a share, rank 0 merges them
         predict_studies = job.sharded(predict_studies)

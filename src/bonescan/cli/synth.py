@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from .counter import done_counter
 
 
 def _peak_rss_mib(who: int) -> float:
@@ -63,11 +64,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             from ..cohort import parse_ratios
 
             fractions = parse_ratios(ratios)
-            step = max(cases // 20, 1)
-
-            def progress(done: int, total: int) -> None:
-                if done % step == 0 or done == total:
-                    print(f"\r{done}/{total} studies", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            progress = done_counter("studies")
 
             if follow_up:
                 from ..synth.followup import generate_followup_cohort
