@@ -154,3 +154,15 @@ def test_malignant_lesions_are_counted_per_region_a_pair_once():
     assert lesions.n_malignant_lesions == 4
     assert lesions.to_json()["malignant_lesions_by_region"] == {"outside the skeleton": 1, "pelvis": 1,
                                                                 "ribs_left": 2}
+
+
+@pytest.mark.parametrize("channels", [(16,), (16, 1, 32)])
+def test_a_unet_too_shallow_or_too_thin_is_refused_by_the_name_given(channels):
+    from bonescan.errors import ConfigError
+    from bonescan.lesions.network import LesionNetConfig, check_unet_channels
+
+    with pytest.raises(ConfigError, match="lesion network channels.*at least two levels"):
+        LesionNetConfig(channels=channels)
+    with pytest.raises(ConfigError, match="--channels.*got " + ",".join(map(str, channels))):
+        check_unet_channels(channels, "--channels")
+    assert check_unet_channels([8, 16], "--channels") == (8, 16)

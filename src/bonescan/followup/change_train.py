@@ -36,6 +36,7 @@ from ..device import choose_precision
 from ..errors import BoneScanError, ConfigError, RunError
 from ..fileio import atomic_path, write_text_atomic
 from ..lesions.dataset import targets_in_network_geometry
+from ..lesions.network import check_unet_channels
 from ..study import VIEWS
 from .change_net import CHANNELS, PREPROCESS, ChangeNet, area_masks, pair_input, probability_maps, save_change_model
 from .evaluate import manifest_patients, new_lesion_ids, shown_identities, truth_of, visit_files
@@ -137,16 +138,6 @@ def pairs_for(out: Path, cohorts: list[Path], workers: int, log: Callable[[str],
     return held
 
 
-def check_channels(channels: Sequence[int]) -> tuple[int, ...]:
-    """The U-Net's channels per level: at least two levels of >= 2 channels (MONAI's batch norm needs them, as the
-    lesion network's `LesionNetConfig`); otherwise one clear error naming --channels."""
-    values = tuple(channels)
-    if len(values) < 2 or min(values) < 2:
-        raise ConfigError("--channels", f"needs at least two levels of >= 2 channels, e.g. 16,32,64,128,128; got "
-                                        f"{','.join(map(str, values))}")
-    return values
-
-
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-right flip; the earlier visit moved by up to 2 pixels; each visit's count level scaled on its own."""
     if torch.rand((), generator=generator) < 0.5:
@@ -212,7 +203,7 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
         raise ConfigError("bonescan followup-train", f"epochs and batch must be >= 1, got {epochs} and {batch}")
     if not new_pixel_weight > 0:
         raise ConfigError("--new-pixel-weight", f"must be > 0, got {new_pixel_weight}")
-    channels = check_channels(channels)
+    channels = check_unet_channels(channels, "--channels")
     chosen = choose_precision(torch.device("cpu"), precision)
     if checkpoint_path.exists() and not resume:
         raise RunError(out, "holds a checkpoint already: --resume continues it, or give another --out")

@@ -28,6 +28,7 @@ not measured: it pulls timm and huggingface_hub for what MONAI's UNet already do
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,16 @@ HOTSPOT, MALIGNANCY = N_LABELS, N_LABELS + 1  # channel indices after the region
 CHANNELS_PER_VIEW = N_LABELS + 2
 
 
+def check_unet_channels(channels: Sequence[int], name: str) -> tuple[int, ...]:
+    """U-Net channels per level, checked: MONAI's batch norm needs at least two levels of >= 2 channels. One rule for
+    every U-Net of the project (the lesion network, the change network); `name` is what the error names."""
+    values = tuple(int(c) for c in channels)
+    if len(values) < 2 or min(values) < 2:
+        raise ConfigError(name, f"needs at least two levels of >= 2 channels, e.g. 16,32,64,128,128; got "
+                                f"{','.join(map(str, values))}")
+    return values
+
+
 @dataclass(frozen=True)
 class LesionNetConfig:
     """Architecture of the lesion network: U-Net channels per level (each level halves the resolution)."""
@@ -48,8 +59,7 @@ class LesionNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.channels) < 2 or min(self.channels) < 2:
-            raise ConfigError("lesion network", f"channels {self.channels} need at least two levels of >= 2 channels")
+        check_unet_channels(self.channels, "lesion network channels")
         if self.residual_units < 0 or not 0.0 <= self.dropout < 1.0:
             raise ConfigError("lesion network", "residual_units must be >= 0 and dropout in [0, 1)")
 
