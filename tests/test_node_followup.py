@@ -216,3 +216,25 @@ def test_the_node_takes_a_change_network_only_for_followup(tmp_path):
     from bonescan.node.config import NODE_JOINS
 
     assert NODE_JOINS == tuple(JOINS)  # the node takes every join the follow-up knows, no other
+
+
+def test_the_node_refuses_a_judge_fitted_beside_a_change_network_without_it(tmp_path):
+    """Refused before the node locks or creates its store: nothing starts, nothing is left behind."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from bonescan.errors import ConfigError
+    from bonescan.followup.new_judge import CHANGE_FEATURES, FEATURES, NewLesionModel, save_new_lesion_judge
+    from bonescan.node import NodeConfig
+    from bonescan.node.service import Node
+
+    names = FEATURES + CHANGE_FEATURES
+    trees = HistGradientBoostingClassifier(max_iter=2).fit(np.eye(len(names)), np.arange(len(names)) % 2)
+    info = {"features": list(names), "threshold": 0.5, "change_network": "cn/change_net.pt", "join": "union"}
+    judge = save_new_lesion_judge(NewLesionModel(trees, 0.5, info), tmp_path / "judge.skops")
+    (tmp_path / "run").mkdir()
+    config = NodeConfig(run=tmp_path / "run", store=tmp_path / "store", lesions=tmp_path / "run", followup=True,
+                        judge=judge, join="union")
+    with pytest.raises(ConfigError, match="--judge: this judge weighs what the change network sees.*cn/change_net.pt"):
+        Node(config).start()
+    assert not (tmp_path / "store").exists()
