@@ -159,6 +159,13 @@ def new_lesion_ids(truth: LesionTruth, before: set[int],
     return [lesion for lesion, identities in members.items() if not identities & before]
 
 
+def first_followup_new(truths: list[LesionTruth]) -> tuple[tuple[np.ndarray, list[int]], list[int]]:
+    """The first follow-up's metastases as a reader counts them (`confluent_metastases`) and the ids of the new ones
+    among them (none of their findings shown on the baseline)."""
+    confluent = truths[1].confluent_metastases()
+    return confluent, new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
+
+
 def _identity_at(truth: LesionTruth, view: str, centroid: tuple[float, float]) -> int:
     v = 0 if view == "anterior" else 1
     r = int(np.clip(round(centroid[0]), 0, truth.instances.shape[1] - 1))
@@ -224,8 +231,7 @@ def _fill(result: PatientResult, comparison: Comparison, truths: list[LesionTrut
     result.distances = [p.distance_mm for p in comparison.pairs]
     if truths is None:
         return
-    confluent = truths[1].confluent_metastases()
-    new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
+    confluent, new_ids = first_followup_new(truths)
     result.truth_new, result.truth_confirm_new, result.truth_bsi_change = truth_changes(truths, new_ids)
     result.truth_verdict = pcwg3_verdict(result.truth_new, result.truth_confirm_new, result.days_to_confirm,
                                          comparison.first_followup).status

@@ -224,7 +224,7 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
     label each candidate of the first follow-up by the finding under it; with `change_model`, measure what it sees
     under each candidate and count its new lesions too. Patients that cannot be compared are listed and left
     out."""
-    from .evaluate import compare_patient, manifest_patients, new_lesion_ids, shown_identities, truth_of
+    from .evaluate import compare_patient, first_followup_new, manifest_patients, truth_of
 
     groups = [(manifest, pid, rows) for manifest in manifests for pid, rows in manifest_patients(manifest)[1].items()]
     features, labels, patients, truth_new, network, failed = [], [], [], [], [], []
@@ -238,8 +238,7 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
             reason = str(error) if isinstance(error, BoneScanError) else f"{type(error).__name__}: {error}"
             failed.append((f"{manifest}:{pid}", reason))
         else:
-            confluent = truths[1].confluent_metastases()
-            new_ids = new_lesion_ids(truths[1], shown_identities(truths[0]), confluent)
+            confluent, new_ids = first_followup_new(truths)
             codes = kind_map(truths[1], confluent[0], new_ids)
             for lesion, row in zip(recorder.lesions, recorder.features):
                 kind = KINDS[kind_at(codes, lesion.hotspots[1])]
