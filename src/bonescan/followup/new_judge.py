@@ -63,10 +63,14 @@ def candidate_features(check: UptakeCheck, lesion: Lesion, visit: int,
                        change_map: np.ndarray | None = None) -> list[float]:
     """FEATURES of one lesion unseen on the reference visits, as it shows on `visit` (its one or two hotspots);
     and CHANGE_FEATURES when given the change network's [2, 512, 128] probability map of `visit`."""
-    hotspots = lesion.hotspots[visit]
-    if change_map is not None:
-        shape = np.shape(check.studies[visit].anterior)
-        return candidate_features(check, lesion, visit) + change_features(change_map, hotspots, shape)
+    features = uptake_features(check, lesion.hotspots[visit], visit)
+    if change_map is None:
+        return features
+    return features + change_features(change_map, lesion.hotspots[visit], np.shape(check.studies[visit].anterior))
+
+
+def uptake_features(check: UptakeCheck, hotspots, visit: int) -> list[float]:
+    """FEATURES of one lesion's hotspots on `visit`: what the lesion network and the count images show."""
     threshold = check.lesions[visit].threshold or 1.0
     uptakes = [check.ratio(h, visit) for h in hotspots]
     rises = [now / before if before > 0 else RISE_CAP for now, before in uptakes]
