@@ -1,8 +1,8 @@
 """The done/total counter long commands print on stderr.
 
 On a terminal the count is rewritten in place. Written to a log (stderr redirected, a job scheduler), a rewritten
-count would become one line of thousands of counts, so there it prints a line at every tenth of the way and at the
-end.
+count would become one line of thousands of counts, so there it prints the first count (the job has started), then
+a line at every tenth of the way, the last at the end.
 """
 
 from __future__ import annotations
