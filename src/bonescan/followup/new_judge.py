@@ -17,7 +17,9 @@ On the 360 patients of 6 synthetic `paper` cohorts it never saw, with the 12-epo
 fitted on 600 others at the rules' own specificity there: ">= 2 new lesions" 57/82 at 234/278 against the rules'
 57/82 at 222/278, 19 artifacts called new against 66. Beside the change network (`--join either`, threshold chosen
 for specificity 0.85 out of fold): 75/82 at 251/278 against the rules' 74/82 at 217/278; with `--join union`
-77/82 at 250/278 (README, "bonescan followup").
+77/82 at 250/278 on those seeds (7-12); fitted on 1,200 patients, 79/82 at 248/278 there but 78/87 at 230/273 on
+360 fresh patients (seeds 13-18), where the rules beside the network made 77/87 at 213/273 (README, "bonescan
+followup").
 
 The judge belongs to the lesion network (and change network) it was fitted with: the malignancy it weighs is that
 network's. `bonescan followup-judge` fits it; `bonescan followup --judge FILE` uses it. Stored as FILE (skops) and

@@ -281,21 +281,15 @@ def benchmark_node(cases: int = 400, associations: int = 4, run: str | Path | No
     if followup and lesions is None:
         raise ConfigError("bench node", "--followup needs --lesions RUN (the follow-up compares the lesions)")
     say = progress or (lambda message: None)
-    if change_net is not None:  # refused here, not after the studies are made
-        from ..followup.change_net import load_change_model
+    for option, given in (("--change-net", change_net), ("--judge", judge)):
+        if given is not None and not followup:
+            raise ConfigError("bench node", f"{option} judges follow-up comparisons: it needs --followup")
+    if followup:  # refused here, not after the studies are made
         from ..followup.joins import check_join
+        from .followup import load_followup_models
 
-        if not followup:
-            raise ConfigError("bench node", "--change-net judges follow-up comparisons: it needs --followup")
-        load_change_model(change_net)
         check_join(join)
-    if judge is not None:
-        from ..followup.new_judge import check_change_network, load_new_lesion_judge
-
-        if not followup:
-            raise ConfigError("bench node", "--judge judges follow-up comparisons: it needs --followup")
-        for warning in check_change_network(load_new_lesion_judge(judge), change_net, join):
-            say(f"warning: {judge}: {warning}")
+        load_followup_models(change_net, judge, join, lambda message: say(f"warning: {message}"))
     work = Path(tempfile.mkdtemp(prefix="bonescan-bench-node-"))
     node = None
     try:

@@ -28,7 +28,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pydicom
 
@@ -37,6 +37,25 @@ from ..io import StudySource
 from .queue import PatientStudy
 
 FOLLOWUP_DIR = "followup"
+
+
+def load_followup_models(change_net: str | Path | None, judge: str | Path | None, join: str,
+                         warn: Callable[[str], None]) -> tuple[object | None, object | None]:
+    """The change network and the new-lesion judge of a node's --followup, loaded and checked together: a judge
+    fitted beside a change network is refused without it (ConfigError); its other doubts go to `warn`. The node and
+    its benchmark call this before they start anything."""
+    change_model = judge_model = None
+    if change_net is not None:
+        from ..followup.change_net import load_change_model
+
+        change_model = load_change_model(change_net)
+    if judge is not None:
+        from ..followup.new_judge import check_change_network, load_new_lesion_judge
+
+        judge_model = load_new_lesion_judge(judge)
+        for warning in check_change_network(judge_model, change_net, join):
+            warn(f"{judge}: {warning}")
+    return change_model, judge_model
 
 
 def patient_study(files: Sequence[Path]) -> PatientStudy | None:

@@ -23,23 +23,6 @@ from .worker import PredictionWorker, Predictor
 log = logging.getLogger("bonescan.node")
 
 
-def followup_models(config: NodeConfig) -> tuple[object | None, object | None]:
-    """The change network and the new-lesion judge of --followup, loaded and checked together: a judge fitted beside
-    a change network is refused without it (ConfigError), before the node touches its store or starts a thread."""
-    change_model = judge = None
-    if config.change_net is not None:
-        from ..followup.change_net import load_change_model
-
-        change_model = load_change_model(config.change_net)
-    if config.judge is not None:
-        from ..followup.new_judge import check_change_network, load_new_lesion_judge
-
-        judge = load_new_lesion_judge(config.judge)
-        for warning in check_change_network(judge, config.change_net, config.join):
-            log.warning("%s: %s", config.judge, warning)
-    return change_model, judge
-
-
 class Node:
     """A running DICOM node over one store folder (see `bonescan.node` for what it does)."""
 
@@ -61,7 +44,11 @@ class Node:
         back on the network as soon as the run is loaded; received instances wait in the queue meanwhile.
         """
         config = self.config
-        change_model, judge = followup_models(config) if config.followup else (None, None)
+        change_model = judge = None
+        if config.followup:  # refused before the store is locked or a thread starts
+            from .followup import load_followup_models
+
+            change_model, judge = load_followup_models(config.change_net, config.judge, config.join, log.warning)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self.queue = NodeQueue(self.paths.database)
