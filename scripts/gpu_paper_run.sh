@@ -10,7 +10,7 @@
 #    seed 11, `paper` difficulty) merged with LESION_MIXED_CASES studies of other cameras (seed 21, `--site mixed`;
 #    0 leaves them out: a network trained on the generic phantom alone fails on GE scans, see the README), in warm
 #    restarts of LESION_CHUNK epochs (each a full cosine cycle) until LESION_UNTIL seconds have passed; each
-#    restart starts from the best weights so far. LESION_UNTIL=0 skips it.
+#    restart starts from the best weights so far. LESION_UNTIL=0 skips it; PAPER_CASES=0 skips the first job.
 #
 # Everything worth keeping is copied to RESULTS (default $WORK/results): the evaluation's metrics.json, training
 # metrics, the lesion network's best checkpoint, GPU load and the logs. Each job is limited in time, so a slow
@@ -125,7 +125,7 @@ if [ "$LESION_UNTIL" -gt 0 ]; then  # LESION_UNTIL=0: the paper job alone
   lesion_job >"$RESULTS/lesion.log" 2>&1 &
   lesion_pid=$!
 fi
-paper_job >"$RESULTS/paper.log" 2>&1
+[ "$PAPER_CASES" -eq 0 ] || paper_job >"$RESULTS/paper.log" 2>&1
 [ -z "$lesion_pid" ] || wait "$lesion_pid"
 cat "$RESULTS"/*.log | grep -v "^\s*$" | tail -n 40
 
