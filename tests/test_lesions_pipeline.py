@@ -1003,3 +1003,31 @@ def test_rim_labels_per_window_equal_the_whole_view_distance_transform():
         a, b = (np.hypot(*(np.argwhere(labels == k) - (row, col)).T).min() for k in (windowed[row, col],
                                                                                       whole[row, col]))
         assert a == pytest.approx(b)
+
+
+def test_a_study_from_a_camera_the_lesion_run_never_saw_is_flagged_and_still_predicted(lesion_setup, tmp_path):
+    from bonescan.cameras import CameraCheck
+
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    config = folder / "lesion-run" / "config.json"
+    record = json.loads(config.read_text())
+    # training recorded the cameras of its training studies (the generic phantom's header)
+    assert record["manifest"]["cameras"] == {"bonescan synthetic phantom": int((manifest["split"] == "train").sum())}
+
+    def predicted_warnings(out: str) -> list[str]:
+        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                                 lesions=folder / "lesion-run", lesions_out=tmp_path / out)
+        assert report.ok and len(report.studies) == 2
+        return ["; ".join(study.warnings) for study in report.studies]
+
+    assert not any("not among" in line for line in predicted_warnings("seen"))
+    try:
+        record["manifest"]["cameras"] = {"GE Healthcare Discovery NM/CT 670": 9, "unknown": 1}
+        config.write_text(json.dumps(record))
+        flagged = predicted_warnings("unseen")
+    finally:
+        record["manifest"]["cameras"] = {"bonescan synthetic phantom": int((manifest["split"] == "train").sum())}
+        config.write_text(json.dumps(record))
+    assert all("camera 'bonescan synthetic phantom' is not among those of the training studies of lesion-run "
+               "(GE Healthcare Discovery NM/CT 670 (9), unknown (1))" in line for line in flagged)
+    assert CameraCheck.of_run(folder / "lesion-run").unseen("bonescan synthetic", "phantom") is None

@@ -68,7 +68,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if reader == "oracle":
             lesion_reader = OracleReader()
         elif run is not None:
-            lesion_reader = NetworkReader(run)
+            lesion_reader = NetworkReader(run, warn=lambda line: typer.echo(f"bonescan: warning: {line}", err=True))
             for line in lesion_reader.model.notes:
                 typer.echo(f"bonescan: warning: {line}", err=True)
         else:
@@ -168,7 +168,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if join != "either" and change_net is None:
             raise ConfigError("--join", "joins the judge's count with the change network's: it needs --change-net")
         check_fitting_join(join)  # before the comparisons, not after them
-        lesion_reader = NetworkReader(run)
+        lesion_reader = NetworkReader(run, warn=lambda line: typer.echo(f"bonescan: warning: {line}", err=True))
         change_model = None
         if change_net is not None:
             from ..followup.change_net import load_change_model

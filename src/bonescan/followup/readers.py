@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -124,8 +124,9 @@ class NetworkReader:
 
     exact = False
 
-    def __init__(self, run: str | Path, device: str = "auto", model=None):
-        """`model`: the run already loaded (`lesions.infer.LesionModel`), e.g. by the DICOM node."""
+    def __init__(self, run: str | Path, device: str = "auto", model=None, warn: Callable[[str], None] | None = None):
+        """`model`: the run already loaded (`lesions.infer.LesionModel`), e.g. by the DICOM node. `warn` is told
+        once per camera the network was not trained on (`bonescan.cameras`)."""
         from ..lesions.infer import load_lesion_run
 
         self.run = Path(run)
@@ -135,11 +136,23 @@ class NetworkReader:
             model = load_lesion_run(self.run, device=device)
         self.model = model
         self.name = f"lesion network ({self.run.name}, {self.model.config.preset})"
+        self.warn = warn
+        self.unseen_cameras: set[str] = set()
 
     def read(self, study: Study, files: Sequence[Path]) -> StudyLesions:
         from ..lesions.infer import tracking_key
 
+        self._check_camera(study)
         return self.model.read(study, study_key=tracking_key(study.study_id))[0]
+
+    def _check_camera(self, study: Study) -> None:
+        check = self.model.cameras
+        camera = check.unseen(study.meta.manufacturer, study.meta.model) if check is not None else None
+        if camera is None or camera in self.unseen_cameras:
+            return
+        self.unseen_cameras.add(camera)
+        if self.warn is not None:
+            self.warn(check.warning(study.meta.manufacturer, study.meta.model))
 
 
 class KnownLesions:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
+from ..cameras import CameraCheck
 from ..device import Precision, choose_precision, select_device
 from ..errors import RunError
 from ..preprocess import preprocess_views
@@ -68,6 +69,8 @@ class LesionModel:
     # What the user should know of how these maps differ from those the run's settings were chosen on
     # (`precision_notes`); predict, followup and the node pass them on.
     notes: tuple[str, ...] = ()
+    # The cameras of its training studies: flags a study from another (`bonescan.cameras`).
+    cameras: CameraCheck | None = None
 
     def maps(self, inputs: np.ndarray) -> np.ndarray:
         """B x 2 x H x W preprocessed studies -> B x 2 views x (regions, hotspot, metastasis) maps (region class ids,
@@ -154,7 +157,8 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
                             second_look.info.get("precision") if second_look is not None else None)
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
-                       frozen.threshold, second_look, frozen.outline_threshold, flip, notes)
+                       frozen.threshold, second_look, frozen.outline_threshold, flip, notes,
+                       CameraCheck.of_run(paths.root))
 
 
 def precision_notes(run_dir: Path, precision: str, threshold_precision: str | None,
