@@ -1005,7 +1005,7 @@ def test_rim_labels_per_window_equal_the_whole_view_distance_transform():
         assert a == pytest.approx(b)
 
 
-def test_a_study_from_a_camera_the_lesion_run_never_saw_is_flagged_and_still_predicted(lesion_setup, tmp_path):
+def test_a_study_from_a_camera_a_run_never_saw_is_flagged_and_still_predicted(lesion_setup, tmp_path):
     from bonescan.cameras import CameraCheck
 
     folder, manifest_path, manifest, _, _ = lesion_setup
@@ -1031,3 +1031,15 @@ def test_a_study_from_a_camera_the_lesion_run_never_saw_is_flagged_and_still_pre
     assert all("camera 'bonescan synthetic phantom' is not among those of the training studies of lesion-run "
                "(GE Healthcare Discovery NM/CT 670 (9), unknown (1))" in line for line in flagged)
     assert CameraCheck.of_run(folder / "lesion-run").unseen("bonescan synthetic", "phantom") is None
+    # the classifier's run is checked the same way, with or without a lesion run
+    config = folder / "classifier" / "config.json"
+    original = config.read_text()
+    try:
+        record = json.loads(original)
+        record["manifest"]["cameras"] = {"SIEMENS NM Symbia T2": 3}
+        config.write_text(json.dumps(record))
+        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch")
+    finally:
+        config.write_text(original)
+    assert report.ok and all(any("training studies of classifier (SIEMENS NM Symbia T2 (3))" in line
+                                 for line in study.warnings) for study in report.studies)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from . import __version__
+from .cameras import CameraCheck
 from .errors import BoneScanError, ConfigError, PredictionsError, RunError, workers_stopped
 from .fileio import write_text_atomic
 from .io import StudySource, find_studies, read_study
@@ -440,6 +441,7 @@ def predict_studies(
         sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
         run_label=f"{run_dir} ({checkpoint})", workers=workers,
         heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids, lesion_step=lesion_step,
+        cameras=CameraCheck.of_run(run_dir),
     )
     report.notices = (list(selection.notices) if selection else []) + report.notices
     return report
@@ -478,6 +480,7 @@ def predict_sources(
     case_ids: Sequence[str] | None = None,
     lesion_step=None,
     keep_lesions: bool = False,
+    cameras=None,
 ) -> PredictionReport:
     """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
 
@@ -486,6 +489,7 @@ def predict_sources(
     `model` (the torch network) is needed only for heat maps and DICOM results. `lesion_step`
     (`bonescan.lesions.step.LesionStep`) adds each study's hotspots and BSI; with `keep_lesions` the report keeps
     every study's StudyLesions (`PredictionReport.lesions`; a few studies at a time: each holds its region maps).
+    `cameras` (`bonescan.cameras.CameraCheck` of the run) warns on each study from a camera the run was not trained on.
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
@@ -512,7 +516,8 @@ def predict_sources(
         if good:
             probabilities = engine.probabilities(np.stack([item.inputs for item in good]))
             for item, probability in zip(good, probabilities):
-                outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids)
+                outcomes[item.index] = _outcome(sources[item.index], item, float(probability), point, case_ids,
+                                                cameras)
             if lesion_step is not None:
                 found = lesion_step.apply(good, [outcomes[item.index] for item in good])
                 if keep_lesions:
@@ -550,8 +555,12 @@ def _study_id(source: StudySource, meta: StudyMeta | None, case_ids: Sequence[st
 
 
 def _outcome(source: StudySource, item: _Item, probability: float, point: OperatingPoint,
-             case_ids: Sequence[str] | None = None) -> StudyOutcome:
+             case_ids: Sequence[str] | None = None, cameras=None) -> StudyOutcome:
     warnings = list(item.warnings) + ([point.warning] if point.warning else [])
+    unseen_camera = cameras.warning(item.meta.manufacturer, item.meta.model) \
+        if cameras is not None and item.meta is not None else None
+    if unseen_camera:
+        warnings.append(unseen_camera)
     return StudyOutcome(
         case_id=_case_id(item.index, case_ids),
         study_id=_study_id(source, item.meta, case_ids),

@@ -20,6 +20,7 @@ from typing import Callable
 
 import pydicom
 
+from ..cameras import CameraCheck
 from ..io import StudySource
 from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
 from .followup import NodeComparison, PriorComparer, patient_study
@@ -71,6 +72,7 @@ class Predictor:
         self.engine = build_engine(loaded.model, device, batch_size)
         self.results = Path(results)
         self.label = f"{run} ({loaded.checkpoint_path.name})"
+        self.cameras = CameraCheck.of_run(run)
         self.batch_size = batch_size
         self.lesion_step = None
         self.lesions: dict = {}  # the last batch's StudyLesions by Study Instance UID (with a lesion run)
@@ -123,7 +125,7 @@ class Predictor:
         sources = [study_source(work) for work in works]
         report = predict_sources(sources, self.model, self.preprocess, self.engine, self.point,
                                  run_label=self.label, workers=0, dicom_dir=self.results,
-                                 lesion_step=self.lesion_step, keep_lesions=True)
+                                 lesion_step=self.lesion_step, keep_lesions=True, cameras=self.cameras)
         self.lesions = {works[index].study_uid: lesions for index, lesions in report.lesions.items()}
         return report.studies
 
