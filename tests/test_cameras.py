@@ -29,6 +29,10 @@ def _header_only(path, manufacturer=None, model=None):
     return path
 
 
+def _meta(manufacturer, model):
+    return StudyMeta(manufacturer=manufacturer, model=model)
+
+
 def test_camera_names_join_what_the_header_gives():
     assert camera_name("GE Healthcare", "Discovery NM/CT 670") == "GE Healthcare Discovery NM/CT 670"
     assert camera_name(" Siemens ", None) == "Siemens" and camera_name(None, "Forte") == "Forte"
@@ -52,17 +56,17 @@ def test_a_study_is_flagged_only_when_the_run_saw_other_cameras_and_never_its_ow
     run = tmp_path / "run"
     run.mkdir()
     assert trained_cameras(run) is None  # a run made before the record: nothing to say
-    assert CameraCheck.of_run(run).warning("GE Healthcare", "Discovery 670") is None
+    assert CameraCheck.of_run(run).warning(_meta("GE Healthcare", "Discovery 670")) is None
     (run / "config.json").write_text(json.dumps({"manifest": {"cameras": {"Siemens Symbia": 40, UNKNOWN: 2}}}))
     check = CameraCheck.of_run(run)
     assert check.trained == {"Siemens Symbia": 40, UNKNOWN: 2}
-    assert check.unseen("Siemens", "Symbia") is None and check.warning("Siemens", "Symbia") is None
-    assert check.unseen(None, None) is None  # the study names no camera
-    line = check.warning("GE Healthcare", "Discovery 670")
+    assert check.unseen(_meta("Siemens", "Symbia")) is None and check.warning(_meta("Siemens", "Symbia")) is None
+    assert check.unseen(_meta(None, None)) is None and check.unseen(None) is None  # the study names no camera
+    line = check.warning(_meta("GE Healthcare", "Discovery 670"))
     assert line.startswith("camera 'GE Healthcare Discovery 670' is not among those of the training studies of run "
                            "(Siemens Symbia (40), unknown (2))")
     # training studies that named no camera: the run cannot tell, so it says nothing
-    assert CameraCheck(run, {UNKNOWN: 12}).warning("GE Healthcare", "Discovery 670") is None
+    assert CameraCheck(run, {UNKNOWN: 12}).warning(_meta("GE Healthcare", "Discovery 670")) is None
 
 
 def test_followup_reader_warns_once_per_unseen_camera_and_reads_every_study(tmp_path):
@@ -73,7 +77,7 @@ def test_followup_reader_warns_once_per_unseen_camera_and_reads_every_study(tmp_
     reader = NetworkReader(tmp_path / "run", model=model, warn=told.append)
 
     def study(name, manufacturer, model_name):
-        return SimpleNamespace(study_id=name, meta=StudyMeta(manufacturer=manufacturer, model=model_name))
+        return SimpleNamespace(study_id=name, meta=_meta(manufacturer, model_name))
 
     visits = [study("a", "GE", "670"), study("b", "GE", "670"), study("c", "Siemens", "Symbia"),
               study("d", "Philips", "Forte")]

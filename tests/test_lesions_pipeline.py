@@ -1007,6 +1007,7 @@ def test_rim_labels_per_window_equal_the_whole_view_distance_transform():
 
 def test_a_study_from_a_camera_a_run_never_saw_is_flagged_and_still_predicted(lesion_setup, tmp_path):
     from bonescan.cameras import CameraCheck
+    from bonescan.study import StudyMeta
 
     folder, manifest_path, manifest, _, _ = lesion_setup
     config = folder / "lesion-run" / "config.json"
@@ -1030,7 +1031,8 @@ def test_a_study_from_a_camera_a_run_never_saw_is_flagged_and_still_predicted(le
         config.write_text(json.dumps(record))
     assert all("camera 'bonescan synthetic phantom' is not among those of the training studies of lesion-run "
                "(GE Healthcare Discovery NM/CT 670 (9), unknown (1))" in line for line in flagged)
-    assert CameraCheck.of_run(folder / "lesion-run").unseen("bonescan synthetic", "phantom") is None
+    assert CameraCheck.of_run(folder / "lesion-run").unseen(StudyMeta(manufacturer="bonescan synthetic",
+                                                                      model="phantom")) is None
     # the classifier's run is checked the same way, with or without a lesion run
     config = folder / "classifier" / "config.json"
     original = config.read_text()

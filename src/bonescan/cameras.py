@@ -1,10 +1,11 @@
 """Which cameras a run was trained on, and whether a study comes from one of them.
 
 A network can fail on a camera it never saw, and the failure does not show in its output. The `cpu-small-lesion`
-network trained 36 epochs on the generic phantom alone called 89.6 hot spots per GE Discovery test study malignant
-at its threshold, against under one on the studies it knew (README, "Skeletal regions, hotspots and the Bone Scan
-Index"). So training records the cameras of its training studies (DICOM Manufacturer and ManufacturerModelName) in
-the run's config.json (`manifest.cameras`), and prediction flags every study from a camera the run never saw.
+network trained 36 epochs on the generic phantom alone called 89.6 hot spots per GE Discovery test study malignant at
+its threshold, against about one on the studies of the camera it knew (README, "Skeletal regions, hotspots and the
+Bone Scan Index"). So training records the cameras of its training studies (DICOM Manufacturer and
+ManufacturerModelName) in the run's config.json (`manifest.cameras`), and prediction flags every study from a camera
+the run never saw.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from .study import StudyMeta
 
 UNKNOWN = "unknown"  # a training study whose file names no camera (not DICOM, or the tags are empty)
 
 
 def camera_name(manufacturer: str | None, model: str | None) -> str | None:
-    """"Manufacturer Model" as the DICOM header names them; None when it names neither."""
+    """The camera as "Manufacturer Model", as the DICOM header names them; None when it names neither."""
     parts = [part.strip() for part in (manufacturer, model) if part and part.strip()]
     return " ".join(parts) or None
 
@@ -71,16 +75,16 @@ class CameraCheck:
     def of_run(cls, run_dir: str | Path) -> "CameraCheck":
         return cls(run_dir, trained_cameras(run_dir))
 
-    def unseen(self, manufacturer: str | None, model: str | None) -> str | None:
-        """The study's camera when the run never saw it, else None."""
-        camera = camera_name(manufacturer, model)
+    def unseen(self, meta: StudyMeta | None) -> str | None:
+        """The camera of a study (its `study.StudyMeta`, or None) when the run never saw it, else None."""
+        camera = camera_name(meta.manufacturer, meta.model) if meta is not None else None
         if not self.known or camera is None or camera in self.known:
             return None
         return camera
 
-    def warning(self, manufacturer: str | None, model: str | None) -> str | None:
-        """One line for the user when the study's camera is unseen, else None."""
-        camera = self.unseen(manufacturer, model)
+    def warning(self, meta: StudyMeta | None) -> str | None:
+        """One line for the user when the camera of a study (its `study.StudyMeta`) is unseen, else None."""
+        camera = self.unseen(meta)
         if camera is None:
             return None
         seen = ", ".join(f"{name} ({n})" for name, n in self.trained.items())

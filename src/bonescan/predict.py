@@ -480,7 +480,7 @@ def predict_sources(
     case_ids: Sequence[str] | None = None,
     lesion_step=None,
     keep_lesions: bool = False,
-    cameras=None,
+    cameras: CameraCheck | None = None,
 ) -> PredictionReport:
     """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
 
@@ -555,10 +555,9 @@ def _study_id(source: StudySource, meta: StudyMeta | None, case_ids: Sequence[st
 
 
 def _outcome(source: StudySource, item: _Item, probability: float, point: OperatingPoint,
-             case_ids: Sequence[str] | None = None, cameras=None) -> StudyOutcome:
+             case_ids: Sequence[str] | None = None, cameras: CameraCheck | None = None) -> StudyOutcome:
     warnings = list(item.warnings) + ([point.warning] if point.warning else [])
-    unseen_camera = cameras.warning(item.meta.manufacturer, item.meta.model) \
-        if cameras is not None and item.meta is not None else None
+    unseen_camera = cameras.warning(item.meta) if cameras is not None else None
     if unseen_camera:
         warnings.append(unseen_camera)
     return StudyOutcome(

@@ -147,12 +147,12 @@ class NetworkReader:
 
     def _check_camera(self, study: Study) -> None:
         check = self.model.cameras
-        camera = check.unseen(study.meta.manufacturer, study.meta.model) if check is not None else None
+        camera = check.unseen(study.meta) if check is not None else None
         if camera is None or camera in self.unseen_cameras:
             return
         self.unseen_cameras.add(camera)
         if self.warn is not None:
-            self.warn(check.warning(study.meta.manufacturer, study.meta.model))
+            self.warn(check.warning(study.meta))
 
 
 class KnownLesions:

@@ -72,8 +72,7 @@ class LesionStep:
                 outcome.status, outcome.error = "failed", f"finding lesions: {type(result).__name__}: {result}"
                 continue
             lesions, numbers = result
-            unseen_camera = self.model.cameras.warning(item.meta.manufacturer, item.meta.model) \
-                if self.model.cameras is not None and item.meta is not None else None
+            unseen_camera = self.model.cameras.warning(item.meta) if self.model.cameras is not None else None
             if unseen_camera:
                 outcome.warnings.append(unseen_camera)
             try:
