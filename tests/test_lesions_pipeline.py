@@ -1006,42 +1006,43 @@ def test_rim_labels_per_window_equal_the_whole_view_distance_transform():
 
 
 def test_a_study_from_a_camera_a_run_never_saw_is_flagged_and_still_predicted(lesion_setup, tmp_path):
+    from contextlib import contextmanager
+
     from bonescan.cameras import CameraCheck
     from bonescan.study import StudyMeta
 
     folder, manifest_path, manifest, _, _ = lesion_setup
-    config = folder / "lesion-run" / "config.json"
-    record = json.loads(config.read_text())
     # training recorded the cameras of its training studies (the generic phantom's header)
+    record = json.loads((folder / "lesion-run" / "config.json").read_text())
     assert record["manifest"]["cameras"] == {"bonescan synthetic phantom": int((manifest["split"] == "train").sum())}
 
-    def predicted_warnings(out: str) -> list[str]:
-        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
-                                 lesions=folder / "lesion-run", lesions_out=tmp_path / out)
+    @contextmanager
+    def recorded(run: str, cameras: dict):
+        """The run's record names other cameras while the block runs; its own text is put back after."""
+        config = folder / run / "config.json"
+        original = config.read_text()
+        changed = json.loads(original)
+        changed["manifest"]["cameras"] = cameras
+        config.write_text(json.dumps(changed))
+        try:
+            yield
+        finally:
+            config.write_text(original)
+
+    def predicted_warnings(out: str | None) -> list[str]:
+        lesions = {} if out is None else {"lesions": folder / "lesion-run", "lesions_out": tmp_path / out}
+        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch", **lesions)
         assert report.ok and len(report.studies) == 2
         return ["; ".join(study.warnings) for study in report.studies]
 
     assert not any("not among" in line for line in predicted_warnings("seen"))
-    try:
-        record["manifest"]["cameras"] = {"GE Healthcare Discovery NM/CT 670": 9, "unknown": 1}
-        config.write_text(json.dumps(record))
+    with recorded("lesion-run", {"GE Healthcare Discovery NM/CT 670": 9, "unknown": 1}):
         flagged = predicted_warnings("unseen")
-    finally:
-        record["manifest"]["cameras"] = {"bonescan synthetic phantom": int((manifest["split"] == "train").sum())}
-        config.write_text(json.dumps(record))
     assert all("camera 'bonescan synthetic phantom' is not among those of the training studies of lesion-run "
                "(GE Healthcare Discovery NM/CT 670 (9), unknown (1))" in line for line in flagged)
     assert CameraCheck.of_run(folder / "lesion-run").unseen(StudyMeta(manufacturer="bonescan synthetic",
                                                                       model="phantom")) is None
     # the classifier's run is checked the same way, with or without a lesion run
-    config = folder / "classifier" / "config.json"
-    original = config.read_text()
-    try:
-        record = json.loads(original)
-        record["manifest"]["cameras"] = {"SIEMENS NM Symbia T2": 3}
-        config.write_text(json.dumps(record))
-        report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch")
-    finally:
-        config.write_text(original)
-    assert report.ok and all(any("training studies of classifier (SIEMENS NM Symbia T2 (3))" in line
-                                 for line in study.warnings) for study in report.studies)
+    with recorded("classifier", {"SIEMENS NM Symbia T2": 3}):
+        flagged = predicted_warnings(None)
+    assert all("training studies of classifier (SIEMENS NM Symbia T2 (3))" in line for line in flagged)

@@ -48,6 +48,15 @@ def count_cameras(files: Iterable[str | Path]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def manifest_cameras(manifest, case_ids: Iterable[str]) -> dict[str, int]:
+    """`count_cameras` of a manifest's studies of `case_ids` (a run's training studies), first file of a view pair."""
+    from .data import study_source
+
+    rows = manifest[manifest["case_id"].astype(str).isin({str(case) for case in case_ids})]
+    sources = (study_source(row) for _, row in rows.iterrows())
+    return count_cameras(source if isinstance(source, str) else source[0] for source in sources)
+
+
 def trained_cameras(run_dir: str | Path) -> dict[str, int] | None:
     """The cameras a run recorded at training (config.json `manifest.cameras`); None for a run made before the
     record or without a readable config.json."""

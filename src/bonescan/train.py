@@ -44,6 +44,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import __version__
+from .cameras import manifest_cameras
 from .data import ArrayCache, CachedScans, build_cache
 from .device import (
     ONEDNN_ISA_VARIABLE, Precision, cap_onednn_for_exact_runs, choose_precision, select_device, tune_allocator,
@@ -594,16 +595,6 @@ def _last_checkpoint(model, optimizer, scheduler, scaler, config: TrainConfig, s
     }
 
 
-def training_cameras(manifest: pd.DataFrame, case_ids) -> dict[str, int]:
-    """The cameras of the training studies (`cameras.count_cameras`), so prediction can flag a study from another."""
-    from .cameras import count_cameras
-    from .data import study_source
-
-    rows = manifest[manifest["case_id"].astype(str).isin({str(case) for case in case_ids})]
-    sources = (study_source(row) for _, row in rows.iterrows())
-    return count_cameras(source if isinstance(source, str) else source[0] for source in sources)
-
-
 def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, train_rows, val_rows, task_record) -> dict:
     import sklearn
     import torchvision
@@ -620,7 +611,7 @@ def _run_record(config, cache, manifest, digest, manifest_path, ctx, precision, 
             "val_cases": int(len(val_rows)),
             "val_positives": int(cache.labels[val_rows].sum()),
             "train_positives": int(cache.labels[train_rows].sum()),
-            "cameras": training_cameras(manifest, [cache.case_ids[i] for i in train_rows]),
+            "cameras": manifest_cameras(manifest, [cache.case_ids[i] for i in train_rows]),
         },
         "preprocess": config.preprocess.to_dict(),
         "cache": {"key": cache.key, "folder": str(cache.folder), "skipped_studies": cache.failures},

@@ -15,6 +15,10 @@ from .counter import done_counter
 READERS = ("auto", "network", "oracle")
 
 
+def _warn(line: str) -> None:
+    typer.echo(f"bonescan: warning: {line}", err=True)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add `followup` to the bonescan app."""
 
@@ -68,9 +72,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if reader == "oracle":
             lesion_reader = OracleReader()
         elif run is not None:
-            lesion_reader = NetworkReader(run, warn=lambda line: typer.echo(f"bonescan: warning: {line}", err=True))
+            lesion_reader = NetworkReader(run, warn=_warn)
             for line in lesion_reader.model.notes:
-                typer.echo(f"bonescan: warning: {line}", err=True)
+                _warn(line)
         else:
             raise ConfigError("--run", "the lesion network's run is needed (or --reader oracle on a synthetic cohort)")
         change_model = load_change_model(change_net) if change_net is not None else None
@@ -83,10 +87,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             new_lesion_judge = load_new_lesion_judge(judge)
             fitted_with = new_lesion_judge.info.get("lesion_run")
             if fitted_with and Path(fitted_with).resolve() != Path(run).resolve():
-                typer.echo(f"bonescan: warning: {judge} was fitted with the lesion network of {fitted_with}, not "
-                           f"{run}: the malignancy it weighs is another network's", err=True)
+                _warn(f"{judge} was fitted with the lesion network of {fitted_with}, not {run}: the malignancy it "
+                      f"weighs is another network's")
             for warning in check_change_network(new_lesion_judge, change_net, join):
-                typer.echo(f"bonescan: warning: {judge}: {warning}", err=True)
+                _warn(f"{judge}: {warning}")
         if manifest is not None:
             def progress(done: int, total: int, result) -> None:
                 what = result.error or f"{result.verdict}; {result.new} new"
@@ -168,7 +172,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if join != "either" and change_net is None:
             raise ConfigError("--join", "joins the judge's count with the change network's: it needs --change-net")
         check_fitting_join(join)  # before the comparisons, not after them
-        lesion_reader = NetworkReader(run, warn=lambda line: typer.echo(f"bonescan: warning: {line}", err=True))
+        lesion_reader = NetworkReader(run, warn=_warn)
         change_model = None
         if change_net is not None:
             from ..followup.change_net import load_change_model
