@@ -78,12 +78,13 @@ merged fit4000 fit32 fit33
 [[ -f "$OUT/classifier/checkpoints/last.pt" ]] || bonescan train --manifest "$OUT/cohorts/s21/manifest.csv" \
     --out "$OUT/classifier" --preset cpu-small --epochs "$CLASSIFIER_EPOCHS" --cache-dir "$OUT/cache" --quiet
 
-evaluation() {  # NAME MANIFEST: predict the test split with the lesion run, then evaluate
+evaluation() {  # NAME MANIFEST: predict the test split with the lesion run (into predicted/), then evaluate
     local name=$1 manifest=$2
     [[ -f "$OUT/eval/$name/metrics.json" ]] && return
     bonescan predict --run "$OUT/classifier" --lesions "$RUN" --manifest "$manifest" --split test \
-        --out "$OUT/eval/$name/predictions.csv"
-    bonescan evaluate --predictions "$OUT/eval/$name/predictions.csv" --manifest "$manifest" --out "$OUT/eval/$name"
+        --out "$OUT/eval/$name/predicted/predictions.csv"
+    bonescan evaluate --predictions "$OUT/eval/$name/predicted/predictions.csv" --manifest "$manifest" \
+        --out "$OUT/eval/$name"
 }
 
 cohort fresh41 41 "$FRESH" --ratios 0,0,1

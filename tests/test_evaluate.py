@@ -245,6 +245,22 @@ def test_cli_refusals_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_refuses_to_write_over_the_predictions_it_evaluates(tmp_path, capsys):
+    manifest, predictions, frame = _manifest_and_predictions(tmp_path)
+    # predict's table carries lesion columns that the evaluation's own predictions.csv does not
+    with_lesions = frame[["case_id", "probability"]].assign(bsi=0.5, n_malignant=1)
+    with_lesions.to_csv(predictions, index=False)
+    written = predictions.read_bytes()
+    code = main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest),
+                 "--out", str(tmp_path / "." / ""), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds the predictions being evaluated" in err and len(err.strip().splitlines()) == 1
+    assert predictions.read_bytes() == written and not (tmp_path / "metrics.json").exists()
+    assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest),
+                 "--out", str(tmp_path / "eval"), "--no-report"]) == 0
+    assert predictions.read_bytes() == written and (tmp_path / "eval" / "predictions.csv").exists()
+
+
 def test_cli_refuses_predictions_without_labels(tmp_path, capsys):
     path = tmp_path / "p.csv"
     pd.DataFrame({"case_id": ["a", "b"], "probability": [0.1, 0.9]}).to_csv(path, index=False)
