@@ -252,7 +252,7 @@ def test_cli_refuses_to_write_over_the_predictions_it_evaluates(tmp_path, capsys
     with_lesions.to_csv(predictions, index=False)
     written = predictions.read_bytes()
     code = main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest),
-                 "--out", str(tmp_path / "." / ""), "--no-report"])
+                 "--out", str(tmp_path / "images" / ".."), "--no-report"])  # the same folder, spelled otherwise
     err = capsys.readouterr().err
     assert code == 2 and "holds the predictions being evaluated" in err and len(err.strip().splitlines()) == 1
     assert predictions.read_bytes() == written and not (tmp_path / "metrics.json").exists()
