@@ -26,19 +26,7 @@ fi
 mkdir -p "$OUT/cohorts"
 OUT=$(cd "$OUT" && pwd)
 
-cohort() {  # NAME SEED CASES [synth options]: a mixed-camera `paper` cohort
-    local name=$1 seed=$2 cases=$3
-    shift 3
-    [[ -f "$OUT/cohorts/$name/manifest.csv" ]] && return
-    bonescan synth --out "$OUT/cohorts/$name" --cases "$cases" --seed "$seed" --site mixed --difficulty paper "$@"
-}
-
-merged() {  # NAME COHORT...: one manifest of several cohorts (the first holds the validation and test splits)
-    local name=$1
-    shift
-    [[ -f "$OUT/$name.csv" ]] && return
-    bonescan cohort merge $(printf "$OUT/cohorts/%s/manifest.csv " "$@") --out "$OUT/$name.csv"
-}
+source "$(dirname "$0")/recipe_steps.sh"
 
 stage() {  # RUN MANIFEST EPOCHS [train options]: train, or resume an interrupted stage
     local run=$1 manifest=$2 epochs=$3
@@ -53,8 +41,8 @@ stage() {  # RUN MANIFEST EPOCHS [train options]: train, or resume an interrupte
 }
 
 # Training studies: 800 (642 train, 79 validation, 79 test), then 1,600 more training studies at each stage.
-cohort s21 21 "$FIRST"
-for seed in 22 23 24; do cohort "s$seed" "$seed" "$MORE" --ratios 1,0,0; done
+cohort s21 21 "$FIRST" --site mixed
+for seed in 22 23 24; do cohort "s$seed" "$seed" "$MORE" --site mixed --ratios 1,0,0; done
 merged train2242 s21 s22
 merged train3842 s21 s22 s23
 merged train5442 s21 s22 s23 s24
@@ -68,32 +56,20 @@ RUN=$OUT/wide42
 
 # Threshold on the validation split, then the rescorer on 4,000 studies no network saw (threshold frozen again).
 [[ -f "$RUN/malignancy_threshold.json" ]] || bonescan lesions threshold --run "$RUN" --manifest "$OUT/train5442.csv"
-cohort fit32 32 "$FIT"
-cohort fit33 33 "$FIT"
+cohort fit32 32 "$FIT" --site mixed
+cohort fit33 33 "$FIT" --site mixed
 merged fit4000 fit32 fit33
 [[ -f "$RUN/hotspot_rescorer.skops" ]] || bonescan lesions rescorer --run "$RUN" --manifest "$OUT/fit4000.csv" \
     --threshold-manifest "$OUT/train5442.csv"
 
-# A study-level classifier to predict with (the lesion figures do not depend on it).
-[[ -f "$OUT/classifier/checkpoints/last.pt" ]] || bonescan train --manifest "$OUT/cohorts/s21/manifest.csv" \
-    --out "$OUT/classifier" --preset cpu-small --epochs "$CLASSIFIER_EPOCHS" --cache-dir "$OUT/cache" --quiet
+classifier "$OUT/cohorts/s21/manifest.csv" "$CLASSIFIER_EPOCHS"
 
-evaluation() {  # NAME MANIFEST: predict the test split with the lesion run (into predicted/), then evaluate
-    local name=$1 manifest=$2
-    [[ -f "$OUT/eval/$name/metrics.json" ]] && return
-    bonescan predict --run "$OUT/classifier" --lesions "$RUN" --manifest "$manifest" --split test \
-        --out "$OUT/eval/$name/predicted/predictions.csv"
-    bonescan evaluate --predictions "$OUT/eval/$name/predicted/predictions.csv" --manifest "$manifest" \
-        --out "$OUT/eval/$name"
-}
-
-cohort fresh41 41 "$FRESH" --ratios 0,0,1
+cohort fresh41 41 "$FRESH" --site mixed --ratios 0,0,1
 evaluation test "$OUT/train5442.csv"
 evaluation fresh41 "$OUT/cohorts/fresh41/manifest.csv"
 
 for seed in $FOLLOWUP_SEEDS; do
-    cohort "followup$seed" "$seed" "$PATIENTS" --follow-up
-    [[ -f "$OUT/eval/followup$seed/followup_report.html" ]] || bonescan followup \
-        --manifest "$OUT/cohorts/followup$seed/manifest.csv" --run "$RUN" --evaluate --out "$OUT/eval/followup$seed"
+    cohort "followup$seed" "$seed" "$PATIENTS" --site mixed --follow-up
+    followup_evaluation "followup$seed" "followup$seed"
 done
 echo "lesion run: $RUN; evaluations: $OUT/eval"

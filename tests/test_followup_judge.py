@@ -46,8 +46,13 @@ def test_a_judge_needs_both_kinds_of_candidate_and_enough_patients():
         fit_new_lesion_judge(one_kind)
     few = Candidates(features, np.array([1, 0, 1, 0, 1, 0], bool), np.array([0, 0, 1, 1, 2, 2]), np.zeros(3, int),
                      [])
-    with pytest.raises(ManifestError, match="at least 5 patients"):
+    with pytest.raises(ManifestError, match="at least 5 patients with candidates.*got 3 of 3"):
         fit_new_lesion_judge(few)
+    # Twelve patients compared, but candidates under three of them only: still too few folds to keep them apart.
+    sparse = Candidates(features, np.array([1, 0, 1, 0, 1, 0], bool), np.array([0, 0, 4, 4, 9, 9]),
+                        np.zeros(12, int), [])
+    with pytest.raises(ManifestError, match="got 3 of 12"):
+        fit_new_lesion_judge(sparse)
 
 
 @pytest.fixture(scope="module")

@@ -320,9 +320,11 @@ def fit_new_lesion_judge(candidates: Candidates, specificity: float = DEFAULT_SP
     if labels.all() or not labels.any():
         raise ManifestError("follow-up cohorts", f"the judge needs candidates on new metastases and elsewhere; got "
                                                  f"{int(labels.sum())} of {labels.size} on one")
-    if n_patients < FOLDS:
-        raise ManifestError("follow-up cohorts", f"the judge needs at least {FOLDS} patients to choose its threshold "
-                                                 f"out of fold; got {n_patients}")
+    # The folds keep patients apart, so only patients with candidates count (a patient without any has no fold).
+    with_candidates = np.unique(candidates.patient).size
+    if with_candidates < FOLDS:
+        raise ManifestError("follow-up cohorts", f"the judge needs at least {FOLDS} patients with candidates to choose "
+                                                 f"its threshold out of fold; got {with_candidates} of {n_patients}")
     out_of_fold = np.zeros(labels.size)
     with one_thread():
         for train, held in GroupKFold(FOLDS).split(candidates.features, groups=candidates.patient):
