@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the `cpu-small-lesion` run trained on a 2-core CPU alone (README, "The same network trained on this CPU
-# alone"), its flip-averaged threshold and rescorer, the change network and learned judge beside it, and their
-# evaluation: test splits, 400 fresh studies, and the follow-up of the 720 patients of seeds 7-18.
+# alone"): the network with its own threshold, a copy with maps averaged with the mirrored study's and a rescorer,
+# the change network and learned judge beside the first, and their evaluation: test splits and 400 fresh studies
+# with the second, the follow-up of the 1,080 patients of seeds 7-24 with the first.
 #
 #   scripts/cpu_lesion_recipe.sh OUT            # about 3-3.5 hours on a 2-core Zen 4 EPYC (bf16), about 25 GB disk
 #   SCALE=smoke scripts/cpu_lesion_recipe.sh OUT   # the same steps on a few studies, one epoch each: minutes
@@ -20,7 +21,7 @@ if [[ "${SCALE:-full}" == smoke ]]; then
 else
     GENERIC=1200 MIXED=800 MORE=1600 FIT=2000 FRESH=400 PATIENTS=60 EPOCHS=(5 26) CLASSIFIER_EPOCHS=1
     CHANGE_EPOCHS=24 CHANGE_TRAIN=$(seq 101 120) CHANGE_VAL=$(seq 121 130) JUDGE=$(seq 121 140)
-    FOLLOWUP=$(seq 7 18)
+    FOLLOWUP=$(seq 7 24)
 fi
 mkdir -p "$OUT/cohorts"
 OUT=$(cd "$OUT" && pwd)
@@ -43,17 +44,23 @@ merged train2000 s11 m21
 merged train3600 s11 m21 m22
 stage first "$OUT/train2000.csv" "${EPOCHS[0]}"
 stage second "$OUT/train3600.csv" "${EPOCHS[1]}" --pretrained "$OUT/first" --lr 0.002 --patience 8
-RUN=$OUT/second
+PLAIN=$OUT/second
 
-# Threshold on the validation split with maps averaged with the mirrored study's, then the rescorer on 4,000
-# studies no network saw, on the same maps (threshold frozen again).
-[[ -f "$RUN/malignancy_threshold.json" ]] || bonescan lesions threshold --run "$RUN" \
-    --manifest "$OUT/train3600.csv" --flip-average
-cohort fit32 32 "$FIT" --site mixed
-cohort fit33 33 "$FIT" --site mixed
-merged fit4000 fit32 fit33
-[[ -f "$RUN/hotspot_rescorer.skops" ]] || bonescan lesions rescorer --run "$RUN" --manifest "$OUT/fit4000.csv" \
-    --threshold-manifest "$OUT/train3600.csv" --flip-average
+# The network's own threshold on the validation split (the run the follow-up reads). Then a copy of the run whose
+# maps are averaged with the mirrored study's: its threshold, then its rescorer on 4,000 studies no network saw,
+# on the same maps (threshold frozen again); the run the lesion figures read.
+[[ -f "$PLAIN/malignancy_threshold.json" ]] || bonescan lesions threshold --run "$PLAIN" \
+    --manifest "$OUT/train3600.csv"
+RUN=$OUT/second-flip-rescored
+if [[ ! -f "$RUN/hotspot_rescorer.skops" ]]; then
+    rm -rf "$RUN" && cp -r "$PLAIN" "$RUN"
+    bonescan lesions threshold --run "$RUN" --manifest "$OUT/train3600.csv" --flip-average
+    cohort fit32 32 "$FIT" --site mixed
+    cohort fit33 33 "$FIT" --site mixed
+    merged fit4000 fit32 fit33
+    bonescan lesions rescorer --run "$RUN" --manifest "$OUT/fit4000.csv" \
+        --threshold-manifest "$OUT/train3600.csv" --flip-average
+fi
 
 classifier "$OUT/cohorts/s11/manifest.csv" "$CLASSIFIER_EPOCHS"
 cohort fresh41 41 "$FRESH" --site mixed --ratios 0,0,1
@@ -61,8 +68,10 @@ evaluation generic "$OUT/cohorts/s11/manifest.csv"
 evaluation mixed "$OUT/cohorts/m21/manifest.csv"
 evaluation fresh41 "$OUT/cohorts/fresh41/manifest.csv"
 
-# Follow-up: the change network (trained on the first seeds, operating point on the next), the learned judge
-# fitted beside it for `--join union`, then every patient of seeds 7-18 compared with both.
+# Follow-up, read with the network's own maps and threshold: the change network (trained on the first seeds,
+# operating point on the next), the learned judge fitted beside it for `--join union`, then every patient of seeds
+# 7-24 compared with both.
+RUN=$PLAIN
 for seed in $CHANGE_TRAIN $CHANGE_VAL $JUDGE $FOLLOWUP; do
     cohort "followup$seed" "$seed" "$PATIENTS" --site mixed --follow-up
 done
@@ -76,4 +85,4 @@ JUDGE_FILE=$OUT/new_lesion_judge.skops
 for seed in $FOLLOWUP; do
     followup_evaluation "followup$seed" "followup$seed" --change-net "$CHANGE" --join union --judge "$JUDGE_FILE"
 done
-echo "lesion run: $RUN; evaluations: $OUT/eval"
+echo "lesion runs: $PLAIN (follow-up), $OUT/second-flip-rescored; evaluations: $OUT/eval"
