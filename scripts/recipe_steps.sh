@@ -9,7 +9,7 @@ cohort() {  # NAME SEED CASES [synth options]: a `paper` cohort in OUT/cohorts/N
     bonescan synth --out "$OUT/cohorts/$name" --cases "$cases" --seed "$seed" --difficulty paper "$@"
 }
 
-merged() {  # NAME COHORT...: one manifest of several cohorts (the first holds the validation and test splits)
+merged() {  # NAME COHORT...: one manifest of several cohorts, each study keeping its split
     local name=$1
     shift
     [[ -f "$OUT/$name.csv" ]] && return
