@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import bonescan
 from bonescan.io import StudySource
 from bonescan.predict import OperatingPoint, PredictionReport, StudyOutcome
-from bonescan.predict_sharded import ShardError, join_predict_job, merge_outcomes, shard_sources
+from bonescan.predict_sharded import PredictJob, ShardError, join_predict_job, merge_outcomes, shard_sources
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 7, 16])
@@ -106,6 +106,16 @@ def _run_job(world: int, out: Path, studies, failing_rank=None) -> dict:
 
 
 @pytest.mark.slow  # starts 5 processes (about 15 s on 2 cores)
+def test_only_the_other_ranks_leave_at_once_with_status_0(monkeypatch):
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    PredictJob(rank=0, world_size=2).leave()
+    PredictJob().leave()  # a job of one process
+    assert exits == []  # rank 0 goes on to write the output and exit with the job's status
+    PredictJob(rank=1, world_size=2).leave()
+    assert exits == [0]
+
+
 def test_job_merges_shares_on_rank_0_and_fails_clearly_when_a_rank_fails(tmp_path):
     studies = [StudySource(f"s{i}" + ("bad" if i == 4 else ""), (tmp_path / f"s{i}.dcm",)) for i in range(7)]
     out = tmp_path / "out" / "preds.csv"

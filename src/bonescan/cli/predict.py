@@ -69,8 +69,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             notice=lambda message: _stderr(f"bonescan: notice: {message}"),
             lesions=lesions, lesions_out=lesions_out or (out.parent if out is not None else Path(".")),
         )
-        if not job.is_main:
-            return  # rank 0 writes the merged output and reports for the whole job
+        job.leave()  # any rank but 0: rank 0 writes the merged output and reports for the whole job
         point = report.operating_point
         if point.warning:
             _stderr(f"bonescan: warning: {point.warning}")
