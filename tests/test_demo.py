@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pydicom
 import pytest
 
 from bonescan import cli
@@ -68,3 +69,49 @@ def test_demo_cli_refuses_too_few_cases_and_bad_ratios(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--cases", "100", "--ratios", "0.99,0.01,0"]) == 2
     assert "fewer than 2" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--lesions", "--lesion-preset", "tiny"]) == 2
+    assert "--lesion-preset" in capsys.readouterr().err
+
+
+LESION_DEMO = DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2, difficulty="easy", lesions=True,
+                           lesion_preset="tiny-lesion", lesion_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def lesion_demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lesion-demo")
+    lines: list[str] = []
+    result = run_demo(out, LESION_DEMO, say=lines.append, progress=False)
+    return out, result, lines
+
+
+def test_lesion_demo_evaluates_hotspots_of_every_test_study(lesion_demo_run):
+    out, result, lines = lesion_demo_run
+    manifest = pd.read_csv(out / "cohort" / "manifest.csv")
+    test_ids = set(manifest.loc[manifest["split"] == "test", "case_id"])
+    assert {p.stem for p in (out / "test_lesions" / "lesions").glob("*.json")} == test_ids
+    threshold = json.loads((out / "lesion_run" / "malignancy_threshold.json").read_text())
+    assert threshold["chosen_on"] == "val" and threshold["fp_per_study_budget"] == 1.0
+    lesions = json.loads((out / "evaluation" / "metrics.json").read_text())["lesions"]
+    assert lesions["n_studies"] == len(test_ids) and lesions["n_lesions"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesions"]["n_lesions"] == lesions["n_lesions"]
+    assert summary["lesions"]["sensitivity_at_1_fp"]["fp_per_study"] == 1.0
+    assert {"lesion network", "lesions of the test split"} <= set(summary["stage_seconds"])
+    assert 'id="lesions"' in result.report.read_text()
+    assert any(line.startswith("lesions: ") and "test studies" in line for line in lines)
+    # The example studies carry their hotspots: overlays, and DICOM Segmentations beside the SR.
+    assert list((out / "predict" / "lesions").glob("*.png"))
+    modalities = {pydicom.dcmread(path, stop_before_pixels=True).Modality
+                  for path in (out / "predict" / "dicom").rglob("*.dcm")}
+    assert {"SEG", "SR"} <= modalities
+
+
+def test_lesion_demo_rerun_reuses_its_network_threshold_and_readings(lesion_demo_run):
+    out, first, _ = lesion_demo_run
+    written = {path: path.stat().st_mtime_ns for path in (out / "lesion_run" / "malignancy_threshold.json",
+                                                          out / "test_lesions" / "predictions.csv")}
+    again = run_demo(out, LESION_DEMO, say=lambda _: None, progress=False)
+    assert {path: path.stat().st_mtime_ns for path in written} == written
+    assert again.summary["lesions"]["best_val_score"] == first.summary["lesions"]["best_val_score"]
+    assert again.summary["lesions"]["sensitivity_at_1_fp"] == first.summary["lesions"]["sensitivity_at_1_fp"]

@@ -1,0 +1,97 @@
+"""The demo's lesion stages (`bonescan demo --lesions`): where, not only whether, on the demo's own cohort.
+
+A lesion network (`bonescan.lesions`) is trained on the cohort's training split, its malignancy threshold frozen
+at 1 false positive per validation study (`lesions.threshold`), and every test study read with it beside the
+classifier, so the report gains its lesion section (FROC, sensitivity at 0.5-4 false positives per study, BSI
+against truth, region Dice) and the example studies their overlays, DICOM SR measurement groups and
+Segmentations. The commands `bonescan train --preset cpu-small-lesion`, `bonescan lesions threshold` and
+`bonescan predict --lesions` do the same one by one.
+
+Like the demo's other stages, each is skipped on a rerun when its outputs are complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ConfigError
+from .presets import preset_config
+
+LESION_FP_BUDGET = 1.0  # false-positive hotspots per validation study at the frozen threshold (the goal's point)
+
+
+def check_lesion_preset(name: str) -> None:
+    """ConfigError unless `name` is a lesion preset."""
+    if preset_config(name).task != "lesion":
+        raise ConfigError("--lesion-preset", f"{name!r} is not a lesion preset; use cpu-small-lesion "
+                                             "(or tiny-lesion for a quick look)")
+
+
+def train_lesion_network(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, preset: str,
+                         epochs: int | None, seed: int, progress: bool):
+    """Train (or resume to itself, when finished) the lesion run in `run_dir`; the `train.TrainResult`."""
+    from .train import RunPaths, train
+
+    overrides = {"seed": seed} | ({"epochs": epochs} if epochs is not None else {})
+    config = preset_config(preset, **overrides)
+    resume = RunPaths(run_dir).last.is_file()
+    return train(manifest, run_dir, config, resume=resume, cache_dir=run_dir.parent / "cache",
+                 manifest_path=manifest_path, progress=progress)
+
+
+def freeze_threshold(run_dir: Path, manifest: pd.DataFrame) -> dict:
+    """The run's malignancy threshold record, chosen on the validation split unless it was already."""
+    from .lesions.threshold import THRESHOLD_FILE, freeze_malignancy_threshold
+
+    frozen = run_dir / THRESHOLD_FILE
+    if frozen.is_file():
+        return json.loads(frozen.read_text())
+    return freeze_malignancy_threshold(run_dir, manifest, split="val", fp_per_study=LESION_FP_BUDGET)
+
+
+def read_test_lesions(classifier_run: Path, lesion_run: Path, manifest_path: Path, out: Path):
+    """Predict the test split with both runs into `out` (predictions.csv, hotspots.csv, lesions/); the
+    `evaluate.lesion_pipeline.LesionInputs` that the report's lesion section reads."""
+    from .evaluate.lesion_pipeline import find_lesion_inputs
+    from .predict import predict_studies
+
+    predictions = out / "predictions.csv"
+    if not predictions.is_file():  # written last, after every study's lesion files
+        report = predict_studies(classifier_run, manifest=manifest_path, split="test", lesions=lesion_run,
+                                 lesions_out=out, workers=0)
+        # A study that fails is listed in predictions.csv and left out of the lesion metrics, with a warning.
+        report.write(predictions)
+    return find_lesion_inputs(predictions, manifest_path)
+
+
+def lesion_summary(train_result, threshold: dict, metrics: dict, out: Path) -> dict:
+    """The lesion figures of the demo's summary.json from the evaluation's metrics["lesions"]."""
+    at_one = next((row for row in metrics.get("sensitivity_at_fp", []) if row["fp_per_study"] == 1.0), {})
+    return {
+        "best_val_score": train_result.best_val_auc,
+        "best_epoch": train_result.best_epoch,
+        "malignancy_threshold": threshold["malignancy_threshold"],
+        "n_studies": metrics.get("n_studies"),
+        "n_lesions": metrics.get("n_lesions"),
+        "sensitivity_at_1_fp": at_one,
+        "bsi": metrics.get("bsi", {}),
+        "region_dice_mean": metrics.get("dice", {}).get("mean"),
+        "test_lesions": str(out),
+    }
+
+
+def describe(summary: dict) -> str:
+    """One line of the lesion figures for the user."""
+    at_one, bsi = summary["sensitivity_at_1_fp"], summary["bsi"]
+
+    def figure(value, digits: int = 2) -> str:
+        return "undefined" if value is None else f"{value:.{digits}f}"
+
+    sensitivity = (f"sensitivity {figure(at_one.get('sensitivity'))} (95 % CI {figure(at_one.get('ci_low'))}-"
+                   f"{figure(at_one.get('ci_high'))}) at 1 false positive per study" if at_one else "no FROC")
+    return (f"lesions: {summary['n_lesions'] or 0} metastases in {summary['n_studies'] or 0} test studies, "
+            f"{sensitivity}; BSI against truth r {figure(bsi.get('pearson_r'), 3)}; skeletal-region Dice "
+            f"{figure(summary['region_dice_mean'], 3)}; overlays and hotspots.csv in {summary['test_lesions']}")
