@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 import bonescan
 from bonescan.io import StudySource
 from bonescan.predict import OperatingPoint, PredictionReport, StudyOutcome
-from bonescan.predict_sharded import PredictJob, ShardError, join_predict_job, merge_outcomes, shard_sources
+from bonescan.cli.ranks import leave_unless_rank_0
+from bonescan.predict_sharded import ShardError, join_predict_job, merge_outcomes, shard_sources
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 7, 16])
@@ -109,10 +110,9 @@ def _run_job(world: int, out: Path, studies, failing_rank=None) -> dict:
 def test_only_the_other_ranks_leave_at_once_with_status_0(monkeypatch):
     exits: list[int] = []
     monkeypatch.setattr(os, "_exit", exits.append)
-    PredictJob(rank=0, world_size=2).leave()
-    PredictJob().leave()  # a job of one process
+    leave_unless_rank_0(0)
     assert exits == []  # rank 0 goes on to write the output and exit with the job's status
-    PredictJob(rank=1, world_size=2).leave()
+    leave_unless_rank_0(1)
     assert exits == [0]
 
 

@@ -16,7 +16,7 @@
   puts the rows back into the one-process order (each study exactly once, failures included), removes the files,
   rewrites hotspots.csv from every study's lesion JSON (each rank wrote one of its own share) and returns one
   report, which the CLI writes and summarises. The other ranks print nothing and exit 0 once they have handed in
-  their share (or their error), skipping the interpreter's teardown (`PredictJob.leave`): the job's exit status
+  their share (or their error), skipping the interpreter's teardown (`cli.ranks`): the job's exit status
   is rank 0's, 2 when any study failed. (A rank that exits non-zero makes torchrun stop the others, so a
   non-zero exit on rank 1 could kill rank 0 before it has written the output or exited with its status.) When a
   study failed, torchrun itself exits 1 and its report shows rank 0's 2.
@@ -41,7 +41,6 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -148,19 +147,6 @@ class PredictJob:
                     _dist().destroy_process_group()
 
         return run
-
-    def leave(self) -> None:
-        """End this process at once if it is not rank 0 (its share handed in, the process group destroyed).
-
-        Skips the interpreter's teardown, where gloo's threads can abort the process ("terminate called without an
-        active exception", SIGABRT): torchrun then stops rank 0 before it exits with the job's status. Seen once
-        in a CI run on the 2-core Zen 4 EPYC, with rank 0 already done writing; 40 runs under load did not repeat it.
-        """
-        if self.is_main:
-            return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
     def take(self, find: Callable[[], FoundStudies]) -> FoundStudies:
         """List the studies on rank 0, broadcast the list and keep this rank's share of it."""

@@ -57,6 +57,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """
         from ..predict import predict_studies
         from ..predict_sharded import join_predict_job
+        from .ranks import leave_unless_rank_0
 
         progress = done_counter("studies")
 
@@ -69,7 +70,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             notice=lambda message: _stderr(f"bonescan: notice: {message}"),
             lesions=lesions, lesions_out=lesions_out or (out.parent if out is not None else Path(".")),
         )
-        job.leave()  # any rank but 0: rank 0 writes the merged output and reports for the whole job
+        leave_unless_rank_0(job.rank)  # rank 0 writes the merged output and reports for the whole job
         point = report.operating_point
         if point.warning:
             _stderr(f"bonescan: warning: {point.warning}")

@@ -82,6 +82,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from ..presets import preset_config
         from ..crops import apply_region
         from ..train import train
+        from .ranks import leave_unless_rank_0
 
         config = preset_config(
             preset,
@@ -106,8 +107,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         config, table = apply_region(config, table, region, str(manifest), height=height, width=width)
         result = train(table, out, config, resume=resume, force=force, cache_dir=cache_dir, fail_fast=fail_fast,
                        manifest_path=manifest, progress=not quiet)
-        if result.rank != 0:  # under torchrun only rank 0 reports
-            return
+        leave_unless_rank_0(result.rank)  # under torchrun only rank 0 reports
         for failure in result.failures:
             typer.echo(f"skipped {failure['case_id']}: {failure['reason']}", err=True)
         ending = "stopped early" if result.stopped_early else "finished"
