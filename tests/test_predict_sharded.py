@@ -17,9 +17,9 @@ import torch
 import torch.multiprocessing as mp
 
 import bonescan
+from bonescan.cli.ranks import leave_unless_rank_0
 from bonescan.io import StudySource
 from bonescan.predict import OperatingPoint, PredictionReport, StudyOutcome
-from bonescan.cli.ranks import leave_unless_rank_0
 from bonescan.predict_sharded import ShardError, join_predict_job, merge_outcomes, shard_sources
 
 
@@ -106,7 +106,6 @@ def _run_job(world: int, out: Path, studies, failing_rank=None) -> dict:
     return found
 
 
-@pytest.mark.slow  # starts 5 processes (about 15 s on 2 cores)
 def test_only_the_other_ranks_leave_at_once_with_status_0(monkeypatch):
     exits: list[int] = []
     monkeypatch.setattr(os, "_exit", exits.append)
@@ -116,6 +115,7 @@ def test_only_the_other_ranks_leave_at_once_with_status_0(monkeypatch):
     assert exits == [0]
 
 
+@pytest.mark.slow  # starts 5 processes (about 15 s on 2 cores)
 def test_job_merges_shares_on_rank_0_and_fails_clearly_when_a_rank_fails(tmp_path):
     studies = [StudySource(f"s{i}" + ("bad" if i == 4 else ""), (tmp_path / f"s{i}.dcm",)) for i in range(7)]
     out = tmp_path / "out" / "preds.csv"

@@ -1,4 +1,5 @@
-"""The whole system on a synthetic cohort: generate, split, Table 1, train, evaluate, predict, summarise.
+"""The whole system on a synthetic cohort: generate, split, Table 1, train, evaluate, predict, summarise; with
+`lesions`, also a lesion network and its hotspots, regions and BSI (`demo_lesions`).
 
 Each stage leaves its outputs in one folder under `out` and is skipped on a rerun when they are complete
 (`fresh=True` starts over). The demo drives the same library functions as the individual commands.

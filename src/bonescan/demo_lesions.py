@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import ConfigError
 from .presets import preset_config
 
-LESION_FP_BUDGET = 1.0  # false-positive hotspots per validation study at the frozen threshold (the goal's point)
+LESION_FP_BUDGET = 1.0  # false-positive hotspots per validation study at the frozen threshold (as in the README)
 
 
 def check_lesion_preset(name: str) -> None:
