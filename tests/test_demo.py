@@ -69,8 +69,9 @@ def test_demo_cli_refuses_too_few_cases_and_bad_ratios(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "d"), "--cases", "100", "--ratios", "0.99,0.01,0"]) == 2
     assert "fewer than 2" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
-    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--lesions", "--lesion-preset", "tiny"]) == 2
-    assert "--lesion-preset" in capsys.readouterr().err
+    for preset in ("tiny", "no-such-preset"):  # a classifier's, and none at all
+        assert cli.main(["demo", "--out", str(tmp_path / "d"), "--lesions", "--lesion-preset", preset]) == 2
+        assert "--lesion-preset" in capsys.readouterr().err
 
 
 LESION_DEMO = DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2, difficulty="easy", lesions=True,

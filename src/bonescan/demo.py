@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from .demo_lesions import describe as describe_lesions
-from .demo_lesions import freeze_threshold, lesion_summary, read_test_lesions, train_lesion_network
+from .demo_lesions import freeze_threshold, lesion_summary, read_test_lesions
 from .errors import ConfigError
 from .fileio import write_text_atomic
 
@@ -89,7 +89,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), fresh: bo
     with timer("table 1"):
         manifest = _table1(manifest_path, out, say)
     with timer("training"):
-        train_result = _train(manifest, manifest_path, out / "run", settings, progress)
+        train_result = _train(manifest, manifest_path, out / "run", settings.preset, settings.epochs, settings.seed,
+                              progress, settings.pretrained)
         say(f"best validation AUC {train_result.best_val_auc:.3f} at epoch {train_result.best_epoch} "
             f"of {train_result.epochs_run}")
     with timer("evaluation"):
@@ -98,8 +99,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), fresh: bo
     if settings.lesions:
         lesion_run = out / "lesion_run"
         with timer("lesion network"):
-            lesion_train = train_lesion_network(manifest, manifest_path, lesion_run, settings.lesion_preset,
-                                                settings.lesion_epochs, settings.seed, progress)
+            lesion_train = _train(manifest, manifest_path, lesion_run, settings.lesion_preset, settings.lesion_epochs,
+                                  settings.seed, progress)
             threshold = freeze_threshold(lesion_run, manifest)
             say(f"best validation score {lesion_train.best_val_auc:.3f} at epoch {lesion_train.best_epoch} of "
                 f"{lesion_train.epochs_run}; malignancy threshold {threshold['malignancy_threshold']:.3f} "
@@ -167,16 +168,18 @@ def _table1(manifest_path: Path, out: Path, say: Say) -> pd.DataFrame:
     return manifest
 
 
-def _train(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, settings: DemoSettings, progress: bool):
+def _train(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, preset: str, epochs: int | None, seed: int,
+           progress: bool, pretrained: str | None = None):
+    """Train a run of `preset` (the classifier, or with `--lesions` the lesion network) in `run_dir`."""
     from .presets import preset_config
     from .train import RunPaths, train
 
-    overrides = {"seed": settings.seed}
-    if settings.epochs is not None:
-        overrides["epochs"] = settings.epochs
-    if settings.pretrained is not None:
-        overrides["pretrained"] = settings.pretrained
-    config = preset_config(settings.preset, **overrides)
+    overrides = {"seed": seed}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if pretrained is not None:
+        overrides["pretrained"] = pretrained
+    config = preset_config(preset, **overrides)
     resume = RunPaths(run_dir).last.is_file()  # a finished run resumes to itself without training again
     return train(manifest, run_dir, config, resume=resume, cache_dir=run_dir.parent / "cache",
                  manifest_path=manifest_path, progress=progress)
@@ -251,8 +254,8 @@ def _print_summary(summary: dict, say: Say) -> None:
         say(f"test AUC {auc['auc']:.3f} ({ci}; n = {auc['n']}, {auc['n_pos']} with metastasis)")
     else:
         say(f"test AUC undefined: {auc.get('reason', 'no evaluated cases')}")
-    stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in summary["stage_seconds"].items())
     if "lesions" in summary:
         say(describe_lesions(summary["lesions"]))
+    stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in summary["stage_seconds"].items())
     say(f"time: {stages}; total {summary['total_seconds']:.0f} s")
     say(f"report: {summary['report']}")

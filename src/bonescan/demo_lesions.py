@@ -1,11 +1,11 @@
 """The demo's lesion stages (`bonescan demo --lesions`): where, not only whether, on the demo's own cohort.
 
-A lesion network (`bonescan.lesions`) is trained on the cohort's training split, its malignancy threshold frozen
-at 1 false positive per validation study (`lesions.threshold`), and every test study read with it beside the
-classifier, so the report gains its lesion section (FROC, sensitivity at 0.5-4 false positives per study, BSI
-against truth, region Dice) and the example studies their overlays, DICOM SR measurement groups and
-Segmentations. The commands `bonescan train --preset cpu-small-lesion`, `bonescan lesions threshold` and
-`bonescan predict --lesions` do the same one by one.
+The demo trains a lesion network (`bonescan.lesions`) on the cohort's training split as it trains the classifier.
+Here its malignancy threshold is frozen at 1 false positive per validation study (`lesions.threshold`) and every
+test study is read with it beside the classifier, so the report gains its lesion section (FROC, sensitivity at 0.5-4
+false positives per study, BSI against truth, region Dice) and the example studies their overlays, DICOM SR
+measurement groups and Segmentations. The commands `bonescan train --preset cpu-small-lesion`, `bonescan lesions
+threshold` and `bonescan predict --lesions` do the same one by one.
 
 Like the demo's other stages, each is skipped on a rerun when its outputs are complete.
 """
@@ -18,28 +18,16 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ConfigError
-from .presets import preset_config
+from .presets import PRESETS
 
 LESION_FP_BUDGET = 1.0  # false-positive hotspots per validation study at the frozen threshold (as in the README)
 
 
 def check_lesion_preset(name: str) -> None:
-    """ConfigError unless `name` is a lesion preset."""
-    if preset_config(name).task != "lesion":
+    """ConfigError naming --lesion-preset unless `name` is a lesion preset."""
+    if name not in PRESETS or PRESETS[name].task != "lesion":
         raise ConfigError("--lesion-preset", f"{name!r} is not a lesion preset; use cpu-small-lesion "
                                              "(or tiny-lesion for a quick look)")
-
-
-def train_lesion_network(manifest: pd.DataFrame, manifest_path: Path, run_dir: Path, preset: str,
-                         epochs: int | None, seed: int, progress: bool):
-    """Train (or resume to itself, when finished) the lesion run in `run_dir`; the `train.TrainResult`."""
-    from .train import RunPaths, train
-
-    overrides = {"seed": seed} | ({"epochs": epochs} if epochs is not None else {})
-    config = preset_config(preset, **overrides)
-    resume = RunPaths(run_dir).last.is_file()
-    return train(manifest, run_dir, config, resume=resume, cache_dir=run_dir.parent / "cache",
-                 manifest_path=manifest_path, progress=progress)
 
 
 def freeze_threshold(run_dir: Path, manifest: pd.DataFrame) -> dict:
