@@ -37,6 +37,7 @@ from ..study import VIEWS
 from .bsi import bone_scan_index
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
+from .region_ids import region_ids
 from .regions import FLIP_LABELS, N_LABELS, region_under
 from .rescore import Candidate, HotspotRescorer, load_rescorer, rescore_candidates
 
@@ -82,11 +83,16 @@ class LesionModel:
 
     def _maps(self, inputs: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.precision.device)
-        logits = self._logits(batch)
         if not self.flip_average:
-            regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
-            probabilities = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])
-            return torch.cat([regions, probabilities], 2).cpu().numpy()
+            logits = self._logits(batch, as_float=False)
+            out = np.empty(logits.shape[:2] + (3,) + logits.shape[-2:], np.float32)
+            if logits.device.type == "cpu":
+                region_ids(logits, N_LABELS, out[:, :, 0])
+            else:
+                out[:, :, 0] = logits[:, :, :N_LABELS].argmax(dim=2).float().cpu().numpy()
+            out[:, :, 1:] = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1].float()).cpu().numpy()
+            return out
+        logits = self._logits(batch)
         # The mirrored studies' maps, flipped back: their right-side classes are these studies' left ones.
         mirrored = self._logits(batch.flip(-1)).flip(-1)
         labels = torch.from_numpy(FLIP_LABELS).to(mirrored.device)
@@ -99,9 +105,11 @@ class LesionModel:
         regions = classes.argmax(dim=-1).unsqueeze(2).float()
         return torch.cat([regions, probabilities], 2).cpu().numpy()
 
-    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+    def _logits(self, batch: torch.Tensor, as_float: bool = True) -> torch.Tensor:
+        """B x 2 views x channels x H x W logits, in fp32 or (`as_float` False) in the precision they came in."""
         with torch.no_grad(), self.precision.autocast():
-            return self.model(batch.contiguous(memory_format=torch.channels_last)).float()
+            logits = self.model(batch.contiguous(memory_format=torch.channels_last))
+        return logits.float() if as_float else logits
 
     def read(self, study, study_key: str = "") -> tuple[StudyLesions, np.ndarray]:
         """One study's lesions and hotspot number map (`study_lesions`) with the run's threshold."""
