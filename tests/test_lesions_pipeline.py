@@ -969,20 +969,24 @@ def test_overlay_outlines_are_the_pixels_a_3x3_erosion_or_dilation_changes():
 def test_count_peaks_per_component_window_equal_the_whole_view():
     from scipy import ndimage
 
-    from bonescan.lesions.infer import PEAK_DISTANCE, PEAK_SMOOTHING, count_peaks
+    from bonescan.lesions.infer import PeakSettings, count_peaks
 
     rng = np.random.default_rng(7)
     counts = rng.poisson(rng.uniform(5, 200, (120, 60))).astype(np.float32)
     components, _ = ndimage.label(rng.random((120, 60)) > 0.97, structure=np.ones((3, 3), bool))
     components[0:4, 0:5] = components.max() + 1  # one at the image corner: the border reflects alike
-    smooth = ndimage.gaussian_filter(counts, PEAK_SMOOTHING)
-    whole = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
     boxes = np.zeros(counts.shape, bool)
     for box in ndimage.find_objects(components):
         boxes[box] = True
-    windowed = count_peaks(counts, components)
-    assert np.array_equal(windowed[boxes], whole[boxes]) and not windowed[~boxes].any()
-    assert windowed.any()
+    # at the stored pixel's settings and at the network pixel's (twice as large: half the reach in pixels)
+    for settings in (PeakSettings(), PeakSettings.at(4.8)):
+        smooth = ndimage.gaussian_filter(counts, settings.smoothing)
+        whole = smooth >= ndimage.maximum_filter(smooth, size=2 * settings.distance + 1)
+        windowed = count_peaks(counts, components, settings=settings)
+        assert np.array_equal(windowed[boxes], whole[boxes]) and not windowed[~boxes].any()
+        assert windowed.any()
+    assert (PeakSettings().smoothing, PeakSettings().distance) == (2.0, 3)
+    assert (PeakSettings.at(4.8).smoothing, PeakSettings.at(4.8).distance) == (1.0, 1)
 
 
 def test_rim_labels_per_window_equal_the_whole_view_distance_transform():

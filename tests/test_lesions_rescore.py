@@ -191,7 +191,7 @@ def test_rescored_bsi_outlines_a_hotspot_by_the_networks_own_threshold_and_count
 
 
 def test_every_candidate_carries_the_networks_strongest_evidence_in_the_study():
-    from bonescan.lesions.infer import maps_at_stored_size, network_candidates
+    from bonescan.lesions.infer import NetworkMaps, maps_at_stored_size, network_candidates
 
     counts, bone = _spine()
     _focus(counts, 30, 24, 40.0)  # a count candidate
@@ -201,7 +201,7 @@ def test_every_candidate_carries_the_networks_strongest_evidence_in_the_study():
     maps[0, 2, 40:44, 10:14] = 0.8
     regions, probabilities = maps_at_stored_size(maps, counts.shape)
     views = (counts, counts.copy())
-    found = network_candidates(regions, probabilities, views, min_pixels=3)
+    found = network_candidates(NetworkMaps(maps, views), regions, min_pixels=3, pixel_spacing=2.4)
     candidates, features = all_candidates(found, probabilities, views, regions, 2.4, min_pixels=3)
     assert [c.from_counts for c in candidates].count(False) == 1 and len(candidates) == 3
     column = features[:, FEATURES.index("study_metastasis_peak")]

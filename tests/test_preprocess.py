@@ -131,3 +131,16 @@ def test_numpy_resize_reproduces_torch_antialiased_bilinear(shape, size):
     resized = _resize(pair, *size)
     assert resized.shape == (2, *size) and resized.dtype == np.float32
     assert np.abs(resized - expected).max() <= 3e-5 * pair.max()
+
+
+def test_percentile_equals_numpys_to_the_last_bit():
+    from bonescan.preprocess import percentile
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n = int(rng.integers(1, 2000))
+        values = [rng.poisson(rng.uniform(0.5, 50), n).astype(np.float32), rng.normal(size=n),
+                  rng.integers(0, 4, n).astype(np.uint16)][trial % 3]  # counts, floats, many ties
+        for percent in (0.0, 37.0, 99.5, 100.0, rng.uniform(50, 100)):
+            assert percentile(values, percent) == float(np.percentile(values, percent)), (trial, percent)
+    assert np.isnan(percentile(np.array([1.0, np.nan]), 50.0))

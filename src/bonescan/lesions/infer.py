@@ -34,18 +34,22 @@ from ..errors import RunError
 from ..preprocess import preprocess_views
 from ..presets import TrainConfig
 from ..study import VIEWS
-from .bsi import bone_scan_index
+from .bsi import bone_scan_index_from_areas
+from .decode import decode_maps
+from .grid import network_grid
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
-from .region_ids import region_ids
 from .regions import FLIP_LABELS, N_LABELS, region_under
 from .rescore import Candidate, HotspotRescorer, load_rescorer, rescore_candidates
 
 HOTSPOT_THRESHOLD = 0.5
 METASTASIS_CANDIDATE = 0.2
-PEAK_DISTANCE = 3  # stored pixels (7 mm at 2.4 mm): closer peaks are one lesion
-PEAK_SMOOTHING = 2.0  # stored pixels (Gaussian sigma): Poisson noise would otherwise make peaks of its own
-RIM_DISTANCE = 2.0  # stored pixels: hot pixels this close to a metastatic candidate are its rim
+# Distances of the hotspot finder in mm, turned into pixels of the maps it works on (`hotspot_components`); the
+# figures were chosen in stored pixels of 2.4 mm (3, 2 and 2 pixels).
+PEAK_DISTANCE_MM = 7.2  # closer count peaks are one lesion (the whole pixels within it)
+PEAK_SMOOTHING_MM = 4.8  # Gaussian sigma of the counts: Poisson noise would otherwise make peaks of its own
+RIM_DISTANCE_MM = 4.8  # hot pixels this close to a metastatic candidate are its rim
+STORED_MM = 2.4  # the pixel `hotspot_components` assumes unless told
 MALIGNANCY_THRESHOLD = 0.5
 MIN_AREA_MM2 = 20.0  # about two 2.4 mm pixels on a side: smaller components are noise
 # Studies per network call on a CPU. The network is memory-bound at full resolution: at batch 8 one activation
@@ -78,20 +82,23 @@ class LesionModel:
         then the two probabilities), float32, network size. With `flip_average`, the mean of the network's maps of
         each study and of its mirror image (flipped back, region probabilities with left and right swapped)."""
         step = CPU_BATCH if self.precision.device.type == "cpu" else max(len(inputs), 1)
-        parts = [self._maps(inputs[start:start + step]) for start in range(0, len(inputs), step)]
+        # One autocast for all the chunks: it keeps the weights it casts to bf16 until it ends, where one per chunk
+        # cast them again for each (0.6 ms per study at batch 2 on the 2-core Zen 4).
+        with torch.no_grad(), self.precision.autocast():
+            parts = [self._maps(inputs[start:start + step]) for start in range(0, len(inputs), step)]
         return np.concatenate(parts) if parts else np.zeros((0, 2, 3) + tuple(inputs.shape[-2:]), np.float32)
 
     def _maps(self, inputs: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.precision.device)
         if not self.flip_average:
             logits = self._logits(batch, as_float=False)
-            out = np.empty(logits.shape[:2] + (3,) + logits.shape[-2:], np.float32)
             if logits.device.type == "cpu":
-                region_ids(logits, N_LABELS, out[:, :, 0])
-            else:
-                out[:, :, 0] = logits[:, :, :N_LABELS].argmax(dim=2).float().cpu().numpy()
-            out[:, :, 1:] = torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1].float()).cpu().numpy()
-            return out
+                out = np.empty(logits.shape[:2] + (3,) + logits.shape[-2:], np.float32)
+                decode_maps(logits, N_LABELS, out)
+                return out
+            logits = logits.float()
+            regions = logits[:, :, :N_LABELS].argmax(dim=2, keepdim=True).float()
+            return torch.cat([regions, torch.sigmoid(logits[:, :, HOTSPOT:MALIGNANCY + 1])], 2).cpu().numpy()
         logits = self._logits(batch)
         # The mirrored studies' maps, flipped back: their right-side classes are these studies' left ones.
         mirrored = self._logits(batch.flip(-1)).flip(-1)
@@ -190,26 +197,45 @@ def precision_notes(run_dir: Path, precision: str, threshold_precision: str | No
             f"--run {run_dir} --manifest MANIFEST --precision {precision})",)
 
 
-def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
-    """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps and its counts.
+@dataclass(frozen=True)
+class PeakSettings:
+    """Count peaks in pixels (`count_peaks`): Gaussian sigma of the smoothing, and the reach within which a peak is
+    the highest."""
+
+    smoothing: float = PEAK_SMOOTHING_MM / STORED_MM
+    distance: int = int(PEAK_DISTANCE_MM / STORED_MM + 1e-6)
+
+    @classmethod
+    def at(cls, pixel_mm: float) -> "PeakSettings":
+        """At pixels of `pixel_mm`: the whole pixels within PEAK_DISTANCE_MM, at least one (on the demo's 400 test
+        studies, 4.8 mm network pixels: 1 pixel gave sensitivity 0.824 / 0.765 / 0.925 at 1 false positive per study,
+        the frozen threshold and 4; 2 pixels 0.825 / 0.760 / 0.919)."""
+        return cls(PEAK_SMOOTHING_MM / pixel_mm, max(1, int(PEAK_DISTANCE_MM / pixel_mm + 1e-6)))
+
+
+def hotspot_components(hot: np.ndarray, metastasis: np.ndarray, counts: np.ndarray,
+                       pixel_mm: float = STORED_MM) -> tuple[np.ndarray, int]:
+    """(label image, count) of one view's hotspots from its hotspot and metastasis probability maps and its counts,
+    all of one size, with pixels of `pixel_mm`.
 
     Two kinds of hotspot, so a metastasis touching a kidney, the bladder or a benign focus is not swallowed by it
     (its centroid would then lie in the larger neighbour):
     - metastatic candidates: connected pixels with metastasis map >= METASTASIS_CANDIDATE (lower than the malignancy
       threshold: a faint metastasis the network is unsure of should still be listed, with its low malignancy, rather
-      than vanish). A group that holds several count peaks (maxima of the counts smoothed over PEAK_SMOOTHING
-      pixels, PEAK_DISTANCE apart) is split between them, each pixel going to its nearest peak, so neighbouring
+      than vanish). A group that holds several count peaks (maxima of the counts smoothed over PEAK_SMOOTHING_MM,
+      PEAK_DISTANCE_MM apart) is split between them, each pixel going to its nearest peak, so neighbouring
       lesions are separate hotspots with their own centroids. The counts, not the metastasis map, locate the peaks:
       over touching metastases that map saturates into one plateau, while each focus keeps its own count maximum.
-      Hot pixels (hotspot map >= HOTSPOT_THRESHOLD) within RIM_DISTANCE of such a hotspot join it: its rim.
+      Hot pixels (hotspot map >= HOTSPOT_THRESHOLD) within RIM_DISTANCE_MM of such a hotspot join it: its rim.
     - the other hot pixels: connected groups of their own (kidneys, bladder, benign uptake), malignancy below
       METASTASIS_CANDIDATE.
     """
     candidate = metastasis >= METASTASIS_CANDIDATE
-    labels, n = _split_at_count_peaks(candidate, np.asarray(counts, np.float32))
+    peaks = PeakSettings.at(pixel_mm)
+    labels, n = _split_at_count_peaks(candidate, np.asarray(counts, np.float32), peaks)
     rest = (hot >= HOTSPOT_THRESHOLD) & ~candidate
     if n and rest.any():
-        rim = nearest_label_within(labels, rest, RIM_DISTANCE)
+        rim = nearest_label_within(labels, rest, RIM_DISTANCE_MM / pixel_mm)
         labels[rim > 0] = rim[rim > 0]
         rest &= rim == 0
     others, m = ndimage.label(rest, structure=_EIGHT)
@@ -241,7 +267,8 @@ def nearest_label_within(labels: np.ndarray, pixels: np.ndarray, reach: float) -
     return out
 
 
-def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
+def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray,
+                          peaks: PeakSettings = PeakSettings()) -> tuple[np.ndarray, int]:
     """(labels int32, count): connected groups of `candidate`, each split between its count peaks if it has several.
 
     Each pixel of a group with several peaks goes to the nearest of its own group's peaks, found in the group's box
@@ -253,7 +280,7 @@ def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np
     if n == 0:
         return components, 0
     boxes = ndimage.find_objects(components)
-    peaks = count_peaks(counts, components, boxes) & candidate
+    peaks = count_peaks(counts, components, boxes, peaks) & candidate
     if np.bincount(components[peaks], minlength=n + 1).max() < 2:  # at most one peak pixel per group: none to split
         return components, n
     seeds, n_seeds = ndimage.label(peaks, structure=_EIGHT)
@@ -281,22 +308,24 @@ def _split_at_count_peaks(candidate: np.ndarray, counts: np.ndarray) -> tuple[np
     return lookup[labels], int(kept.size)
 
 
-def count_peaks(counts: np.ndarray, components: np.ndarray, boxes: list | None = None) -> np.ndarray:
-    """Bool map of the count peaks inside labelled components: pixels where the counts smoothed over PEAK_SMOOTHING
-    are the highest within PEAK_DISTANCE.
+def count_peaks(counts: np.ndarray, components: np.ndarray, boxes: list | None = None,
+                settings: PeakSettings = PeakSettings()) -> np.ndarray:
+    """Bool map of the count peaks inside labelled components: pixels where the counts smoothed over
+    `settings.smoothing` are the highest within `settings.distance`.
 
-    Computed per component in its box widened by the smoothing's reach plus PEAK_DISTANCE, so inside the box the
+    Computed per component in its box widened by the smoothing's reach plus that distance, so inside the box the
     result is the whole view's, for a fraction of the work (the whole view took half the post-processing time).
     `boxes`: the components' `ndimage.find_objects`, when the caller has them.
     """
-    margin = int(4.0 * PEAK_SMOOTHING + 0.5) + PEAK_DISTANCE  # gaussian_filter reaches 4 sigma
+    sigma, distance = settings.smoothing, settings.distance
+    margin = int(4.0 * sigma + 0.5) + distance  # gaussian_filter reaches 4 sigma
     peaks = np.zeros(counts.shape, bool)
     for box in ndimage.find_objects(components) if boxes is None else boxes:
         if box is None:
             continue
         outer = tuple(slice(max(0, b.start - margin), min(size, b.stop + margin)) for b, size in zip(box, counts.shape))
-        smooth = ndimage.gaussian_filter(counts[outer], PEAK_SMOOTHING)
-        local = smooth >= ndimage.maximum_filter(smooth, size=2 * PEAK_DISTANCE + 1)
+        smooth = ndimage.gaussian_filter(counts[outer], sigma)
+        local = smooth >= ndimage.maximum_filter(smooth, size=2 * distance + 1)
         peaks[box] |= local[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))]
     return peaks
 
@@ -317,17 +346,74 @@ def maps_at_stored_size(maps: np.ndarray, shape: tuple[int, int],
     return regions, probabilities
 
 
-def network_candidates(regions: np.ndarray, probabilities: np.ndarray, counts: tuple[np.ndarray, np.ndarray],
-                       min_pixels: float) -> list[Candidate]:
-    """The hotspots of both views (`hotspot_components`) of at least `min_pixels`, malignancy from the network."""
+class NetworkMaps:
+    """One study's network maps (`LesionModel.maps`) over its stored views: read at the network's size and in its
+    layout (the posterior mirrored, when the network saw it so), shown at the stored size in each view's own layout
+    (`grid.NetworkGrid`)."""
+
+    def __init__(self, maps: np.ndarray, counts: tuple[np.ndarray, np.ndarray], mirror_posterior: bool = True):
+        self.maps = maps
+        self.counts = counts
+        self.grid = network_grid(tuple(maps.shape[-2:]), tuple(counts[0].shape))
+        self.mirrored = (False, bool(mirror_posterior))
+        self.network_regions = maps[:, 0].astype(np.uint8)  # [2, h, w], the network's layout
+        self._network_counts: dict[int, np.ndarray] = {}
+
+    def regions(self) -> np.ndarray:
+        """uint8 [2, H, W]: the region ids at the stored size, each view in its own layout."""
+        regions = self.grid.enlarge(self.network_regions)
+        if self.mirrored[1]:
+            regions[1] = regions[1, :, ::-1]
+        return regions
+
+    def network_counts(self, view: int) -> np.ndarray:
+        """The view's counts at the network's size and layout: each network pixel's mean over the stored pixels
+        that show it."""
+        if view not in self._network_counts:
+            counts = self.counts[view][:, ::-1] if self.mirrored[view] else self.counts[view]
+            self._network_counts[view] = self.grid.block_means(counts)
+        return self._network_counts[view]
+
+    def flip(self, view: int, window: tuple[slice, slice], mask: np.ndarray | None = None):
+        """(window, mask) of stored pixels between the network's layout and the view's (the same both ways)."""
+        if not self.mirrored[view]:
+            return window, mask
+        width = self.grid.stored_shape[1]
+        flipped = (window[0], slice(width - window[1].stop, width - window[1].start))
+        return flipped, None if mask is None else mask[:, ::-1]
+
+    def probability(self, view: int, channel: int, window: tuple[slice, slice]) -> np.ndarray:
+        """The hotspot (`channel` 0) or metastasis (1) probability read bilinearly at the stored pixels of a window
+        of the view (in its own layout)."""
+        inner, _ = self.flip(view, window)
+        values = self.grid.bilinear_window(self.maps[view, 1 + channel], inner)
+        return values[:, ::-1] if self.mirrored[view] else values
+
+    def network_pixels(self, view: int, window: tuple[slice, slice], mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(rows, columns) at the network's size and layout of the network pixels that show a stored mask."""
+        inner, mask = self.flip(view, window, mask)
+        rows, cols = np.nonzero(mask)
+        return self.grid.rows[rows + inner[0].start], self.grid.cols[cols + inner[1].start]
+
+
+def network_candidates(net: NetworkMaps, regions: np.ndarray, min_pixels: float,
+                       pixel_spacing: float) -> list[Candidate]:
+    """The hotspots of both views (`hotspot_components` on the network's maps at its size) shown by at least
+    `min_pixels` stored pixels, as stored-size candidates: malignancy from the network, region from `regions`
+    (stored, the views' own layouts)."""
+    pixel_mm = net.grid.network_mm(pixel_spacing)
     found = []
     for view in range(2):
-        components, n = hotspot_components(probabilities[view, 0], probabilities[view, 1], counts[view])
-        for index, window in enumerate(ndimage.find_objects(components) if n else (), start=1):
-            mask = components[window] == index
-            if mask.sum() < min_pixels:
+        components, n = hotspot_components(net.maps[view, 1], net.maps[view, 2], net.network_counts(view), pixel_mm)
+        for index, box in enumerate(ndimage.find_objects(components) if n else (), start=1):
+            if box is None:
                 continue
-            found.append(Candidate(view, window, mask, float(probabilities[view, 1][window][mask].max()),
+            window = net.grid.stored_window(box)
+            mask = net.grid.enlarge_window(components, window) == index
+            if not mask.any() or mask.sum() < min_pixels:
+                continue
+            window, mask = net.flip(view, window, mask)
+            found.append(Candidate(view, window, mask, float(net.probability(view, 1, window)[mask].max()),
                                    region_under(regions[view], window, mask)))
     return found
 
@@ -339,28 +425,33 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                   outline_threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
     """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
 
-    With a `rescorer` (`bonescan.lesions.rescore`) count candidates join the network's and every hotspot's
-    malignancy is the rescorer's. The BSI then takes each malignant hotspot's pixels whose metastasis probability
-    reaches `outline_threshold` (the network's own threshold), or the whole hotspot when it has none (on the 400
-    studies of seed 41 with the 37-epoch wide network: BSI r 0.981 against truth; 0.944 counting every malignant
-    hotspot whole, 0.979 for the network alone).
+    Hotspots are found at the network's size (`network_candidates`) and shown at the stored one. With a `rescorer`
+    (`bonescan.lesions.rescore`) count candidates join the network's and every hotspot's malignancy is the
+    rescorer's. The BSI then takes each malignant hotspot's pixels whose metastasis probability reaches
+    `outline_threshold` (the network's own threshold), or the whole hotspot when it has none (on the 400 studies of
+    seed 41 with the 37-epoch wide network: BSI r 0.981 against truth; 0.944 counting every malignant hotspot
+    whole, 0.979 for the network alone).
 
     `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
     """
     shape = anterior.shape
     counts = (np.asarray(anterior, np.float32), np.asarray(posterior, np.float32))
-    regions, probabilities = maps_at_stored_size(maps, shape, mirror_posterior)
+    net = NetworkMaps(maps, counts, mirror_posterior)
+    regions = net.regions()
     numbers = np.zeros((2,) + shape, np.uint16)
     hotspots: list[Hotspot] = []
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
-    found = network_candidates(regions, probabilities, counts, min_pixels)
+    found = network_candidates(net, regions, min_pixels, pixel_spacing)
     if rescorer is not None:
+        _, probabilities = maps_at_stored_size(maps, shape, mirror_posterior)
         found = rescore_candidates(found, probabilities, counts, regions, pixel_spacing, rescorer, min_pixels)
     found.sort(key=lambda entry: (entry.view, entry.window[0].start, entry.window[1].start))
+    covered = np.zeros((2,) + net.grid.network_shape, bool)  # network pixels that show a hotspot
     for candidate in found:
         view, window, mask = candidate.view, candidate.window, candidate.mask
         number = len(hotspots) + 1
         numbers[view][window][mask] = number
+        covered[view][net.network_pixels(view, window, mask)] = True
         hotspots.append(Hotspot(
             number=number, view=VIEWS[view],
             box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
@@ -369,22 +460,26 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
             uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
                 entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
             mask=mask.copy()))
-    # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not).
-    levels = tuple(normal_bone_level(counts[view], regions[view] > 0, numbers[view] > 0) for view in range(2))
+    # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not), at the network's
+    # size: a quarter of the pixels of the stored size, each the mean of the stored pixels it stands for.
+    levels = tuple(normal_bone_level(net.network_counts(view), net.network_regions[view] > 0, covered[view])
+                   for view in range(2))
     for hotspot in hotspots:
         reference = levels[VIEWS.index(hotspot.view)]
         hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
-    if rescorer is None:
-        malignant = (probabilities[:, 1] >= threshold) & (numbers > 0)
-    else:  # rescored malignancy is a hotspot's; its extent is still the network's outline where there is one
-        malignant = np.zeros(numbers.shape, bool)
-        for hotspot in hotspots:
-            if hotspot.malignancy >= threshold:
-                view = VIEWS.index(hotspot.view)
-                window = (slice(hotspot.box[0], hotspot.box[2]), slice(hotspot.box[1], hotspot.box[3]))
-                outline = hotspot.mask & (probabilities[view, 1][window] >= outline_threshold)
-                malignant[view][window] |= outline if outline.any() else hotspot.mask
-    bsi, by_region = bone_scan_index(regions, malignant)
+    # The BSI's malignant pixels: those of a malignant hotspot the network outlines as metastasis; with a rescorer,
+    # which may call a hotspot malignant that the network did not, the whole hotspot where it outlines none.
+    outline_at = threshold if rescorer is None else outline_threshold
+    involved = np.zeros((2, N_LABELS), np.int64)
+    for hotspot in hotspots:
+        if hotspot.malignancy >= threshold:
+            view = VIEWS.index(hotspot.view)
+            window = (slice(hotspot.box[0], hotspot.box[2]), slice(hotspot.box[1], hotspot.box[3]))
+            outline = hotspot.mask & (net.probability(view, 1, window) >= outline_at)
+            labels = regions[view][window][outline if outline.any() else hotspot.mask]
+            involved[view] += np.bincount(labels, minlength=N_LABELS)[:N_LABELS]
+    area = np.stack([net.grid.area(net.network_regions[view], N_LABELS) for view in range(2)])
+    bsi, by_region = bone_scan_index_from_areas(area, involved)
     probability = max((h.malignancy for h in hotspots), default=0.0)
     return StudyLesions(hotspots, regions, bsi, by_region, probability, threshold, levels,
                         (pixel_spacing, pixel_spacing)), numbers

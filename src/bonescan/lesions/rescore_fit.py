@@ -17,7 +17,7 @@ import pandas as pd
 from ..errors import BoneScanError, ManifestError
 from ..evaluate.froc import match_hotspots
 from ..preprocess import preprocess_views
-from .infer import MIN_AREA_MM2, load_lesion_run, maps_at_stored_size, network_candidates
+from .infer import MIN_AREA_MM2, NetworkMaps, load_lesion_run, maps_at_stored_size, network_candidates
 from .rescore import all_candidates, fit_rescorer, save_rescorer
 from .truth import load_truth
 
@@ -77,7 +77,7 @@ def fit_hotspot_rescorer(run_dir: str | Path, manifest: pd.DataFrame, split: str
         counts = (np.asarray(study.anterior, np.float32), np.asarray(study.posterior, np.float32))
         regions, probabilities = maps_at_stored_size(maps, study.anterior.shape, config.mirror_posterior)
         min_pixels = MIN_AREA_MM2 / spacing**2
-        found = network_candidates(regions, probabilities, counts, min_pixels)
+        found = network_candidates(NetworkMaps(maps, counts, config.mirror_posterior), regions, min_pixels, spacing)
         candidates, study_features = all_candidates(found, probabilities, counts, regions, spacing, min_pixels)
         centroids = np.array([c.centroid for c in candidates]).reshape(-1, 2)
         instances, ids = truth.confluent_metastases()  # lesions as the evaluation counts them
