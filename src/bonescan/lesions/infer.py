@@ -3,16 +3,23 @@
 From the network's maps (preprocessed size, posterior mirrored) to a `StudyLesions` at the stored image size:
 - regions: the most likely class per network pixel, repeated to the stored size (nearest), posterior mirrored back;
 - hotspots: metastatic candidates split at their count peaks, then the other hot pixels (see
-  `hotspot_components`), after bilinear upsampling to the stored size, dropping pieces under MIN_AREA_MM2;
-  malignancy is the largest metastasis probability inside the component (a small metastasis peaks at its centre;
-  a mean would dilute it with its rim); the region is the most common skeletal region under it ("" if none);
+  `hotspot_components`), found on the maps at the network's size (a quarter of the stored pixels, a quarter of the
+  work) and shown by the stored pixels nearest them (`grid`), dropping pieces under MIN_AREA_MM2;
+  malignancy is the largest metastasis probability over those stored pixels, read bilinearly (a small metastasis
+  peaks at its centre; a mean would dilute it with its rim); the region is the most common skeletal region under it
+  ("" if none);
 - uptake ratio: mean counts in the hotspot / median counts of normal bone (region pixels outside every hotspot)
-  of the same view;
+  of the same view, the latter at the network's size (each network pixel the mean of the stored pixels it shows);
 - BSI: `bone_scan_index` over the hotspot pixels whose metastasis probability reaches the threshold (the network's
   outline of the metastasis, not the whole candidate hotspot, which may reach into the faint rim around it); with a
   rescorer, over the rescored malignant hotspots outlined the same way at the network's own threshold, and whole
   where the network saw none of a hotspot's pixels as metastatic (a faint focus only the rescorer found);
 - study probability from the lesions: the largest hotspot malignancy (0 without hotspots).
+Finding the hotspots at the stored size, after bilinear upsampling of the maps, took 2.5x as long (10.3 against
+3.9 ms per study, one core of the 2-core Zen 4 EPYC, the demo's 24-epoch network). On the demo's 400 test studies
+it gave the same BSI, study by study, and region Dice; sensitivity at 0.5 / 1 / 2 / 4 false positives per study
+0.670 / 0.829 / 0.904 / 0.919 against 0.668 / 0.824 / 0.904 / 0.925 now, 22 studies with another count of malignant
+hotspots (touching foci split otherwise).
 Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
 A run with a fitted hotspot rescorer (`bonescan.lesions.rescore`) adds count candidates and rescores every hotspot.
 """
