@@ -53,3 +53,15 @@ def test_other_dtypes_and_a_wrong_output_are_refused_by_name():
         decode_maps(torch.zeros(1, 2, 3, 2, 2, dtype=torch.float16), 2, np.zeros((1, 2, 2, 2, 2), np.float32))
     with pytest.raises(ValueError, match="2 maps"):
         decode_maps(torch.zeros(1, 2, 3, 2, 2), 2, np.zeros((1, 2, 3, 2, 2), np.float32))
+
+
+def test_a_kernel_that_cannot_be_cached_is_compiled_without_a_cache():
+    from numba import njit
+
+    from bonescan.lesions.decode import compiled
+
+    namespace = {}
+    exec("def twice(x):\n    return 2 * x\n", namespace)  # no source file: numba finds nowhere to cache it
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        njit(cache=True)(namespace["twice"])
+    assert compiled(namespace["twice"])(21) == 42

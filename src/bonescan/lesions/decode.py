@@ -42,7 +42,17 @@ def decode_maps(logits: torch.Tensor, n_labels: int, out: np.ndarray) -> None:
         _decode(bits, mantissa, n_labels, out)
 
 
-@njit(parallel=True, cache=True)  # compiled on first use, then cached on disk (about a second once)
+def compiled(function):
+    """`function` compiled by numba over all cores on first use, and cached on disk (about a second, once). Where no
+    cache folder can be written (an install in read-only site-packages run by a user without a home), numba refuses
+    to cache: it is then compiled anew in each process."""
+    try:
+        return njit(parallel=True, cache=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(parallel=True)(function)
+
+
+@compiled
 def _decode(bits, mantissa, n_labels, out):
     batch, height, width, n_views, n_channels = bits.shape
     sign = mantissa + 8
