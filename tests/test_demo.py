@@ -72,6 +72,9 @@ def test_demo_cli_refuses_too_few_cases_and_bad_ratios(tmp_path, capsys):
     for preset in ("tiny", "no-such-preset"):  # a classifier's, and none at all
         assert cli.main(["demo", "--out", str(tmp_path / "d"), "--lesions", "--lesion-preset", preset]) == 2
         assert "--lesion-preset" in capsys.readouterr().err
+    for option, value in (("--lesion-preset", "tiny-lesion"), ("--lesion-epochs", "2")):  # ignored without it
+        assert cli.main(["demo", "--out", str(tmp_path / "d"), option, value]) == 2
+        assert option in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 LESION_DEMO = DemoSettings(cases=40, preset="tiny", workers=1, predict_examples=2, difficulty="easy", lesions=True,

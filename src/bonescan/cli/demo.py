@@ -29,18 +29,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fresh: bool = typer.Option(False, "--fresh", help="Start over instead of reusing finished stages."),
         lesions: bool = typer.Option(False, "--lesions", help="Also train a lesion network: hotspots, skeletal "
                                      "regions and BSI of every test study, evaluated in the report."),
-        lesion_preset: str = typer.Option("cpu-small-lesion", "--lesion-preset",
-                                          help="Lesion training preset: cpu-small-lesion or tiny-lesion."),
-        lesion_epochs: int = typer.Option(24, "--lesion-epochs", help="Lesion training epochs (24 take 7-8 "
-                                          "minutes on a 2-core Zen 4 CPU; 0: the preset's)."),
+        lesion_preset: Optional[str] = typer.Option(None, "--lesion-preset", help="With --lesions: the lesion "
+                                                    "training preset, cpu-small-lesion (default) or tiny-lesion."),
+        lesion_epochs: Optional[int] = typer.Option(None, "--lesion-epochs", help="With --lesions: training epochs "
+                                                    "(default 24: 7-8 minutes on a 2-core Zen 4 CPU; 0: the "
+                                                    "preset's)."),
     ) -> None:
         """Generate a synthetic cohort, train, evaluate, predict with heat maps and DICOM results, summarise."""
         from ..cohort import parse_ratios
         from ..demo import DemoSettings, run_demo
+        from ..errors import ConfigError
 
+        given = [name for name, value in (("--lesion-preset", lesion_preset), ("--lesion-epochs", lesion_epochs))
+                 if value is not None]
+        if given and not lesions:  # it would be ignored: say so rather than train nothing
+            raise ConfigError(given[0], "takes effect only with --lesions; add --lesions to train a lesion network")
+        defaults = DemoSettings()
         settings = DemoSettings(cases=cases, ratios=parse_ratios(ratios), seed=seed, difficulty=difficulty, site=site,
                                 preset=preset, epochs=epochs or None, workers=workers, pretrained=pretrained,
-                                lesions=lesions, lesion_preset=lesion_preset, lesion_epochs=lesion_epochs or None)
+                                lesions=lesions, lesion_preset=lesion_preset or defaults.lesion_preset,
+                                lesion_epochs=defaults.lesion_epochs if lesion_epochs is None else lesion_epochs or None)
         result = run_demo(out, settings, fresh=fresh, say=typer.echo)
         typer.echo(f"Open the report: {result.report.resolve()}")
         if not lesions:  # the finished stages are reused: only the lesion stages are added
