@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-# numba's default threading layer may not be entered by two threads at once (it aborts the process); predict's
-# post-processing threads and the node's request threads can both get here.
+# numba's workqueue threading layer (its fallback where no OpenMP or TBB is found) aborts the process when two
+# threads enter it at once; predict's post-processing threads and the node's request threads can both get here.
 _ONE_AT_A_TIME = threading.Lock()
 # Each float type the kernel reads: (integer type of the same width, bits of its mantissa).
 _AS_INTEGERS = {torch.bfloat16: (torch.int16, 7), torch.float32: (torch.int32, 23)}
