@@ -16,17 +16,22 @@ def test_the_grid_reads_the_network_maps_as_interpolate_does(network, stored):
     grid = NetworkGrid(network, stored)
     image = rng.random(network).astype(np.float32)
     labels = rng.integers(0, 21, network).astype(np.uint8)
-    # nearest: the region maps' enlargement, as maps_at_stored_size makes it
+    # nearest: each stored pixel shows the network pixel under its centre
+    centre = [np.minimum(((np.arange(s) + 0.5) * n / s).astype(int), n - 1) for n, s in zip(network, stored)]
+    np.testing.assert_array_equal(grid.enlarge(labels), labels[np.ix_(*centre)])
     maps = np.zeros((2, 3) + network, np.float32)
     maps[:, 0] = labels
-    regions, probabilities = maps_at_stored_size(maps, stored, mirror_posterior=False)
-    np.testing.assert_array_equal(grid.enlarge(labels), regions[0])
+    maps[:, 1:] = image
+    regions, probabilities = maps_at_stored_size(maps, stored, mirror_posterior=True)
+    np.testing.assert_array_equal(regions[0], labels[np.ix_(*centre)])
+    np.testing.assert_array_equal(regions[1], labels[np.ix_(*centre)][:, ::-1])  # mirrored back
     # bilinear in any window: the whole map's interpolation there
     whole = F.interpolate(torch.from_numpy(image)[None, None], size=stored, mode="bilinear",
                           align_corners=False)[0, 0].numpy()
     for window in [(slice(0, stored[0]), slice(0, stored[1])), (slice(3, 9), slice(2, 5)),
                    (slice(stored[0] - 2, stored[0]), slice(0, 1))]:
         np.testing.assert_allclose(grid.bilinear_window(image, window), whole[window], atol=1e-6)
+        np.testing.assert_allclose(probabilities[0, 1][window], whole[window], atol=1e-6)
         np.testing.assert_array_equal(grid.enlarge_window(labels, window), grid.enlarge(labels)[window])
     # a window of network pixels is shown by exactly the stored pixels whose nearest network pixel lies in it
     box = (slice(4, 9), slice(2, 6))

@@ -47,7 +47,7 @@ class DemoSettings:
     lesions: bool = False
     lesion_preset: str = "cpu-small-lesion"
     # On the demo's 500 training studies 8 epochs were too few (sensitivity 0.18 at 1 false positive per study, BSI
-    # r 0.35); 24 reach 0.83 and r 0.95 in 7.3-8.2 minutes on the 2-core Zen 4 EPYC (README). None: the preset's.
+    # r 0.35); 24 reach 0.82-0.83 and r 0.95 in 7.3-8.2 minutes on the 2-core Zen 4 EPYC (README). None: the preset's.
     lesion_epochs: int | None = 24
 
     def __post_init__(self) -> None:

@@ -44,11 +44,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                  if value is not None]
         if given and not lesions:  # it would be ignored: say so rather than train nothing
             raise ConfigError(given[0], "takes effect only with --lesions; add --lesions to train a lesion network")
-        defaults = DemoSettings()
+        if lesion_epochs is None:
+            lesion_epochs = DemoSettings.lesion_epochs
         settings = DemoSettings(cases=cases, ratios=parse_ratios(ratios), seed=seed, difficulty=difficulty, site=site,
                                 preset=preset, epochs=epochs or None, workers=workers, pretrained=pretrained,
-                                lesions=lesions, lesion_preset=lesion_preset or defaults.lesion_preset,
-                                lesion_epochs=defaults.lesion_epochs if lesion_epochs is None else lesion_epochs or None)
+                                lesions=lesions, lesion_preset=lesion_preset or DemoSettings.lesion_preset,
+                                lesion_epochs=lesion_epochs or None)
         result = run_demo(out, settings, fresh=fresh, say=typer.echo)
         typer.echo(f"Open the report: {result.report.resolve()}")
         if not lesions:  # the finished stages are reused: only the lesion stages are added

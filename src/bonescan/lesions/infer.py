@@ -43,7 +43,7 @@ from ..presets import TrainConfig
 from ..study import VIEWS
 from .bsi import bone_scan_index_from_areas
 from .decode import decode_maps
-from .grid import network_grid
+from .grid import NetworkGrid, network_grid
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
 from .regions import FLIP_LABELS, N_LABELS, region_under
@@ -341,16 +341,27 @@ def maps_at_stored_size(maps: np.ndarray, shape: tuple[int, int],
                         mirror_posterior: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(regions uint8 [2, H, W] nearest, probabilities float32 [2 views, (hotspot, metastasis), H, W] bilinear) of
     network maps (see `LesionModel.maps`) at the stored size, the posterior mirrored back when it was mirrored."""
-    h, w = maps.shape[-2:]
-    r = np.clip(((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.int64), 0, h - 1)
-    c = np.clip(((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.int64), 0, w - 1)
-    regions = maps[:, 0].astype(np.uint8)[:, r][:, :, c]
+    grid = network_grid(tuple(maps.shape[-2:]), tuple(shape))
+    return (regions_at_stored_size(grid, maps[:, 0].astype(np.uint8), mirror_posterior),
+            probabilities_at_stored_size(maps, shape, mirror_posterior))
+
+
+def regions_at_stored_size(grid: NetworkGrid, regions: np.ndarray, mirror_posterior: bool) -> np.ndarray:
+    """uint8 [2, H, W]: network-size region ids [2, h, w] enlarged (nearest), the posterior mirrored back."""
+    enlarged = grid.enlarge(regions)
+    if mirror_posterior:
+        enlarged[1] = enlarged[1, :, ::-1]
+    return enlarged
+
+
+def probabilities_at_stored_size(maps: np.ndarray, shape: tuple[int, int], mirror_posterior: bool) -> np.ndarray:
+    """float32 [2 views, (hotspot, metastasis), H, W]: the network's probabilities upsampled bilinearly, the
+    posterior mirrored back (what the hotspot rescorer measures its candidates on)."""
     probabilities = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps[:, 1:])), size=shape, mode="bilinear",
                                   align_corners=False).numpy()
     if mirror_posterior:
-        regions[1] = regions[1, :, ::-1]
         probabilities[1] = probabilities[1, :, :, ::-1]
-    return regions, probabilities
+    return probabilities
 
 
 class NetworkMaps:
@@ -368,10 +379,7 @@ class NetworkMaps:
 
     def regions(self) -> np.ndarray:
         """uint8 [2, H, W]: the region ids at the stored size, each view in its own layout."""
-        regions = self.grid.enlarge(self.network_regions)
-        if self.mirrored[1]:
-            regions[1] = regions[1, :, ::-1]
-        return regions
+        return regions_at_stored_size(self.grid, self.network_regions, self.mirrored[1])
 
     def network_counts(self, view: int) -> np.ndarray:
         """The view's counts at the network's size and layout: each network pixel's mean over the stored pixels
@@ -450,7 +458,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     min_pixels = MIN_AREA_MM2 / pixel_spacing**2
     found = network_candidates(net, regions, min_pixels, pixel_spacing)
     if rescorer is not None:
-        _, probabilities = maps_at_stored_size(maps, shape, mirror_posterior)
+        probabilities = probabilities_at_stored_size(maps, shape, mirror_posterior)
         found = rescore_candidates(found, probabilities, counts, regions, pixel_spacing, rescorer, min_pixels)
     found.sort(key=lambda entry: (entry.view, entry.window[0].start, entry.window[1].start))
     covered = np.zeros((2,) + net.grid.network_shape, bool)  # network pixels that show a hotspot
