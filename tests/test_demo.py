@@ -119,3 +119,11 @@ def test_lesion_demo_rerun_reuses_its_network_threshold_and_readings(lesion_demo
     assert {path: path.stat().st_mtime_ns for path in written} == written
     assert again.summary["lesions"]["best_val_score"] == first.summary["lesions"]["best_val_score"]
     assert again.summary["lesions"]["sensitivity_at_1_fp"] == first.summary["lesions"]["sensitivity_at_1_fp"]
+    # a threshold chosen before hotspots were reported once per focus is chosen again, and the test split read again
+    threshold_path, predictions_path = written
+    record = json.loads(threshold_path.read_text())
+    del record["hotspots"]
+    threshold_path.write_text(json.dumps(record))
+    run_demo(out, LESION_DEMO, say=lambda _: None, progress=False)
+    assert json.loads(threshold_path.read_text())["hotspots"] == "one per focus"
+    assert predictions_path.stat().st_mtime_ns > threshold_path.stat().st_mtime_ns > written[threshold_path]

@@ -883,6 +883,26 @@ def test_threshold_and_rescorer_name_the_precision_of_their_maps_and_a_run_made_
     assert load_lesion_run(run, precision="fp32").notes == ()  # nothing recorded, nothing to say
 
 
+def test_a_threshold_chosen_before_hotspots_were_reported_once_per_focus_asks_to_be_chosen_again(
+        lesion_setup, run_settings, capsys):
+    from bonescan.cli import main
+    from bonescan.lesions.threshold import THRESHOLD_FILE
+
+    _, manifest_path, _, _, _ = lesion_setup
+    run = run_settings.run  # its threshold record is removed after the test
+    assert main(["lesions", "threshold", "--run", str(run), "--manifest", str(manifest_path),
+                 "--precision", "fp32"]) == 0
+    record = json.loads((run / THRESHOLD_FILE).read_text())
+    assert record["hotspots"] == "one per focus"
+    assert load_lesion_run(run, precision="fp32").notes == ()
+    del record["hotspots"]  # a record written before the rule
+    (run / THRESHOLD_FILE).write_text(json.dumps(record))
+    (note,) = load_lesion_run(run, precision="fp32").notes
+    assert "chosen before hotspots were reported once per focus" in note
+    assert f"bonescan lesions threshold --run {run} --manifest MANIFEST" in note
+    assert load_lesion_run(run, precision="fp32").threshold == pytest.approx(record["malignancy_threshold"])
+
+
 def test_rescorer_is_fitted_from_the_cli_then_used_by_the_loaded_run_and_unreadable_studies_are_listed(
         lesion_setup, run_settings, capsys, tmp_path):
     from bonescan.cli import main

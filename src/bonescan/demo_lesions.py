@@ -31,23 +31,30 @@ def check_lesion_preset(name: str) -> None:
 
 
 def freeze_threshold(run_dir: Path, manifest: pd.DataFrame) -> dict:
-    """The run's malignancy threshold record, chosen on the validation split unless it was already."""
+    """The run's malignancy threshold record, chosen on the validation split unless it was already, on hotspots
+    found as they are now (`lesions.foci`)."""
+    from .lesions.foci import RULE as HOTSPOT_RULE
     from .lesions.threshold import THRESHOLD_FILE, freeze_malignancy_threshold
 
     frozen = run_dir / THRESHOLD_FILE
     if frozen.is_file():
-        return json.loads(frozen.read_text())
+        record = json.loads(frozen.read_text())
+        if record.get("hotspots") == HOTSPOT_RULE:
+            return record
     return freeze_malignancy_threshold(run_dir, manifest, split="val", fp_per_study=LESION_FP_BUDGET)
 
 
 def read_test_lesions(classifier_run: Path, lesion_run: Path, manifest_path: Path, out: Path):
-    """Predict the test split with both runs into `out` (predictions.csv, hotspots.csv, lesions/); the
-    `evaluate.lesion_pipeline.LesionInputs` that the report's lesion section reads."""
+    """Predict the test split with both runs into `out` (predictions.csv, hotspots.csv, lesions/), unless it was
+    after the run's threshold was frozen; the `evaluate.lesion_pipeline.LesionInputs` that the report's lesion
+    section reads."""
     from .evaluate.lesion_pipeline import find_lesion_inputs
+    from .lesions.threshold import THRESHOLD_FILE
     from .predict import predict_studies
 
-    predictions = out / "predictions.csv"
-    if not predictions.is_file():  # written last, after every study's lesion files
+    predictions = out / "predictions.csv"  # written last, after every study's lesion files
+    threshold = lesion_run / THRESHOLD_FILE
+    if not predictions.is_file() or predictions.stat().st_mtime_ns < threshold.stat().st_mtime_ns:
         report = predict_studies(classifier_run, manifest=manifest_path, split="test", lesions=lesion_run,
                                  lesions_out=out, workers=0)
         # A study that fails is listed in predictions.csv and left out of the lesion metrics, with a warning.

@@ -120,7 +120,8 @@ def lesions_from_truth(study: Study, truth: LesionTruth, key: str) -> StudyLesio
 
 class NetworkReader:
     """The lesion network of a training run (`bonescan train --preset cpu-small-lesion`), behind the reader API:
-    the same preprocessing and post-processing as `bonescan predict --lesions`."""
+    the same preprocessing and post-processing as `bonescan predict --lesions`, except that a focus both views show
+    keeps its hotspot in each (see `read`)."""
 
     exact = False
 
@@ -143,7 +144,9 @@ class NetworkReader:
         from ..lesions.infer import tracking_key
 
         self._check_camera(study)
-        return self.model.read(study, study_key=tracking_key(study.study_id))[0]
+        # Both views' hotspots of a focus: the comparison pairs the views itself (`match`), and a focus reported
+        # in the anterior on one visit and in the posterior on the next would break its link between the visits.
+        return self.model.read(study, study_key=tracking_key(study.study_id), one_per_focus=False)[0]
 
     def _check_camera(self, study: Study) -> None:
         check = self.model.cameras

@@ -20,6 +20,7 @@ Finding the hotspots at the stored size, after bilinear upsampling of the maps, 
 it gave the same BSI, study by study, and region Dice; sensitivity at 0.5 / 1 / 2 / 4 false positives per study
 0.670 / 0.829 / 0.904 / 0.919 against 0.668 / 0.824 / 0.904 / 0.925 now, 22 studies with another count of malignant
 hotspots (touching foci split otherwise).
+A focus both views show at one place is reported once, by the view where it stands out more (`foci`).
 Hotspots are numbered 1.. over the anterior view, then the posterior, each from head to feet.
 A run with a fitted hotspot rescorer (`bonescan.lesions.rescore`) adds count candidates and rescores every hotspot.
 """
@@ -43,6 +44,7 @@ from ..presets import TrainConfig
 from ..study import VIEWS
 from .bsi import bone_scan_index_from_areas
 from .decode import decode_maps
+from .foci import RULE as HOTSPOT_RULE, best_view_of_each_focus
 from .grid import NetworkGrid, network_grid
 from .hotspots import Hotspot, StudyLesions, normal_bone_level
 from .network import HOTSPOT, MALIGNANCY, LesionNet, build_lesion_net
@@ -125,14 +127,14 @@ class LesionModel:
             logits = self.model(batch.contiguous(memory_format=torch.channels_last))
         return logits.float() if as_float else logits
 
-    def read(self, study, study_key: str = "") -> tuple[StudyLesions, np.ndarray]:
+    def read(self, study, study_key: str = "", one_per_focus: bool = True) -> tuple[StudyLesions, np.ndarray]:
         """One study's lesions and hotspot number map (`study_lesions`) with the run's threshold."""
         config = self.config.preprocess
         maps = self.maps(preprocess_views(study.anterior, study.posterior, config)[None])[0]
         spacing = (study.pixel_spacing or (2.4, 2.4))[0]
         return study_lesions(maps, study.anterior, study.posterior, spacing, config.mirror_posterior,
                              study_key=study_key, threshold=self.threshold, rescorer=self.rescorer,
-                             outline_threshold=self.outline_threshold)
+                             outline_threshold=self.outline_threshold, one_per_focus=one_per_focus)
 
 
 def tracking_key(study_id: str, name: str | None = None) -> str:
@@ -177,6 +179,11 @@ def load_lesion_run(run_dir: str | Path, checkpoint: str = "best", device: str =
                                    f"fit it again: bonescan lesions rescorer --{'' if flip else 'no-'}flip-average")
     notes = precision_notes(paths.root, chosen.name, frozen.precision,
                             second_look.info.get("precision") if second_look is not None else None)
+    if frozen.hotspot_rule != HOTSPOT_RULE:
+        notes += (f"lesion run {paths.root}: its malignancy threshold was chosen before hotspots were reported "
+                  "once per focus (a focus both views show had one in each), so it now stays well inside its "
+                  "false-positive budget and finds fewer lesions than it could; choose it again: bonescan lesions "
+                  f"threshold --run {paths.root} --manifest MANIFEST",)
     # Channels-last (NHWC): the U-Net's full-resolution convolutions run 1.7x faster so in fp32 on the CPU too.
     return LesionModel(model.to(chosen.device, memory_format=torch.channels_last).eval(), config, chosen, paths.root,
                        frozen.threshold, second_look, frozen.outline_threshold, flip, notes,
@@ -437,7 +444,8 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                   mirror_posterior: bool = True, study_key: str = "",
                   threshold: float = MALIGNANCY_THRESHOLD,
                   rescorer: HotspotRescorer | None = None,
-                  outline_threshold: float = MALIGNANCY_THRESHOLD) -> tuple[StudyLesions, np.ndarray]:
+                  outline_threshold: float = MALIGNANCY_THRESHOLD,
+                  one_per_focus: bool = True) -> tuple[StudyLesions, np.ndarray]:
     """(StudyLesions, hotspot number map uint16 [2, H, W]) of one study from its network maps (see `maps`).
 
     Hotspots are found at the network's size (`network_candidates`) and shown at the stored one. With a `rescorer`
@@ -446,6 +454,9 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
     `outline_threshold` (the network's own threshold), or the whole hotspot when it has none (on the 400 studies of
     seed 41 with the 37-epoch wide network: BSI r 0.981 against truth; 0.944 counting every malignant hotspot
     whole, 0.979 for the network alone).
+
+    A focus both views show is reported once, in the view where it stands out more (`foci`); `one_per_focus`
+    False reports it in both (as the follow-up's measured figures were made: it pairs the views itself).
 
     `study_key` seeds the hotspots' tracking UIDs, so predicting a study twice gives the same UIDs.
     """
@@ -461,27 +472,31 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
         probabilities = probabilities_at_stored_size(maps, shape, mirror_posterior)
         found = rescore_candidates(found, probabilities, counts, regions, pixel_spacing, rescorer, min_pixels)
     found.sort(key=lambda entry: (entry.view, entry.window[0].start, entry.window[1].start))
-    covered = np.zeros((2,) + net.grid.network_shape, bool)  # network pixels that show a hotspot
+    # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not), at the network's
+    # size: a quarter of the pixels of the stored size, each the mean of the stored pixels it stands for.
+    covered = np.zeros((2,) + net.grid.network_shape, bool)  # network pixels that show a candidate
     for candidate in found:
+        covered[candidate.view][net.network_pixels(candidate.view, candidate.window, candidate.mask)] = True
+    levels = tuple(normal_bone_level(net.network_counts(view), net.network_regions[view] > 0, covered[view])
+                   for view in range(2))
+    uptake = [float(counts[c.view][c.window][c.mask].mean()) / levels[c.view] if levels[c.view] > 0
+              else float("nan") for c in found]
+    keep = best_view_of_each_focus([c.view for c in found], np.array([c.centroid for c in found]), uptake, shape[1],
+                                   (pixel_spacing, pixel_spacing)) if one_per_focus else np.ones(len(found), bool)
+    for candidate, ratio, kept in zip(found, uptake, keep):
+        if not kept:
+            continue
         view, window, mask = candidate.view, candidate.window, candidate.mask
         number = len(hotspots) + 1
         numbers[view][window][mask] = number
-        covered[view][net.network_pixels(view, window, mask)] = True
         hotspots.append(Hotspot(
             number=number, view=VIEWS[view],
             box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
             centroid=candidate.centroid,
             area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region, malignancy=candidate.malignancy,
-            uptake_ratio=float(counts[view][window][mask].mean()), uid=generate_uid(
+            uptake_ratio=ratio, uid=generate_uid(
                 entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
             mask=mask.copy()))
-    # Uptake ratios relative to each view's normal bone (every view has a level, hotspots or not), at the network's
-    # size: a quarter of the pixels of the stored size, each the mean of the stored pixels it stands for.
-    levels = tuple(normal_bone_level(net.network_counts(view), net.network_regions[view] > 0, covered[view])
-                   for view in range(2))
-    for hotspot in hotspots:
-        reference = levels[VIEWS.index(hotspot.view)]
-        hotspot.uptake_ratio = hotspot.uptake_ratio / reference if reference > 0 else float("nan")
     # The BSI's malignant pixels: those of a malignant hotspot the network outlines as metastasis; with a rescorer,
     # which may call a hotspot malignant that the network did not, the whole hotspot where it outlines none.
     outline_at = threshold if rescorer is None else outline_threshold

@@ -31,6 +31,7 @@ import pandas as pd
 from ..errors import ManifestError, RunError
 from ..evaluate.froc import FrocCurve, froc_curve, match_hotspots, study_detections
 from ..fileio import write_text_atomic
+from .foci import RULE as HOTSPOT_RULE
 from .truth import load_truth
 
 THRESHOLD_FILE = "malignancy_threshold.json"
@@ -89,6 +90,7 @@ def freeze_malignancy_threshold(run_dir: str | Path, manifest: pd.DataFrame, spl
               "sensitivity_there": sensitivity, "fp_per_study_there": fp, "rescored": model.rescorer is not None,
               "flip_average": model.flip_average,
               "precision": model.precision.name,  # the maps' (`load_lesion_run`: bf16 where the CPU runs it faster)
+              "hotspots": HOTSPOT_RULE,  # how hotspots were found (`foci`); another rule asks for a new threshold
               "rule": "lowest malignancy threshold whose false-positive hotspots per study stay within the budget "
                       "on the chosen split (FROC of bonescan.evaluate.froc)"}
     write_text_atomic(Path(run_dir) / THRESHOLD_FILE, json.dumps(record, indent=2) + "\n")
@@ -103,6 +105,7 @@ class FrozenThreshold:
     outline_threshold: float = DEFAULT_THRESHOLD  # the network's own pixel threshold (the BSI's outline)
     flip_average: bool = False  # the maps are averaged with the mirrored study's (`infer.LesionModel`)
     precision: str | None = None  # the maps' precision when it was chosen (None: no record, or one from before)
+    hotspot_rule: str | None = HOTSPOT_RULE  # how hotspots were found when it was chosen (None: before records said)
 
 
 def load_frozen_threshold(run_dir: str | Path) -> FrozenThreshold:
@@ -127,7 +130,7 @@ def load_frozen_threshold(run_dir: str | Path) -> FrozenThreshold:
     precision = record.get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise RunError(Path(run_dir) / THRESHOLD_FILE, f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    return FrozenThreshold(threshold, outline, flip, precision)
+    return FrozenThreshold(threshold, outline, flip, precision, record.get("hotspots"))
 
 
 def _threshold_record(run_dir: str | Path) -> dict | None:
