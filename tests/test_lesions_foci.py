@@ -57,6 +57,7 @@ def test_a_focus_the_network_marks_in_both_views_is_reported_in_the_view_whose_c
     for view in range(2):  # the network marks the focus in both views (its layout: the posterior mirrored)
         maps[view, 1, 10:14, 1:3] = 0.95
         maps[view, 2, 10:14, 1:3] = 0.99
+    maps[0, 2, 9:15, 1:4] = 0.99  # the network outlines more of it in the anterior
     anterior = np.full(shape, 10.0, np.float32)
     posterior = np.full(shape, 10.0, np.float32)
     posterior[20:28, 16 - 6:16 - 2] = 40.0  # only the posterior counts show it (its own, mirrored, layout)
@@ -65,9 +66,15 @@ def test_a_focus_the_network_marks_in_both_views_is_reported_in_the_view_whose_c
     assert hotspot.view == "posterior" and hotspot.number == 1 and hotspot.centroid[1] > shape[1] / 2
     assert hotspot.uptake_ratio > 2.0
     assert not numbers[0].any() and set(np.unique(numbers[1])) == {0, 1}
-    assert lesions.n_malignant == 1 and lesions.bsi > 0
+    assert lesions.n_malignant == 1
+    # the BSI still counts the twin left out (each region's larger view): here the anterior's larger outline
+    both, _ = study_lesions(maps, anterior, posterior, pixel_spacing=2.4, threshold=0.95, one_per_focus=False)
+    posterior_only = maps.copy()
+    posterior_only[0, 1:] = 0.0
+    alone, _ = study_lesions(posterior_only, anterior, posterior, pixel_spacing=2.4, threshold=0.95)
+    assert lesions.bsi == pytest.approx(both.bsi) and lesions.bsi > alone.bsi > 0
     # the anterior counts standing out more: the anterior reports it
-    anterior[20:28, 2:6] = 60.0
+    anterior[18:30, 2:8] = 60.0
     again, _ = study_lesions(maps, anterior, posterior, pixel_spacing=2.4, threshold=0.95)
     (front,) = again.hotspots
     assert front.view == "anterior" and front.centroid[1] < shape[1] / 2 and front.uptake_ratio > hotspot.uptake_ratio

@@ -8,7 +8,8 @@ demo network above its 1-FP threshold had a twin at the mirrored place in the ot
 A reader judges which view shows a focus best by how far its counts stand above the bone around it, so of two
 hotspots the views pair (`pairing.pair_views`: mirrored centroids within CROSS_MM) the one with the lower uptake
 ratio is dropped and the other reports the focus. Lesions are counted once across views by the truth
-(`evaluate.froc`) and by `StudyLesions.n_malignant_lesions` alike; now the hotspots are too.
+(`evaluate.froc`) and by `StudyLesions.n_malignant_lesions` alike; now the hotspots are too. The BSI still counts
+the malignant pixels of both (`infer.study_lesions`).
 
 Measured with the demo's 24-epoch `cpu-small-lesion` network (`bonescan demo --lesions`, seed 0; 2-core Zen 4
 EPYC), sensitivity at 1 false positive per study: validation split (101 studies, 361 lesions, where the rule was

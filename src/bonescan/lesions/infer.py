@@ -498,15 +498,17 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                 entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
             mask=mask.copy()))
     # The BSI's malignant pixels: those of a malignant hotspot the network outlines as metastasis; with a rescorer,
-    # which may call a hotspot malignant that the network did not, the whole hotspot where it outlines none.
+    # which may call a hotspot malignant that the network did not, the whole hotspot where it outlines none. Every
+    # view's hotspots count, those left out of the report as a focus the other view shows better too: the BSI
+    # takes each region's larger view, and the truth outlines a focus in every view that shows it (BSI against truth
+    # r 0.961 against 0.958 on the demo's test split, 0.986 against 0.976 at `paper` difficulty).
     outline_at = threshold if rescorer is None else outline_threshold
     involved = np.zeros((2, N_LABELS), np.int64)
-    for hotspot in hotspots:
-        if hotspot.malignancy >= threshold:
-            view = VIEWS.index(hotspot.view)
-            window = (slice(hotspot.box[0], hotspot.box[2]), slice(hotspot.box[1], hotspot.box[3]))
-            outline = hotspot.mask & (net.probability(view, 1, window) >= outline_at)
-            labels = regions[view][window][outline if outline.any() else hotspot.mask]
+    for candidate in found:
+        if candidate.malignancy >= threshold:
+            view, window, mask = candidate.view, candidate.window, candidate.mask
+            outline = mask & (net.probability(view, 1, window) >= outline_at)
+            labels = regions[view][window][outline if outline.any() else mask]
             involved[view] += np.bincount(labels, minlength=N_LABELS)[:N_LABELS]
     area = np.stack([net.grid.area(net.network_regions[view], N_LABELS) for view in range(2)])
     bsi, by_region = bone_scan_index_from_areas(area, involved)
