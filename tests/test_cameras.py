@@ -73,7 +73,7 @@ def test_followup_reader_warns_once_per_unseen_camera_and_reads_every_study(tmp_
     told = []
     model = SimpleNamespace(config=SimpleNamespace(preset="tiny-lesion"),
                             cameras=CameraCheck(tmp_path / "run", {"Siemens Symbia": 5}),
-                            read=lambda study, study_key: (study.study_id, None))
+                            read=lambda study, study_key, one_per_focus: (study.study_id, None))
     reader = NetworkReader(tmp_path / "run", model=model, warn=told.append)
 
     def study(name, manufacturer, model_name):

@@ -73,6 +73,12 @@ def test_a_focus_the_network_marks_in_both_views_is_reported_in_the_view_whose_c
     posterior_only[0, 1:] = 0.0
     alone, _ = study_lesions(posterior_only, anterior, posterior, pixel_spacing=2.4, threshold=0.95)
     assert lesions.bsi == pytest.approx(both.bsi) and lesions.bsi > alone.bsi > 0
+    # a study read again with both views' hotspots (as the follow-up reads a prior) gives the reported one its UID
+    kept, _ = study_lesions(maps, anterior, posterior, pixel_spacing=2.4, threshold=0.95, study_key="study:1")
+    every, _ = study_lesions(maps, anterior, posterior, pixel_spacing=2.4, threshold=0.95, study_key="study:1",
+                             one_per_focus=False)
+    (reported,), (_, twin) = kept.hotspots, every.hotspots
+    assert (reported.number, twin.number) == (1, 2) and reported.uid == twin.uid and reported.box == twin.box
     # the anterior counts standing out more: the anterior reports it
     anterior[18:30, 2:8] = 60.0
     again, _ = study_lesions(maps, anterior, posterior, pixel_spacing=2.4, threshold=0.95)

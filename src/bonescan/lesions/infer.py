@@ -483,7 +483,7 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
               else float("nan") for c in found]
     keep = best_view_of_each_focus([c.view for c in found], np.array([c.centroid for c in found]), uptake, shape[1],
                                    (pixel_spacing, pixel_spacing)) if one_per_focus else np.ones(len(found), bool)
-    for candidate, ratio, kept in zip(found, uptake, keep):
+    for place, (candidate, ratio, kept) in enumerate(zip(found, uptake, keep), start=1):
         if not kept:
             continue
         view, window, mask = candidate.view, candidate.window, candidate.mask
@@ -494,8 +494,10 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
             box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
             centroid=candidate.centroid,
             area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region, malignancy=candidate.malignancy,
+            # seeded by the hotspot's place among both views' hotspots, not by its number: a read that keeps
+            # both views' hotspots (the follow-up's) gives the hotspots of the study's report the same UIDs
             uptake_ratio=ratio, uid=generate_uid(
-                entropy_srcs=[study_key or "study", VIEWS[view], str(number)]) if study_key else generate_uid(),
+                entropy_srcs=[study_key or "study", VIEWS[view], str(place)]) if study_key else generate_uid(),
             mask=mask.copy()))
     # The BSI's malignant pixels: those of a malignant hotspot the network outlines as metastasis; with a rescorer,
     # which may call a hotspot malignant that the network did not, the whole hotspot where it outlines none. Every
