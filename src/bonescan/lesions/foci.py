@@ -3,8 +3,8 @@
 The lesion network reads both views in one pass, so a focus in one view raises the other view's maps at the
 mirrored place as well. A metastasis in a posterior rib, which the anterior view sees through the chest at a few
 percent of its counts, got an anterior hotspot of its own, often as malignant as the posterior one; a reader sees
-nothing there, and the truth has no lesion in that view, so it counted as a false positive. Every hotspot of the
-demo network above its 1-FP threshold had a twin at the mirrored place in the other view.
+nothing there, and the truth has no lesion in that view, so it counted as a false positive. On the demo's test
+split, every hotspot of the demo network above its 1-FP threshold had a twin at the mirrored place in the other view.
 A reader judges which view shows a focus best by how far its counts stand above the bone around it, so of two
 hotspots the views pair (`pairing.pair_views`: mirrored centroids within CROSS_MM) the one with the lower uptake
 ratio is dropped and the other reports the focus. Lesions are counted once across views by the truth
@@ -27,7 +27,7 @@ import numpy as np
 from .pairing import CROSS_MM, pair_nearest
 
 # What a frozen threshold record says of the hotspots it was chosen on (`threshold`): a threshold chosen when each
-# focus had a hotspot in both views allowed for twice the false positives it now gets.
+# focus had a hotspot in both views was set against false positives that are no longer reported.
 RULE = "one per focus"
 
 
