@@ -481,9 +481,10 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
                    for view in range(2))
     uptake = [float(counts[c.view][c.window][c.mask].mean()) / levels[c.view] if levels[c.view] > 0
               else float("nan") for c in found]
-    keep = best_view_of_each_focus([c.view for c in found], np.array([c.centroid for c in found]), uptake, shape[1],
+    centroids = [c.centroid for c in found]  # each from its mask: computed once, for the pairing and the report
+    keep = best_view_of_each_focus([c.view for c in found], np.array(centroids), uptake, shape[1],
                                    (pixel_spacing, pixel_spacing)) if one_per_focus else np.ones(len(found), bool)
-    for place, (candidate, ratio, kept) in enumerate(zip(found, uptake, keep), start=1):
+    for place, (candidate, centroid, ratio, kept) in enumerate(zip(found, centroids, uptake, keep), start=1):
         if not kept:
             continue
         view, window, mask = candidate.view, candidate.window, candidate.mask
@@ -492,8 +493,8 @@ def study_lesions(maps: np.ndarray, anterior: np.ndarray, posterior: np.ndarray,
         hotspots.append(Hotspot(
             number=number, view=VIEWS[view],
             box=(window[0].start, window[1].start, window[0].stop, window[1].stop),
-            centroid=candidate.centroid,
-            area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region, malignancy=candidate.malignancy,
+            centroid=centroid, area_mm2=int(mask.sum()) * pixel_spacing**2, region=candidate.region,
+            malignancy=candidate.malignancy,
             # seeded by the hotspot's place among both views' hotspots, not by its number: a read that keeps
             # both views' hotspots (the follow-up's) gives the hotspots of the study's report the same UIDs
             uptake_ratio=ratio, uid=generate_uid(
