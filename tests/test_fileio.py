@@ -35,3 +35,19 @@ def test_written_file_has_umask_permissions_not_private_temp_ones(tmp_path):
     finally:
         os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_files_written_from_threads_at_once_all_keep_the_umask_permissions(tmp_path):
+    import os
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    mask, interval = os.umask(0o022), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two calls, as they may on a loaded machine
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            targets = list(pool.map(lambda k: write_text_atomic(tmp_path / f"{k}.json", "{}"), range(400)))
+    finally:
+        os.umask(mask)
+        sys.setswitchinterval(interval)
+    assert {target.stat().st_mode & 0o777 for target in targets} == {0o644}

@@ -335,6 +335,9 @@ def test_predict_writes_hotspots_and_lesion_files(lesion_setup):
             "lesions", "dicom_seg", "dicom_hotspots_sc"} <= set(frame.columns)
     hotspots = pd.read_csv(out / "hotspots.csv")
     assert list(hotspots.columns[:3]) == ["case_id", "number", "view"]
+    # in the studies' order, though their files are written from threads
+    assert list(dict.fromkeys(hotspots["case_id"])) == [s.case_id for s in report.studies
+                                                          if (hotspots["case_id"] == s.case_id).any()]
     stored = pydicom.dcmread(manifest.loc[0, "path"]).pixel_array.shape[1:]
     for study in report.studies:
         record = json.loads((out / "lesions" / f"{study.case_id}.json").read_text())
@@ -988,6 +991,37 @@ def test_overlay_outlines_are_the_pixels_a_3x3_erosion_or_dilation_changes():
         assert np.array_equal(red, edge & (numbers % 2 == 1))
 
 
+def test_overlay_is_a_palette_image_of_grey_counts_and_coloured_outlines_that_its_png_keeps(tmp_path):
+    from PIL import Image
+
+    from bonescan.heatmap import write_png
+    from bonescan.lesions.hotspots import Hotspot, StudyLesions
+    from bonescan.lesions.outputs import _MARGIN, _TOP, render_lesions
+
+    rng = np.random.default_rng(5)
+    anterior, posterior = (rng.poisson(50.0, (80, 40)).astype(np.float32) for _ in range(2))
+    anterior[70, 5], anterior[70, 30] = 500.0, 0.0
+    numbers = np.zeros((2, 80, 40), np.uint16)
+    numbers[0, 10:16, 5:11] = 1
+    numbers[1, 50:60, 20:30] = 2
+    hotspots = [Hotspot(1, "anterior", (10, 5, 16, 11), (12.5, 7.5), 86.0, "skull", 0.9, 2.0, "1.2.3"),
+                Hotspot(2, "posterior", (50, 20, 60, 30), (54.5, 24.5), 576.0, "pelvis", 0.2, 1.5, "1.2.4")]
+    lesions = StudyLesions(hotspots, np.zeros((2, 80, 40), np.uint8), 0.4, {"skull": 0.4}, 0.9, 0.5)
+    overlay = render_lesions(anterior, posterior, lesions, numbers, "case 7")
+    assert overlay.mode == "P" and overlay.size == (2 * 40 + 2 * _MARGIN + 20, 80 + _TOP + 90)
+    rgb = np.asarray(overlay.convert("RGB")).astype(int)
+    posterior_left = _MARGIN + 40 + 20
+    assert tuple(rgb[_TOP + 10, _MARGIN + 5]) == (214, 39, 40)  # the malignant hotspot's corner: red
+    assert tuple(rgb[_TOP + 50, posterior_left + 20]) == (31, 119, 180)  # the other's: blue
+    inside, background = rgb[_TOP + 13, _MARGIN + 8], rgb[_TOP + 70, _MARGIN + 35]
+    assert inside[0] == inside[1] == inside[2] and background[0] == background[1] == background[2]
+    # counts shown inverted, as read: the hottest pixel black, an empty one white
+    assert tuple(rgb[_TOP + 70, _MARGIN + 5]) == (0, 0, 0) and tuple(rgb[_TOP + 70, _MARGIN + 30]) == (255, 255, 255)
+    path = write_png(tmp_path / "overlay.png", overlay)
+    with Image.open(path) as written:
+        assert written.mode == "P" and np.array_equal(np.asarray(written.convert("RGB")), rgb.astype(np.uint8))
+
+
 def test_count_peaks_per_component_window_equal_the_whole_view():
     from scipy import ndimage
 
@@ -1072,3 +1106,18 @@ def test_a_study_from_a_camera_a_run_never_saw_is_flagged_and_still_predicted(le
     with recorded("classifier", {"SIEMENS NM Symbia T2": 3}):
         flagged = predicted_warnings(None)
     assert all("training studies of classifier (SIEMENS NM Symbia T2 (3))" in line for line in flagged)
+
+
+def test_bench_lesions_times_the_step_with_its_files_and_reports_its_parts(lesion_setup, tmp_path):
+    from bonescan.lesions.bench import benchmark_lesions
+
+    folder, _, _, _, _ = lesion_setup
+    said = []
+    bench = benchmark_lesions(folder / "lesion-run", folder / "classifier", cases=4, batch_size=2, parts_cases=2,
+                              data=tmp_path / "data", progress=said.append)
+    assert bench.cases == 4 and bench.failed == 0 and bench.parts_cases == 2
+    assert bench.lesion_step > 0 and bench.network > 0 and bench.hotspots > 0 and bench.files > 0
+    assert bench.rescorer is None and bench.lesion_precision in ("fp32", "bf16")
+    lines = "\n".join(bench.lines())
+    assert "lesion step as predict runs it" in lines and "files (overlay, JSON, label maps)" in lines
+    assert any("its parts" in message for message in said)

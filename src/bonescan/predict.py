@@ -626,6 +626,8 @@ class OutputWriter:
             study = Study(source.source, anterior, posterior, None, meta=item.meta or StudyMeta())
             result = ReadingResult(outcome.probability, positive, outcome.operating_point, outcome.threshold)
             found, numbers, lesion_overlay = lesions if lesions is not None else (None, None, None)
+            if lesion_overlay is not None:  # a palette image; the Secondary Capture is RGB
+                lesion_overlay = np.asarray(lesion_overlay.convert("RGB"))
             written = write_dicom_results(self.dicom_dir, study, overlay, result, source.files, self.algorithm,
                                           file_stem=stem, lesions=found, hotspot_numbers=numbers,
                                           lesion_overlay=lesion_overlay)

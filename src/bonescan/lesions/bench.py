@@ -5,12 +5,12 @@ measured here as `bonescan predict` runs them, on the same studies:
 - the classifier: `predict` without lesions, end to end (reading, preprocessing, the engine `predict` chooses),
   per study at the margin: the difference between predicting all the studies and half of them, so that starting
   the reader processes (about a second, paid once per call) is not spread over the studies as if each cost it;
-- the lesion step: the lesion network on each batch and the hotspots of the batch's studies in threads
-  (`LesionStep.seconds`; writing the lesion files is not part of it);
-and where the lesion step's time goes, one study at a time: the network, the hotspots from its maps, and with a
-rescorer its count candidates, features and scores. Post-processing time grows with the hotspots a study has, so
-the hotspots per study are printed beside it; an untrained lesion network, which finds noise everywhere, gives
-no useful figure.
+- the lesion step: the lesion network on each batch, then the hotspots of the batch's studies and their files
+  (JSON, label maps, overlay PNG) in threads (`LesionStep.seconds`);
+and where the lesion step's time goes, one study at a time: the network, the hotspots from its maps, with a
+rescorer its count candidates, features and scores, and the files. Post-processing time grows with the hotspots a
+study has, so the hotspots per study are printed beside it; an untrained lesion network, which finds noise
+everywhere, gives no useful figure.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..predict import OperatingPoint, default_workers, iterate_batches, predict_sources
 from ..preprocess import preprocess_views
 from .infer import study_lesions
+from .outputs import render_lesions
 from .step import LesionStep
 
 
@@ -46,6 +47,7 @@ class LesionBenchmark:
     hotspots: float
     rescorer: float | None
     hotspots_per_study: float
+    files: float
     parts_cases: int
     engine: str
     threads: int
@@ -73,7 +75,7 @@ class LesionBenchmark:
             f"{_figure(self.lesion_step / self.classifier)}x the classifier (goal: <= 2x)",
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
             f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, "
-            f"{rescorer}",
+            f"{rescorer}, files (overlay, JSON, label maps) {_ms(self.files)} ms",
             f"peak RSS: {self.peak_rss_mib:.0f} MiB (this process + reader processes)",
         ]
 
@@ -130,17 +132,18 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
 
 
 def _time_parts(step: LesionStep, sources, batch_size: int) -> dict:
-    """Seconds per study of the network (one study per call), the hotspots from its maps, and the rescorer's
-    share (hotspots with it, less without it); mean hotspots per study as predict finds them."""
+    """Seconds per study of the network (one study per call), the hotspots from its maps, the rescorer's share
+    (hotspots with it, less without it) and the files (overlay rendered, files written); mean hotspots per study
+    as predict finds them."""
     model = step.model
     preprocess = model.config.preprocess
     items = [item for batch in iterate_batches(sources, preprocess, batch_size, 0, keep_views=True)
              for item in batch if item.error is None]
     if not items:
         raise ConfigError("--data", "none of the studies could be read; see `bonescan predict` for the reasons")
-    network = plain = rescored = 0.0
+    network = plain = rescored = files = 0.0
     hotspots = 0
-    for item in items:
+    for index, item in enumerate(items):
         spacing = item.spacing or 2.4
         start = time.perf_counter()
         maps = model.maps(preprocess_views(*item.views, preprocess)[None])[0]
@@ -148,14 +151,18 @@ def _time_parts(step: LesionStep, sources, batch_size: int) -> dict:
         kwargs = dict(pixel_spacing=spacing, mirror_posterior=preprocess.mirror_posterior,
                       threshold=model.threshold, outline_threshold=model.outline_threshold)
         start = time.perf_counter()
-        found, _ = study_lesions(maps, *item.views, **kwargs)
+        found, numbers = study_lesions(maps, *item.views, **kwargs)
         plain += time.perf_counter() - start
         if model.rescorer is not None:
             start = time.perf_counter()
-            found, _ = study_lesions(maps, *item.views, rescorer=model.rescorer, **kwargs)
+            found, numbers = study_lesions(maps, *item.views, rescorer=model.rescorer, **kwargs)
             rescored += time.perf_counter() - start
         hotspots += len(found.hotspots)
+        start = time.perf_counter()
+        overlay = render_lesions(*item.views, found, numbers, f"study {index}")
+        step.outputs.write_files(f"parts-{index}", found, numbers, *item.views, overlay=overlay)
+        files += time.perf_counter() - start
     n = len(items)
     return {"studies": n, "network": network / n, "hotspots": plain / n,
             "rescorer": (rescored - plain) / n if model.rescorer is not None else None,
-            "hotspots_per_study": hotspots / n}
+            "hotspots_per_study": hotspots / n, "files": files / n}

@@ -13,14 +13,19 @@ Layout of the lesion output folder (the --out file's folder unless given):
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..fileio import atomic_path, write_text_atomic
 from .hotspots import StudyLesions
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 HOTSPOT_COLUMNS = ["case_id", "number", "view", "row0", "col0", "row1", "col1", "centroid_row", "centroid_col",
                    "area_mm2", "region", "malignancy", "uptake_ratio", "malignant", "uid"]
@@ -40,9 +45,18 @@ class LesionOutputs:
         self.folder = Path(self.folder)
 
     def write_study(self, name: str, lesions: StudyLesions, numbers: np.ndarray, anterior: np.ndarray,
-                    posterior: np.ndarray, title: str = "", overlay: np.ndarray | None = None) -> Path:
+                    posterior: np.ndarray, title: str = "", overlay: Image.Image | None = None) -> Path:
         """Write lesions/<name>.json, .npz and .png (`overlay` when the caller has rendered it, `render_lesions`);
         remember the study's hotspot rows. Returns the JSON path."""
+        path, record = self.write_files(name, lesions, numbers, anterior, posterior, title, overlay)
+        self.remember(record)
+        return path
+
+    def write_files(self, name: str, lesions: StudyLesions, numbers: np.ndarray, anterior: np.ndarray,
+                    posterior: np.ndarray, title: str = "", overlay: Image.Image | None = None
+                    ) -> tuple[Path, dict]:
+        """`write_study` without remembering the rows: safe from several threads at once (each study has its own
+        files). Returns the JSON path and the record, for `remember` in the order of the studies."""
         from ..dicom_out import safe_file_stem
         from ..heatmap import write_png
 
@@ -51,13 +65,16 @@ class LesionOutputs:
         record = {"case_id": name, **lesions.to_json()}
         target = write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1) + "\n")
         with atomic_path(folder / f"{stem}.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
+            _save_npz(handle, regions=lesions.regions.astype(np.uint8), hotspots=numbers.astype(np.uint16))
         if overlay is None:
             overlay = render_lesions(anterior, posterior, lesions, numbers, title or name)
         write_png(folder / f"{stem}.png", overlay)
+        return target, record
+
+    def remember(self, record: dict) -> None:
+        """Keep a written study's hotspot rows for hotspots.csv."""
         if self.table:
             self.rows += hotspot_rows(record)
-        return target
 
     def finish(self) -> Path | None:
         """Write hotspots.csv (header only when no study had a hotspot); None without the table."""
@@ -85,72 +102,103 @@ def merge_hotspots(lesion_files: list[str | Path]) -> Path:
     return _write_hotspots(paths[0].parent.parent, rows)
 
 
+def _save_npz(handle, **arrays: np.ndarray) -> None:
+    """`np.savez_compressed` at zlib level 3 (its own is 6): these label maps took 1.6 ms against 3.7 per study,
+    15 against 7 kB; `np.load` reads either."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=3) as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def _write_hotspots(folder: Path, rows: list[dict]) -> Path:
     return write_text_atomic(folder / "hotspots.csv", pd.DataFrame(rows, columns=HOTSPOT_COLUMNS).to_csv(index=False))
 
 
-_RED, _BLUE = (214, 39, 40), (31, 119, 180)  # matplotlib's tab:red and tab:blue, as in the other figures
+# The overlay's palette: a grey ramp from black (0) to white (_WHITE) for the counts and text, then matplotlib's
+# tab:red and tab:blue (as in the other figures) for outlines and numbers. One byte per pixel: Pillow writes its PNG
+# in 2-4 ms against 17-25 ms for the same image in RGB (1144 x 572), and a quarter the size.
+_BLACK, _WHITE, _RED, _BLUE = 0, 253, 254, 255
+_TITLE_GREY = round(105 * _WHITE / 255)
+OVERLAY_PALETTE = [round(level * 255 / _WHITE) for level in range(_WHITE + 1) for _ in range(3)] + [
+    214, 39, 40, 31, 119, 180]
 _MARGIN, _GAP, _TOP, _BOTTOM = 20, 20, 30, 90  # pixels around the two views
 
 
 def _contours(numbers: np.ndarray, by_number: dict, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(malignant, other) masks of every hotspot's outline: its pixels next to another label.
 
-    One pass over the view for all hotspots (a study can have dozens, and one erosion each took most of the time
-    `predict --lesions` spent per study), comparing each pixel with its eight neighbours (edge pixels repeated
-    outward, as a 3 x 3 grey erosion and dilation see them): 2.7 ms per study against 11 with those two filters.
+    Each hotspot's pixels are compared with their eight neighbours (edge pixels repeated outward, as a 3 x 3 grey
+    erosion and dilation see them) inside its own box, one pixel wider: 0.2 ms per study against 1.8 over the whole
+    view, and 11 with one erosion per hotspot.
     """
-    rows, cols = numbers.shape
-    padded = np.pad(numbers, 1, mode="edge")
-    differs = np.zeros(numbers.shape, bool)
-    for dr in range(3):
-        for dc in range(3):
-            if dr != 1 or dc != 1:
-                differs |= padded[dr:dr + rows, dc:dc + cols] != numbers
-    edge = (numbers > 0) & differs
-    malignant = np.zeros(int(numbers.max()) + 1, bool)
-    for number, hotspot in by_number.items():
-        if number < malignant.size:
-            malignant[number] = hotspot.malignancy >= threshold
-    return edge & malignant[numbers], edge & ~malignant[numbers]
+    from scipy import ndimage
+
+    malignant_edge, other_edge = np.zeros(numbers.shape, bool), np.zeros(numbers.shape, bool)
+    for number, box in enumerate(ndimage.find_objects(numbers), start=1):
+        if box is None:
+            continue
+        window = tuple(slice(max(side.start - 1, 0), side.stop + 1) for side in box)
+        block = numbers[window]
+        rows, cols = block.shape
+        padded = np.pad(block, 1, mode="edge")
+        differs = np.zeros(block.shape, bool)
+        for dr in range(3):
+            for dc in range(3):
+                if dr != 1 or dc != 1:
+                    differs |= padded[dr:dr + rows, dc:dc + cols] != block
+        hotspot = by_number.get(number)
+        edges = malignant_edge if hotspot is not None and hotspot.malignancy >= threshold else other_edge
+        edges[window] |= (block == number) & differs
+    return malignant_edge, other_edge
 
 
 def render_lesions(anterior: np.ndarray, posterior: np.ndarray, lesions: StudyLesions, numbers: np.ndarray,
-                   title: str) -> np.ndarray:
+                   title: str) -> Image.Image:
     """Both views (counts inverted, as read) at one image pixel per scan pixel, numbered hotspot outlines and a
-    BSI caption; H x W x 3 uint8. Drawn with Pillow: a matplotlib figure of the same took 0.3 s per study."""
+    BSI caption, as a palette ("P") image: `OVERLAY_PALETTE` (`.convert("RGB")` gives the colours). Drawn with
+    Pillow: a matplotlib figure of the same took 0.3 s per study."""
     from PIL import Image, ImageDraw, ImageFont
 
     rows, cols = anterior.shape
     width, height = 2 * cols + 2 * _MARGIN + _GAP, rows + _TOP + _BOTTOM
-    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas = np.full((height, width), _WHITE, np.uint8)
     by_number = {h.number: h for h in lesions.hotspots}
     lefts = [_MARGIN + index * (cols + _GAP) for index in range(2)]
     for index, counts in enumerate((anterior, posterior)):
         counts = np.asarray(counts, np.float32)
-        ceiling = float(np.percentile(counts, 99.5)) or float(counts.max()) or 1.0
-        grey = (255 - np.clip(counts / ceiling, 0, 1) * 255).astype(np.uint8)
+        # the grey scale's white: the 99.5th percentile of every other row and column, a display window (0.2 ms per
+        # view against 0.9 over every pixel; one partition, as preprocessing finds it, is slower still on counts
+        # of a few dozen distinct values)
+        ceiling = float(np.percentile(counts[::2, ::2], 99.5)) or float(counts.max()) or 1.0
         view = canvas[_TOP:_TOP + rows, lefts[index]:lefts[index] + cols]
-        view[:] = grey[..., None]
+        view[:] = ((1 - np.clip(counts / ceiling, 0, 1)) * _WHITE + 0.5).astype(np.uint8)
         malignant, other = _contours(numbers[index], by_number, lesions.threshold)
         view[malignant], view[other] = _RED, _BLUE
-    image = Image.fromarray(canvas)
+    image = Image.fromarray(canvas, mode="P")
+    image.putpalette(OVERLAY_PALETTE)
     draw = ImageDraw.Draw(image)
     small, normal = ImageFont.load_default(size=10), ImageFont.load_default(size=13)  # Pillow's own FreeType font
+
+    def text(xy, words: str, index: int, font, anchor: str) -> None:
+        # Smooth edges blend palette indices, which is right only along the grey ramp: grey text is smoothed
+        # (on white or grey), coloured text is drawn without smoothing.
+        draw.fontmode = "L" if index <= _WHITE else "1"
+        draw.text(xy, words, fill=index, font=font, anchor=anchor)
+
     for index, (name, sides) in enumerate((("Anterior", ("R", "L")), ("Posterior", ("L", "R")))):
         left = lefts[index]
-        draw.text((left + cols / 2, _TOP - 6), name, fill=(0, 0, 0), font=normal, anchor="ms")
-        draw.text((left + 3, _TOP + 3), sides[0], fill=_BLUE, font=normal, anchor="la")
-        draw.text((left + cols - 3, _TOP + 3), sides[1], fill=_BLUE, font=normal, anchor="ra")
+        text((left + cols / 2, _TOP - 6), name, _BLACK, normal, "ms")
+        text((left + 3, _TOP + 3), sides[0], _BLUE, normal, "la")
+        text((left + cols - 3, _TOP + 3), sides[1], _BLUE, normal, "ra")
         view_numbers = numbers[index]
         for number in np.unique(view_numbers[view_numbers > 0]):
             hotspot = by_number[int(number)]
             colour = _RED if hotspot.malignancy >= lesions.threshold else _BLUE
-            draw.text((left + hotspot.box[3] + 2, _TOP + hotspot.box[0]), str(hotspot.number), fill=colour,
-                      font=small, anchor="la")
-    draw.text((width / 2, _TOP + rows + 35), lesion_caption(lesions), fill=(0, 0, 0), font=normal, anchor="mm")
-    draw.text((width / 2, height - 12), title, fill=(105, 105, 105), font=small, anchor="mm")
-    return np.asarray(image).copy()
+            text((left + hotspot.box[3] + 2, _TOP + hotspot.box[0]), str(hotspot.number), colour, small, "la")
+    text((width / 2, _TOP + rows + 35), lesion_caption(lesions), _BLACK, normal, "mm")
+    text((width / 2, height - 12), title, _TITLE_GREY, small, "mm")
+    return image
 
 
 def lesion_caption(lesions: StudyLesions) -> str:

@@ -24,14 +24,15 @@ POST_THREADS = min(4, os.cpu_count() or 1)  # studies post-processed at once
 
 @dataclass
 class LesionStep:
-    """A loaded lesion run and where its results go; `seconds` sums network and post-processing time."""
+    """A loaded lesion run and where its results go; `seconds` sums the time of the whole step: network,
+    hotspots and writing the files."""
 
     model: LesionModel
     outputs: LesionOutputs
     seconds: float = 0.0
     studies: int = 0
     # The last batch's written results by item index, for the DICOM writer: (StudyLesions, hotspot number map,
-    # overlay image).
+    # overlay palette image).
     last: dict = field(default_factory=dict)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
@@ -49,39 +50,39 @@ class LesionStep:
         inputs = np.stack([preprocess_views(*item.views, preprocess) for item in items])
         maps = self.model.maps(inputs)
 
-        def lesions_of(item, outcome, study_maps):
+        def study_of(item, outcome, study_maps):
+            """(StudyLesions, hotspot numbers, overlay, JSON path, record), or the reason the study failed."""
             spacing = item.spacing if item.spacing else 2.4
             try:
-                return study_lesions(study_maps, *item.views, spacing, preprocess.mirror_posterior,
-                                     study_key=tracking_key(outcome.study_id, outcome.name),
-                                     threshold=self.model.threshold, rescorer=self.model.rescorer,
-                                     outline_threshold=self.model.outline_threshold)
+                lesions, numbers = study_lesions(
+                    study_maps, *item.views, spacing, preprocess.mirror_posterior,
+                    study_key=tracking_key(outcome.study_id, outcome.name), threshold=self.model.threshold,
+                    rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                return error
-
-        # Threads: most of the work is in numpy, scipy and torch calls that let other threads run, so studies
-        # overlap (measured on 2 cores: 22-26 -> 17-19 ms per study of post-processing).
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=POST_THREADS)
-        results = list(self._pool.map(lesions_of, items, outcomes, maps))
-        self.seconds += time.perf_counter() - start
-        self.studies += len(items)
-        self.last = {}
-        for item, outcome, result in zip(items, outcomes, results):
-            if isinstance(result, Exception):
-                outcome.status, outcome.error = "failed", f"finding lesions: {type(result).__name__}: {result}"
-                continue
-            lesions, numbers = result
-            unseen_camera = self.model.cameras.warning(item.meta) if self.model.cameras is not None else None
-            if unseen_camera:
-                outcome.warnings.append(unseen_camera)
+                return f"finding lesions: {type(error).__name__}: {error}"
             try:
                 # rendered once: the lesion PNG and, with --dicom-out, the numbered-hotspot Secondary Capture
                 overlay = render_lesions(*item.views, lesions, numbers, outcome.name)
-                path = self.outputs.write_study(outcome.name, lesions, numbers, *item.views, overlay=overlay)
+                path, record = self.outputs.write_files(outcome.name, lesions, numbers, *item.views, overlay=overlay)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                outcome.status, outcome.error = "failed", f"writing lesions: {type(error).__name__}: {error}"
+                return f"writing lesions: {type(error).__name__}: {error}"
+            return lesions, numbers, overlay, path, record
+
+        # Threads: most of the work is in numpy, scipy, torch, Pillow and zlib calls that let other threads run,
+        # so studies overlap (measured on 2 cores: 22-26 -> 17-19 ms per study of post-processing).
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=POST_THREADS)
+        results = list(self._pool.map(study_of, items, outcomes, maps))
+        self.last = {}
+        for item, outcome, result in zip(items, outcomes, results):
+            if isinstance(result, str):
+                outcome.status, outcome.error = "failed", result
                 continue
+            lesions, numbers, overlay, path, record = result
+            self.outputs.remember(record)  # in the studies' order
+            unseen_camera = self.model.cameras.warning(item.meta) if self.model.cameras is not None else None
+            if unseen_camera:
+                outcome.warnings.append(unseen_camera)
             self.last[item.index] = (lesions, numbers, overlay)
             outcome.bsi = round(lesions.bsi, 4)
             outcome.n_malignant = lesions.n_malignant
@@ -89,6 +90,8 @@ class LesionStep:
             outcome.superscan = lesions.superscan
             outcome.probability_from_lesions = round(lesions.probability, 4)
             outcome.lesions = str(path.resolve())
+        self.seconds += time.perf_counter() - start
+        self.studies += len(items)
         return {index: written[0] for index, written in self.last.items()}
 
     def finish(self) -> Path | None:
