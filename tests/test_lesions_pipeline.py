@@ -394,6 +394,30 @@ def test_a_study_whose_lesions_fail_is_listed_and_the_batch_goes_on(lesion_setup
     assert sorted(p.stem for p in (out / "heat").glob("*.png")) == sorted(s.name for s in others)
 
 
+def test_a_study_whose_lesion_files_cannot_be_written_is_listed_and_the_others_keep_theirs(lesion_setup,
+                                                                                          monkeypatch):
+    from bonescan.lesions.outputs import LesionOutputs
+
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    real = LesionOutputs.write_files
+    broken = manifest.loc[manifest["split"] == "val", "case_id"].iloc[-1]
+
+    def fails_for_one(self, name, *args, **kwargs):
+        if name == broken:
+            raise OSError("disk full")
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(LesionOutputs, "write_files", fails_for_one)
+    out = folder / "predict-files-fail"
+    report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                             lesions=folder / "lesion-run", lesions_out=out)
+    assert [s.case_id for s in report.failures] == [broken]
+    assert report.failures[0].error == "writing lesions: OSError: disk full"
+    others = [s.case_id for s in report.studies if s.case_id != broken]
+    assert sorted(p.stem for p in (out / "lesions").glob("*.json")) == sorted(others)
+    assert broken not in set(pd.read_csv(out / "hotspots.csv")["case_id"])
+
+
 def test_cli_names_a_lesion_runs_validation_score_when_training_and_when_resuming(lesion_setup, tmp_path,
                                                                                     capsys):
     from bonescan.cli import main
