@@ -6,7 +6,7 @@ Layout of the lesion output folder (the --out file's folder unless given):
     lesions/<name>.json     `StudyLesions.to_json()`: hotspots, number of malignant ones, BSI and BSI per region
     lesions/<name>.npz      `regions` uint8 [2, H, W] (skeletal-region labels) and `hotspots` uint16 [2, H, W]
                             (pixel value = hotspot number), both views as stored (posterior seen from behind)
-    lesions/<name>.png      both views with numbered hotspot contours (red: malignant, blue: other)
+    lesions/<name>.png      both views with numbered hotspot contours (red: malignant, blue: other), a palette PNG
 <name> is the case_id when studies come from a manifest, else the study id, as for heat maps.
 """
 
