@@ -17,7 +17,6 @@ not the same as none being there, so lesion losses and detection metrics skip it
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import AnnotationError
-from ..fileio import atomic_path
+from ..fileio import write_npz_atomic
 
 CATEGORIES = ("metastasis", "benign", "artifact", "physiological")
 
@@ -106,12 +105,7 @@ def save_truth(truth: LesionTruth, target: str | Path) -> Path:
               "boxes": np.array(truth.boxes), "has_findings": np.array(truth.has_findings)}
     if truth.identity is not None:
         arrays["identity"] = np.array(truth.identity, dtype=np.int32)
-    with atomic_path(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-            for name, array in arrays.items():
-                with archive.open(f"{name}.npy", "w") as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
-    return Path(target)
+    return write_npz_atomic(target, arrays, level=1)
 
 
 def load_truth(path: str | Path) -> LesionTruth:
