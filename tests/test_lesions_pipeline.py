@@ -1138,10 +1138,14 @@ def test_bench_lesions_times_the_step_with_its_files_and_reports_its_parts(lesio
     folder, _, _, _, _ = lesion_setup
     said = []
     bench = benchmark_lesions(folder / "lesion-run", folder / "classifier", cases=4, batch_size=2, parts_cases=2,
-                              data=tmp_path / "data", progress=said.append)
+                              data=tmp_path / "data", progress=said.append, rounds=2)
     assert bench.cases == 4 and bench.failed == 0 and bench.parts_cases == 2
     assert bench.lesion_step > 0 and bench.network > 0 and bench.hotspots > 0 and bench.files > 0
     assert bench.rescorer is None and bench.lesion_precision in ("fp32", "bf16")
+    # one ratio per interleaved round, the reported one their median
+    assert len(bench.ratios) == 2 and all(ratio > 0 for ratio in bench.ratios)
+    assert min(bench.ratios) <= bench.ratio <= max(bench.ratios)
     lines = "\n".join(bench.lines())
     assert "lesion step as predict runs it" in lines and "files (overlay, JSON, label maps)" in lines
+    assert "2 rounds:" in lines and sum("round" in message for message in said) >= 2
     assert any("its parts" in message for message in said)

@@ -106,11 +106,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         parts_cases: int = typer.Option(20, "--parts-cases", help="Studies for the lesion step's parts."),
         batch_size: int = typer.Option(8, "--batch-size", help="Studies per network batch."),
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic studies and untrained weights."),
+        rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds of classifier and lesion step; the "
+                                                       "median round is reported, with the range."),
     ) -> None:
         """The lesion step's time per study against the classifier's whole prediction, and where it goes."""
         from ..lesions.bench import benchmark_lesions
 
         result = benchmark_lesions(lesions, run, preset, data, cases, batch_size, parts_cases, seed,
-                                   progress=lambda message: print(f"bench lesions: {message}", file=sys.stderr))
+                                   progress=lambda message: print(f"bench lesions: {message}", file=sys.stderr),
+                                   rounds=rounds)
         for line in result.lines():
             typer.echo(line)

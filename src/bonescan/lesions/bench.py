@@ -7,7 +7,10 @@ measured here as `bonescan predict` runs them, on the same studies:
   the reader processes (about a second, paid once per call) is not spread over the studies as if each cost it;
 - the lesion step: the lesion network on each batch, then the hotspots of the batch's studies and their files
   (JSON, label maps, overlay PNG) in threads (`LesionStep.seconds`);
-and where the lesion step's time goes, one study at a time: the network, the hotspots from its maps, with a
+Both are timed in interleaved rounds (classifier on half the studies, on all, then the lesion step on all), so
+that each round's ratio compares times taken under the same load of a shared machine; the report gives the median
+round and the range over rounds (one round's margin moved 0.9-7.1 ms between runs on a shared 2-core machine).
+And where the lesion step's time goes, one study at a time: the network, the hotspots from its maps, with a
 rescorer its count candidates, features and scores, and the files. Post-processing time grows with the hotspots a
 study has, so the hotspots per study are printed beside it; an untrained lesion network, which finds noise
 everywhere, gives no useful figure.
@@ -18,10 +21,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..bench import benchmark_engine, benchmark_model, benchmark_sources, peak_rss_mib
@@ -40,9 +44,9 @@ class LesionBenchmark:
 
     cases: int
     failed: int
-    classifier_end_to_end: float
-    classifier_margin: float | None  # see the module's docstring; None when too few studies show one
-    lesion_step: float
+    classifier_end_to_end: float  # median over rounds
+    classifier_margin: float | None  # see the module's docstring; median over rounds; None when they show none
+    lesion_step: float  # median over rounds
     network: float
     hotspots: float
     rescorer: float | None
@@ -54,6 +58,12 @@ class LesionBenchmark:
     peak_rss_mib: float
     weights: str
     lesion_precision: str = "fp32"  # the lesion network's (`load_lesion_run`'s "auto")
+    ratios: tuple[float, ...] = ()  # each round's lesion step over its classifier figure
+
+    @property
+    def ratio(self) -> float:
+        """The median round's lesion step over its classifier figure."""
+        return float(np.median(self.ratios)) if self.ratios else self.lesion_step / self.classifier
 
     @property
     def classifier(self) -> float:
@@ -72,7 +82,9 @@ class LesionBenchmark:
                 f"{_ms(self.classifier_end_to_end)} ms per study (with the reader processes' start: too few "
                 "studies to measure the margin") + f"; {self.cases} studies, {self.failed} failed)",
             f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
-            f"{_figure(self.lesion_step / self.classifier)}x the classifier (goal: <= 2x)",
+            f"{_figure(self.ratio)}x the classifier (goal: <= 2x)" + (
+                f"; {len(self.ratios)} rounds: {_figure(min(self.ratios))}-{_figure(max(self.ratios))}x"
+                if len(self.ratios) > 1 else ""),
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
             f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, "
             f"{rescorer}, files (overlay, JSON, label maps) {_ms(self.files)} ms",
@@ -93,11 +105,13 @@ def _figure(value: float) -> str:
 
 def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, preset: str = "cpu-small",
                       data: str | Path | None = None, cases: int = 100, batch_size: int = 8, parts_cases: int = 20,
-                      seed: int = 0, progress: Callable[[str], None] | None = None) -> LesionBenchmark:
+                      seed: int = 0, progress: Callable[[str], None] | None = None,
+                      rounds: int = 3) -> LesionBenchmark:
     """Time the classifier's prediction and the lesion step of `lesions` (a lesion run) on `cases` studies from
-    `data` (as `bonescan bench predict` takes them), and the lesion step's parts on the first `parts_cases`."""
-    if cases < 1 or parts_cases < 1:
-        raise ConfigError("--cases", "cases and parts cases must be at least 1")
+    `data` (as `bonescan bench predict` takes them) in `rounds` interleaved rounds, and the lesion step's parts on
+    the first `parts_cases`."""
+    if cases < 1 or parts_cases < 1 or rounds < 1:
+        raise ConfigError("--cases", "cases, parts cases and rounds must be at least 1")
     say = progress or (lambda message: None)
     tune_allocator()
     temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-lesions-"))
@@ -109,24 +123,34 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
                                          say, len(sources))
         engine.warm_up(preprocess_cfg.height, preprocess_cfg.width)
         point, workers = OperatingPoint("0.5", 0.5), default_workers()
-        say(f"the classifier alone: {len(sources) // 2} studies, then {len(sources)}")
-        half = predict_sources(sources[:len(sources) // 2], model, preprocess_cfg, engine, point, workers=workers)
-        alone = predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers)
-        margin = (alone.seconds - half.seconds) / (len(sources) - len(sources) // 2) if len(sources) > 1 else 0.0
-        say("the lesion step: warming up on one batch, then every study")
+        say("the lesion step: warming up on one batch")
         predict_sources(sources[:batch_size], model, preprocess_cfg, engine, point, workers=0, lesion_step=step)
-        step.seconds, step.studies = 0.0, 0
-        predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers, lesion_step=step)
+        n, ends, margins, steps, failed = len(sources), [], [], [], 0
+        for round_ in range(1, rounds + 1):
+            say(f"round {round_} of {rounds}: the classifier alone on {n // 2} studies, then {n}; the lesion step")
+            half = predict_sources(sources[:n // 2], model, preprocess_cfg, engine, point, workers=workers)
+            alone = predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers)
+            ends.append(alone.seconds / n)
+            margins.append((alone.seconds - half.seconds) / (n - n // 2) if n > 1 else 0.0)
+            failed = len(alone.failures)
+            # a fresh folder each round: replacing the last round's files costs more than writing new ones
+            step.outputs = replace(step.outputs, folder=temporary / f"lesions-{round_}", rows=[])
+            step.seconds, step.studies = 0.0, 0
+            predict_sources(sources, model, preprocess_cfg, engine, point, workers=workers, lesion_step=step)
+            steps.append(step.seconds / max(step.studies, 1))
         step.finish()
-        say(f"its parts: {min(parts_cases, len(sources))} studies one at a time")
+        say(f"its parts: {min(parts_cases, n)} studies one at a time")
         parts = _time_parts(step, sources[:parts_cases], batch_size)
+        # a few studies on a busy machine can show no margin: such a round compares with its end-to-end figure
+        compared = [margin if margin > 0 else end for margin, end in zip(margins, ends)]
+        margin = float(np.median(margins))
         return LesionBenchmark(
-            cases=len(sources), failed=len(alone.failures), classifier_end_to_end=alone.seconds / len(sources),
-            classifier_margin=margin if margin > 0 else None,  # a few studies on a busy machine can show none
-            lesion_step=step.seconds / max(step.studies, 1), parts_cases=parts.pop("studies"), **parts,
-            engine=engine.settings.describe(), threads=torch.get_num_threads(),
-            peak_rss_mib=peak_rss_mib(include_children=True), weights=weights,
-            lesion_precision=step.model.precision.name)
+            cases=n, failed=failed, classifier_end_to_end=float(np.median(ends)),
+            classifier_margin=margin if margin > 0 else None, lesion_step=float(np.median(steps)),
+            parts_cases=parts.pop("studies"), **parts, engine=engine.settings.describe(),
+            threads=torch.get_num_threads(), peak_rss_mib=peak_rss_mib(include_children=True), weights=weights,
+            lesion_precision=step.model.precision.name,
+            ratios=tuple(lesion / classifier for lesion, classifier in zip(steps, compared)))
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
