@@ -110,6 +110,10 @@ def select_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+# The precisions a network runs in, by name, and their autocast dtypes (None: fp32, no autocast).
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass(frozen=True)
 class Precision:
     """How to run the network: autocast dtype (None = fp32), loss scaling, memory format."""
@@ -121,7 +125,7 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+        return next(name for name, dtype in PRECISION_DTYPES.items() if dtype is self.autocast_dtype)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for forward passes (a no-op in fp32)."""
@@ -146,7 +150,7 @@ def choose_precision(device: torch.device, requested: PrecisionName = "auto") ->
             requested = "bf16" if cpu_bf16_is_faster() else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16", "fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+    dtype = PRECISION_DTYPES[requested]
     return Precision(
         device=device,
         autocast_dtype=dtype,

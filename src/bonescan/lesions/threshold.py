@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..device import PRECISION_DTYPES
 from ..errors import ManifestError, RunError
 from ..evaluate.froc import FrocCurve, froc_curve, match_hotspots, study_detections
 from ..fileio import write_text_atomic
@@ -36,7 +37,7 @@ from .truth import load_truth
 
 THRESHOLD_FILE = "malignancy_threshold.json"
 DEFAULT_THRESHOLD = 0.5
-PRECISIONS = ("fp32", "bf16", "fp16")  # `device.Precision.name`
+PRECISIONS = tuple(PRECISION_DTYPES)  # the names a frozen record may give (`device.Precision.name`)
 
 
 def threshold_at_fp(curve: FrocCurve, fp_per_study: float) -> tuple[float, float, float]:
