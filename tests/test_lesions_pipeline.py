@@ -1147,5 +1147,5 @@ def test_bench_lesions_times_the_step_with_its_files_and_reports_its_parts(lesio
     assert min(bench.ratios) <= bench.ratio <= max(bench.ratios)
     lines = "\n".join(bench.lines())
     assert "lesion step as predict runs it" in lines and "files (overlay, JSON, label maps)" in lines
-    assert "2 rounds:" in lines and sum("round" in message for message in said) >= 2
+    assert "medians of 2 rounds" in lines and sum("round" in message for message in said) >= 2
     assert any("its parts" in message for message in said)

@@ -62,7 +62,7 @@ class LesionBenchmark:
 
     @property
     def ratio(self) -> float:
-        """The median round's lesion step over its classifier figure."""
+        """The median of the rounds' ratios of lesion step to classifier (each round's own two figures)."""
         return float(np.median(self.ratios)) if self.ratios else self.lesion_step / self.classifier
 
     @property
@@ -81,10 +81,10 @@ class LesionBenchmark:
                 "ms with the reader processes' start" if self.classifier_margin else
                 f"{_ms(self.classifier_end_to_end)} ms per study (with the reader processes' start: too few "
                 "studies to measure the margin") + f"; {self.cases} studies, {self.failed} failed)",
-            f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study = "
-            f"{_figure(self.ratio)}x the classifier (goal: <= 2x)" + (
-                f"; {len(self.ratios)} rounds: {_figure(min(self.ratios))}-{_figure(max(self.ratios))}x"
-                if len(self.ratios) > 1 else ""),
+            f"lesion step as predict runs it: {_ms(self.lesion_step)} ms per study, {_figure(self.ratio)}x the "
+            "classifier (goal: <= 2x)" + (
+                f"; medians of {len(self.ratios)} rounds, whose ratios ran "
+                f"{_figure(min(self.ratios))}-{_figure(max(self.ratios))}x" if len(self.ratios) > 1 else ""),
             f"its parts, one study at a time ({self.parts_cases} studies, {self.hotspots_per_study:.1f} hotspots per "
             f"study): network ({self.lesion_precision}) {_ms(self.network)} ms, hotspots {_ms(self.hotspots)} ms, "
             f"{rescorer}, files (overlay, JSON, label maps) {_ms(self.files)} ms",
