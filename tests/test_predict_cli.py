@@ -198,3 +198,9 @@ def test_bench_lesions_prints_the_lesion_step_against_the_classifier(tmp_path, c
     # the lesion network's precision as "auto" takes it on this CPU
     assert parts.group(2) == ("bf16" if cpu_bf16_is_faster() else "fp32")
     assert "peak RSS" in out
+
+
+def test_bench_lesions_refuses_zero_rounds_before_reading_anything(tmp_path, capsys):
+    code = main(["bench", "lesions", "--lesions", str(tmp_path / "no-such-run"), "--rounds", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--rounds" in err and "no-such-run" not in err

@@ -110,8 +110,10 @@ def benchmark_lesions(lesions: str | Path, run_dir: str | Path | None = None, pr
     """Time the classifier's prediction and the lesion step of `lesions` (a lesion run) on `cases` studies from
     `data` (as `bonescan bench predict` takes them) in `rounds` interleaved rounds, and the lesion step's parts on
     the first `parts_cases`."""
-    if cases < 1 or parts_cases < 1 or rounds < 1:
-        raise ConfigError("--cases", "cases, parts cases and rounds must be at least 1")
+    if cases < 1 or parts_cases < 1:
+        raise ConfigError("--cases", "cases and parts cases must be at least 1")
+    if rounds < 1:
+        raise ConfigError("--rounds", "at least one round of classifier and lesion step is needed")
     say = progress or (lambda message: None)
     tune_allocator()
     temporary = Path(tempfile.mkdtemp(prefix="bonescan-bench-lesions-"))
