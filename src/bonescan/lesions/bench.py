@@ -57,13 +57,13 @@ class LesionBenchmark:
     threads: int
     peak_rss_mib: float
     weights: str
-    lesion_precision: str = "fp32"  # the lesion network's (`load_lesion_run`'s "auto")
-    ratios: tuple[float, ...] = ()  # each round's lesion step over its classifier figure
+    lesion_precision: str  # the lesion network's (`load_lesion_run`'s "auto")
+    ratios: tuple[float, ...]  # each round's lesion step over its classifier figure
 
     @property
     def ratio(self) -> float:
         """The median of the rounds' ratios of lesion step to classifier (each round's own two figures)."""
-        return float(np.median(self.ratios)) if self.ratios else self.lesion_step / self.classifier
+        return float(np.median(self.ratios))
 
     @property
     def classifier(self) -> float:
