@@ -13,9 +13,10 @@ from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
-                                      RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_PER_VIEW, HotspotRescorer,
-                                      all_candidates, bone_level, count_candidates, fit_rescorer, load_rescorer,
-                                      matched_snr, save_rescorer)
+                                      REGION_GROUPS, RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_PER_VIEW, Candidate,
+                                      HotspotRescorer, all_candidates, bone_level, candidate_features,
+                                      count_candidates, fit_rescorer, load_rescorer, matched_snr, save_rescorer,
+                                      view_maps)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
 
@@ -251,3 +252,67 @@ def test_a_rescorer_file_holding_other_types_than_trees_is_refused(tmp_path):
     skops.io.dump({"trees": Fraction(1, 3)}, tmp_path / RESCORER_FILE)
     with pytest.raises(RunError, match="not trusted: \\['fractions.Fraction'\\]"):
         load_rescorer(tmp_path)
+
+
+def _features_one_at_a_time(candidate, maps, pixel_spacing, study_peak):
+    """The FEATURES of one candidate as numpy computes them from their definitions (`candidate_features`)."""
+    def logit(p):
+        p = min(max(float(p), 1e-4), 1 - 1e-4)
+        return float(np.log(p / (1 - p)))
+
+    def log(value):
+        return float(np.log(value)) if np.isfinite(value) and value > 0 else 0.0
+
+    window, mask, m = candidate.window, candidate.mask, maps[candidate.view]
+    height, width = m.counts.shape
+    inner = m.counts[window][mask].astype(np.float64)
+    near = tuple(slice(max(0, s.start - 3), min(n, s.stop + 3)) for s, n in zip(window, (height, width)))
+    outer = tuple(slice(max(0, s.start - 5), min(n, s.stop + 5)) for s, n in zip(window, (height, width)))
+    ring = np.ones((outer[0].stop - outer[0].start, outer[1].stop - outer[1].start), bool)
+    ring[max(0, window[0].start - 1) - outer[0].start:window[0].stop + 1 - outer[0].start,
+         max(0, window[1].start - 1) - outer[1].start:window[1].stop + 1 - outer[1].start] = False
+    ring_level = float(np.median(m.counts[outer][ring])) if ring.any() else 0.0
+    rows, cols = np.nonzero(mask)
+    elongation = 1.0
+    if rows.size > 2:
+        eigen = np.linalg.eigvalsh(np.cov(np.stack([rows, cols]), bias=True))
+        elongation = eigen[1] / max(eigen[0], 1e-3)
+    level = m.bone_level[window][mask]
+    over_bone = float(np.max(m.smooth[window][mask] / np.maximum(level, 1e-6))) if (level > 0).any() else 0.0
+    group = next((g for g in REGION_GROUPS if g in candidate.region), "")
+    return [logit(m.metastasis[window][mask].max()), logit(m.metastasis[window][mask].mean(dtype=np.float64)),
+            logit(m.hotspot[window][mask].max()), log(mask.sum() * pixel_spacing**2),
+            log(inner.mean() / m.normal_bone), logit(m.other_metastasis[near].max()),
+            log(inner.mean() / ring_level), log(np.sort(inner)[int(0.9 * (inner.size - 1))] / ring_level),
+            log(over_bone), float(np.log1p(max(float(m.snr[window][mask].max()), 0.0))), float(np.log1p(elongation)),
+            float(candidate.view), (rows.mean() + window[0].start) / height,
+            abs((cols.mean() + window[1].start) / width - 0.5), float(candidate.from_counts), logit(study_peak)] + \
+        [float(group == g) for g in REGION_GROUPS]
+
+
+def test_candidate_features_follow_their_definitions_for_candidates_anywhere_in_the_views():
+    rng = np.random.default_rng(5)
+    counts = tuple(rng.poisson(20.0, (160, 40)).astype(np.float32) for _ in range(2))
+    regions = np.zeros((2, 160, 40), np.uint8)
+    regions[:, 60:100, 12:28] = BY_NAME["thoracic_spine"].label
+    regions[:, 70:90, 28:36] = BY_NAME["ribs_left"].label
+    probabilities = rng.random((2, 2, 160, 40)).astype(np.float32)
+    nothing = np.zeros((160, 40), bool)
+    maps = view_maps(probabilities, counts, regions, (nothing, nothing))
+    candidates = []
+    for index in range(60):
+        height, width = (int(v) for v in rng.integers(1, 12, 2))
+        top, left = int(rng.integers(0, 160 - height + 1)), int(rng.integers(0, 40 - width + 1))
+        if index < 8:  # boxes at the views' edges and corners, and soft tissue far from bone
+            top, left = (0, 160 - height)[index % 2], (0, 40 - width)[index // 2 % 2]
+        mask = rng.random((height, width)) < 0.6
+        mask[height // 2, width // 2] = True
+        window = (slice(top, top + height), slice(left, left + width))
+        candidates.append(Candidate(index % 2, window, mask, 0.5, ("ribs_left", "thoracic_spine", "")[index % 3],
+                                    from_counts=bool(index % 4 == 0)))
+    found = candidate_features(candidates, maps, 2.4, study_peak=0.7)
+    expected = np.array([_features_one_at_a_time(c, maps, 2.4, 0.7) for c in candidates])
+    assert found.shape == (60, len(FEATURES))
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+    assert (found[:, OVER_BONE] == 0).any() and (found[:, OVER_BONE] > 0).any()  # off bone, and on it
+    assert candidate_features([], maps, 2.4, 0.7).shape == (0, len(FEATURES))
