@@ -19,7 +19,9 @@ import threading
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
+
+from .jit import compiled
 
 # numba's workqueue threading layer (its fallback where no OpenMP or TBB is found) aborts the process when two
 # threads enter it at once; predict's post-processing threads and the node's request threads can both get here.
@@ -42,17 +44,7 @@ def decode_maps(logits: torch.Tensor, n_labels: int, out: np.ndarray) -> None:
         _decode(bits, mantissa, n_labels, out)
 
 
-def compiled(function):
-    """`function` compiled by numba over all cores on first use, and cached on disk (about a second, once). Where no
-    cache folder can be written (an install in read-only site-packages run by a user without a home), numba refuses
-    to cache: it is then compiled anew in each process."""
-    try:
-        return njit(parallel=True, cache=True)(function)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(parallel=True)(function)
-
-
-@compiled
+@compiled(parallel=True)
 def _decode(bits, mantissa, n_labels, out):
     batch, height, width, n_views, n_channels = bits.shape
     sign = mantissa + 8

@@ -13,7 +13,8 @@ between the passes), one image row at a time so that the sums run over contiguou
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .jit import compiled
 
 TRUNCATE = 4.0  # scipy's default: the kernel reaches 4 sigma
 
@@ -46,7 +47,7 @@ def block_sums(image: np.ndarray, factor: int) -> np.ndarray:
     return _block_sums(image, int(factor))
 
 
-@njit(nogil=True, cache=True)
+@compiled
 def _block_sums(image, factor):
     height, width = image.shape
     out = np.zeros(((height + factor - 1) // factor, (width + factor - 1) // factor), np.float32)
@@ -63,7 +64,7 @@ def _block_sums(image, factor):
     return out
 
 
-@njit(nogil=True, cache=True)
+@compiled
 def _reflect(index, size):
     """scipy's 'reflect' index: the edge pixel repeated, the pattern of period 2 x size."""
     period = 2 * size
@@ -71,7 +72,7 @@ def _reflect(index, size):
     return index if index < size else period - 1 - index
 
 
-@njit(nogil=True, cache=True)
+@compiled
 def _separable(image, weights):
     # Inner loops run over whole rows (1-D views indexed from 0), which the compiler turns into vector code.
     height, width = image.shape

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import njit
 from scipy import ndimage
 
 from ..errors import RunError
@@ -44,6 +43,7 @@ from ..fileio import write_text_atomic
 from ..trees import load_trees, one_thread, save_trees
 from .filters import block_sums, gaussian_filter
 from .hotspots import normal_bone_level
+from .jit import compiled
 from .regions import region_under
 
 RESCORER_FILE = "hotspot_rescorer.skops"
@@ -61,7 +61,7 @@ COUNT_CANDIDATES_PER_VIEW = 100
 MATCHED_SIGMA = 2.5
 SNR_CANDIDATE = 5.0
 # The strongest this many per view: bone's own texture (joints, vertebral end plates) in a high-count view reaches
-# SNR 5 in ~60 places per view, and each candidate costs its features (~0.2 ms).
+# SNR 5 in ~60 places per view, and each candidate costs its features (~0.2 ms when this was chosen, with numpy).
 SNR_CANDIDATES_PER_VIEW = 25
 COUNT_PEAK_DISTANCE = 3  # stored pixels: a peak is the highest within this reach
 COUNT_REACH = 6  # stored pixels: a count candidate is at most (2 x reach + 1) pixels on a side
@@ -186,7 +186,7 @@ def _peaks(image: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
     return [(int(rows[i]), int(cols[i])) for i in order]
 
 
-@njit(nogil=True, cache=True)
+@compiled
 def _is_peak(image, rows, cols, reach):
     height, width = image.shape
     out = np.empty(rows.size, np.bool_)
@@ -263,7 +263,7 @@ def _logs(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values) & (values > 0), np.log(np.where(values > 0, values, 1.0)), 0.0)
 
 
-@njit(nogil=True, cache=True)
+@compiled
 def _measure(counts, smooth, hotspot, metastasis, other_metastasis, level, snr, boxes, masks, offsets, reach):
     """The _MEASURES of each candidate: its box (row start, stop, column start, stop) and box-sized mask (flat, in
     `masks` from `offsets`). One compiled pass: numpy on a few dozen pixels at a time cost 0.15 ms a candidate."""
