@@ -29,7 +29,7 @@ def gaussian_kernel(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
 
 def gaussian_filter(image: np.ndarray, sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
     """float32 [H, W]: `image` (2-D) smoothed by a Gaussian of `sigma` pixels, edges reflected (d c b a | a b c d);
-    equal to scipy.ndimage.gaussian_filter(image as float32, sigma, truncate=truncate) within float32 rounding."""
+    scipy.ndimage.gaussian_filter(image as float32, sigma, truncate=truncate) to the bit."""
     image = np.ascontiguousarray(image, np.float32)
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
