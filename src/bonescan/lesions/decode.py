@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from .jit import compiled
+from ..jit import compiled
 
 # numba's workqueue threading layer (its fallback where no OpenMP or TBB is found) aborts the process when two
 # threads enter it at once; predict's post-processing threads and the node's request threads can both get here.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import compiled
+from ..jit import compiled
 
 TRUNCATE = 4.0  # scipy's default: the kernel reaches 4 sigma
 

@@ -36,14 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ..errors import RunError
 from ..fileio import write_text_atomic
-from ..trees import load_trees, one_thread, save_trees
+from ..jit import compiled
+from ..trees import FlatTrees, load_trees, one_thread, save_trees
 from .filters import block_sums, gaussian_filter
 from .hotspots import normal_bone_level
-from .jit import compiled
 from .regions import region_under
 
 RESCORER_FILE = "hotspot_rescorer.skops"
@@ -149,27 +148,66 @@ def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray, co
     safe = np.maximum(level, 1e-6)
     ratio = np.where(on_bone, smooth / safe, 0.0)
     # each seed grows over the map it was found on: a faint focus's outline from the noise-filtered counts
-    seeds = [(peak, ratio) for peak in _peaks(ratio, ratio >= COUNT_CANDIDATE_RATIO)]
+    peaks = _peaks(ratio, ratio >= COUNT_CANDIDATE_RATIO)
+    grown = [ratio]
+    kinds = [0] * len(peaks)
     if snr is not None:
-        matched_ratio = np.where(on_bone, 1.0 + snr / np.sqrt(4.0 * np.pi * MATCHED_SIGMA**2 * safe), 0.0)
+        grown.append(np.where(on_bone, 1.0 + snr / np.sqrt(4.0 * np.pi * MATCHED_SIGMA**2 * safe), 0.0))
         faint = _peaks(snr, on_bone & (snr >= SNR_CANDIDATE) & ~covered)[:SNR_CANDIDATES_PER_VIEW]
-        seeds += [(peak, matched_ratio) for peak in faint]
-    found = []
-    height, width = smooth.shape
-    taken = covered.copy()
-    for (row, col), grown in seeds:
-        if len(found) == COUNT_CANDIDATES_PER_VIEW:
+        peaks, kinds = peaks + faint, kinds + [1] * len(faint)
+    if not peaks:
+        return []
+    maps = np.stack(grown)
+    one, half = maps.dtype.type(1.0), maps.dtype.type(0.5)
+    seeds = np.array(peaks, np.int64).reshape(-1, 2)
+    boxes, masks = _grow(maps, seeds, np.array(kinds, np.int64), covered.copy(), COUNT_REACH,
+                         COUNT_CANDIDATES_PER_VIEW, one, half)
+    return [((slice(r0, r1), slice(c0, c1)), mask[:r1 - r0, :c1 - c0].copy())
+            for (r0, r1, c0, c1), mask in zip(boxes.tolist(), masks)]
+
+
+@compiled
+def _grow(maps, seeds, kinds, taken, reach, limit, one, half):
+    """Each seed not `taken` by an earlier one grows, within `reach` of it, over the pixels of its map (`kinds`: the
+    index into `maps`) that reach half its rise over 1 and are not taken (4-connected, as ndimage.label); its pixels
+    are then taken. (boxes [n, 4]: row start, stop, column start, stop; box-sized masks in [n, side, side]), at most
+    `limit`."""
+    _, height, width = maps.shape
+    side = 2 * reach + 1
+    boxes = np.zeros((limit, 4), np.int64)
+    masks = np.zeros((limit, side, side), np.bool_)
+    stack = np.empty(side * side, np.int64)
+    n = 0
+    for index in range(seeds.shape[0]):
+        if n == limit:
             break
+        row, col = seeds[index, 0], seeds[index, 1]
         if taken[row, col]:
             continue  # inside an earlier peak's candidate
-        window = (slice(max(0, row - COUNT_REACH), min(height, row + COUNT_REACH + 1)),
-                  slice(max(0, col - COUNT_REACH), min(width, col + COUNT_REACH + 1)))
-        above = (grown[window] >= 1 + 0.5 * (grown[row, col] - 1)) & ~taken[window]
-        labels, _ = ndimage.label(above)
-        mask = labels == labels[row - window[0].start, col - window[1].start]
-        taken[window] |= mask
-        found.append((window, mask))
-    return found
+        grown = maps[kinds[index]]
+        r0, r1 = max(0, row - reach), min(height, row + reach + 1)
+        c0, c1 = max(0, col - reach), min(width, col + reach + 1)
+        level = one + half * (grown[row, col] - one)
+        mask = masks[n]
+        mask[row - r0, col - c0] = True
+        stack[0], top = (row - r0) * side + (col - c0), 1
+        while top:
+            top -= 1
+            r, c = stack[top] // side, stack[top] % side
+            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < r1 - r0 and 0 <= cc < c1 - c0 and not mask[rr, cc] and not taken[r0 + rr, c0 + cc] \
+                        and grown[r0 + rr, c0 + cc] >= level:
+                    mask[rr, cc] = True
+                    stack[top] = rr * side + cc
+                    top += 1
+        for r in range(r1 - r0):
+            for c in range(c1 - c0):
+                if mask[r, c]:
+                    taken[r0 + r, c0 + c] = True
+        boxes[n, 0], boxes[n, 1], boxes[n, 2], boxes[n, 3] = r0, r1, c0, c1
+        n += 1
+    return boxes[:n], masks[:n]
 
 
 def _peaks(image: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
@@ -338,10 +376,15 @@ class HotspotRescorer:
     keep_floor: float
     info: dict
 
+    def __post_init__(self) -> None:
+        self._flat = FlatTrees.of(self.model)  # the same scores, without scikit-learn's loop over the trees
+
     def score(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
         if not len(features):
             return np.zeros(0)
+        if self._flat is not None:
+            return self._flat.probabilities(features)
         with one_thread():  # a study has tens of candidates, and studies are post-processed in threads already
             return self.model.predict_proba(features)[:, 1]
 

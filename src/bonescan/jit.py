@@ -1,4 +1,4 @@
-"""numba compilation of the lesion step's kernels: compiled on first use and cached on disk."""
+"""numba compilation of kernels (the lesion step's, the trees' scores): compiled on first use and cached on disk."""
 
 from __future__ import annotations
 
