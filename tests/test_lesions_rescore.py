@@ -83,6 +83,40 @@ def test_count_candidates_are_bone_foci_outside_the_networks_hotspots():
     assert len(many) == COUNT_CANDIDATES_PER_VIEW  # the brightest, not thousands
 
 
+
+def test_count_candidates_grow_as_connected_components_over_half_the_peaks_rise():
+    from bonescan.lesions.rescore import COUNT_REACH, _peaks
+
+    rng = np.random.default_rng(8)
+    bone = _spine((160, 48))[1]
+    rows, cols = np.ogrid[:160, :48]
+    rate = np.where(bone, 10.0, 2.0)
+    for row in range(16, 150, 8):  # foci close enough to meet, each outlined by counting noise
+        rate = rate + rng.uniform(15, 40) * np.exp(-((rows - row) ** 2 + (cols - rng.integers(17, 31)) ** 2) / 12.5)
+    counts = rng.poisson(rate).astype(np.float32)
+    covered = np.zeros(counts.shape, bool)
+    covered[40:46, 18:26] = True
+    # unsmoothed counts as the map the seeds grow over: ragged outlines, where pixels touch only at corners
+    smooth, level = counts, bone_level(counts, bone)
+    found = count_candidates(smooth, bone, level, covered)
+    ratio = np.where(bone & (level > 0), smooth / np.maximum(level, 1e-6), 0.0)
+    taken, expected = covered.copy(), []
+    for row, col in _peaks(ratio, ratio >= 1.7):  # each seed: its component (4-connected) of what is left
+        if taken[row, col]:
+            continue
+        window = (slice(max(0, row - COUNT_REACH), row + COUNT_REACH + 1),
+                  slice(max(0, col - COUNT_REACH), col + COUNT_REACH + 1))
+        labels, _ = ndimage.label((ratio[window] >= 1 + 0.5 * (ratio[row, col] - 1)) & ~taken[window])
+        mask = labels == labels[row - window[0].start, col - window[1].start]
+        taken[window] |= mask
+        expected.append((window, mask))
+    assert len(found) == len(expected) > 5
+    for (window, mask), (want_window, want_mask) in zip(found, expected):
+        assert mask.shape == want_mask.shape and window[0].start == want_window[0].start
+        assert window[1].start == want_window[1].start and np.array_equal(mask, want_mask)
+    assert not any((mask & covered[window]).any() for window, mask in found)
+
+
 def test_matched_snr_is_a_z_score_under_poisson_noise_and_finds_faint_wide_foci():
     rng = np.random.default_rng(3)
     level = np.full((400, 400), 50.0, np.float32)
