@@ -350,3 +350,6 @@ def test_candidate_features_follow_their_definitions_for_candidates_anywhere_in_
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
     assert (found[:, OVER_BONE] == 0).any() and (found[:, OVER_BONE] > 0).any()  # off bone, and on it
     assert candidate_features([], maps, 2.4, 0.7).shape == (0, len(FEATURES))
+    empty = Candidate(0, (slice(0, 2), slice(0, 2)), np.zeros((2, 2), bool), 0.5, "ribs_left")
+    with pytest.raises(ValueError, match="without pixels"):
+        candidate_features(candidates[:3] + [empty], maps, 2.4, 0.7)

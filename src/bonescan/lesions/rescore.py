@@ -267,6 +267,8 @@ def candidate_features(candidates: list[Candidate], maps: tuple[ViewMaps, ViewMa
                           for c in (candidates[i] for i in chosen)], np.int64)
         masks = [np.ascontiguousarray(candidates[i].mask, bool).ravel() for i in chosen]
         offsets = np.concatenate([[0], np.cumsum([m.size for m in masks])]).astype(np.int64)
+        if not all(mask.any() for mask in masks):  # the compiled pass reads a candidate's pixels unchecked
+            raise ValueError("a hotspot candidate without pixels has no features")
         m = maps[view]
         measured = _measure(m.counts, m.smooth, m.hotspot, m.metastasis, m.other_metastasis,
                             m.bone_level, m.snr, boxes, np.concatenate(masks), offsets, OTHER_VIEW_REACH)
