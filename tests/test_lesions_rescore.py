@@ -13,10 +13,10 @@ from bonescan.errors import RunError
 from bonescan.lesions.infer import study_lesions
 from bonescan.lesions.regions import BY_NAME
 from bonescan.lesions.rescore import (BONE_LEVEL_SIGMA, COUNT_CANDIDATES_PER_VIEW, COUNT_SMOOTHING, FEATURES,
-                                      REGION_GROUPS, RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_PER_VIEW, Candidate,
-                                      HotspotRescorer, all_candidates, bone_level, candidate_features,
-                                      count_candidates, fit_rescorer, load_rescorer, matched_snr, save_rescorer,
-                                      view_maps)
+                                      REGION_GROUPS, RESCORER_FILE, RESCORER_INFO, SNR_CANDIDATES_BEFORE_STORED,
+                                      SNR_CANDIDATES_PER_VIEW, Candidate, HotspotRescorer, all_candidates, bone_level,
+                                      candidate_features, count_candidates, fit_rescorer, load_rescorer, matched_snr,
+                                      rescore_candidates, save_rescorer, view_maps)
 
 OVER_BONE = FEATURES.index("log_count_peak_over_bone")
 
@@ -154,15 +154,44 @@ def test_only_the_strongest_faint_foci_become_snr_candidates():
     level = bone_level(counts, bone)
     smooth, nothing = ndimage.gaussian_filter(counts, COUNT_SMOOTHING), np.zeros(shape, bool)
     assert count_candidates(smooth, bone, level, nothing) == []
-    found = count_candidates(smooth, bone, level, nothing, matched_snr(counts, level))
-    assert len(found) == SNR_CANDIDATES_PER_VIEW < len(centres)
+    snr = matched_snr(counts, level)
+    found = count_candidates(smooth, bone, level, nothing, snr, snr_limit=25)
+    assert len(found) == 25 < len(centres)
     nearest = set()
     for window, mask in found:
         r, c = np.nonzero(mask)
         centre = np.array([r.mean() + window[0].start, c.mean() + window[1].start])
         nearest.add(int(np.argmin(np.hypot(*(np.array(centres) - centre).T))))
-    assert len(nearest) == SNR_CANDIDATES_PER_VIEW  # one candidate per focus
+    assert len(nearest) == 25  # one candidate per focus
     assert min(nearest) >= 8  # the strongest, give or take the noise: none of the 8 weakest
+    assert len(count_candidates(smooth, bone, level, nothing, snr)) == len(centres) < SNR_CANDIDATES_PER_VIEW
+
+
+
+def test_a_rescorer_is_given_as_many_faint_candidates_as_it_was_fitted_on(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 400
+    features = rng.normal(size=(n, len(FEATURES)))
+    labels = features[:, OVER_BONE] > 0.5
+    fitted = fit_rescorer(features, labels, rng.random(n) < 0.5, n_studies=20, snr_limit=7)
+    save_rescorer(fitted, tmp_path, {})
+    assert load_rescorer(tmp_path).snr_limit == 7 == fitted.info["snr_candidates_per_view"]
+    assert fit_rescorer(features, labels, rng.random(n) < 0.5, n_studies=20).snr_limit == SNR_CANDIDATES_PER_VIEW
+    assert HotspotRescorer(_OverBone(), 0.0, info={}).snr_limit == SNR_CANDIDATES_BEFORE_STORED  # an older file
+    # faint foci along a spine: a rescorer fitted with a limit of 3 is given 3 per view, one with 10 is given 10
+    shape = (420, 48)
+    bone = np.zeros(shape, bool)
+    bone[10:410, 8:40] = True
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    counts = np.where(bone, 200.0, 20.0)
+    for index in range(30):
+        counts += 60.0 * ((rows - 20 - 12 * index) ** 2 + (cols - 24) ** 2 <= 16)
+    views = tuple(rng.poisson(counts).astype(np.float32) for _ in range(2))
+    regions = np.where(bone, BY_NAME["thoracic_spine"].label, 0).astype(np.uint8)[None].repeat(2, 0)
+    probabilities = np.zeros((2, 2) + shape, np.float32)
+    listed = [sum(c.from_counts for c in rescore_candidates([], probabilities, views, regions, 2.4, HotspotRescorer(
+        _OverBone(), 0.0, info={"snr_candidates_per_view": limit}), min_pixels=3)) for limit in (3, 10)]
+    assert listed == [6, 20]  # both views'
 
 
 class _OverBone:

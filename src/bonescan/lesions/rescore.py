@@ -60,8 +60,11 @@ COUNT_CANDIDATES_PER_VIEW = 100
 MATCHED_SIGMA = 2.5
 SNR_CANDIDATE = 5.0
 # The strongest this many per view: bone's own texture (joints, vertebral end plates) in a high-count view reaches
-# SNR 5 in ~60 places per view, and each candidate costs its features (~0.2 ms when this was chosen, with numpy).
-SNR_CANDIDATES_PER_VIEW = 25
+# SNR 5 in ~60 places per view. 25 while each candidate's features cost 0.2 ms; with the compiled features, 60 found
+# more metastases (1,000 studies of `synth --seed 11`, see README); 100, or SNR 4, no more than 60. A fitted
+# rescorer keeps the limit its candidates had (`HotspotRescorer.snr_limit`).
+SNR_CANDIDATES_PER_VIEW = 60
+SNR_CANDIDATES_BEFORE_STORED = 25  # the limit of rescorers fitted before their files recorded it
 COUNT_PEAK_DISTANCE = 3  # stored pixels: a peak is the highest within this reach
 COUNT_REACH = 6  # stored pixels: a count candidate is at most (2 x reach + 1) pixels on a side
 OTHER_VIEW_REACH = 3  # stored pixels around the mirrored box where the other view's evidence is read
@@ -138,11 +141,12 @@ def matched_snr(counts: np.ndarray, level: np.ndarray) -> np.ndarray:
 
 
 def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray, covered: np.ndarray,
-                     snr: np.ndarray | None = None) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+                     snr: np.ndarray | None = None, snr_limit: int = SNR_CANDIDATES_PER_VIEW
+                     ) -> list[tuple[tuple[slice, slice], np.ndarray]]:
     """(window, mask) of each count candidate of one view, on bone and outside `covered` (the network's hotspots):
     first the peaks of the smoothed counts over the local bone level reaching COUNT_CANDIDATE_RATIO, brightest
     first; then, with a `snr` map (`matched_snr`), its peaks reaching SNR_CANDIDATE: faint foci that stand out of
-    the noise by their size rather than their brightness, the SNR_CANDIDATES_PER_VIEW strongest. At most
+    the noise by their size rather than their brightness, the `snr_limit` strongest. At most
     COUNT_CANDIDATES_PER_VIEW in all."""
     on_bone = bone & (level > 0)
     safe = np.maximum(level, 1e-6)
@@ -153,7 +157,7 @@ def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray, co
     kinds = [0] * len(peaks)
     if snr is not None:
         grown.append(np.where(on_bone, 1.0 + snr / np.sqrt(4.0 * np.pi * MATCHED_SIGMA**2 * safe), 0.0))
-        faint = _peaks(snr, on_bone & (snr >= SNR_CANDIDATE) & ~covered)[:SNR_CANDIDATES_PER_VIEW]
+        faint = _peaks(snr, on_bone & (snr >= SNR_CANDIDATE) & ~covered)[:snr_limit]
         peaks, kinds = peaks + faint, kinds + [1] * len(faint)
     if not peaks:
         return []
@@ -170,8 +174,8 @@ def count_candidates(smooth: np.ndarray, bone: np.ndarray, level: np.ndarray, co
 def _grow(maps, seeds, kinds, taken, reach, limit, one, half):
     """Each seed not `taken` by an earlier one grows, within `reach` of it, over the pixels of its map (`kinds`: the
     index into `maps`) that reach half its rise over 1 and are not taken (4-connected, as ndimage.label); its pixels
-    are then taken. (boxes [n, 4]: row start, stop, column start, stop; box-sized masks in [n, side, side]), at most
-    `limit`."""
+    are then taken. At most `limit`; returns their boxes [n, 4] (row start, stop, column start, stop) and masks
+    [n, side, side], each filled from the corner as far as its box reaches."""
     _, height, width = maps.shape
     side = 2 * reach + 1
     boxes = np.zeros((limit, 4), np.int64)
@@ -381,6 +385,11 @@ class HotspotRescorer:
     def __post_init__(self) -> None:
         self._flat = FlatTrees.of(self.model)  # the same scores, without scikit-learn's loop over the trees
 
+    @property
+    def snr_limit(self) -> int:
+        """The faint (SNR) count candidates per view its features were fitted on, and that it is given."""
+        return int(self.info.get("snr_candidates_per_view", SNR_CANDIDATES_BEFORE_STORED))
+
     def score(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
         if not len(features):
@@ -392,9 +401,11 @@ class HotspotRescorer:
 
 
 def fit_rescorer(features: np.ndarray, labels: np.ndarray, from_counts: np.ndarray, n_studies: int,
-                 kept_per_study: float = 2.0, seed: int = 0) -> HotspotRescorer:
-    """Fit on candidates (rows of FEATURES, hit-a-metastasis labels) of `n_studies` studies; the keep floor lets
-    about `kept_per_study` count candidates per study through on these studies."""
+                 kept_per_study: float = 2.0, seed: int = 0,
+                 snr_limit: int = SNR_CANDIDATES_PER_VIEW) -> HotspotRescorer:
+    """Fit on candidates (rows of FEATURES, hit-a-metastasis labels) of `n_studies` studies, whose count
+    candidates had `snr_limit` faint ones per view at most; the keep floor lets about `kept_per_study` count
+    candidates per study through on these studies."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     features, labels = np.asarray(features, np.float64), np.asarray(labels, bool)
@@ -413,6 +424,7 @@ def fit_rescorer(features: np.ndarray, labels: np.ndarray, from_counts: np.ndarr
     info = {"features": list(FEATURES), "n_studies": n_studies, "n_candidates": int(labels.size),
             "n_on_metastases": int(labels.sum()), "n_count_candidates": int(scores.size),
             "keep_floor": keep_floor, "count_candidates_kept_per_study": kept_per_study,
+            "snr_candidates_per_view": int(snr_limit),
             "model": "sklearn HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=31, "
                      "l2_regularization=1.0, early_stopping=True)", "iterations": int(model.n_iter_)}
     return HotspotRescorer(model, keep_floor, info)
@@ -460,9 +472,10 @@ def view_maps(probabilities: np.ndarray, counts: tuple[np.ndarray, np.ndarray], 
 
 
 def all_candidates(found: list[Candidate], probabilities: np.ndarray, counts: tuple[np.ndarray, np.ndarray],
-                   regions: np.ndarray, pixel_spacing: float, min_pixels: float) -> tuple[list[Candidate], np.ndarray]:
-    """The network's candidates `found` plus the count candidates of both views (at least `min_pixels`), and the
-    FEATURES of each ([N, len(FEATURES)])."""
+                   regions: np.ndarray, pixel_spacing: float, min_pixels: float,
+                   snr_limit: int = SNR_CANDIDATES_PER_VIEW) -> tuple[list[Candidate], np.ndarray]:
+    """The network's candidates `found` plus the count candidates of both views (at least `min_pixels`; at most
+    `snr_limit` faint ones per view), and the FEATURES of each ([N, len(FEATURES)])."""
     covered = [np.zeros(regions.shape[1:], bool) for _ in range(2)]
     for candidate in found:
         covered[candidate.view][candidate.window] |= candidate.mask
@@ -472,7 +485,7 @@ def all_candidates(found: list[Candidate], probabilities: np.ndarray, counts: tu
     found = list(found)
     for view in range(2):
         for window, mask in count_candidates(maps[view].smooth, regions[view] > 0, maps[view].bone_level,
-                                             covered[view], maps[view].snr):
+                                             covered[view], maps[view].snr, snr_limit):
             if mask.sum() >= min_pixels:
                 found.append(Candidate(view, window, mask, float(maps[view].metastasis[window][mask].max()),
                                        region_under(regions[view], window, mask), from_counts=True))
@@ -484,7 +497,8 @@ def rescore_candidates(found: list[Candidate], probabilities: np.ndarray, counts
                        min_pixels: float) -> list[Candidate]:
     """The network's candidates and the count candidates, each with the rescorer's malignancy; count candidates
     under the rescorer's keep floor dropped."""
-    candidates, features = all_candidates(found, probabilities, counts, regions, pixel_spacing, min_pixels)
+    candidates, features = all_candidates(found, probabilities, counts, regions, pixel_spacing, min_pixels,
+                                          rescorer.snr_limit)
     scores = rescorer.score(features)
     return [Candidate(c.view, c.window, c.mask, float(score), c.region, c.from_counts)
             for c, score in zip(candidates, scores) if not c.from_counts or score >= rescorer.keep_floor]
