@@ -45,3 +45,19 @@ def test_only_binary_classifiers_on_numeric_features_are_flattened():
     categorical = HistGradientBoostingClassifier(max_iter=10, categorical_features=[0]).fit(categories, odd)
     assert FlatTrees.of(categorical) is None
     assert FlatTrees.of(object()) is None
+
+
+def test_trees_that_do_not_give_their_models_scores_are_not_used():
+    rng = np.random.default_rng(2)
+    features, labels = _data(rng, 600)
+
+    class Shifted(HistGradientBoostingClassifier):
+        """Scores otherwise than its trees read as FlatTrees reads them (as a changed scikit-learn might)."""
+
+        def predict_proba(self, X):
+            p = super().predict_proba(X)
+            p[:, 1] = np.minimum(p[:, 1] + 1e-6, 1.0)
+            return p
+
+    assert FlatTrees.of(HistGradientBoostingClassifier(max_iter=20).fit(features, labels)) is not None
+    assert FlatTrees.of(Shifted(max_iter=20).fit(features, labels)) is None

@@ -79,11 +79,28 @@ class FlatTrees:
 
     @classmethod
     def of(cls, model) -> "FlatTrees | None":
-        """The flattened trees of `model`, or None where it is not a binary classifier on numeric features."""
+        """The flattened trees of `model`, or None where it is not a binary classifier on numeric features, or where
+        they do not give its own scores on rows made of its split thresholds (a scikit-learn whose trees are built
+        otherwise than this reads them)."""
         try:
-            return cls(model)
+            flat = cls(model)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
+        probe = flat.probe_rows()
+        with one_thread():
+            theirs = model.predict_proba(probe)[:, 1]
+        return flat if np.array_equal(flat.probabilities(probe), theirs) else None
+
+    def probe_rows(self, n: int = 64) -> np.ndarray:
+        """Rows on, just below and just above split thresholds of every feature, and one of missing values."""
+        rng = np.random.default_rng(0)
+        split = ~self.leaf
+        rows = np.zeros((n, self.n_features))
+        for feature in range(self.n_features):
+            thresholds = self.threshold[split & (self.feature == feature)]
+            if thresholds.size:
+                rows[:, feature] = rng.choice(thresholds, n) + rng.choice([-1e-9, 0.0, 1e-9], n)
+        return np.vstack([rows, np.full((1, self.n_features), np.nan)])
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """The positive class's probability of each row of `features` [N, n_features]."""
