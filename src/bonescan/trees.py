@@ -86,12 +86,12 @@ class FlatTrees:
             flat = cls(model)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
-        probe = flat.probe_rows()
+        probe = flat._probe_rows()
         with one_thread():
             theirs = model.predict_proba(probe)[:, 1]
         return flat if np.array_equal(flat.probabilities(probe), theirs) else None
 
-    def probe_rows(self, n: int = 64) -> np.ndarray:
+    def _probe_rows(self, n: int = 64) -> np.ndarray:
         """Rows on, just below and just above split thresholds of every feature, and one of missing values."""
         rng = np.random.default_rng(0)
         split = ~self.leaf
