@@ -32,6 +32,19 @@ def test_refusal_becomes_one_stderr_line_and_exit_code_2(monkeypatch, capsys):
     assert err == ["bonescan: error: thyroid.dcm: 256 x 256 is a static image, not a whole-body scan"]
 
 
+def test_the_machines_refusal_becomes_one_stderr_line_naming_the_file_and_exit_code_2(capsys):
+    @cli.app.command("disk-full-for-test")
+    def _disk_full() -> None:
+        raise PermissionError(13, "Permission denied", "/pacs/export/report.csv")
+
+    try:
+        assert cli.main(["disk-full-for-test"]) == 2
+    finally:
+        cli.app.registered_commands = [c for c in cli.app.registered_commands if c.name != "disk-full-for-test"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bonescan: error: /pacs/export/report.csv: Permission denied"]
+
+
 def test_console_script_runs_as_module():
     done = subprocess.run(
         [sys.executable, "-m", "bonescan", "--version"], capture_output=True, text=True, check=False

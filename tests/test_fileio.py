@@ -1,10 +1,14 @@
-"""Atomic writes: the old file survives a failed write, and no temp file is left behind."""
+"""Atomic writes: the old file survives a failed write, and no temp file is left behind; a file that cannot be
+written is named, with the reason."""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from bonescan.fileio import atomic_path, write_text_atomic
+from bonescan.errors import OutputError
+from bonescan.fileio import atomic_path, atomic_paths, write_text_atomic
 
 
 def test_write_replaces_content(tmp_path):
@@ -51,3 +55,54 @@ def test_files_written_from_threads_at_once_all_keep_the_umask_permissions(tmp_p
         os.umask(mask)
         sys.setswitchinterval(interval)
     assert {target.stat().st_mode & 0o777 for target in targets} == {0o644}
+
+
+def test_a_full_disk_is_an_output_error_naming_the_file_and_the_reason(tmp_path):
+    target = tmp_path / "hotspots.csv"
+    with pytest.raises(OutputError) as raised:
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write to the temporary file raises it
+    assert str(raised.value) == f"{target}: cannot be written: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reason_is_the_systems_even_when_a_library_rewraps_its_error(tmp_path):
+    target = tmp_path / "report_sr.dcm"
+    with pytest.raises(OutputError, match=r"report_sr.dcm: cannot be written: No space left on device$"):
+        with atomic_path(target):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as error:  # pydicom's tag_in_exception: a copy whose message holds a traceback
+                raise OSError(f"With tag (7FE0,0010) got exception: {error}\nTraceback ...") from error
+
+
+def test_a_folder_that_cannot_be_made_is_an_output_error(tmp_path):
+    (tmp_path / "lesions").write_text("a file where the folder should be")
+    with pytest.raises(OutputError, match=r"lesions/a.json: cannot be written: "):
+        write_text_atomic(tmp_path / "lesions" / "a.json", "{}")
+
+
+def test_another_files_error_inside_the_block_is_left_as_it_is(tmp_path):
+    source = tmp_path / "missing.dcm"
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(tmp_path / "out.json"):
+            source.read_bytes()  # reading an input fails: not this output's trouble
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_that_belong_together_are_all_written_or_none_is(tmp_path):
+    targets = [tmp_path / name for name in ("a.json", "a.npz", "a.png")]
+    for target in targets:
+        target.write_text("old")
+    with pytest.raises(OutputError):
+        with atomic_paths(*targets) as temporary:
+            temporary[0].write_text("new")
+            temporary[1].write_text("new")
+            raise OSError(errno.ENOSPC, "No space left on device")  # the third file's write
+    assert [t.read_text() for t in targets] == ["old"] * 3  # none new beside older ones
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]
+    with atomic_paths(*targets) as temporary:
+        for tmp in temporary:
+            tmp.write_text("new")
+    assert [t.read_text() for t in targets] == ["new"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]

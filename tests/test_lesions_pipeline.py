@@ -418,6 +418,49 @@ def test_a_study_whose_lesion_files_cannot_be_written_is_listed_and_the_others_k
     assert broken not in set(pd.read_csv(out / "hotspots.csv")["case_id"])
 
 
+def test_a_study_whose_overlay_cannot_be_written_keeps_none_of_its_lesion_files(lesion_setup, monkeypatch):
+    import errno
+
+    import bonescan.heatmap as heatmap
+
+    folder, manifest_path, manifest, _, _ = lesion_setup
+    real = heatmap.save_png
+    broken = manifest.loc[manifest["split"] == "val", "case_id"].iloc[0]
+
+    def disk_full_for_one(path, image):
+        if path.name.startswith(f".{broken}.png."):  # the overlay's temporary file, after its JSON and label maps
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, image)
+
+    monkeypatch.setattr(heatmap, "save_png", disk_full_for_one)
+    out = folder / "predict-overlay-fails"
+    report = predict_studies(folder / "classifier", manifest=manifest_path, split="val", engine="torch",
+                             lesions=folder / "lesion-run", lesions_out=out)
+    assert [s.case_id for s in report.failures] == [broken]
+    assert report.failures[0].error == (f"writing lesions: {out / 'lesions' / broken}.png: cannot be written: "
+                                        "No space left on device")
+    assert sorted(p.name for p in (out / "lesions").iterdir() if p.stem == broken) == []  # no JSON without maps
+    others = [s.case_id for s in report.studies if s.case_id != broken]
+    assert sorted(p.stem for p in (out / "lesions").glob("*.npz")) == sorted(others)
+
+
+def test_cli_keeps_the_readings_when_hotspots_csv_cannot_be_written_and_says_so(lesion_setup, tmp_path, capsys):
+    from bonescan.cli import main
+
+    folder, manifest_path, _, _, _ = lesion_setup
+    out = tmp_path / "lesions"
+    (out / "hotspots.csv").mkdir(parents=True)  # in the way of the job's one table
+    predictions = tmp_path / "predictions.csv"
+    assert main(["predict", "--run", str(folder / "classifier"), "--manifest", str(manifest_path), "--split", "val",
+                 "--engine", "torch", "--lesions", str(folder / "lesion-run"), "--lesions-out", str(out),
+                 "--out", str(predictions)]) == 2
+    err = capsys.readouterr().err
+    assert f"bonescan: failed: {out / 'hotspots.csv'}: cannot be written: Is a directory" in err
+    assert "Traceback" not in err
+    written = pd.read_csv(predictions)
+    assert len(written) and (written["status"] == "ok").all() and written["bsi"].notna().all()
+
+
 def test_cli_names_a_lesion_runs_validation_score_when_training_and_when_resuming(lesion_setup, tmp_path,
                                                                                     capsys):
     from bonescan.cli import main

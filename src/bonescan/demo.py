@@ -218,6 +218,8 @@ def _predict_examples(run_dir: Path, manifest: pd.DataFrame, evaluation, out: Pa
     report = predict_studies(run_dir, manifest=examples, heatmap_dir=out / "heatmaps", dicom_dir=out / "dicom",
                              workers=0, lesions=lesion_run, lesions_out=out)
     report.write(out / "predictions.csv")
+    if report.unwritten:  # hotspots.csv, which the report links to
+        raise report.unwritten[0]
     return report
 
 

@@ -59,6 +59,8 @@ def read_test_lesions(classifier_run: Path, lesion_run: Path, manifest_path: Pat
                                  lesions_out=out, workers=0)
         # A study that fails is listed in predictions.csv and left out of the lesion metrics, with a warning.
         report.write(predictions)
+        if report.unwritten:  # hotspots.csv, which the evaluation reads
+            raise report.unwritten[0]
     return find_lesion_inputs(predictions, manifest_path)
 
 

@@ -64,9 +64,19 @@ class AnnotationError(BoneScanError):
     the message lists every problem found in the file."""
 
 
+class OutputError(BoneScanError):
+    """An output file that cannot be written: a full disk, no permission, a read-only file system."""
+
+
 class FollowUpError(BoneScanError):
     """Studies that cannot be compared as visits of one patient: another patient, a follow-up dated before its
     baseline, a visit without both views."""
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error caught to fail one study: bonescan's own errors already name the input and the
+    reason; any other is named by its type."""
+    return str(error) if isinstance(error, BoneScanError) else f"{type(error).__name__}: {error}"
 
 
 def workers_stopped(workers: int, error: BaseException, in_process: str) -> ConfigError:

@@ -1,4 +1,8 @@
-"""Atomic writes: a reader never sees a half-written file, and an interrupted write leaves the old one."""
+"""Atomic writes: a reader never sees a half-written file, and an interrupted write leaves the old one.
+
+A file that cannot be written (a full disk, no permission, a read-only file system) raises `OutputError` naming
+it, so the command line says which file and why in one line, and a batch records it beside the study.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,47 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise _unwritable(target, error) from error
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as error:
+        if error.filename is not None and str(error.filename) not in (str(tmp_path), str(target)):
+            raise  # another file's trouble (an input the block reads), not this output's
+        raise _unwritable(target, error) from error
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
+    """Temporary paths beside `targets`, renamed onto them only when the whole block succeeds: files that belong
+    together (a study's JSON, label maps and overlay) are all written or none is, never some of them beside the
+    older others. The first target is renamed last, so a reader that finds it finds the rest."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(target)) for target in targets]
+
+
+def _unwritable(target: Path, error: OSError) -> OutputError:
+    # The system's own error: pydicom re-raises it as a copy whose message holds a whole traceback.
+    while error.errno is None and isinstance(error.__cause__, OSError):
+        error = error.__cause__
+    return OutputError(target, f"cannot be written: {error.strerror or error}")
 
 
 _UMASK_LOCK = threading.Lock()
@@ -60,8 +89,13 @@ def write_npz_atomic(target: str | Path, arrays: dict[str, np.ndarray], level: i
     """Write `arrays` to `target` atomically as an .npz that `np.load` reads, deflated at zlib `level`
     (`np.savez_compressed` always takes 6, slow for label maps that compress well at 1-3)."""
     with atomic_path(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
-            for name, array in arrays.items():
-                with archive.open(f"{name}.npy", "w") as member:
-                    np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+        write_npz(tmp, arrays, level)
     return Path(target)
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray], level: int) -> None:
+    """`write_npz_atomic` in place (for a path `atomic_path` or `atomic_paths` gave)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

@@ -34,7 +34,8 @@ import numpy as np
 
 from . import __version__
 from .cameras import CameraCheck
-from .errors import BoneScanError, ConfigError, PredictionsError, RunError, workers_stopped
+from .errors import (BoneScanError, ConfigError, OutputError, PredictionsError, RunError, describe,
+                     workers_stopped)
 from .fileio import write_text_atomic
 from .io import StudySource, find_studies, read_study
 from .preprocess import PreprocessConfig, preprocess_study
@@ -151,6 +152,9 @@ class PredictionReport:
     studies: list[StudyOutcome]
     seconds: float
     notices: list[str] = field(default_factory=list)  # engine rebuilds and fallbacks, for the record
+    # Files of the whole job that could not be written (hotspots.csv on a full disk): the job failed, though every
+    # study's reading is kept.
+    unwritten: list[OutputError] = field(default_factory=list)
     # With a lesion step and `keep_lesions`: each study's StudyLesions by its index among the sources.
     lesions: dict = field(default_factory=dict, repr=False)
 
@@ -160,7 +164,7 @@ class PredictionReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.unwritten
 
     @property
     def keyed_by_case(self) -> bool:
@@ -534,7 +538,10 @@ def predict_sources(
     report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start,
                               lesions=kept)
     if lesion_step is not None:
-        lesion_step.finish()
+        try:
+            lesion_step.finish()
+        except OutputError as error:  # the readings above are kept, for the caller to write elsewhere
+            report.unwritten.append(error)
         report.notices.extend(lesion_step.model.notes)
         if lesion_step.studies:
             report.notices.append(f"lesion step ({lesion_step.model.precision.name}): "
@@ -600,14 +607,14 @@ class OutputWriter:
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
                 maps += [None] * len(chunk)
                 for outcome in outcomes[start:start + GRAD_CAM_CHUNK]:
-                    _mark_failed(outcome, f"heat map: {type(error).__name__}: {error}")
+                    _mark_failed(outcome, f"heat map: {describe(error)}")
         for item, outcome, heat in zip(items, outcomes, maps):
             if heat is None:
                 continue
             try:
                 self._write_one(item, outcome, heat, sources[item.index], (lesions or {}).get(item.index))
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                _mark_failed(outcome, f"writing results: {type(error).__name__}: {error}")
+                _mark_failed(outcome, f"writing results: {describe(error)}")
 
     def _write_one(self, item: _Item, outcome: StudyOutcome, heat, source: StudySource, lesions=None) -> None:
         from .dicom_out import ReadingResult, safe_file_stem, write_dicom_results

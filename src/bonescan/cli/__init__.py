@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except BoneScanError as error:
         print(f"bonescan: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine's refusal (a full disk, no permission): which file and why, no traceback
+        where = f"{error.filename}: " if error.filename is not None else ""
+        print(f"bonescan: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -90,7 +90,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 _stderr(f"bonescan: warning: {line}")
         for failure in report.failures:
             _stderr(f"bonescan: failed: {failure.name}: {failure.error}")
-        if report.failures:
+        for error in report.unwritten:
+            _stderr(f"bonescan: failed: {error}")
+        if not report.ok:
             raise typer.Exit(code=2)
 
     @bench.command("predict")

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import BoneScanError, ConfigError, ManifestError, RunError
+from ..errors import ConfigError, ManifestError, RunError, describe
 from ..fileio import write_text_atomic
 from ..lesions.regions import REGIONS
 from ..study import VIEWS
@@ -241,7 +241,7 @@ def collect_candidates(manifests: Sequence[Path], reader, progress: Callable[[in
             truths = truth_of(rows)
             comparison = compare_patient(rows, reader, judge=recorder, change_model=change_model)
         except Exception as error:  # noqa: BLE001 - reported per patient, the fit goes on
-            reason = str(error) if isinstance(error, BoneScanError) else f"{type(error).__name__}: {error}"
+            reason = describe(error)
             failed.append((f"{manifest}:{pid}", reason))
         else:
             confluent, new_ids = first_followup_new(truths)

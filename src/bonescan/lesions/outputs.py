@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..fileio import write_npz_atomic, write_text_atomic
+from ..fileio import atomic_paths, write_npz, write_text_atomic
 from .hotspots import StudyLesions
 
 if TYPE_CHECKING:
@@ -57,18 +57,21 @@ class LesionOutputs:
         """`write_study` without remembering the rows: safe from several threads at once (each study has its own
         files). Returns the JSON path and the record, for `remember` in the order of the studies."""
         from ..dicom_out import safe_file_stem
-        from ..heatmap import write_png
+        from ..heatmap import save_png
 
         stem = safe_file_stem(name)
         folder = self.folder / LESIONS_DIR
         record = {"case_id": name, **lesions.to_json()}
-        target = write_text_atomic(folder / f"{stem}.json", json.dumps(record, indent=1) + "\n")
-        # zlib level 3: these label maps took 1.6 ms against 3.7 per study at numpy's 6, 15 against 7 kB
-        write_npz_atomic(folder / f"{stem}.npz",
-                         {"regions": lesions.regions.astype(np.uint8), "hotspots": numbers.astype(np.uint16)}, level=3)
         if overlay is None:
             overlay = render_lesions(anterior, posterior, lesions, numbers, title or name)
-        write_png(folder / f"{stem}.png", overlay)
+        target = folder / f"{stem}.json"
+        # all three or none: a study whose label maps could not be written (a full disk) keeps no JSON either
+        with atomic_paths(target, folder / f"{stem}.npz", folder / f"{stem}.png") as (json_tmp, npz_tmp, png_tmp):
+            json_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            # zlib level 3: these label maps took 1.6 ms against 3.7 per study at numpy's 6, 15 against 7 kB
+            write_npz(npz_tmp, {"regions": lesions.regions.astype(np.uint8), "hotspots": numbers.astype(np.uint16)},
+                      level=3)
+            save_png(png_tmp, overlay)
         return target, record
 
     def remember(self, record: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import describe
 from ..preprocess import preprocess_views
 from .infer import LesionModel, load_lesion_run, study_lesions, tracking_key
 from .outputs import LesionOutputs, render_lesions
@@ -59,13 +60,13 @@ class LesionStep:
                     study_key=tracking_key(outcome.study_id, outcome.name), threshold=self.model.threshold,
                     rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                return f"finding lesions: {type(error).__name__}: {error}"
+                return f"finding lesions: {describe(error)}"
             try:
                 # rendered once: the lesion PNG and, with --dicom-out, the numbered-hotspot Secondary Capture
                 overlay = render_lesions(*item.views, lesions, numbers, outcome.name)
                 path, record = self.outputs.write_files(outcome.name, lesions, numbers, *item.views, overlay=overlay)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                return f"writing lesions: {type(error).__name__}: {error}"
+                return f"writing lesions: {describe(error)}"
             return lesions, numbers, overlay, path, record
 
         # Threads: most of the work is in numpy, scipy, torch, Pillow and zlib calls that let other threads run,

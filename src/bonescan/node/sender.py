@@ -22,6 +22,7 @@ import time
 from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
+from ..errors import describe
 from .config import Destination
 from .queue import NodeQueue, OutgoingResult
 
@@ -97,7 +98,7 @@ class Sender(threading.Thread):
                 try:
                     status = assoc.send_c_store(result.path)
                 except Exception as error:  # noqa: BLE001 - a file pynetdicom cannot send: give up on it alone
-                    self.queue.mark_send_failed(result.sop_uid, result.study_uid, f"{type(error).__name__}: {error}")
+                    self.queue.mark_send_failed(result.sop_uid, result.study_uid, describe(error))
                     continue
                 code = int(status.Status) if status and "Status" in status else None
                 if code in SUCCESS_STATUSES:

@@ -21,6 +21,7 @@ from typing import Callable
 import pydicom
 
 from ..cameras import CameraCheck
+from ..errors import describe
 from ..io import StudySource
 from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
 from .followup import NodeComparison, PriorComparer, patient_study
@@ -189,7 +190,7 @@ class PredictionWorker(threading.Thread):
             outcomes = self.predictor.predict(works)
         except Exception as error:  # noqa: BLE001 - an unexpected failure fails this batch, not the node
             log.exception("prediction of %d studies failed", len(works))
-            outcomes = [StudyOutcome(w.study_uid, "", "failed", error=f"{type(error).__name__}: {error}")
+            outcomes = [StudyOutcome(w.study_uid, "", "failed", error=describe(error))
                         for w in works]
         seconds = time.perf_counter() - start
         for work, outcome in zip(works, outcomes):
@@ -226,7 +227,7 @@ class PredictionWorker(threading.Thread):
         except Exception as error:  # noqa: BLE001 - e.g. a result file that cannot be re-read
             log.exception("cannot record study %s: %s", uid, error)
             try:
-                self.queue.fail_study(uid, f"recording the result: {type(error).__name__}: {error}")
+                self.queue.fail_study(uid, f"recording the result: {describe(error)}")
             except Exception:  # noqa: BLE001 - the database itself fails: the study is retried at the next start
                 pass
 
@@ -270,7 +271,7 @@ class PredictionWorker(threading.Thread):
                                                    f"of the study of {prior.study_date}", study.study_uid)
             compared = self.comparer.compare(study, prior, awaiting, known)
         except Exception as error:  # noqa: BLE001 - whatever fails, the study's own results are not held up
-            reason = f"no follow-up comparison ({type(error).__name__}: {error}); tried again at the next start"
+            reason = f"no follow-up comparison ({describe(error)}); tried again at the next start"
             log.warning("study %s: %s", study.study_uid, reason)
             self.queue.record_event("warning", reason, study.study_uid)
             self._failed.add((study.study_uid, prior.study_uid))
