@@ -106,3 +106,26 @@ def test_files_that_belong_together_are_all_written_or_none_is(tmp_path):
             tmp.write_text("new")
     assert [t.read_text() for t in targets] == ["new"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]
+
+
+def test_a_checkpoint_that_outgrows_the_disk_is_an_output_error_and_leaves_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    # A file-size limit fails the write the way a full disk does (EFBIG for ENOSPC), in a process of its own.
+    script = f"""
+import resource, signal, torch
+from bonescan.errors import OutputError
+from bonescan.fileio import write_torch_atomic
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+write_torch_atomic({str(tmp_path / 'small.pt')!r}, torch.zeros(1000))
+try:
+    write_torch_atomic({str(tmp_path / 'best.pt')!r}, torch.zeros(1_000_000))
+except OutputError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{tmp_path / 'best.pt'}: cannot be written: File too large"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt"]

@@ -34,10 +34,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp_path
         os.replace(tmp_path, target)
-    except OSError as error:
-        if error.filename is not None and str(error.filename) not in (str(tmp_path), str(target)):
-            raise  # another file's trouble (an input the block reads), not this output's
-        raise _unwritable(target, error) from error
+    except (OSError, RuntimeError) as error:
+        system = _system_error(error)
+        if system is None or system.filename is not None and str(system.filename) not in (str(tmp_path), str(target)):
+            raise  # not the system's refusal, or another file's (an input the block reads): not this output's
+        raise _unwritable(target, system) from error
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -52,11 +53,30 @@ def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
         yield [stack.enter_context(atomic_path(target)) for target in targets]
 
 
+def _system_error(error: BaseException | None) -> OSError | None:
+    """The system's own error behind `error`: pydicom re-raises it as a copy whose message holds a whole traceback,
+    torch's writer as a RuntimeError ('unexpected pos') raised while handling it."""
+    for _ in range(8):
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        if not isinstance(error, (OSError, RuntimeError)):
+            return None
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _unwritable(target: Path, error: OSError) -> OutputError:
-    # The system's own error: pydicom re-raises it as a copy whose message holds a whole traceback.
-    while error.errno is None and isinstance(error.__cause__, OSError):
-        error = error.__cause__
     return OutputError(target, f"cannot be written: {error.strerror or error}")
+
+
+def write_torch_atomic(target: str | Path, payload) -> Path:
+    """`torch.save` `payload` to `target` atomically, through a Python file: a full disk then raises the system's
+    error, where torch's own file writer reports only 'unexpected pos'."""
+    import torch
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+    return Path(target)
 
 
 _UMASK_LOCK = threading.Lock()

@@ -29,7 +29,7 @@ from torch import nn
 
 from .data import augment_pair, build_cache, sample_generator
 from .errors import ConfigError, RunError
-from .fileio import atomic_path, write_text_atomic
+from .fileio import write_text_atomic, write_torch_atomic
 from .model import MultiViewNet
 from .presets import AugmentConfig, preset_config
 
@@ -171,8 +171,7 @@ def _augmented(cache, rows: np.ndarray, augment: AugmentConfig, seed: int, strea
 def _save_trunk(model: MultiViewNet, out: Path, record: dict) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in model.trunk.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    write_torch_atomic(out, state)
     record = {**record, "backbone": model.config.backbone, "trunk_width": model.config.trunk_width,
               "use": f"bonescan train --pretrained {out} (same backbone and trunk width)"}
     write_text_atomic(out.with_name(out.name + ".json"), json.dumps(record, indent=2, default=str) + "\n")

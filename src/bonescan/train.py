@@ -50,7 +50,7 @@ from .device import (
     ONEDNN_ISA_VARIABLE, Precision, cap_onednn_for_exact_runs, choose_precision, select_device, tune_allocator,
 )
 from .errors import ConfigError, ManifestError, RunError
-from .fileio import atomic_path, write_text_atomic
+from .fileio import write_text_atomic, write_torch_atomic
 from .model import MultiViewNet, build_model
 from .norm_stats import recalibrate_batch_norm, recalibration_rows
 from .presets import TrainConfig
@@ -562,8 +562,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _save(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch_atomic(path, payload)
 
 
 def _best_checkpoint(model: nn.Module, config: TrainConfig, state: _TrainingState, digest: str, auc: float) -> dict:

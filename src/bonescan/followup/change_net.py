@@ -25,7 +25,7 @@ from monai.networks.nets import UNet
 from scipy import ndimage
 
 from ..errors import ConfigError
-from ..fileio import atomic_path
+from ..fileio import write_torch_atomic
 from ..lesions.hotspots import StudyLesions
 from ..preprocess import PreprocessConfig, preprocess_views
 from ..study import VIEWS, Study
@@ -201,9 +201,7 @@ def save_change_model(path: str | Path, net: ChangeNet, threshold: float, min_pi
     path = Path(path)
     document = {"format": FILE_FORMAT, "state": net.state_dict(), "channels": net.channels,
                 "threshold": float(threshold), "min_pixels": int(min_pixels), "trained_on": trained_on or {}}
-    with atomic_path(path) as tmp:
-        torch.save(document, tmp)
-    return path
+    return write_torch_atomic(path, document)
 
 
 def load_change_model(path: str | Path) -> ChangeModel:

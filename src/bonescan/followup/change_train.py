@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..device import choose_precision
 from ..errors import BoneScanError, ConfigError, RunError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, write_text_atomic, write_torch_atomic
 from ..lesions.dataset import targets_in_network_geometry
 from ..lesions.network import check_unet_channels
 from ..study import VIEWS
@@ -276,10 +276,10 @@ def train_change_network(out: str | Path, cohorts: list[Path], val_cohorts: list
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         bar.close()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - start, 1)})
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "generator": generator.get_state(), "history": history, "epoch": epoch + 1, "epochs": epochs,
-                        "steps": steps, "precision": chosen.name, "channels": list(channels)}, tmp)
+        write_torch_atomic(checkpoint_path, {
+            "net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "generator": generator.get_state(), "history": history, "epoch": epoch + 1, "epochs": epochs,
+            "steps": steps, "precision": chosen.name, "channels": list(channels)})
         write_text_atomic(out / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
         log(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, {history[-1]['seconds']:.0f} s")
     point = choose_operating_point(probability_maps(net, val_pairs["x"][first]), val_pairs["n_new"][first])
