@@ -78,8 +78,11 @@ def test_the_reason_is_the_systems_even_when_a_library_rewraps_its_error(tmp_pat
 
 def test_a_folder_that_cannot_be_made_is_an_output_error(tmp_path):
     (tmp_path / "lesions").write_text("a file where the folder should be")
-    with pytest.raises(OutputError, match=r"lesions/a.json: cannot be written: "):
+    with pytest.raises(OutputError) as raised:
         write_text_atomic(tmp_path / "lesions" / "a.json", "{}")
+    assert str(raised.value) == f"{tmp_path}/lesions/a.json: cannot be written: {tmp_path}/lesions is not a folder"
+    with pytest.raises(OutputError, match=r"/b/a.json: cannot be written: .*/lesions is not a folder$"):
+        write_text_atomic(tmp_path / "lesions" / "b" / "a.json", "{}")  # a file higher up the path
 
 
 def test_another_files_error_inside_the_block_is_left_as_it_is(tmp_path):

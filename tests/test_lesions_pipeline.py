@@ -388,6 +388,7 @@ def test_a_study_whose_lesions_fail_is_listed_and_the_batch_goes_on(lesion_setup
                              lesions=folder / "lesion-run", lesions_out=out, heatmap_dir=out / "heat")
     assert [s.case_id for s in report.failures] == [broken]
     assert report.failures[0].error == "finding lesions: ValueError: no bone found"
+    assert not report.failures[0].unwritten  # the study's own trouble: not read again
     others = [s for s in report.studies if s.case_id != broken]
     assert others and all(s.status == "ok" and s.bsi is not None and s.heatmap for s in others)
     assert not (out / "lesions" / f"{broken}.json").exists()
@@ -439,6 +440,7 @@ def test_a_study_whose_overlay_cannot_be_written_keeps_none_of_its_lesion_files(
     assert [s.case_id for s in report.failures] == [broken]
     assert report.failures[0].error == (f"writing lesions: {out / 'lesions' / broken}.png: cannot be written: "
                                         "No space left on device")
+    assert report.failures[0].unwritten
     assert sorted(p.name for p in (out / "lesions").iterdir() if p.stem == broken) == []  # no JSON without maps
     others = [s.case_id for s in report.studies if s.case_id != broken]
     assert sorted(p.stem for p in (out / "lesions").glob("*.npz")) == sorted(others)

@@ -80,6 +80,63 @@ def test_a_failed_study_is_read_again_when_its_missing_view_arrives(tmp_path):
     assert len(work.instances) == 2 and not work.timed_out
 
 
+def test_a_study_whose_results_could_not_be_written_is_read_again_later_however_often(tmp_path):
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    now = 100.0
+    for _ in range(MAX_PREDICTION_ATTEMPTS + 2):  # a full disk is not the study's fault: it never fails for it
+        assert len(queue.claim_ready(30, 8, now=now)) == 1
+        queue.defer_study("9.1", "writing results: results/x.dcm: cannot be written: No space left on device",
+                          retry_at=now + 60, now=now)
+        assert queue.claim_ready(30, 8, now=now + 59.9) == []
+        now += 60
+    assert queue.query("SELECT state, error FROM studies") == [
+        ("ready", "writing results: results/x.dcm: cannot be written: No space left on device")]
+    queue.close()
+    queue = NodeQueue(tmp_path / "q.sqlite")  # a restart keeps the wait
+    assert queue.claim_ready(30, 8, now=now - 1) == [] and len(queue.claim_ready(30, 8, now=now)) == 1
+    queue.finish_study("9.1", 0.7, "metastasis", "youden", 0.4, [], forward=False, now=now + 1)
+    assert queue.query("SELECT state, error FROM studies") == [("done", None)]
+    [(level, message)] = set(queue.query("SELECT level, message FROM events"))
+    assert level == "warning" and message.endswith("No space left on device; read again in 60 s")
+
+
+def test_the_worker_puts_back_a_study_whose_files_could_not_be_written_and_fails_one_that_cannot_be_read(
+        tmp_path):
+    from types import SimpleNamespace
+
+    from bonescan.node.worker import UNWRITTEN_RETRY_SECONDS, PredictionWorker
+    from bonescan.predict import OperatingPoint, StudyOutcome
+
+    outcomes = {"9.1": StudyOutcome("9.1", "a.dcm", "failed", probability=0.7, unwritten=True,
+                                    error="writing results: results/x.dcm: cannot be written: No space left on device"),
+                "9.2": StudyOutcome("9.2", "b.dcm", "failed", error="ViewError: only the anterior view")}
+    predictor = SimpleNamespace(batch_size=2, point=OperatingPoint("0.5", 0.5),
+                                predict=lambda works: [outcomes[w.study_uid] for w in works])
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    queue.add_instance("1.2", "9.2", "nm", 2, tmp_path / "b.dcm", "CAM", now=100.0)
+    PredictionWorker(queue, predictor, 30, forward=True).process(queue.claim_ready(30, 8, now=100.0))
+    assert dict(queue.query("SELECT study_uid, state FROM studies")) == {"9.1": "ready", "9.2": "failed"}
+    [(retry_at,)] = queue.query("SELECT next_attempt FROM studies WHERE study_uid = '9.1'")
+    assert retry_at > 100.0 + UNWRITTEN_RETRY_SECONDS  # the worker's clock: now
+
+
+def test_a_store_from_before_studies_were_read_again_later_gains_the_column_and_reads_its_studies(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.executescript("""
+        CREATE TABLE studies (study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, frames INTEGER NOT NULL DEFAULT 0,
+            instances INTEGER NOT NULL DEFAULT 0, first_received REAL, last_received REAL,
+            attempts INTEGER NOT NULL DEFAULT 0, probability REAL, decision TEXT, operating_point TEXT,
+            threshold REAL, error TEXT, finished_at REAL, updated_at REAL);
+        INSERT INTO studies (study_uid, state, frames, instances, last_received) VALUES ('9.1', 'ready', 2, 1, 100);""")
+    db.close()
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    assert [work.study_uid for work in queue.claim_ready(30, 8, now=101.0)] == ["9.1"]
+
+
 def test_backoff_doubles_up_to_its_cap():
     assert [backoff(n, 1.0, 10.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 

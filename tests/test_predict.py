@@ -133,8 +133,11 @@ def test_an_output_that_cannot_be_written_fails_only_those_studies(folder, model
     report = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5),
                              dicom_dir=blocker)
     assert len(report.studies) == 3
-    assert all(s.status == "failed" and "writing results" in s.error for s in report.studies)
+    assert all(s.status == "failed" and s.error.startswith(f"writing results: {blocker}/") for s in report.studies)
+    assert all(s.error.endswith(f": cannot be written: {blocker} is not a folder") for s in report.studies)
     assert all(s.probability is not None for s in report.studies)  # the prediction itself is kept
+    assert all(s.unwritten for s in report.studies)  # the node reads such a study again later
+    assert "unwritten" not in report.to_frame().columns
 
 
 def test_operating_points_from_the_run_or_fallback(tmp_path):

@@ -26,6 +26,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (FileExistsError, NotADirectoryError) as error:  # a file where a folder of the path should be
+        blocking = next((p for p in reversed(target.parents) if p.exists() and not p.is_dir()), target.parent)
+        raise OutputError(target, f"cannot be written: {blocking} is not a folder") from error
     except OSError as error:
         raise _unwritable(target, error) from error
     os.close(fd)

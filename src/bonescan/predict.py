@@ -135,6 +135,9 @@ class StudyOutcome:
     lesions: str | None = None
     dicom_seg: str | None = None  # with --dicom-out: the Segmentation files (one per view), separated by ";"
     dicom_hotspots_sc: str | None = None  # with --dicom-out: the numbered hotspots as a Secondary Capture
+    # Failed only because its files could not be written (a full disk): the study itself may be read again later.
+    # Not an output column.
+    unwritten: bool = False
 
     @property
     def name(self) -> str:
@@ -173,7 +176,7 @@ class PredictionReport:
 
     def _columns(self) -> list[str]:
         # case_id first (what `bonescan reader create --predictions` joins on); absent without a manifest.
-        fields = [name for name in StudyOutcome.__dataclass_fields__ if name != "case_id"]
+        fields = [name for name in StudyOutcome.__dataclass_fields__ if name not in ("case_id", "unwritten")]
         if all(s.lesions is None for s in self.studies):  # no lesion run: the CSV keeps its classifier columns
             fields = [name for name in fields if name not in LESION_FIELDS]
         if all(s.calibrated_probability is None for s in self.studies):  # run not recalibrated
@@ -614,7 +617,7 @@ class OutputWriter:
             try:
                 self._write_one(item, outcome, heat, sources[item.index], (lesions or {}).get(item.index))
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                _mark_failed(outcome, f"writing results: {describe(error)}")
+                _mark_failed(outcome, f"writing results: {describe(error)}", unwritten=isinstance(error, OutputError))
 
     def _write_one(self, item: _Item, outcome: StudyOutcome, heat, source: StudySource, lesions=None) -> None:
         from .dicom_out import ReadingResult, safe_file_stem, write_dicom_results
@@ -652,6 +655,7 @@ def _as_tensor(array: np.ndarray):
     return torch.from_numpy(array)
 
 
-def _mark_failed(outcome: StudyOutcome, reason: str) -> None:
+def _mark_failed(outcome: StudyOutcome, reason: str, unwritten: bool = False) -> None:
     outcome.status = "failed"
     outcome.error = reason
+    outcome.unwritten = unwritten

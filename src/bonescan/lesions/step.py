@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import describe
+from ..errors import OutputError, describe
 from ..preprocess import preprocess_views
 from .infer import LesionModel, load_lesion_run, study_lesions, tracking_key
 from .outputs import LesionOutputs, render_lesions
@@ -52,7 +52,8 @@ class LesionStep:
         maps = self.model.maps(inputs)
 
         def study_of(item, outcome, study_maps):
-            """(StudyLesions, hotspot numbers, overlay, JSON path, record), or the reason the study failed."""
+            """(StudyLesions, hotspot numbers, overlay, JSON path, record), or the reason the study failed and
+            whether only its files could not be written."""
             spacing = item.spacing if item.spacing else 2.4
             try:
                 lesions, numbers = study_lesions(
@@ -60,13 +61,13 @@ class LesionStep:
                     study_key=tracking_key(outcome.study_id, outcome.name), threshold=self.model.threshold,
                     rescorer=self.model.rescorer, outline_threshold=self.model.outline_threshold)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                return f"finding lesions: {describe(error)}"
+                return f"finding lesions: {describe(error)}", False
             try:
                 # rendered once: the lesion PNG and, with --dicom-out, the numbered-hotspot Secondary Capture
                 overlay = render_lesions(*item.views, lesions, numbers, outcome.name)
                 path, record = self.outputs.write_files(outcome.name, lesions, numbers, *item.views, overlay=overlay)
             except Exception as error:  # noqa: BLE001 - reported per study, the batch goes on
-                return f"writing lesions: {describe(error)}"
+                return f"writing lesions: {describe(error)}", isinstance(error, OutputError)
             return lesions, numbers, overlay, path, record
 
         # Threads: most of the work is in numpy, scipy, torch, Pillow and zlib calls that let other threads run,
@@ -76,8 +77,8 @@ class LesionStep:
         results = list(self._pool.map(study_of, items, outcomes, maps))
         self.last = {}
         for item, outcome, result in zip(items, outcomes, results):
-            if isinstance(result, str):
-                outcome.status, outcome.error = "failed", result
+            if isinstance(result[0], str):  # the reason it failed
+                outcome.status, (outcome.error, outcome.unwritten) = "failed", result
                 continue
             lesions, numbers, overlay, path, record = result
             self.outputs.remember(record)  # in the studies' order

@@ -5,6 +5,7 @@ change that returned has reached the disk and a kill -9 at any moment leaves the
 never between. States:
 
     study:   receiving -> ready -> predicting -> done | failed      (failed -> receiving when an instance arrives)
+                                   predicting -> ready   (its results could not be written: read again later)
              done | failed -> removing -> removed     (with --keep-days, `retention`; removed -> receiving likewise)
     outbox:  pending -> sent | failed          (stored when the node has no forward destination)
 
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, frames INTEGER NOT NULL DEFAULT 0,
     instances INTEGER NOT NULL DEFAULT 0, first_received REAL, last_received REAL, attempts INTEGER NOT NULL DEFAULT 0,
     probability REAL, decision TEXT, operating_point TEXT, threshold REAL, error TEXT, finished_at REAL,
-    updated_at REAL);
+    updated_at REAL, next_attempt REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS studies_state ON studies(state, last_received);
 CREATE TABLE IF NOT EXISTS outbox (
     sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, kind TEXT NOT NULL, path TEXT NOT NULL, state TEXT NOT NULL,
@@ -145,10 +146,13 @@ class NodeQueue:
             ALTER TABLE patient_studies ADD COLUMN verdict TEXT;
             ALTER TABLE patient_studies ADD COLUMN awaiting_baseline TEXT;
             ALTER TABLE patient_studies ADD COLUMN awaiting_followup TEXT;""")
+        # Made before studies were read again later: every study of it may be read now.
+        self._add_columns("next_attempt", """
+            ALTER TABLE studies ADD COLUMN next_attempt REAL NOT NULL DEFAULT 0;""", table="studies")
 
-    def _add_columns(self, column: str, script: str) -> None:
-        """Run `script` in one transaction unless patient_studies has `column` already."""
-        if column not in {row[1] for row in self._db.execute("PRAGMA table_info(patient_studies)")}:
+    def _add_columns(self, column: str, script: str, table: str = "patient_studies") -> None:
+        """Run `script` in one transaction unless `table` has `column` already."""
+        if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
             self._db.executescript(f"BEGIN IMMEDIATE;{script}\nCOMMIT;")
 
     def close(self) -> None:
@@ -214,8 +218,8 @@ class NodeQueue:
             if timed_out:
                 db.execute("UPDATE studies SET state = 'ready', updated_at = ? WHERE state = 'receiving'"
                            " AND last_received <= ?", (now, now - complete_after))
-            rows = db.execute("SELECT study_uid, attempts FROM studies WHERE state = 'ready'"
-                              " ORDER BY last_received LIMIT ?", (limit,)).fetchall()
+            rows = db.execute("SELECT study_uid, attempts FROM studies WHERE state = 'ready' AND next_attempt <= ?"
+                              " ORDER BY last_received LIMIT ?", (now, limit)).fetchall()
             work = []
             for uid, attempts in rows:
                 if attempts >= MAX_PREDICTION_ATTEMPTS:
@@ -329,6 +333,15 @@ class NodeQueue:
         """Record why a study could not be read."""
         with self._transaction() as db:
             self._fail(db, study_uid, reason, time.time() if now is None else now)
+
+    def defer_study(self, study_uid: str, reason: str, retry_at: float, now: float | None = None) -> None:
+        """The study was read but its results could not be written (a full disk): ready again from `retry_at`.
+        Its attempts start again, as it did not stop the node."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute("UPDATE studies SET state = 'ready', error = ?, attempts = 0, next_attempt = ?, updated_at = ?"
+                       " WHERE study_uid = ?", (reason, retry_at, now, study_uid))
+            self._event(db, "warning", study_uid, f"{reason}; read again in {retry_at - now:.0f} s")
 
     def _fail(self, db: sqlite3.Connection, study_uid: str, reason: str, now: float) -> None:
         db.execute("UPDATE studies SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"

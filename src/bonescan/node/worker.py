@@ -6,7 +6,8 @@ map, Secondary Capture and Comprehensive SR in the source study; with a lesion r
 DICOM Segmentation per view; with --followup the follow-up SR against the patient's prior, `node.followup`).
 Results are written under the store's `results/` folder, named by Study Instance UID; a re-read after a crash
 overwrites files that were never queued.
-A study that cannot be read is recorded as failed with the reading layer's reason, and the loop goes on.
+A study that cannot be read is recorded as failed with the reading layer's reason, and the loop goes on. A study
+whose results cannot be written (a full disk) goes back to the queue and is read again UNWRITTEN_RETRY_SECONDS later.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .followup import NodeComparison, PriorComparer, patient_study
 from .queue import NodeQueue, PatientStudy, StudyWork
 
 log = logging.getLogger("bonescan.node")
+
+UNWRITTEN_RETRY_SECONDS = 60  # long enough not to fill the log while the disk stays full
 
 
 def build_engine(model, device: str, batch_size: int):
@@ -201,6 +204,12 @@ class PredictionWorker(threading.Thread):
     def _record(self, work: StudyWork, outcome: StudyOutcome, seconds: float) -> None:
         uid = work.study_uid
         try:
+            if outcome.status != "ok" and outcome.unwritten:
+                # A full disk (or a results folder without permission) is the node's trouble, not the study's:
+                # it is read again once there may be room, rather than failed until someone sends it again.
+                self.queue.defer_study(uid, outcome.error, time.time() + UNWRITTEN_RETRY_SECONDS)
+                log.warning("study %s: %s; read again in %d s", uid, outcome.error, UNWRITTEN_RETRY_SECONDS)
+                return
             if outcome.status != "ok":
                 reason = outcome.error or "unknown reason"
                 if work.timed_out:
