@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from bonescan.errors import OutputError
-from bonescan.fileio import atomic_path, atomic_paths, write_text_atomic
+from bonescan.fileio import atomic_path, write_text_atomic, write_together
 
 
 def test_write_replaces_content(tmp_path):
@@ -93,20 +93,25 @@ def test_another_files_error_inside_the_block_is_left_as_it_is(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_files_that_belong_together_are_all_written_or_none_is(tmp_path):
+def test_files_that_belong_together_are_all_written_or_none_is_and_the_failed_one_is_named(tmp_path):
     targets = [tmp_path / name for name in ("a.json", "a.npz", "a.png")]
     for target in targets:
         target.write_text("old")
-    with pytest.raises(OutputError):
-        with atomic_paths(*targets) as temporary:
-            temporary[0].write_text("new")
-            temporary[1].write_text("new")
-            raise OSError(errno.ENOSPC, "No space left on device")  # the third file's write
-    assert [t.read_text() for t in targets] == ["old"] * 3  # none new beside older ones
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]
-    with atomic_paths(*targets) as temporary:
-        for tmp in temporary:
-            tmp.write_text("new")
+
+    def disk_full(tmp):
+        tmp.write_text("ne")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def new(tmp):
+        tmp.write_text("new")
+
+    for failing in range(3):
+        with pytest.raises(OutputError) as raised:
+            write_together(*[(target, disk_full if k == failing else new) for k, target in enumerate(targets)])
+        assert str(raised.value) == f"{targets[failing]}: cannot be written: No space left on device"
+        assert [t.read_text() for t in targets] == ["old"] * 3  # none new beside older ones
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]
+    write_together(*[(target, new) for target in targets])
     assert [t.read_text() for t in targets] == ["new"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npz", "a.png"]
 

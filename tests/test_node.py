@@ -380,6 +380,25 @@ def test_the_warm_up_study_leaves_nothing_behind_and_clears_what_a_kill_left(run
     assert list(results.iterdir()) == [] and list(system_temp.iterdir()) == []
 
 
+def test_a_warm_up_on_a_full_disk_blames_the_disk_not_the_run(run, tmp_path, monkeypatch):
+    import errno
+
+    from types import SimpleNamespace
+
+    import bonescan.dicom_out as dicom_out
+    from bonescan.errors import OutputError
+    from bonescan.node.worker import Predictor
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    predictor = Predictor(run, tmp_path / "results")
+    monkeypatch.setattr(dicom_out, "build_structured_report", lambda *a, **k: SimpleNamespace(save_as=disk_full))
+    with pytest.raises(OutputError, match=r"warm-up study's results cannot be written: writing results: .*_report_sr"
+                                          r"\.dcm: cannot be written: No space left on device$"):
+        predictor.warm_up()
+
+
 def test_a_node_with_a_lesion_run_sends_the_bsi_in_the_sr_and_a_segmentation_per_view(run, pacs, tmp_path):
     from bonescan.errors import ConfigError
 

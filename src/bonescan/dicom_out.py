@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 
 from . import __version__
 from .errors import UnreadableInputError
-from .fileio import atomic_paths
+from .fileio import write_together
 from .study import Study
 
 # Local coding scheme for concepts that have no standard code (the name of a frozen operating point).
@@ -278,9 +278,9 @@ def write_dicom_results(
                 paths.append(out_dir / f"{stem}_seg_{view}.dcm")
         else:
             warnings.append("source is not DICOM: no Segmentation written (it must reference the source frames)")
-    with atomic_paths(*paths) as temporary:  # all or none: an SR never refers to a capture that was not written
-        for dataset, tmp in zip(datasets, temporary):
-            dataset.save_as(tmp, enforce_file_format=True)
+    # all or none: an SR never refers to a capture that was not written
+    write_together(*[(path, lambda tmp, dataset=dataset: dataset.save_as(tmp, enforce_file_format=True))
+                     for dataset, path in zip(datasets, paths)])
     return DicomResult(secondary_capture=paths[0], structured_report=paths[1], warnings=warnings,
                        segmentations=paths[segmentations_from:],
                        hotspots_capture=other_paths[0] if other_paths else None)

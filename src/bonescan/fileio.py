@@ -12,7 +12,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -47,13 +47,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_paths(*targets: str | Path) -> Iterator[list[Path]]:
-    """Temporary paths beside `targets`, renamed onto them only when the whole block succeeds: files that belong
-    together (a study's JSON, label maps and overlay) are all written or none is, never some of them beside the
-    older others. The first target is renamed last, so a reader that finds it finds the rest."""
+def write_together(*writes: tuple[str | Path, Callable[[Path], object]]) -> None:
+    """Write files that belong together (a study's JSON, label maps and overlay): each (target, write) in turn
+    writes its temporary path, and only when every write succeeded are they all renamed onto their targets. A failed
+    write leaves all of them as they were and names its own file. The first target is renamed last, so a reader that
+    finds it finds the rest."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(target)) for target in targets]
+        for target, write in writes:
+            write(stack.enter_context(atomic_path(target)))  # a failure: the innermost context names this target
 
 
 def _system_error(error: BaseException | None) -> OSError | None:
@@ -117,7 +118,7 @@ def write_npz_atomic(target: str | Path, arrays: dict[str, np.ndarray], level: i
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray], level: int) -> None:
-    """`write_npz_atomic` in place (for a path `atomic_path` or `atomic_paths` gave)."""
+    """`write_npz_atomic` in place (for a path `atomic_path` or `write_together` gave)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w") as member:

@@ -178,7 +178,7 @@ def write_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
 
 
 def save_png(path: str | Path, image: np.ndarray | Image.Image) -> None:
-    """`write_png` in place (for a path `atomic_path` or `atomic_paths` gave)."""
+    """`write_png` in place (for a path `atomic_path` or `write_together` gave)."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):

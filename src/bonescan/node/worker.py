@@ -118,9 +118,12 @@ class Predictor:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if report.failures:
-            from ..errors import RunError
+            from ..errors import OutputError, RunError
 
-            raise RunError(self.label, f"cannot read a synthetic study: {report.failures[0].error}")
+            failure = report.failures[0]
+            if failure.unwritten:  # the store's disk (full, or without permission), not the run
+                raise OutputError(folder, f"the warm-up study's results cannot be written: {failure.error}")
+            raise RunError(self.label, f"cannot read a synthetic study: {failure.error}")
         return time.perf_counter() - start
 
     def predict(self, works: list[StudyWork]) -> list[StudyOutcome]:
