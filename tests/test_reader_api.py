@@ -155,6 +155,25 @@ def test_answers_follow_the_seeded_queue_and_first_answer_stands(blinded):
     assert store.get_read(current_key(client)).case_id == order[1]
 
 
+def test_an_answer_the_disk_cannot_take_is_a_503_that_says_so_and_the_station_goes_on(blinded, monkeypatch):
+    client = TestClient(create_app(blinded.study_dir))
+    sign_in(client, "alice", blinded.passwords["alice"])
+    key = current_key(client)
+
+    def disk_full(self, *args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ReaderStore, "record_own", disk_full)
+        response = answer(client, key, "no-metastasis", "4")
+    assert response.status_code == 503
+    assert "could not save this step (database or disk is full)" in response.text
+    assert "nothing of it was recorded" in response.text
+    assert ReaderStore.open(blinded.study_dir).get_read(key).own_answer is None
+    assert answer(client, key, "no-metastasis", "4").status_code == 303  # sent again once there is room
+    assert ReaderStore.open(blinded.study_dir).get_read(key).own_answer == 0
+
+
 def test_same_seed_same_queues_and_readers_differ(tmp_path: Path, case_list: Path):
     one = create_study(tmp_path / "a", mode="blinded", cases_csv=case_list, readers=["alice", "bob"], seed=7)
     two = create_study(tmp_path / "b", mode="blinded", cases_csv=case_list, readers=["bob", "alice"], seed=7)

@@ -7,6 +7,8 @@ their own queue in the active phase: any other key answers 403. The server times
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,6 +20,8 @@ from fastapi.templating import Jinja2Templates
 
 from .auth import check_credentials, hash_token, new_session_token
 from .store import SESSION_SECONDS, ReaderStore, ReadState, hotspot_image_name
+
+log = logging.getLogger("bonescan.reader")
 
 COOKIE = "bonescan_reader"
 PACKAGE_DIR = Path(__file__).parent
@@ -86,6 +90,16 @@ def create_app(study_dir: str | Path, *, clock: Callable[[], float] = time.time,
     @app.exception_handler(Refused)
     async def _refused(request: Request, refusal: Refused) -> Response:
         return refusal.response
+
+    @app.exception_handler(sqlite3.OperationalError)
+    @app.exception_handler(OSError)
+    async def _not_saved(request: Request, error: Exception) -> Response:
+        # A full disk or a locked study file: the reader is told that this step was not recorded (the transaction
+        # rolled back), and the station goes on serving.
+        log.error("%s %s not saved: %s", request.method, request.url.path, error)
+        return message(request, 503, "Not saved",
+                       f"The reading station could not save this step ({error}), so nothing of it was recorded. "
+                       "Please tell the study's organiser, then go back and send it again.")
 
     def signed_in(request: Request) -> str | None:
         token = request.cookies.get(COOKIE)
