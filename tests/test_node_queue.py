@@ -105,7 +105,8 @@ def test_the_worker_puts_back_a_study_whose_files_could_not_be_written_and_fails
         tmp_path):
     from types import SimpleNamespace
 
-    from bonescan.node.worker import UNWRITTEN_RETRY_SECONDS, PredictionWorker
+    from bonescan.node.queue import UNWRITTEN_RETRY_SECONDS
+    from bonescan.node.worker import PredictionWorker
     from bonescan.predict import OperatingPoint, StudyOutcome
 
     outcomes = {"9.1": StudyOutcome("9.1", "a.dcm", "failed", probability=0.7, unwritten=True,
@@ -372,6 +373,33 @@ def test_status_counts_studies_read_after_their_removal_and_the_followup_verdict
     # 9.6 confirmed progression and nothing of its patient awaits confirmation any more
     assert status["followup"] == {"progression": 1, "awaiting confirmation": 0}
     assert any("PCWG3 verdict: progression 1" in line for line in format_status(status))
+
+
+def test_status_gives_the_stores_free_disk_warns_when_low_and_counts_studies_waiting_for_room(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import bonescan.node.status as status_module
+    from bonescan.node.status import LOW_DISK_BYTES, format_status, node_status
+
+    queue = NodeQueue(tmp_path / "queue.sqlite")
+    for uid in ("9.1", "9.2"):
+        queue.add_instance(f"{uid}.1", uid, "nm", 2, Path(f"{uid}.dcm"), "CAM", now=1000.0)
+    queue.claim_ready(30, 8, now=1000.0)
+    queue.defer_study("9.1", "writing results: x.dcm: cannot be written: No space left on device", 1060.0, now=1000.0)
+    status = node_status(tmp_path, now=1001.0)
+    real = shutil.disk_usage(tmp_path)
+    assert status["disk"]["total_bytes"] == real.total and status["disk"]["studies_waiting_for_room"] == 1
+    lines = format_status(status)
+    assert "studies read whose results could not be written, read again every 60 s: 1" in lines
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(status_module.shutil, "disk_usage", lambda path: usage(100 * 1024 ** 3, 0, LOW_DISK_BYTES - 1))
+    low = format_status(node_status(tmp_path, now=1001.0))
+    assert [line for line in low if line.startswith("disk: ")] == [
+        "disk: 2.0 GB free of 100.0 GB - LOW: results that cannot be written hold their studies back; free space "
+        "or set --keep-days"]
+    monkeypatch.setattr(status_module.shutil, "disk_usage", lambda path: usage(100 * 1024 ** 3, 0, LOW_DISK_BYTES))
+    assert "disk: 2.0 GB free of 100.0 GB" in format_status(node_status(tmp_path, now=1001.0))
 
 
 def test_a_study_compared_before_its_prior_was_compared_is_compared_again_when_that_leaves_lesions_awaiting(tmp_path):

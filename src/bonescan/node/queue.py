@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, level TEXT NOT NULL, study_uid TEXT, message TEXT NOT NULL);
 """
 MAX_PREDICTION_ATTEMPTS = 3  # a study that kills the node this often while being read is failed, not retried forever
+UNWRITTEN_RETRY_SECONDS = 60  # a study whose results could not be written waits this long (not to fill the log)
 FRAMES_OF_A_STUDY = 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import sqlite3
 import statistics
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .config import StorePaths
+from .queue import UNWRITTEN_RETRY_SECONDS
 
 
 def median_p95(values: list[float]) -> tuple[float, float] | None:
@@ -33,6 +35,10 @@ def _running(paths: StorePaths) -> bool:
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
 
+
+# Free space under which `status` warns: a study's instances and results take a few MB, and a study whose results
+# cannot be written waits (`PredictionWorker`) until there is room again.
+LOW_DISK_BYTES = 2 * 1024 ** 3
 
 # a study read (not failed), whether or not retention has removed its files since
 READ = "s.state IN ('done', 'removing', 'removed') AND s.probability IS NOT NULL"
@@ -79,8 +85,12 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
                                 " ORDER BY next_attempt DESC LIMIT 1").fetchone()
         events = db.execute("SELECT at, level, study_uid, message FROM events WHERE level IN ('error', 'warning')"
                             " ORDER BY id DESC LIMIT ?", (recent,)).fetchall()
+        # read, but their results could not be written (`NodeQueue.defer_study`)
+        waiting_for_room = db.execute("SELECT COUNT(*) FROM studies WHERE state = 'ready' AND error IS NOT NULL"
+                                      ).fetchone()[0]
     finally:
         db.close()
+    disk = shutil.disk_usage(paths.root)
     latencies = [end - start for start, end, _ in rows if start is not None and end is not None]
     spread = median_p95(latencies)
     live = json.loads(paths.live.read_text()) if paths.live.is_file() else None
@@ -109,6 +119,8 @@ def node_status(store: str | Path, recent: int = 10, now: float | None = None) -
             "p95": round(spread[1], 3) if spread else None,
         },
         "followup": verdicts,
+        "disk": {"free_bytes": disk.free, "total_bytes": disk.total, "low": disk.free < LOW_DISK_BYTES,
+                 "studies_waiting_for_room": waiting_for_room},
         "recent_errors": [{"at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)), "level": level,
                            "study_uid": uid, "message": message} for at, level, uid, message in events],
     }
@@ -141,6 +153,13 @@ def format_status(status: dict) -> list[str]:
         counted = ", ".join(f"{verdict} {n}" for verdict, n in sorted(verdicts.items()))
         lines.append(f"follow-up comparisons of the studies held, by PCWG3 verdict: {counted}; patients whose new "
                      f"lesions await confirmation by their next scan: {waiting}")
+    disk = status["disk"]
+    lines.append(f"disk: {disk['free_bytes'] / 1024 ** 3:.1f} GB free of {disk['total_bytes'] / 1024 ** 3:.1f} GB"
+                 + (" - LOW: results that cannot be written hold their studies back; free space or set --keep-days"
+                    if disk["low"] else ""))
+    if disk["studies_waiting_for_room"]:
+        lines.append(f"studies read whose results could not be written, read again every {UNWRITTEN_RETRY_SECONDS} s: "
+                     f"{disk['studies_waiting_for_room']}")
     if status["recent_errors"]:
         lines.append("recent errors:")
         lines += [f"  {e['at']} {e['level']}: {e['study_uid'] or '-'}: {e['message']}" for e in status["recent_errors"]]

@@ -26,11 +26,9 @@ from ..errors import describe
 from ..io import StudySource
 from ..predict import OperatingPoint, StudyOutcome, predict_sources, resolve_operating_point
 from .followup import NodeComparison, PriorComparer, patient_study
-from .queue import NodeQueue, PatientStudy, StudyWork
+from .queue import UNWRITTEN_RETRY_SECONDS, NodeQueue, PatientStudy, StudyWork
 
 log = logging.getLogger("bonescan.node")
-
-UNWRITTEN_RETRY_SECONDS = 60  # long enough not to fill the log while the disk stays full
 
 
 def build_engine(model, device: str, batch_size: int):
