@@ -253,6 +253,24 @@ def test_a_network_that_cannot_be_exported_runs_in_torch_with_a_notice(run, monk
     assert not EngineStore(run).model_path("fp32").exists()
 
 
+def test_an_engine_the_disk_cannot_hold_runs_in_torch_with_a_notice_naming_the_file(run, monkeypatch):
+    import errno
+
+    import torch
+
+    def disk_full(net, args, path, **kwargs):
+        with open(path, "wb") as handle:  # as the exporter writes the file beside its final name
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", disk_full)
+    selection, notices = select(run)
+    assert selection.engine is None
+    path = EngineStore(run).model_path("fp32")
+    assert f"building the exported engine failed ({path}: cannot be written: No space left on device)" in notices[-1]
+    assert not path.exists() and not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_predict_names_the_engine_in_its_summary_csv_and_json(run, studies, tmp_path):
     report = predict_studies(run, studies, workers=0)
     assert report.ok and "fp32 exported engine" in report.engine

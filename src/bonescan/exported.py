@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError, EngineError
+from .errors import ConfigError, EngineError, OutputError
 
 
 OPENVINO_CACHE = "openvino-cache"  # beside the engine files, in RUN/engines/
@@ -193,6 +193,8 @@ def export_onnx(model, height: int, width: int, path: str | Path) -> Path:
                 torch.onnx.export(net, (example,), str(tmp), dynamo=True, input_names=["views"],
                                   output_names=["logits"],
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})
+    except OutputError:  # a full disk: already says which file and why
+        raise
     except Exception as error:  # the exporters raise many types; the caller falls back to the torch engine
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EngineError(path, f"export to ONNX failed ({type(error).__name__}: {first})") from error
