@@ -259,6 +259,13 @@ def test_cli_refuses_to_write_over_the_predictions_it_evaluates(tmp_path, capsys
     assert main(["evaluate", "--predictions", str(predictions), "--manifest", str(manifest),
                  "--out", str(tmp_path / "eval"), "--no-report"]) == 0
     assert predictions.read_bytes() == written and (tmp_path / "eval" / "predictions.csv").exists()
+    # the library refuses it too, for a caller that names its source
+    from bonescan.errors import ConfigError
+    from bonescan.evaluate import evaluate_predictions, load_predictions
+
+    with pytest.raises(ConfigError, match="holds the predictions being evaluated"):
+        evaluate_predictions(load_predictions(predictions, manifest), tmp_path, inputs={"predictions": str(predictions)})
+    assert predictions.read_bytes() == written
 
 
 def test_cli_refuses_predictions_without_labels(tmp_path, capsys):

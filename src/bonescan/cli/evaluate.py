@@ -58,10 +58,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             options["operating_points"] = ev.load_operating_points(operating_points)
         if run is not None and lesions is not None:
             raise ConfigError("--lesions", "goes with --predictions: the lesion outputs of bonescan predict")
-        if predictions is not None and (out / "predictions.csv").resolve() == predictions.resolve():
-            # evaluate's own table keeps none of predict's lesion columns (bsi, n_malignant, lesions, ...)
-            raise ConfigError("--out", f"{out} holds the predictions being evaluated ({predictions}), and the "
-                                       "evaluation writes its own predictions.csv there; give another folder")
         if run is not None:
             if manifest is None:
                 raise ConfigError("--run", "needs --manifest to know the cases and their splits")

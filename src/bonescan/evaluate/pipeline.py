@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
-from ..errors import PredictionsError, RunError
+from ..errors import ConfigError, PredictionsError, RunError
 from ..fileio import atomic_path, write_text_atomic
 from . import metrics as M
 from .calibration import apply_temperature, calibration_summary, fit_temperature
@@ -330,6 +330,11 @@ def evaluate_predictions(
     """
     frame = _check_frame(predictions, (inputs or {}).get("predictions", "predictions"))
     out_dir = Path(out_dir)
+    source = (inputs or {}).get("predictions")
+    if source and (out_dir / "predictions.csv").resolve() == Path(source).resolve():
+        # evaluate's own table keeps none of predict's lesion columns (bsi, n_malignant, lesions, ...)
+        raise ConfigError(out_dir, f"holds the predictions being evaluated ({source}), and the evaluation writes "
+                                   "its own predictions.csv there; give another folder")
     evaluated, validation, warnings = _split_rows(frame, split)
     if evaluated["label"].nunique() < 2:
         warnings.append(f"the evaluated cases are all {'positive' if evaluated['label'].iloc[0] else 'negative'}: "
