@@ -21,6 +21,7 @@ Choices (measured on the 2-core development CPU, AMD EPYC with AVX2 only; see `b
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -79,6 +80,10 @@ class InferenceEngine:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True  # weights become constants: folded BN, pre-packed oneDNN weights
+            if self.device.type == "cpu":
+                # torch's C++ tool lookup says "No CUDA runtime is found" on every CPU machine that has a CUDA
+                # toolkit installed; nothing compiled here is for CUDA, and the line only puzzles users
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             self._forward = torch.compile(self.model, dynamic=False)
 
     def probabilities(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
