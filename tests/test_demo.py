@@ -54,6 +54,27 @@ def test_demo_rerun_reuses_finished_stages(demo_run):
     assert again.summary["best_epoch"] == first.summary["best_epoch"]
 
 
+def test_demo_cli_names_the_report_and_offers_the_lesion_stages_only_to_a_demo_without_them(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from types import SimpleNamespace
+
+    import bonescan.demo as demo
+
+    report = tmp_path / "d" / "evaluation" / "report.html"
+    asked = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, settings, **kwargs: asked.append(settings.lesions)
+                        or SimpleNamespace(report=report))
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0
+    printed = capsys.readouterr().out
+    assert f"Open the report: {report.resolve()}" in printed
+    assert f"`bonescan demo --out {tmp_path / 'd'} --lesions` adds hotspots, skeletal regions and the Bone Scan " \
+           "Index" in printed
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--lesions"]) == 0
+    printed = capsys.readouterr().out
+    assert "Open the report: " in printed and "--lesions` adds" not in printed
+    assert asked == [False, True]
+
+
 def test_fresh_refuses_to_delete_a_folder_the_demo_did_not_write(tmp_path):
     (tmp_path / "thesis.docx").write_text("precious")
     with pytest.raises(ConfigError, match="thesis.docx"):
