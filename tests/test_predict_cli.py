@@ -57,6 +57,22 @@ def test_predict_lists_every_study_and_exits_2_when_one_failed(tiny_run, inputs,
     assert "notes.dcm" in captured.err and FALLBACK_WARNING in captured.err
 
 
+def test_predict_whose_heat_maps_cannot_be_written_lists_each_study_then_says_once_what_to_do(tiny_run, inputs,
+                                                                                               tmp_path, capsys):
+    run, _ = tiny_run
+    (tmp_path / "maps").write_text("a file where the heat-map folder should be")
+    code = main(["predict", "--run", str(run), str(inputs), "--out", str(tmp_path / "preds.csv"), "--workers", "1",
+                 "--heatmaps", str(tmp_path / "maps")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count(f"cannot be written: {tmp_path / 'maps'} is not a folder") == 3  # each study read
+    assert ("bonescan: 3 of the failed studies were read, but their files could not be written; make room (or fix "
+            "the folder's permissions) and predict them again") in err
+    assert "Traceback" not in err
+    table = pd.read_csv(tmp_path / "preds.csv")
+    assert table["probability"].notna().sum() == 3  # the readings are kept
+
+
 def test_predict_uses_the_frozen_operating_point_and_writes_results(tiny_run, inputs, tmp_path):
     run, _ = tiny_run
     (inputs / "notes.dcm").unlink()

@@ -92,6 +92,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             _stderr(f"bonescan: failed: {failure.name}: {failure.error}")
         for error in report.unwritten:
             _stderr(f"bonescan: failed: {error}")
+        unwritten = sum(failure.unwritten for failure in report.failures)
+        if unwritten:  # the same reason for each: say once what to do
+            _stderr(f"bonescan: {unwritten} of the failed studies were read, but their files could not be written; "
+                    "make room (or fix the folder's permissions) and predict them again")
         if not report.ok:
             raise typer.Exit(code=2)
 
