@@ -140,6 +140,33 @@ def test_an_output_that_cannot_be_written_fails_only_those_studies(folder, model
     assert "unwritten" not in report.to_frame().columns
 
 
+def test_a_batch_whose_files_will_not_fit_says_so_after_its_first_studies(folder, model, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import bonescan.disk_forecast as disk_forecast
+
+    sources = [s for s in find_studies([folder]) if "study" in s.source]  # 3 studies, batches of 2
+    usage = namedtuple("usage", "total used free")
+    notices: list[str] = []
+    monkeypatch.setattr(disk_forecast.shutil, "disk_usage", lambda path: usage(10 ** 12, 0, 10 ** 12))
+    roomy = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5),
+                            heatmap_dir=tmp_path / "roomy", notice=notices.append)
+    assert roomy.ok and notices == [] and roomy.notices == []
+    per_study = sum(Path(s.heatmap).stat().st_size for s in roomy.studies[:2]) / 2
+    monkeypatch.setattr(disk_forecast.shutil, "disk_usage", lambda path: usage(10 ** 12, 0, int(per_study * 0.9)))
+    tight = predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5),
+                            heatmap_dir=tmp_path / "tight", notice=notices.append)
+    assert tight.ok  # a forecast, not a refusal: the files still fit
+    [said] = notices
+    assert said.startswith(f"the results take about {per_study / 1e3:.1f} kB per study: the 1 study left needs "
+                           f"about {per_study / 1e3:.1f} kB, but {tmp_path / 'tight'} has ")
+    assert said.endswith("free; studies whose files cannot be written will be listed as failed")
+    assert tight.notices == [said]
+    notices.clear()  # nothing is forecast without output files
+    predict_sources(sources, model, CONFIG, engine_for(model), OperatingPoint("0.5", 0.5), notice=notices.append)
+    assert notices == []
+
+
 def test_operating_points_from_the_run_or_fallback(tmp_path):
     point = resolve_operating_point(tmp_path, "youden")
     assert (point.name, point.threshold) == ("0.5", 0.5) and point.warning == FALLBACK_WARNING

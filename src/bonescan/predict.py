@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__
 from .cameras import CameraCheck
+from .disk_forecast import output_files, shortfall
 from .errors import (BoneScanError, ConfigError, OutputError, PredictionsError, RunError, describe,
                      workers_stopped)
 from .fileio import write_text_atomic
@@ -448,7 +449,7 @@ def predict_studies(
         sources, loaded.model if loaded else None, preprocess_cfg, runner, point,
         run_label=f"{run_dir} ({checkpoint})", workers=workers,
         heatmap_dir=heatmap_dir, dicom_dir=dicom_dir, progress=progress, case_ids=case_ids, lesion_step=lesion_step,
-        cameras=CameraCheck.of_run(run_dir),
+        cameras=CameraCheck.of_run(run_dir), notice=notice,
     )
     report.notices = (list(selection.notices) if selection else []) + report.notices
     return report
@@ -488,6 +489,7 @@ def predict_sources(
     lesion_step=None,
     keep_lesions: bool = False,
     cameras: CameraCheck | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> PredictionReport:
     """The batch loop over already-found sources with an already-built engine (also used by the benchmark).
 
@@ -497,6 +499,7 @@ def predict_sources(
     (`bonescan.lesions.step.LesionStep`) adds each study's hotspots and BSI; with `keep_lesions` the report keeps
     every study's StudyLesions (`PredictionReport.lesions`; a few studies at a time: each holds its region maps).
     `cameras` (`bonescan.cameras.CameraCheck` of the run) warns on each study from a camera the run was not trained on.
+    `notice` is told at once, after the first batch that wrote files, when the rest will not fit on the disk.
     """
     if case_ids is not None and len(case_ids) != len(sources):
         raise ConfigError("case_ids", f"{len(case_ids)} case ids for {len(sources)} studies")
@@ -513,6 +516,8 @@ def predict_sources(
     kept: dict = {}
     done = 0
     keep_views = outputs is not None or lesion_step is not None
+    forecast = keep_views  # until the first studies' files were measured
+    notices: list[str] = []
     for items in iterate_batches(sources, preprocess_cfg, engine.batch_size, workers, keep_views=keep_views):
         good = [item for item in items if item.error is None]
         for item in items:
@@ -535,11 +540,20 @@ def predict_sources(
                 outputs.write(good, [outcomes[item.index] for item in good], sources,
                               lesion_step.last if lesion_step is not None else {})
         done += len(items)
+        written = [outcomes[item.index] for item in items if outcomes[item.index].status == "ok"] if forecast else []
+        if written:
+            forecast = False
+            files = [path for outcome in written for path in output_files(outcome)]
+            shortfall_notice = shortfall(files, len(written), len(sources) - done)
+            if shortfall_notice:
+                notices.append(shortfall_notice)
+                if notice is not None:
+                    notice(shortfall_notice)
         if progress:
             progress(done, len(sources))
     studies = [outcomes[i] for i in range(len(sources))]
     report = PredictionReport(run_label, point, engine.settings.describe(), studies, time.perf_counter() - start,
-                              lesions=kept)
+                              notices=notices, lesions=kept)
     if lesion_step is not None:
         try:
             lesion_step.finish()
