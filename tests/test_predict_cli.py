@@ -71,6 +71,18 @@ def test_predict_whose_heat_maps_cannot_be_written_lists_each_study_then_says_on
     assert "Traceback" not in err
     table = pd.read_csv(tmp_path / "preds.csv")
     assert table["probability"].notna().sum() == 3  # the readings are kept
+    # nor are they lost when the table itself cannot be written: they go to standard output
+    (tmp_path / "tables").write_text("a file where the output folder should be")
+    code = main(["predict", "--run", str(run), str(inputs), "--out", str(tmp_path / "tables" / "preds.csv"),
+                 "--workers", "1", "--heatmaps", str(tmp_path / "maps")])
+    captured = capsys.readouterr()
+    assert code == 2
+    printed = dict(line.split("\t")[:2] for line in captured.out.splitlines() if line.count("\t") == 2)
+    assert {name: round(float(p), 4) for name, p in printed.items()} == {
+        row.study_id: round(row.probability, 4) for row in table.itertuples() if row.probability == row.probability}
+    assert captured.err.strip().endswith(f"bonescan: error: {tmp_path / 'tables' / 'preds.csv'}: cannot be written: "
+                                         f"{tmp_path / 'tables'} is not a folder; the readings are on standard output "
+                                         "instead")
 
 
 def test_predict_uses_the_frozen_operating_point_and_writes_results(tiny_run, inputs, tmp_path):

@@ -55,6 +55,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         Exit code 0 when every study was predicted, 2 when any study failed (all others are still reported).
         """
+        from ..errors import OutputError
         from ..predict import predict_studies
         from ..predict_sharded import join_predict_job
         from .ranks import leave_unless_rank_0
@@ -74,12 +75,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         point = report.operating_point
         if point.warning:
             _stderr(f"bonescan: warning: {point.warning}")
+        unwritable = None
         if out is not None:
-            report.write(out)
-            typer.echo(f"wrote {len(report.studies)} studies ({len(report.failures)} failed) to {out}")
-        else:
+            try:
+                report.write(out)
+                typer.echo(f"wrote {len(report.studies)} studies ({len(report.failures)} failed) to {out}")
+            except OutputError as error:  # a full disk: the readings are not lost with the table
+                unwritable = error
+        if out is None or unwritable is not None:
             for study in report.studies:
-                if study.status == "ok":
+                # without a table to hold them, the readings of studies whose files failed too
+                if study.status == "ok" or unwritable is not None and study.probability is not None:
                     typer.echo(f"{study.name}\t{study.probability:.4f}\t{study.decision}")
         typer.echo(f"operating point {point.name} (threshold {point.threshold:.4f}); {report.engine}; "
                    f"{len(report.studies)} studies in {report.seconds:.1f} s")
@@ -96,7 +102,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if unwritten:  # the same reason for each: say once what to do
             _stderr(f"bonescan: {unwritten} of the failed studies were read, but their files could not be written; "
                     "make room (or fix the folder's permissions) and predict them again")
-        if not report.ok:
+        if unwritable is not None:
+            _stderr(f"bonescan: error: {unwritable}; the readings are on standard output instead")
+        if not report.ok or unwritable is not None:
             raise typer.Exit(code=2)
 
     @bench.command("predict")
