@@ -19,28 +19,26 @@ def test_unknown_command_is_a_usage_error():
     assert cli.main(["no-such-command"]) == 2
 
 
-def test_refusal_becomes_one_stderr_line_and_exit_code_2(monkeypatch, capsys):
-    @cli.app.command("refuse-for-test")
-    def _refuse() -> None:
-        raise NotABoneScanError("thyroid.dcm", "256 x 256 is a static image, not a whole-body scan")
+def run_raising(error: Exception) -> int:
+    """The exit code of `bonescan` running a command that raises `error`."""
+    @cli.app.command("raise-for-test")
+    def _raise() -> None:
+        raise error
 
     try:
-        assert cli.main(["refuse-for-test"]) == 2
+        return cli.main(["raise-for-test"])
     finally:
-        cli.app.registered_commands = [c for c in cli.app.registered_commands if c.name != "refuse-for-test"]
+        cli.app.registered_commands = [c for c in cli.app.registered_commands if c.name != "raise-for-test"]
+
+
+def test_refusal_becomes_one_stderr_line_and_exit_code_2(capsys):
+    assert run_raising(NotABoneScanError("thyroid.dcm", "256 x 256 is a static image, not a whole-body scan")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bonescan: error: thyroid.dcm: 256 x 256 is a static image, not a whole-body scan"]
 
 
 def test_the_machines_refusal_becomes_one_stderr_line_naming_the_file_and_exit_code_2(capsys):
-    @cli.app.command("disk-full-for-test")
-    def _disk_full() -> None:
-        raise PermissionError(13, "Permission denied", "/pacs/export/report.csv")
-
-    try:
-        assert cli.main(["disk-full-for-test"]) == 2
-    finally:
-        cli.app.registered_commands = [c for c in cli.app.registered_commands if c.name != "disk-full-for-test"]
+    assert run_raising(PermissionError(13, "Permission denied", "/pacs/export/report.csv")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bonescan: error: /pacs/export/report.csv: Permission denied"]
 
