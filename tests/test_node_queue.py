@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,6 +122,38 @@ def test_the_worker_puts_back_a_study_whose_files_could_not_be_written_and_fails
     assert dict(queue.query("SELECT study_uid, state FROM studies")) == {"9.1": "ready", "9.2": "failed"}
     [(retry_at,)] = queue.query("SELECT next_attempt FROM studies WHERE study_uid = '9.1'")
     assert retry_at > 100.0 + UNWRITTEN_RETRY_SECONDS  # the worker's clock: now
+
+
+def test_a_study_whose_outcome_the_full_database_cannot_take_is_put_back_once_it_can(tmp_path, monkeypatch):
+    import sqlite3
+    from types import SimpleNamespace
+
+    from bonescan.node.worker import PredictionWorker
+    from bonescan.predict import OperatingPoint, StudyOutcome
+
+    outcome = StudyOutcome("9.1", "a.dcm", "failed", error="ViewError: only the anterior view")
+    predictor = SimpleNamespace(batch_size=1, point=OperatingPoint("0.5", 0.5), predict=lambda works: [outcome])
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    queue.add_instance("1.1", "9.1", "nm", 2, tmp_path / "a.dcm", "CAM", now=100.0)
+    worker = PredictionWorker(queue, predictor, 30, forward=True)
+
+    def database_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    for attempt in range(MAX_PREDICTION_ATTEMPTS + 1):  # being put back is not an interruption
+        with monkeypatch.context() as patch:
+            patch.setattr(queue, "fail_study", database_full)
+            [work] = queue.claim_ready(30, 8, now=time.time() + 1000.0 * (attempt + 1))
+            worker.process([work])
+            patch.setattr(queue, "release_study", database_full)
+            worker._release_unrecorded()  # still full: it waits for the next idle moment
+        assert queue.query("SELECT state FROM studies") == [("predicting",)]
+        worker._release_unrecorded()
+        assert queue.query("SELECT state, attempts FROM studies") == [("ready", 0)]
+    [(retry_at,)] = queue.query("SELECT next_attempt FROM studies")
+    assert queue.claim_ready(30, 8, now=retry_at - 1) == []  # not at once
+    worker.process(queue.claim_ready(30, 8, now=retry_at))  # the database takes it now
+    assert queue.query("SELECT state, error FROM studies") == [("failed", "ViewError: only the anterior view")]
 
 
 def test_a_store_from_before_studies_were_read_again_later_gains_the_column_and_reads_its_studies(tmp_path):

@@ -344,6 +344,15 @@ class NodeQueue:
                        " WHERE study_uid = ?", (reason, retry_at, now, study_uid))
             self._event(db, "warning", study_uid, f"{reason}; read again in {retry_at - now:.0f} s")
 
+    def release_study(self, study_uid: str, retry_at: float, now: float | None = None) -> bool:
+        """A study claimed in this run whose outcome could not be recorded (the database could not write): ready
+        again from `retry_at`, its claim not counted as an interruption. False when it is no longer predicting."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            return db.execute("UPDATE studies SET state = 'ready', attempts = MAX(attempts - 1, 0), next_attempt = ?,"
+                              " updated_at = ? WHERE study_uid = ? AND state = 'predicting'",
+                              (retry_at, now, study_uid)).rowcount == 1
+
     def _fail(self, db: sqlite3.Connection, study_uid: str, reason: str, now: float) -> None:
         db.execute("UPDATE studies SET state = 'failed', error = ?, finished_at = ?, updated_at = ?"
                    " WHERE study_uid = ?", (reason, now, now, study_uid))

@@ -165,6 +165,8 @@ class PredictionWorker(threading.Thread):
         self._stale_possible = True
         # (study, prior) comparisons that failed in this run: tried again at the next start, not at every idle poll
         self._failed: set[tuple[str, str]] = set()
+        # studies whose outcome the database could not take (a full disk): put back in the queue at an idle moment
+        self._unrecorded: set[str] = set()
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -180,6 +182,8 @@ class PredictionWorker(threading.Thread):
                 log.error("cannot read the queue: %s", error)
                 works = []
             if not works:
+                if self._unrecorded:
+                    self._release_unrecorded()
                 if self.comparer is not None and self._stale_possible and self._compare_stale():
                     continue
                 self.wake.wait(self.poll)
@@ -238,8 +242,20 @@ class PredictionWorker(threading.Thread):
             log.exception("cannot record study %s: %s", uid, error)
             try:
                 self.queue.fail_study(uid, f"recording the result: {describe(error)}")
-            except Exception:  # noqa: BLE001 - the database itself fails: the study is retried at the next start
-                pass
+            except Exception:  # noqa: BLE001 - the database itself cannot write: read the study again later
+                self._unrecorded.add(uid)
+
+    def _release_unrecorded(self) -> None:
+        """Put the studies whose outcome could not be recorded back in the queue, once the database writes again."""
+        for uid in sorted(self._unrecorded):
+            try:
+                released = self.queue.release_study(uid, time.time() + UNWRITTEN_RETRY_SECONDS)
+            except Exception:  # noqa: BLE001 - it still cannot write: the next idle moment tries again
+                return
+            self._unrecorded.discard(uid)
+            if released:
+                log.warning("study %s: its outcome could not be recorded; read again in %d s", uid,
+                            UNWRITTEN_RETRY_SECONDS)
 
     def _compare(self, work: StudyWork) -> tuple[PatientStudy | None, list[tuple[str, str, Path]]]:
         """The study as its patient's (None without PatientID or StudyDate; with the prior it was compared with)
