@@ -94,8 +94,10 @@ class CameraCheck:
     def warning(self, meta: StudyMeta | None) -> str | None:
         """One line for the user when the camera of a study (its `study.StudyMeta`) is unseen, else None."""
         camera = self.unseen(meta)
-        if camera is None:
-            return None
+        return None if camera is None else self.warning_for(camera)
+
+    def warning_for(self, camera: str) -> str:
+        """The warning for a camera that `unseen` named."""
         seen = ", ".join(f"{name} ({n})" for name, n in self.trained.items())
         return (f"camera {camera!r} is not among those of the training studies of {self.run_dir.name} ({seen}): "
                 f"its results may be wrong on this study (a network trained without a camera's studies can call "

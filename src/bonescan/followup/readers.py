@@ -155,7 +155,7 @@ class NetworkReader:
             return
         self.unseen_cameras.add(camera)
         if self.warn is not None:
-            self.warn(check.warning(study.meta))
+            self.warn(check.warning_for(camera))
 
 
 class KnownLesions:
