@@ -382,7 +382,6 @@ def test_the_warm_up_study_leaves_nothing_behind_and_clears_what_a_kill_left(run
 
 def test_a_warm_up_on_a_full_disk_blames_the_disk_not_the_run(run, tmp_path, monkeypatch):
     import errno
-
     from types import SimpleNamespace
 
     import bonescan.dicom_out as dicom_out
