@@ -27,7 +27,7 @@ from bonescan.cli import main
 from bonescan.node import Node, NodeConfig, NodeQueue, node_status
 from bonescan.node.config import Destination as Dest
 from bonescan.node.intake import (
-    CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, SOP_CLASS_NOT_SUPPORTED, SUCCESS, Intake,
+    CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, SUCCESS, Intake,
     accepted_sop_classes,
 )
 
@@ -340,6 +340,30 @@ def test_secondary_capture_is_accepted_only_when_configured_and_only_as_nm(tmp_p
     lenient = Intake(NodeQueue(tmp_path / "b.sqlite"), tmp_path / "b", accepted_sop_classes(True))
     assert lenient.accept(encoded(nm_export)).ok
     assert lenient.accept(encoded(other)).status == DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_an_instance_that_would_eat_the_reserve_is_refused_as_out_of_resources_and_taken_when_there_is_room(
+        tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import bonescan.node.intake as intake_module
+    from bonescan.errors import ConfigError
+
+    buffer = io.BytesIO()
+    study(96).save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    usage = namedtuple("usage", "total used free")
+    free = {"bytes": 500_000_000 + len(raw) - 1}  # the instance would leave one byte under the reserve
+    monkeypatch.setattr(intake_module.shutil, "disk_usage", lambda path: usage(10 ** 12, 0, free["bytes"]))
+    queue = NodeQueue(tmp_path / "q.sqlite")
+    intake = Intake(queue, tmp_path / "incoming", accepted_sop_classes(False), reserve_bytes=500_000_000)
+    verdict = intake.accept(raw, "CAM")
+    assert (verdict.status, verdict.reason) == (OUT_OF_RESOURCES, "store's disk nearly full; send again later")
+    assert not queue.has_instance(verdict.sop_uid) and not (tmp_path / "incoming").exists()
+    free["bytes"] += 1  # the sender's next try finds room
+    assert intake.accept(raw, "CAM").ok and queue.has_instance(verdict.sop_uid)
+    with pytest.raises(ConfigError, match="--reserve-mb"):
+        NodeConfig(run=tmp_path, store=tmp_path / "store", reserve_mb=-1)
 
 
 def test_instance_files_written_before_a_crash_are_queued_at_start_up(tmp_path):

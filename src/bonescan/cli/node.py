@@ -53,6 +53,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, "--keep-days", help="Remove a study's received instances and result files this many days after "
                                       "it was read and its results were sent (with --followup each patient's "
                                       "latest study is kept as the next scan's prior). Default: keep everything."),
+        reserve_mb: float = typer.Option(
+            500.0, "--reserve-mb", help="Free space (MB) that received instances leave on the store's disk for the "
+                                        "results of the studies already received; an instance that would leave "
+                                        "less is refused with Out of Resources, and the sender tries again later."),
         ae_title: str = typer.Option("BONESCAN", "--ae-title", help="The node's AE title."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default loopback only; "
                                                              "0.0.0.0 for every interface)."),
@@ -100,7 +104,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             complete_after=complete_after,
             accept_secondary_capture=secondary_capture, operating_point=operating_point, batch_size=batch_size,
             device=device, lesions=lesions, followup=followup, change_net=change_net, join=join, judge=judge,
-            keep_days=keep_days,
+            keep_days=keep_days, reserve_mb=reserve_mb,
         )
         _setup_logging(not quiet)
         if quiet:

@@ -62,6 +62,9 @@ class NodeConfig:
     judge: with `followup`, a learned new-lesion judge (`bonescan followup-judge`) in the hand rules' place.
     keep_days: remove a study's files this many days after it was read, once its results were sent
         (`node.retention`); None keeps everything. retention_interval: seconds between retention passes.
+    reserve_mb: free space that incoming instances leave on the store's disk, for the results and the queue of the
+        studies already received: an instance that would leave less is refused with Out of Resources (0xA700), so
+        the sender tries again later, rather than filling the disk that those studies' results need.
     """
 
     run: Path
@@ -92,6 +95,7 @@ class NodeConfig:
     judge: Path | None = None
     keep_days: float | None = None
     retention_interval: float = 3600.0
+    reserve_mb: float = 500.0
 
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "--ae-title")
@@ -125,6 +129,8 @@ class NodeConfig:
             raise ConfigError("--join", f"unknown join {self.join!r}; choose one of {', '.join(NODE_JOINS)}")
         if self.keep_days is not None and not self.keep_days > 0:
             raise ConfigError("--keep-days", f"must be > 0 days, got {self.keep_days}")
+        if not self.reserve_mb >= 0:
+            raise ConfigError("--reserve-mb", f"must be >= 0 MB, got {self.reserve_mb}")
         if self.complete_after <= 0:
             raise ConfigError("--complete-after", f"must be > 0 seconds, got {self.complete_after}")
         if self.batch_size < 1:

@@ -10,7 +10,9 @@ Checked at the door, from the header alone (cheap, and a refusal tells the sende
 - Study and SOP Instance UIDs that are UIDs (they become file names);
 - the matrix: at most two frames, one sample per pixel, and the whole-body geometry rule of
   `bonescan.io.checks` (>= 256 rows, rows / columns >= 2), so a 256 x 256 thyroid static is refused;
-- pixel data present, and as long as the header says when it is uncompressed.
+- pixel data present, and as long as the header says when it is uncompressed;
+- room: an instance that would leave the store's disk with less than its reserve free is refused with Out of
+  Resources, so the sender tries again later and the studies already received keep room for their results.
 Anything else (a compressed stream that does not decode, counts that are all zero, views that cannot be told
 apart) is found when the study is read, and the study is recorded as failed with the reason.
 """
@@ -21,6 +23,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -129,6 +132,13 @@ def _uid_for_log(ds: Dataset | None) -> str:
         return "?"
 
 
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system of `folder`, or of its nearest existing parent (before the first instance)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
 def write_durably(target: Path, data: bytes) -> None:
     """Write to a temporary file beside `target`, fsync it, rename it onto `target`, fsync the folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,10 +162,11 @@ def write_durably(target: Path, data: bytes) -> None:
 class Intake:
     """Turns the bytes of one C-STORE into a stored, queued instance, or a refusal; never raises."""
 
-    def __init__(self, queue: NodeQueue, incoming: Path, sop_classes: tuple[str, ...]):
+    def __init__(self, queue: NodeQueue, incoming: Path, sop_classes: tuple[str, ...], reserve_bytes: int = 0):
         self.queue = queue
         self.incoming = Path(incoming)
         self.sop_classes = sop_classes
+        self.reserve_bytes = reserve_bytes  # free space kept for the results of the studies already received
         self.on_stored = lambda: None  # called after each stored instance (wakes the prediction loop)
 
     def path_for(self, study_uid: str, sop_uid: str) -> Path:
@@ -179,6 +190,10 @@ class Intake:
             if self.queue.has_instance(sop_uid):
                 log.info("instance %s of study %s received again; already held", sop_uid, study_uid)
                 return Verdict(SUCCESS, "already held", sop_uid, study_uid)
+            if self.reserve_bytes and free_bytes(self.incoming) - len(raw) < self.reserve_bytes:
+                log.warning("refused instance %s of study %s: the store's disk would keep under %.0f MB free",
+                            sop_uid, study_uid, self.reserve_bytes / 1e6)
+                return Verdict(OUT_OF_RESOURCES, "store's disk nearly full; send again later", sop_uid, study_uid)
             path = self.path_for(study_uid, sop_uid)
             write_durably(path, raw)
             outcome = self.queue.add_instance(sop_uid, study_uid, sop_class, frames, path, calling_ae)

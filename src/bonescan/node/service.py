@@ -53,7 +53,7 @@ class Node:
         self._take_lock()
         self.queue = NodeQueue(self.paths.database)
         sop_classes = accepted_sop_classes(config.accept_secondary_capture)
-        intake = Intake(self.queue, self.paths.incoming, sop_classes)
+        intake = Intake(self.queue, self.paths.incoming, sop_classes, reserve_bytes=int(config.reserve_mb * 1e6))
         found = intake.recover_files()
         recovery = self.queue.recover()
         if found:
