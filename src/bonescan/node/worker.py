@@ -209,7 +209,7 @@ class PredictionWorker(threading.Thread):
     def _record(self, work: StudyWork, outcome: StudyOutcome, seconds: float) -> None:
         uid = work.study_uid
         try:
-            if outcome.status != "ok" and outcome.unwritten:
+            if outcome.unwritten:  # set only on a failed study
                 # A full disk (or a results folder without permission) is the node's trouble, not the study's:
                 # it is read again once there may be room, rather than failed until someone sends it again.
                 self.queue.defer_study(uid, outcome.error, time.time() + UNWRITTEN_RETRY_SECONDS)
